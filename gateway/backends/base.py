@@ -1,0 +1,68 @@
+"""What every backend (local model, cloud through litellm, OpenAI pass-through) offers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ..schemas import AnyRequest
+
+Kind = Literal["local", "cloud"]
+Endpoint = Literal["chat", "completion"]
+
+
+class Chunk:
+    """One streamed OpenAI chunk, kept as bytes or dict and converted only when asked."""
+
+    __slots__ = ("_data", "_obj")
+
+    def __init__(self, *, data: bytes | None = None, obj: dict[str, Any] | None = None) -> None:
+        self._data = data
+        self._obj = obj
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = json.dumps(self._obj, separators=(",", ":")).encode()
+        return self._data
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        if self._obj is None:
+            self._obj = json.loads(self._data or b"{}")
+        return self._obj
+
+
+@dataclass
+class Completion:
+    """A whole (non-streamed) OpenAI response; `raw` is its bytes when we already have them."""
+
+    obj: dict[str, Any]
+    raw: bytes | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        if self.raw is None:
+            self.raw = json.dumps(self.obj, separators=(",", ":")).encode()
+        return self.raw
+
+
+class Backend(Protocol):
+    """A place answers come from. Errors before the first chunk are failover-able."""
+
+    name: str
+    kind: Kind
+
+    async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion: ...
+
+    def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]: ...
+
+    async def close(self) -> None: ...
+
+
+def usage_of(obj: dict[str, Any]) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) of a response or final chunk, zeros when absent."""
+    u = obj.get("usage") or {}
+    return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)

@@ -1,0 +1,206 @@
+"""OpenAI request models (unknown fields kept for the cloud) and response builders."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+
+# Far above any real model's output, low enough to reject nonsense before it costs anything.
+ABSURD_MAX_TOKENS = 1_000_000
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[ContentPart] | None = None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        """The message's text, parts joined; images contribute nothing."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(
+            str((p.model_extra or {}).get("text", "")) for p in self.content if p.type == "text"
+        )
+
+    def has_image(self) -> bool:
+        return isinstance(self.content, list) and any(
+            p.type in ("image_url", "input_image", "image") for p in self.content
+        )
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: StrictStr = Field(min_length=1)
+    stream: StrictBool = False
+    max_tokens: int | None = Field(None, ge=1, le=ABSURD_MAX_TOKENS)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=128)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    user: StrictStr | None = None
+    stream_options: dict[str, Any] | None = None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.get("include_usage"))
+
+    def upstream_body(self) -> dict[str, Any]:
+        """The request as the client sent it (unknown fields included), for the cloud."""
+        return self.model_dump(exclude_none=True, exclude_unset=True)
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=ABSURD_MAX_TOKENS)
+    tools: list[dict[str, Any]] | None = None
+    functions: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def prompt_text(self) -> str:
+        return "\n".join(m.text() for m in self.messages)
+
+
+class CompletionRequest(_Sampling):
+    prompt: StrictStr | list[StrictStr]
+    echo: StrictBool | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    suffix: StrictStr | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and len(v) != 1:
+            raise ValueError("only a single prompt per request is supported")
+        return v
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+AnyRequest = ChatRequest | CompletionRequest
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_response(
+    *, rid: str, model: str, text: str, finish_reason: str, usage_: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage_,
+        "system_fingerprint": None,
+    }
+
+
+def chat_chunk(
+    *,
+    rid: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any] | None,
+    finish_reason: str | None = None,
+    usage_: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    choices = (
+        []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    )
+    chunk: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "system_fingerprint": None,
+    }
+    if usage_ is not None:
+        chunk["usage"] = usage_
+    return chunk
+
+
+def completion_response(
+    *, rid: str, model: str, text: str, finish_reason: str, usage_: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage_,
+    }
+
+
+def completion_chunk(
+    *,
+    rid: str,
+    model: str,
+    created: int,
+    text: str | None,
+    finish_reason: str | None = None,
+    usage_: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    choices = (
+        []
+        if text is None
+        else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]
+    )
+    chunk: dict[str, Any] = {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if usage_ is not None:
+        chunk["usage"] = usage_
+    return chunk

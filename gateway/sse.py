@@ -1,0 +1,32 @@
+"""Server-sent events as OpenAI streams them: `data: {json}` frames and a final `[DONE]`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from .errors import GatewayError
+
+DONE = b"data: [DONE]\n\n"
+
+
+def frame(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+def error_frame(exc: GatewayError) -> bytes:
+    """An in-band error for a stream that already sent bytes (the OpenAI SDK raises on it)."""
+    return frame(json.dumps(exc.body()).encode())
+
+
+async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The payloads of `data:` lines from an upstream SSE byte stream, `[DONE]` excluded."""
+    async for raw in lines:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue  # comments, event:, id:, blank separators
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return
+        if payload:
+            yield payload

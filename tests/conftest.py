@@ -1,0 +1,154 @@
+"""Shared fixtures: real gateways on loopback, the real model, the official OpenAI SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningGateway:
+    """A gateway app served on a loopback port inside the test's event loop."""
+
+    def __init__(self, app: web.Application, runner: web.AppRunner, port: int) -> None:
+        self.app = app
+        self.runner = runner
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = f"{self.url}/v1"
+
+
+async def wait_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(f"{url}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{url} never became ready")
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings from the repo's config with test-friendly overrides (nested dicts)."""
+    return load_settings(**overrides)
+
+
+@pytest.fixture
+async def gateway_factory() -> AsyncIterator[Callable[..., Any]]:
+    started: list[RunningGateway] = []
+
+    async def start(settings: Settings | None = None, **overrides: Any) -> RunningGateway:
+        app = create_app(settings or make_settings(**overrides))
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        port = free_port()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        gw = RunningGateway(app, runner, port)
+        started.append(gw)
+        await wait_ready(gw.url)
+        return gw
+
+    yield start
+    for gw in started:
+        await gw.runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(gateway_factory: Callable[..., Any]) -> RunningGateway:
+    return await gateway_factory()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+        yield s
+
+
+class GatewayProcess:
+    """The gateway started as a user would, `python -m gateway serve`, in its own process."""
+
+    def __init__(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/v1"
+        full_env = {**os.environ, **(env or {})}
+        # A file, not a pipe: a chatty gateway must never block on a full pipe.
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(self.port), *(args or [])],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.output()
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{out}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("gateway process never became ready")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        out = self.output()
+        self.log.close()
+        return out
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def gateway_process() -> Iterator[GatewayProcess]:
+    gp = GatewayProcess()
+    try:
+        gp.wait_ready()
+        yield gp
+    finally:
+        gp.stop()
