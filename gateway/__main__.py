@@ -12,6 +12,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .logs import setup_logging
+    from .routing.policy import PolicyError
     from .settings import SettingsError, load_settings
 
     try:
@@ -24,7 +25,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.server.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except PolicyError as exc:
+        print(f"edge-gateway: invalid policy:\n{exc}", file=sys.stderr)
+        return 2
+    app.on_startup.append(_reload_on_sighup)
     web.run_app(
         app,
         host=settings.server.host,
@@ -37,11 +43,118 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reload_on_sighup(app: object) -> None:
+    """SIGHUP reloads the policy, the Unix way (systemd's ExecReload sends it)."""
+    import asyncio
+    import contextlib
+    import signal
+
+    from aiohttp import web
+
+    from .keys import SERVICES
+    from .routing.policy import PolicyError
+
+    assert isinstance(app, web.Application)
+    store = app[SERVICES].policies
+
+    def reload() -> None:
+        with contextlib.suppress(PolicyError):  # logged and counted by the store
+            store.reload()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
 def _config(args: argparse.Namespace) -> int:
     from .config_doc import render
 
     sys.stdout.write(render())
     return 0
+
+
+def _settings_or_exit(config: Path | None) -> object:
+    from .settings import SettingsError, load_settings
+
+    try:
+        return load_settings(config)
+    except SettingsError as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from .routing.policy import PolicyError, load_policy
+    from .settings import Settings
+
+    settings = _settings_or_exit(args.config)
+    assert isinstance(settings, Settings)
+    names = [m.name for m in settings.cloud.models]
+    failed = 0
+    for path in args.files:
+        try:
+            policy = load_policy(path, cloud_names=names if names else None)
+        except PolicyError as exc:
+            print(f"FAIL {exc}")
+            failed += 1
+            continue
+        print(
+            f"ok   {path}: default={policy.default}, {len(policy.rules)} rules, "
+            f"cache={policy.cache}, offline={policy.offline.order}"
+        )
+    return 1 if failed else 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from .handlers import explanation
+    from .routing.complexity import ComplexityScorer
+    from .routing.connectivity import Breaker
+    from .routing.features import FeatureExtractor
+    from .routing.policy import PolicyError, Router, load_policy
+    from .schemas import ChatRequest
+    from .settings import Settings
+
+    settings = _settings_or_exit(args.config)
+    assert isinstance(settings, Settings)
+    names = [m.name for m in settings.cloud.models]
+    try:
+        policy = load_policy(args.policy or settings.policy.file, cloud_names=names)
+    except PolicyError as exc:
+        print(f"edge-gateway: invalid policy:\n{exc}", file=sys.stderr)
+        return 2
+    req = ChatRequest.model_validate(
+        {
+            "model": args.model,
+            "messages": [{"role": "user", "content": args.prompt}],
+            **({"max_tokens": args.max_tokens} if args.max_tokens else {}),
+        }
+    )
+    extractor = FeatureExtractor(scorer=ComplexityScorer(), local_n_ctx=settings.local.n_ctx)
+    features = extractor.extract(
+        req,
+        tenant=None,
+        cloud_reachable=not args.offline,
+        local_queue_depth=0,
+        local_queue_full=False,
+    )
+    router = Router(cloud_names=names, local_names=[settings.local.model_name])
+    try:
+        decision = router.decide(policy, features)
+    except KeyError:
+        print(f"edge-gateway: unknown model {args.model!r}", file=sys.stderr)
+        return 2
+
+    class _NoBreakers:
+        breakers: dict[str, Breaker] = {}
+
+    print(json.dumps(explanation(features, decision, _NoBreakers()), indent=2))
+    return 0
+
+
+def _eval_router(args: argparse.Namespace) -> int:
+    from .routing.evaluate import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     config = sub.add_parser("config", help="print the commented settings file with defaults")
     config.set_defaults(func=_config)
+
+    explain = sub.add_parser("explain", help="show the routing decision for a prompt")
+    explain.add_argument("prompt")
+    explain.add_argument("--model", default="auto")
+    explain.add_argument("--max-tokens", type=int)
+    explain.add_argument("--policy", type=Path, help="policy file (default: policy.file)")
+    explain.add_argument("--offline", action="store_true", help="as if the cloud were down")
+    explain.add_argument("--config", type=Path)
+    explain.set_defaults(func=_explain)
+
+    policy = sub.add_parser("policy", help="policy tools")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    check = psub.add_parser("check", help="validate policy files")
+    check.add_argument("files", nargs="+", type=Path)
+    check.add_argument("--config", type=Path)
+    check.set_defaults(func=_policy_check)
+
+    ev = sub.add_parser("eval-router", help="APGR of the routing scorer on RouteLLM CSVs")
+    from .routing.evaluate import configure_parser
+
+    configure_parser(ev)
+    ev.set_defaults(func=_eval_router)
     return parser
 
 

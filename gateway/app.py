@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from . import handlers
+from .auth import KeyRing, auth_middleware
+from .backends.base import Backend
 from .backends.local import LocalBackend
+from .cache import LRUStore, RedisStore, ResponseCache, Store
+from .costs import Prices
 from .keys import SERVICES
+from .limits import Counters, Limiter, MemoryCounters, RedisCounters
+from .metrics import Metrics
 from .middlewares import error_middleware, request_id_middleware
+from .observe import observe_middleware
+from .routing.complexity import ComplexityScorer
+from .routing.connectivity import Breaker, State
+from .routing.features import FeatureExtractor
+from .routing.policy import Router
+from .routing.store import PolicyStore
+from .routing.tokens import encoder
 from .service import Dispatcher
 from .services import Services
 from .settings import Settings
@@ -20,24 +35,112 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
-    """Build a gateway application; resources open on startup and close on cleanup."""
+    """Build a gateway application; resources open on startup and close on cleanup.
+
+    Raises PolicyError when the policy file is invalid: a gateway never starts on a bad policy.
+    """
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware],
+        # Order matters: the id exists before anything logs; accounting sees the final status
+        # because errors are rendered inside it.
+        middlewares=[request_id_middleware, observe_middleware, error_middleware, auth_middleware],
         client_max_size=settings.server.max_body_bytes,
     )
+    metrics = Metrics()
     local = LocalBackend(settings.local)
+    cloud_names = [m.name for m in settings.cloud.models]
+    policies = PolicyStore(
+        settings.policy.file,
+        cloud_names=cloud_names,
+        on_reload=lambda result: metrics.policy_reloads.labels(result).inc(),
+    )
+
+    def breaker_changed(target: str, state: State) -> None:
+        metrics.breaker_state.labels(target).set(int(state))
+        metrics.cloud_reachable.labels(target).set(0 if state == State.OPEN else 1)
+
+    breakers = {
+        name: Breaker(
+            name,
+            failures=settings.cloud.breaker_failures,
+            # With a probe (an api_base to ask), only the probe closes an open breaker, so no
+            # client waits on a dead uplink. Providers we cannot probe get a half-open trial.
+            retry_after_s=float("inf") if m.api_base else 30.0,
+            on_change=breaker_changed,
+        )
+        for name, m in zip(cloud_names, settings.cloud.models, strict=True)
+    }
+    for name in cloud_names:
+        breaker_changed(name, State.CLOSED)
+    cache = build_cache(settings, metrics) if cloud_names else None
+    clouds: dict[str, Backend] = {}  # filled on startup: needs the session (and maybe litellm)
+    dispatcher = Dispatcher(
+        local=local,
+        clouds=clouds,
+        breakers=breakers,
+        features=FeatureExtractor(scorer=ComplexityScorer(), local_n_ctx=settings.local.n_ctx),
+        router=Router(cloud_names=cloud_names, local_names=[settings.local.model_name]),
+        policies=policies,
+        cache=cache,
+        max_prompt_tokens=settings.server.max_prompt_tokens,
+    )
     app[SERVICES] = Services(
         settings=settings,
         local=local,
-        dispatcher=Dispatcher(local=local),
+        dispatcher=dispatcher,
+        policies=policies,
+        metrics=metrics,
+        prices=Prices([m.model for m in settings.cloud.models]),
+        keyring=KeyRing(settings.server),
+        limiter=build_limiter(settings, metrics),
     )
+    metrics.local_queue_depth.set_function(lambda: local.queue_depth)
+    metrics.local_in_flight.set_function(lambda: local.in_flight)
+    metrics.local_queue_capacity.set(settings.local.max_queue)
     app.cleanup_ctx.append(_local_model)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_post("/v1/completions", handlers.completions)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
+    app.cleanup_ctx.append(_cloud_backends)
+    app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_cache)
+    app.on_shutdown.append(_draining)
+    handlers.add_routes(app)
     return app
+
+
+async def _draining(app: web.Application) -> None:
+    """Shutting down: say not-ready so balancers stop sending while in-flight requests drain."""
+    app[SERVICES].draining = True
+
+
+def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
+    """Redis when configured (shared by gateways behind one balancer), else an in-process LRU."""
+    c = settings.cache
+    store: Store
+    if c.redis_url:
+        store = RedisStore(c.redis_url, timeout_s=c.timeout_ms / 1000)
+    else:
+        store = LRUStore(max_entries=c.lru_max_entries, max_bytes=c.lru_max_bytes)
+    return ResponseCache(
+        store,
+        c,
+        on_error=lambda op: metrics.cache_errors.labels(op).inc(),
+        on_state=lambda up: metrics.cache_up.set(1 if up else 0),
+    )
+
+
+def build_limiter(settings: Settings, metrics: Metrics) -> Limiter:
+    counters: Counters = (
+        RedisCounters(settings.limits.redis_url) if settings.limits.redis_url else MemoryCounters()
+    )
+    return Limiter(
+        settings.limits, counters, on_limited=lambda r: metrics.rate_limited.labels(r).inc()
+    )
+
+
+async def _cache(app: web.Application) -> AsyncIterator[None]:
+    yield
+    services = app[SERVICES]
+    if services.dispatcher.cache is not None:
+        await services.dispatcher.cache.close()
+    await services.limiter.close()
 
 
 async def _local_model(app: web.Application) -> AsyncIterator[None]:
@@ -51,6 +154,69 @@ async def _local_model(app: web.Application) -> AsyncIterator[None]:
             log.exception("loading the local model failed; /readyz stays 503")
 
     task = asyncio.create_task(load())
+    # The tiktoken encoder is built once, now, not on the first request's hot path.
+    await asyncio.to_thread(encoder)
     yield
     task.cancel()
     await local.close()
+
+
+async def _cloud_backends(app: web.Application) -> AsyncIterator[None]:
+    """One pooled HTTP session for every upstream; litellm only if a model needs it."""
+    services = app[SERVICES]
+    cloud = services.settings.cloud
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cloud.connect_timeout_s),
+    )
+    clouds = services.dispatcher.clouds
+    litellm = None
+    for m in cloud.models:
+        if cloud.passthrough and m.api_base and m.model.startswith("openai/"):
+            from .backends.passthrough import PassthroughBackend
+
+            clouds[m.name] = PassthroughBackend(m, cloud, session)
+        else:
+            from .backends.cloud import LiteLLMBackend, import_litellm
+
+            if litellm is None:
+                litellm = await asyncio.to_thread(import_litellm)  # seconds: off the loop
+            clouds[m.name] = LiteLLMBackend(m, cloud, litellm, session)
+    yield
+    for backend in clouds.values():
+        await backend.close()
+    await session.close()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Probe open breakers and watch the policy file."""
+    services = app[SERVICES]
+    tasks = [
+        asyncio.create_task(_probe_loop(services.dispatcher, services.settings)),
+        asyncio.create_task(services.policies.watch(services.settings.policy.reload_interval_s)),
+    ]
+    yield
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+
+
+async def _probe_loop(dispatcher: Dispatcher, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.cloud.probe_interval_s)
+        for name, breaker in dispatcher.breakers.items():
+            if breaker.reachable:
+                continue
+            backend = dispatcher.clouds.get(name)
+            if backend is None:
+                continue
+            try:
+                ok = await backend.probe()
+            except Exception:
+                log.exception("probe failed", extra={"target": name})
+                ok = False
+            if ok:
+                log.info("cloud target answers again", extra={"target": name})
+                breaker.success()

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from . import sse
+from . import openapi, sse
 from .backends.base import Endpoint
-from .errors import GatewayError, InvalidRequest
-from .keys import SERVICES
+from .errors import GatewayError, InvalidRequest, Unauthorized
+from .keys import RECORD, SERVICES
+from .routing.policy import PolicyError
 from .schemas import ChatRequest, CompletionRequest
-from .service import Outcome
+from .service import CacheControl, Outcome
+from .settings import ServerSettings
+from .tenancy import bearer, tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,18 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(message, param=param, code=code)
 
 
+def check_limits(req: ChatRequest | CompletionRequest, server: ServerSettings) -> None:
+    """Bounds on what one request may ask for, beyond what the schema says."""
+    if isinstance(req, ChatRequest) and len(req.messages) > server.max_messages:
+        raise InvalidRequest(
+            f"Too many messages: {len(req.messages)} > {server.max_messages}.",
+            param="messages",
+            code="too_many_messages",
+        )
+    if (req.n or 1) > server.max_n:
+        raise InvalidRequest(f"n must be at most {server.max_n}.", param="n", code="invalid_value")
+
+
 def parse_request(model: type[ChatRequest] | type[CompletionRequest], body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
@@ -93,18 +110,23 @@ async def _serve(
     model: type[ChatRequest] | type[CompletionRequest],
     endpoint: Endpoint,
 ) -> web.StreamResponse:
-    started = time.perf_counter()
     services = request.app[SERVICES]
     req = parse_request(model, await read_json(request))
-    outcome = await services.dispatcher.handle(req, endpoint, request)
+    check_limits(req, services.settings.server)
+    tenant = tenant_of(request)
+    budget_spent = await services.limiter.admit(tenant)
+    cc = CacheControl.parse(request.headers.get("Cache-Control"))
+    outcome = await services.dispatcher.handle(req, endpoint, tenant, cc, force_local=budget_spent)
+    record = request[RECORD]
+    record.outcome = outcome
+    record.backend_s = outcome.backend_seconds
     headers = outcome.headers()
     if outcome.completion is not None:
+        record.usage_from(outcome.completion.obj)
         return web.Response(
             body=outcome.completion.body(), content_type="application/json", headers=headers
         )
-    return await _write_stream(
-        request, outcome, headers, include_usage=req.include_usage(), started=started
-    )
+    return await _write_stream(request, outcome, headers, include_usage=req.include_usage())
 
 
 async def _write_stream(
@@ -113,9 +135,9 @@ async def _write_stream(
     headers: dict[str, str],
     *,
     include_usage: bool,
-    started: float,
 ) -> web.StreamResponse:
     assert outcome.chunks is not None
+    record = request[RECORD]
     resp = web.StreamResponse(
         headers={
             **headers,
@@ -126,18 +148,32 @@ async def _write_stream(
     )
     await resp.prepare(request)
     chunks = outcome.chunks
+    # Backend time of a stream: until its first chunk, plus every wait for the next one.
+    backend_s = outcome.backend_seconds
     try:
-        async for chunk in chunks:
-            obj = chunk.obj if not include_usage else None
-            if obj is not None and not obj.get("choices") and "usage" in obj:
-                continue  # a usage-only chunk the client did not ask for
+        while True:
+            t0 = time.perf_counter()
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            backend_s += time.perf_counter() - t0
+            obj = chunk.obj
+            if obj.get("usage"):
+                record.usage_from(obj)
+                if not obj.get("choices") and not include_usage:
+                    continue  # a usage-only chunk the client did not ask for
             await resp.write(sse.frame(chunk.data))
+            if record.ttft_s is None:
+                record.ttft_s = time.perf_counter() - record.started
         await resp.write(sse.DONE)
     except GatewayError as exc:
         # Bytes already went out, so the status is spent: say it in-band, never end silently.
+        record.stream_error = exc.code
         log.warning("stream failed mid-way", extra={"code": exc.code})
         await resp.write(sse.error_frame(exc))
     finally:
+        record.backend_s = backend_s
         await chunks.aclose()  # type: ignore[attr-defined]
     await resp.write_eof()
     return resp
@@ -153,12 +189,82 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+async def explain_route(request: web.Request) -> web.Response:
+    """The decision for a chat request, with its features, without generating anything."""
+    services = request.app[SERVICES]
+    req = parse_request(ChatRequest, await read_json(request))
+    check_limits(req, services.settings.server)
+    features, decision = services.dispatcher.decide(req, tenant_of(request))
+    return web.json_response(explanation(features, decision, services.dispatcher))
+
+
+def explanation(features: Any, decision: Any, dispatcher: Any) -> dict[str, Any]:
+    return {
+        "route": decision.route,
+        "target": decision.target,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "fallbacks": list(decision.fallbacks),
+        "cache_mode": decision.cache_mode,
+        "features": features.as_dict(),
+        "breakers": {n: b.state.name.lower() for n, b in dispatcher.breakers.items()},
+    }
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        policy = services.policies.reload()
+    except PolicyError as exc:
+        raise InvalidRequest(str(exc), code="invalid_policy", param="policy") from None
+    return web.json_response(
+        {
+            "status": "reloaded",
+            "file": str(services.policies.path),
+            "rules": len(policy.rules),
+            "default": policy.default,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    key = services.settings.server.metrics_key
+    if key is not None and not _key_matches(request, key.get_secret_value()):
+        raise Unauthorized("A valid metrics key is required.")
+    body = generate_latest(services.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _key_matches(request: web.Request, expected: str) -> bool:
+    presented = bearer(request) or ""
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    if services.draining:
+        return web.json_response({"status": "draining"}, status=503)
     if not services.local.ready:
         return web.json_response({"status": "loading", "local_model": False}, status=503)
     return web.json_response({"status": "ready", "local_model": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/route", explain_route)
+    app.router.add_post("/admin/reload", admin_reload)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -17,12 +17,13 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
 )
+from .keys import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-REQUEST_ID = "x-request-id"
+REQUEST_ID_HEADER = "x-request-id"
 # A client-supplied id is echoed only when it is short and plain, so it cannot inject into logs.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -30,29 +31,29 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 def error_response(exc: GatewayError, request_id: str | None = None) -> web.Response:
     headers = dict(exc.headers)
     if request_id:
-        headers[REQUEST_ID] = request_id
+        headers[REQUEST_ID_HEADER] = request_id
     return web.json_response(exc.body(), status=exc.status, headers=headers)
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    incoming = request.headers.get(REQUEST_ID, "")
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
     rid = incoming if _SAFE_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        exc.headers[REQUEST_ID] = rid
+        exc.headers[REQUEST_ID_HEADER] = rid
         raise
     if not response.prepared:
-        response.headers[REQUEST_ID] = rid
+        response.headers[REQUEST_ID_HEADER] = rid
     return response
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as OpenAI-shaped JSON; a stack trace never reaches the client."""
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID)
     try:
         return await handler(request)
     except GatewayError as exc:

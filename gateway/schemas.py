@@ -6,7 +6,17 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 # Far above any real model's output, low enough to reject nonsense before it costs anything.
 ABSURD_MAX_TOKENS = 1_000_000
@@ -22,6 +32,13 @@ class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> Message:
+        # Only assistant turns may omit content (they may carry tool calls instead).
+        if self.content is None and self.role not in ("assistant", "function"):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
     def text(self) -> str:
         """The message's text, parts joined; images contribute nothing."""
@@ -43,14 +60,14 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: StrictStr = Field(min_length=1)
     stream: StrictBool = False
-    max_tokens: int | None = Field(None, ge=1, le=ABSURD_MAX_TOKENS)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=128)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=ABSURD_MAX_TOKENS)
+    temperature: StrictFloat | None = Field(None, ge=0, le=2)
+    top_p: StrictFloat | None = Field(None, ge=0, le=1)
+    n: StrictInt | None = Field(None, ge=1, le=128)
     stop: StrictStr | list[StrictStr] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: StrictInt | None = None
+    presence_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
     user: StrictStr | None = None
     stream_options: dict[str, Any] | None = None
 
@@ -69,13 +86,13 @@ class _Sampling(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=ABSURD_MAX_TOKENS)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=ABSURD_MAX_TOKENS)
     tools: list[dict[str, Any]] | None = None
     functions: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     logprobs: StrictBool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -87,7 +104,7 @@ class ChatRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: StrictStr | list[StrictStr]
     echo: StrictBool | None = None
-    logprobs: int | None = Field(None, ge=0, le=5)
+    logprobs: StrictInt | None = Field(None, ge=0, le=5)
     suffix: StrictStr | None = None
 
     @field_validator("prompt")

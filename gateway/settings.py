@@ -52,6 +52,9 @@ class ServerSettings(_Section):
     )
     max_messages: int = Field(1024, ge=1, description="Most messages in one chat request.")
     max_n: int = Field(8, ge=1, description="Largest `n` (choices) accepted.")
+    max_prompt_tokens: int = Field(
+        200_000, ge=1, description="Largest prompt (tiktoken count) accepted at all."
+    )
     request_timeout_s: float = Field(
         300.0, gt=0, description="Upper bound on one request, streams included."
     )
@@ -195,12 +198,12 @@ class Settings(BaseSettings):
         yaml_file=None,
     )
 
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
-    local: LocalSettings = Field(default_factory=LocalSettings)  # type: ignore[arg-type]
-    cloud: CloudSettings = Field(default_factory=CloudSettings)  # type: ignore[arg-type]
-    policy: PolicySettings = Field(default_factory=PolicySettings)  # type: ignore[arg-type]
-    cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
-    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    cloud: CloudSettings = Field(default_factory=CloudSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @field_validator("cloud")
     @classmethod

@@ -20,7 +20,7 @@ def error_frame(exc: GatewayError) -> bytes:
 
 
 async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The payloads of `data:` lines from an upstream SSE byte stream, `[DONE]` excluded."""
+    """The payloads of `data:` lines of an upstream SSE stream; EOFError if `[DONE]` never came."""
     async for raw in lines:
         line = raw.strip()
         if not line.startswith(b"data:"):
@@ -30,3 +30,4 @@ async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             return
         if payload:
             yield payload
+    raise EOFError("the stream ended before data: [DONE]")

@@ -152,3 +152,84 @@ def gateway_process() -> Iterator[GatewayProcess]:
         yield gp
     finally:
         gp.stop()
+
+
+@pytest.fixture
+async def fake_cloud(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    from tests.fakes.cloud import FakeCloud
+
+    monkeypatch.setenv("FAKE_CLOUD_KEY", "sk-fake-cloud-secret-123")
+    cloud = await FakeCloud().start()
+    yield cloud
+    await cloud.stop()
+
+
+def cloud_settings(cloud: Any, **cloud_overrides: Any) -> dict[str, Any]:
+    """Overrides for make_settings() that put the fake cloud behind the gateway."""
+    return {"cloud": {"models": [cloud.model_entry()], "probe_interval_s": 0.2, **cloud_overrides}}
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, owned by the test session (or one test)."""
+
+    def __init__(self) -> None:
+        import shutil
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed: run `make test` (it installs it)")
+        self.exe = exe
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.02)
+        raise TimeoutError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A private redis-server a test may kill and restart."""
+    server = RedisServer().start()
+    yield server
+    server.kill()

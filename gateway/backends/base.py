@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import aiohttp
+
+from ..errors import GatewayError
 from ..schemas import AnyRequest
+
+if TYPE_CHECKING:
+    from ..settings import CloudSettings
 
 Kind = Literal["local", "cloud"]
 Endpoint = Literal["chat", "completion"]
@@ -49,6 +56,23 @@ class Completion:
         return self.raw
 
 
+class BackendUnavailable(GatewayError):
+    """The backend could not answer before the first byte: fail over, and tell the breaker.
+
+    `unreachable` (timeout, refused or reset connection) means the uplink is gone and opens the
+    breaker at once; provider errors (5xx, 429, rejected credentials) count towards it.
+    """
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, cause: str, unreachable: bool) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.unreachable = unreachable
+
+
 class Backend(Protocol):
     """A place answers come from. Errors before the first chunk are failover-able."""
 
@@ -61,8 +85,24 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
+    async def probe(self) -> bool | None:
+        """True: the target answers; False: it does not; None: this backend cannot probe."""
+        ...
+
 
 def usage_of(obj: dict[str, Any]) -> tuple[int, int]:
     """(prompt_tokens, completion_tokens) of a response or final chunk, zeros when absent."""
     u = obj.get("usage") or {}
     return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+
+
+async def http_probe(
+    session: aiohttp.ClientSession, base: str, headers: dict[str, str], settings: CloudSettings
+) -> bool:
+    """A light reachability check: any HTTP answer below 500 from GET {base}/models."""
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            async with session.get(f"{base.rstrip('/')}/models", headers=headers) as r:
+                return r.status < 500
+    except (TimeoutError, aiohttp.ClientError):
+        return False

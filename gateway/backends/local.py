@@ -26,7 +26,7 @@ from ..schemas import (
     usage,
 )
 from ..settings import LocalSettings
-from .base import Chunk, Completion, Endpoint
+from .base import Chunk, Completion, Endpoint, Kind
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class _Job:
 class LocalBackend:
     """Serves requests from a GGUF model through llama-cpp-python, off the event loop."""
 
-    kind = "local"
+    kind: Kind = "local"
 
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
@@ -153,6 +153,9 @@ class LocalBackend:
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def probe(self) -> bool | None:
+        return self.ready
 
     # -- serving ---------------------------------------------------------------------------
 

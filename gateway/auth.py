@@ -1,0 +1,90 @@
+"""API keys: who may call /v1 and /admin. Keys are compared as sha256 digests in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+from aiohttp import web
+
+from .errors import Forbidden, Unauthorized
+from .keys import SERVICES, TENANT
+from .middlewares import Handler
+from .settings import ServerSettings
+from .tenancy import bearer, tenant_id
+
+# Always open: orchestrators probe these without credentials.
+_OPEN = ("/healthz", "/readyz", "/openapi.json")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+class KeyRing:
+    """The accepted client keys and the admin key, held only as digests."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        digests = [_digest(k.get_secret_value()) for k in settings.api_keys]
+        if settings.api_keys_file is not None:
+            digests += self._read_file(settings.api_keys_file)
+        self.client_digests = digests
+        self.admin_digest = (
+            _digest(settings.admin_key.get_secret_value()) if settings.admin_key else None
+        )
+
+    @staticmethod
+    def _read_file(path: Path) -> list[bytes]:
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                out.append(bytes.fromhex(line))
+        return out
+
+    @property
+    def enforced(self) -> bool:
+        return bool(self.client_digests)
+
+    def is_client(self, key: str | None) -> bool:
+        if key is None:
+            return False
+        d = _digest(key)
+        # Compare against every digest, no early exit: timing says nothing about which matched.
+        found = False
+        for known in self.client_digests:
+            found |= hmac.compare_digest(d, known)
+        return found
+
+    def is_admin(self, key: str | None) -> bool:
+        if key is None or self.admin_digest is None:
+            return False
+        return hmac.compare_digest(_digest(key), self.admin_digest)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if path in _OPEN or path == "/metrics":  # /metrics has its own optional key
+        return await handler(request)
+    ring: KeyRing = request.app[SERVICES].keyring
+    key = bearer(request)
+    if path.startswith("/admin/"):
+        if ring.is_admin(key):
+            return await handler(request)
+        if ring.admin_digest is None and not ring.enforced:
+            return await handler(request)  # an open box (no keys at all): admin is open too
+        if ring.is_client(key):
+            raise Forbidden("This key may not use the admin API.")
+        raise Unauthorized("A valid admin key is required.")
+    if ring.enforced:
+        if key is None:
+            raise Unauthorized(
+                "You didn't provide an API key. Provide it in the Authorization header "
+                "as 'Authorization: Bearer YOUR_KEY'."
+            )
+        if not ring.is_client(key):
+            raise Unauthorized("Incorrect API key provided.")
+    request[TENANT] = tenant_id(key) if key else None
+    return await handler(request)

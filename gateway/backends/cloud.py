@@ -1,0 +1,155 @@
+"""Cloud models through litellm, for every provider that needs translation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from ..errors import ContextLengthExceeded, GatewayError, InvalidRequest, UpstreamError
+from ..schemas import AnyRequest
+from ..settings import CloudModel, CloudSettings
+from .base import BackendUnavailable, Chunk, Completion, Endpoint, Kind, http_probe
+
+log = logging.getLogger(__name__)
+
+
+def import_litellm() -> Any:
+    """Import litellm offline: its bundled cost map, no telemetry. Takes seconds: startup only."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_TELEMETRY", "False")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.drop_params = True  # a provider that lacks a parameter should not fail the call
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+class LiteLLMBackend:
+    kind: Kind = "cloud"
+
+    def __init__(
+        self,
+        model: CloudModel,
+        settings: CloudSettings,
+        litellm: Any,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.session = session
+        self.name = model.name
+        self.model = model
+        self.settings = settings
+        self.litellm = litellm
+        self._errors = litellm.exceptions
+
+    def _kwargs(self, req: AnyRequest, *, stream: bool) -> dict[str, Any]:
+        kwargs = req.upstream_body()
+        kwargs.pop("model", None)
+        kwargs.pop("stream", None)
+        if req.max_tokens is not None:
+            kwargs["max_tokens"] = min(req.max_tokens, self.model.max_output_tokens)
+        if stream:
+            kwargs["stream_options"] = {**(req.stream_options or {}), "include_usage": True}
+        return {
+            **kwargs,
+            "model": self.model.model,
+            "api_base": self.model.api_base,
+            "api_key": self.model.api_key(),
+            "stream": stream,
+            "timeout": self.settings.first_byte_timeout_s,
+            "num_retries": 0,  # failover is ours to decide, and fast
+        }
+
+    async def _call(self, req: AnyRequest, endpoint: Endpoint, *, stream: bool) -> Any:
+        fn = self.litellm.acompletion if endpoint == "chat" else self.litellm.atext_completion
+        kwargs = self._kwargs(req, stream=stream)
+        if endpoint == "completion":
+            kwargs.pop("stream_options", None)
+        try:
+            async with asyncio.timeout(self.settings.first_byte_timeout_s):
+                return await fn(**kwargs)
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"cloud model '{self.name}' did not answer within "
+                f"{self.settings.first_byte_timeout_s:g} s",
+                cause="timeout",
+                unreachable=True,
+            ) from None
+        except Exception as exc:
+            raise self._map(exc) from None
+
+    def _map(self, exc: Exception) -> GatewayError:
+        """litellm's exception classes to ours; messages scrubbed of the key."""
+        e = self._errors
+        name = f"cloud model '{self.name}'"
+        if isinstance(exc, e.Timeout | e.APIConnectionError):
+            return BackendUnavailable(f"{name} is unreachable", cause="connect", unreachable=True)
+        if isinstance(exc, e.RateLimitError):
+            return BackendUnavailable(
+                f"{name} is rate limited (429)", cause="429", unreachable=False
+            )
+        if isinstance(exc, e.AuthenticationError | e.PermissionDeniedError):
+            return BackendUnavailable(
+                f"{name} rejected the gateway's credentials", cause="auth", unreachable=False
+            )
+        if isinstance(exc, e.ContextWindowExceededError):
+            return ContextLengthExceeded(self._scrub(str(exc)), param="messages")
+        if isinstance(exc, e.BadRequestError | e.NotFoundError | e.UnprocessableEntityError):
+            err = InvalidRequest(self._scrub(str(exc)), code="upstream_rejected")
+            return err
+        status = getattr(exc, "status_code", None)
+        log.warning(
+            "cloud call failed",
+            extra={"target": self.name, "error": type(exc).__name__, "status": status},
+        )
+        return BackendUnavailable(
+            f"{name} failed ({type(exc).__name__})", cause="5xx", unreachable=False
+        )
+
+    def _scrub(self, text: str) -> str:
+        key = self.model.api_key()
+        if key:
+            text = text.replace(key, "[redacted]")
+        return text[:2000]
+
+    async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
+        resp = await self._call(req, endpoint, stream=False)
+        return Completion(resp.model_dump(exclude_none=True))
+
+    async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
+        wrapper = await self._call(req, endpoint, stream=True)
+        it = wrapper.__aiter__()
+        try:
+            while True:
+                # Bound each gap, not the whole stream; a timeout must not span our yields.
+                try:
+                    chunk = await asyncio.wait_for(anext(it), self.settings.read_timeout_s)
+                except StopAsyncIteration:
+                    return
+                yield Chunk(obj=chunk.model_dump(exclude_none=True))
+        except TimeoutError:
+            raise UpstreamError(
+                f"cloud model '{self.name}' stream stalled", code="upstream_stream_interrupted"
+            ) from None
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(
+                f"cloud model '{self.name}' stream failed mid-way ({type(exc).__name__})",
+                code="upstream_stream_interrupted",
+            ) from None
+
+    async def probe(self) -> bool | None:
+        if not self.model.api_base:
+            return None  # no cheap generic probe for arbitrary providers: half-open trials
+        key = self.model.api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return await http_probe(self.session, self.model.api_base, headers, self.settings)
+
+    async def close(self) -> None:
+        pass

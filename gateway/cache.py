@@ -1,0 +1,381 @@
+"""Response cache for cloud answers: Redis when configured, an in-process LRU otherwise.
+
+Entries are whole OpenAI responses (JSON bytes). A streamed answer is assembled and stored once
+it completed; a hit is replayed as JSON or as SSE chunks, whichever the request wants. Redis
+trouble never fails a request: operations are bounded by a short timeout, and after an error
+the cache is bypassed until the next retry, with a log line and a metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from .backends.base import Chunk
+from .schemas import AnyRequest, ChatRequest, chat_chunk, completion_chunk, new_id
+from .settings import CacheSettings
+
+log = logging.getLogger(__name__)
+
+# Fields that change how an answer is delivered, not what it says.
+_DELIVERY_ONLY = {"stream", "stream_options", "model"}
+
+
+def cache_key(
+    req: AnyRequest, *, target: str, endpoint: str, tenant: str | None, prefix: str
+) -> str:
+    """sha256 over the canonical JSON of everything that changes the answer, and the tenant."""
+    body = {k: v for k, v in req.upstream_body().items() if k not in _DELIVERY_ONLY}
+    material = json.dumps(
+        {"target": target, "endpoint": endpoint, "tenant": tenant or "", "body": body},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return prefix + hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def cacheable(req: AnyRequest, mode: str) -> bool:
+    if mode == "never":
+        return False
+    if mode == "always":
+        return True
+    # deterministic: the same request would get the same answer again
+    if req.temperature not in (None, 0, 0.0) or (req.n or 1) != 1:
+        return False
+    return not (isinstance(req, ChatRequest) and (req.tools or req.functions))
+
+
+class Store(Protocol):
+    """The storage under the cache: bytes in, bytes out, failures as exceptions."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LRUStore:
+    """In-process LRU, bounded in entries and bytes, with per-entry expiry."""
+
+    def __init__(
+        self, *, max_entries: int, max_bytes: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if expires < self._clock():
+            self._drop(key)
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        if len(value) > self.max_bytes:
+            return
+        if key in self._data:
+            self._drop(key)
+        self._data[key] = (self._clock() + ttl_s, value)
+        self.bytes += len(value)
+        while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._data)))
+
+    def _drop(self, key: str) -> None:
+        _, value = self._data.pop(key)
+        self.bytes -= len(value)
+
+    async def close(self) -> None:
+        self._data.clear()
+        self.bytes = 0
+
+
+class RedisStore:
+    """redis-py's asyncio client on a pooled connection, every call bounded by a timeout."""
+
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        import redis.asyncio as redis
+
+        self.timeout_s = timeout_s
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            max_connections=64,
+            health_check_interval=30,
+            retry_on_timeout=False,
+        )
+
+    async def get(self, key: str) -> bytes | None:
+        async with asyncio.timeout(self.timeout_s):
+            value = await self.client.get(key)
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        async with asyncio.timeout(self.timeout_s):
+            await self.client.set(key, value, ex=ttl_s)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class ResponseCache:
+    """Get and put whole responses; bypasses a failing store and tries it again later."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: CacheSettings,
+        *,
+        on_result: Callable[[str], None] = lambda _r: None,
+        on_error: Callable[[str], None] = lambda _op: None,
+        on_state: Callable[[bool], None] = lambda _up: None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.kind = "redis" if isinstance(store, RedisStore) else "memory"
+        self.up = True
+        self._retry_at = 0.0
+        self._on_result = on_result
+        self._on_error = on_error
+        self._on_state = on_state
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def key(self, req: AnyRequest, *, target: str, endpoint: str, tenant: str | None) -> str:
+        return cache_key(
+            req, target=target, endpoint=endpoint, tenant=tenant, prefix=self.settings.key_prefix
+        )
+
+    def _usable(self) -> bool:
+        return self.up or time.monotonic() >= self._retry_at
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self._on_error(op)
+        self._retry_at = time.monotonic() + self.settings.retry_interval_s
+        if self.up:
+            self.up = False
+            self._on_state(False)
+            log.warning(
+                "response cache unavailable; bypassing it",
+                extra={"op": op, "error": type(exc).__name__, "store": self.kind},
+            )
+
+    def _worked(self) -> None:
+        if not self.up:
+            self.up = True
+            self._on_state(True)
+            log.info("response cache available again", extra={"store": self.kind})
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        if not self._usable():
+            return None
+        try:
+            raw = await self.store.get(key)
+        except Exception as exc:  # any store failure: bypass, never fail the request
+            self._failed("get", exc)
+            return None
+        self._worked()
+        if raw is None:
+            return None
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def put(self, key: str, obj: dict[str, Any]) -> None:
+        """Store in the background: the client never waits for the cache."""
+        raw = json.dumps(obj, separators=(",", ":")).encode()
+        if len(raw) > self.settings.max_entry_bytes or not self._usable():
+            return
+        task = asyncio.create_task(self._put(key, raw))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _put(self, key: str, raw: bytes) -> None:
+        try:
+            await self.store.set(key, raw, self.settings.ttl_s)
+        except Exception as exc:
+            self._failed("set", exc)
+            return
+        self._worked()
+
+    async def drain(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.store.close()
+
+
+# -- streams: assemble for storing, replay a stored answer -------------------------------------
+
+
+class StreamAssembler:
+    """Builds the whole response from chat or completion chunks as they pass by."""
+
+    def __init__(self) -> None:
+        self.head: dict[str, Any] = {}
+        self.text: list[str] = []
+        self.role = "assistant"
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.is_chat = True
+
+    def add(self, obj: dict[str, Any]) -> None:
+        if not self.head:
+            self.head = {k: obj.get(k) for k in ("id", "created", "model")}
+            self.is_chat = obj.get("object", "chat.completion.chunk") != "text_completion"
+        if obj.get("usage"):
+            self.usage = obj["usage"]
+        for choice in obj.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            if not self.is_chat:
+                self.text.append(choice.get("text") or "")
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("role"):
+                self.role = delta["role"]
+            if delta.get("content"):
+                self.text.append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                slot = self.tool_calls.setdefault(
+                    call.get("index", 0),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if call.get("id"):
+                    slot["id"] = call["id"]
+                fn = call.get("function") or {}
+                slot["function"]["name"] += fn.get("name") or ""
+                slot["function"]["arguments"] += fn.get("arguments") or ""
+
+    def result(self) -> dict[str, Any]:
+        text = "".join(self.text)
+        if self.is_chat:
+            message: dict[str, Any] = {"role": self.role, "content": text or None}
+            if self.tool_calls:
+                message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": self.finish_reason or "stop",
+            }
+            obj = "chat.completion"
+        else:
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": self.finish_reason or "stop",
+            }
+            obj = "text_completion"
+        out = {**self.head, "object": obj, "choices": [choice]}
+        if self.usage:
+            out["usage"] = self.usage
+        return out
+
+
+async def assemble_then(
+    chunks: AsyncIterator[Chunk], done: Callable[[dict[str, Any]], None]
+) -> AsyncIterator[Chunk]:
+    """Pass chunks through; only a stream that ended normally reaches `done`, never a part."""
+    asm = StreamAssembler()
+    try:
+        async for chunk in chunks:
+            asm.add(chunk.obj)
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    done(asm.result())
+
+
+def _pieces(text: str) -> list[str]:
+    """Split an answer into word-sized pieces so a replay streams like the original."""
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)] if text else []
+
+
+async def replay(obj: dict[str, Any]) -> AsyncIterator[Chunk]:
+    """A stored response as a stream of OpenAI chunks (role, pieces, finish, usage)."""
+    choice = (obj.get("choices") or [{}])[0]
+    model = obj.get("model") or ""
+    created = int(time.time())
+    finish = choice.get("finish_reason") or "stop"
+    usage = obj.get("usage")
+    if obj.get("object") == "text_completion":
+        rid = new_id("cmpl")
+        for piece in _pieces(choice.get("text") or ""):
+            yield Chunk(obj=completion_chunk(rid=rid, model=model, created=created, text=piece))
+        yield Chunk(
+            obj=completion_chunk(
+                rid=rid, model=model, created=created, text="", finish_reason=finish
+            )
+        )
+        if usage:
+            yield Chunk(
+                obj=completion_chunk(rid=rid, model=model, created=created, text=None, usage_=usage)
+            )
+        return
+    rid = new_id("chatcmpl")
+    message = choice.get("message") or {}
+    yield Chunk(
+        obj=chat_chunk(
+            rid=rid,
+            model=model,
+            created=created,
+            delta={"role": message.get("role", "assistant"), "content": ""},
+        )
+    )
+    for piece in _pieces(message.get("content") or ""):
+        yield Chunk(obj=chat_chunk(rid=rid, model=model, created=created, delta={"content": piece}))
+    if message.get("tool_calls"):
+        calls = [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]
+        yield Chunk(
+            obj=chat_chunk(rid=rid, model=model, created=created, delta={"tool_calls": calls})
+        )
+    yield Chunk(
+        obj=chat_chunk(rid=rid, model=model, created=created, delta={}, finish_reason=finish)
+    )
+    if usage:
+        yield Chunk(obj=chat_chunk(rid=rid, model=model, created=created, delta=None, usage_=usage))
+
+
+def as_hit(obj: dict[str, Any]) -> dict[str, Any]:
+    """A stored answer as a plain response: honest usage, the prompt tokens marked cached."""
+    out = dict(obj)
+    if out.get("object") == "chat.completion.chunk":
+        out["object"] = "chat.completion"
+    usage = dict(out.get("usage") or {})
+    if usage:
+        usage["prompt_tokens_details"] = {
+            **(usage.get("prompt_tokens_details") or {}),
+            "cached_tokens": usage.get("prompt_tokens", 0),
+        }
+        out["usage"] = usage
+    return out

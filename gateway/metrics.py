@@ -1,0 +1,117 @@
+"""Prometheus instruments, one registry per app so tests can build many apps side by side."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from sub-millisecond cache hits to minute-long local generations.
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        p = "edge_gateway_"
+        self.requests = Counter(
+            p + "requests",
+            "Requests answered, by route, matched policy rule and status class.",
+            ["route", "rule", "status_class"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            p + "request_duration_seconds",
+            "Time from request to last byte, by route.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            p + "overhead_seconds",
+            "Time the gateway itself added: total minus backend time.",
+            buckets=_OVERHEAD,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            p + "time_to_first_token_seconds",
+            "Time to the first streamed chunk, by route.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            p + "prompt_tokens",
+            "Prompt tokens of answered requests, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            p + "completion_tokens",
+            "Completion tokens of answered requests, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            p + "cache_requests",
+            "Response cache outcomes: hit, miss or skip.",
+            ["result"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            p + "cache_errors", "Response cache store failures, by operation.", ["op"], registry=r
+        )
+        self.cache_up = Gauge(
+            p + "cache_up",
+            "1 while the response cache store answers, 0 while bypassed.",
+            registry=r,
+        )
+        self.cloud_reachable = Gauge(
+            p + "cloud_reachable",
+            "1 while a cloud target is considered reachable.",
+            ["target"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            p + "breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            ["target"],
+            registry=r,
+        )
+        self.local_queue_depth = Gauge(
+            p + "local_queue_depth", "Requests waiting for the local model.", registry=r
+        )
+        self.local_in_flight = Gauge(
+            p + "local_in_flight", "Requests the local model is generating for.", registry=r
+        )
+        self.local_queue_capacity = Gauge(
+            p + "local_queue_capacity", "Requests that may wait for the local model.", registry=r
+        )
+        self.failovers = Counter(
+            p + "failovers",
+            "Moves to another target before the first byte, by cause.",
+            ["from_target", "to_target", "cause"],
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            p + "policy_reloads", "Policy reload attempts, by result.", ["result"], registry=r
+        )
+        self.spend_avoided = Counter(
+            p + "spend_avoided_usd",
+            "Estimated cloud cost (USD, litellm's cost map) of answers served locally or cached.",
+            ["route"],
+            registry=r,
+        )
+        self.cloud_spend = Counter(
+            p + "cloud_spend_usd", "Estimated cost (USD) of answers from the cloud.", registry=r
+        )
+        self.rate_limited = Counter(
+            p + "rate_limited",
+            "Requests refused by per-key limits, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.policy_reloads.labels(result)
+        for result in ("hit", "miss", "skip"):
+            self.cache_requests.labels(result)
+        self.cache_up.set(1)

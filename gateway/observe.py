@@ -1,0 +1,112 @@
+"""Per-request accounting: one metrics update and one JSON log line per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .keys import RECORD, REQUEST_ID, SERVICES
+from .middlewares import Handler
+
+if TYPE_CHECKING:
+    from .service import Outcome
+
+log = logging.getLogger("gateway.request")
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in by the handler as it goes."""
+
+    started: float = field(default_factory=time.perf_counter)
+    outcome: Outcome | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None
+    backend_s: float = 0.0
+    stream_error: str | None = None
+
+    def usage_from(self, obj: dict[str, Any]) -> None:
+        u = obj.get("usage") or {}
+        if u:
+            self.prompt_tokens = int(u.get("prompt_tokens") or 0)
+            self.completion_tokens = int(u.get("completion_tokens") or 0)
+
+
+def _path_label(request: web.Request) -> str:
+    info = request.match_info
+    if info.http_exception is not None or info.route.resource is None:
+        return "unmatched"  # never a raw path: unbounded label values
+    return info.route.resource.canonical
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    record = RequestRecord()
+    request[RECORD] = record
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        _account(request, record, status)
+
+
+def _account(request: web.Request, record: RequestRecord, status: int) -> None:
+    services = request.app[SERVICES]
+    path = _path_label(request)
+    if not path.startswith("/v1/") or path in ("/v1/models", "/v1/route"):
+        return  # probes, scrapes and admin calls are not traffic
+    m = services.metrics
+    total = time.perf_counter() - record.started
+    o = record.outcome
+    route = o.route if o else "none"
+    rule = o.decision.rule if o else "none"
+    m.requests.labels(route, rule, f"{status // 100}xx").inc()
+    m.duration.labels(route).observe(total)
+    if o is not None:
+        m.overhead.observe(max(0.0, total - record.backend_s))
+        if record.ttft_s is not None:
+            m.ttft.labels(route).observe(record.ttft_s)
+        m.prompt_tokens.labels(route).inc(record.prompt_tokens)
+        m.completion_tokens.labels(route).inc(record.completion_tokens)
+        if o.cache:
+            m.cache_requests.labels(o.cache).inc()
+        for src, dst, cause in o.failovers:
+            m.failovers.labels(src, dst, cause).inc()
+        cost = services.prices.cost(
+            services.price_model(o), record.prompt_tokens, record.completion_tokens
+        )
+        if route == "cloud":
+            m.cloud_spend.inc(cost)
+        elif status < 400:
+            m.spend_avoided.labels(route).inc(cost)
+        services.limiter.record(
+            o.features.tenant,
+            record.prompt_tokens + record.completion_tokens,
+            cost if route == "cloud" else 0.0,
+        )
+    line: dict[str, Any] = {
+        "request_id": request.get(REQUEST_ID),
+        "method": request.method,
+        "path": path,
+        "status": status,
+        "route": route,
+        "rule": rule,
+        "reason": o.reason if o else None,
+        "degraded": o.degraded if o else False,
+        "cache": o.cache if o else None,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "latency_ms": round(total * 1000, 2),
+        "ttft_ms": round(record.ttft_s * 1000, 2) if record.ttft_s is not None else None,
+        "tenant": o.features.tenant if o else None,
+    }
+    if record.stream_error:
+        line["stream_error"] = record.stream_error
+    log.info("request", extra=line)

@@ -1,0 +1,78 @@
+"""Per-target circuit breakers fed by real traffic, closed again by a light probe."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.IntEnum):
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+class Breaker:
+    """Closed: traffic flows. Open: requests skip the target until a probe or trial succeeds.
+
+    An unreachable target (timeout, refused connection) opens the breaker at once; provider
+    errors (5xx, 429) open it after `failures` in a row. Without a probe, an open breaker lets
+    one trial request through every `retry_after_s` (half-open).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        failures: int,
+        retry_after_s: float,
+        on_change: Callable[[str, State], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.target = target
+        self.failures = failures
+        self.retry_after_s = retry_after_s
+        self.state = State.CLOSED
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.last_cause = ""
+        self._on_change = on_change
+        self._clock = clock
+
+    @property
+    def reachable(self) -> bool:
+        return self.state != State.OPEN
+
+    def allow(self) -> bool:
+        if self.state == State.CLOSED:
+            return True
+        if self.state == State.OPEN and self._clock() - self.opened_at >= self.retry_after_s:
+            self._set(State.HALF_OPEN)
+            return True  # the trial request
+        return False
+
+    def success(self) -> None:
+        self.consecutive = 0
+        if self.state != State.CLOSED:
+            self._set(State.CLOSED)
+
+    def failure(self, cause: str, *, unreachable: bool) -> None:
+        self.consecutive += 1
+        self.last_cause = cause
+        if unreachable or self.consecutive >= self.failures or self.state == State.HALF_OPEN:
+            self.opened_at = self._clock()
+            if self.state != State.OPEN:
+                self._set(State.OPEN)
+
+    def _set(self, state: State) -> None:
+        log.warning(
+            "circuit breaker state change",
+            extra={"target": self.target, "state": state.name.lower(), "cause": self.last_cause},
+        )
+        self.state = state
+        if self._on_change:
+            self._on_change(self.target, state)

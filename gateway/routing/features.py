@@ -1,0 +1,97 @@
+"""What the policy looks at: one cheap pass over the request, no model calls."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..schemas import AnyRequest, ChatRequest
+from .complexity import ComplexityScorer
+from .pii import detect_pii
+from .tokens import count_tokens
+
+# Needs the embedded local model cannot meet; any of them sends the request elsewhere.
+NEEDS = ("tools", "images", "json_schema", "multiple_choices", "logprobs")
+# OpenAI counts a few tokens of framing per chat message.
+_PER_MESSAGE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    model: str
+    prompt_tokens: int
+    complexity: float
+    complexity_reasons: tuple[str, ...]
+    needs: tuple[str, ...]
+    pii: tuple[str, ...]
+    tenant: str | None
+    cloud_reachable: bool
+    local_queue_depth: int
+    local_queue_full: bool
+    exceeds_local_context: bool
+    max_tokens: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def needs_of(req: AnyRequest) -> tuple[str, ...]:
+    found: list[str] = []
+    if isinstance(req, ChatRequest):
+        if req.tools or req.functions:
+            found.append("tools")
+        if any(m.has_image() for m in req.messages):
+            found.append("images")
+        rf = req.response_format or {}
+        if rf.get("type") == "json_schema":
+            found.append("json_schema")
+        if req.logprobs:
+            found.append("logprobs")
+    elif req.logprobs:
+        found.append("logprobs")
+    if (req.n or 1) > 1:
+        found.append("multiple_choices")
+    return tuple(found)
+
+
+class FeatureExtractor:
+    """Built once per app: owns the scorer (and, through tokens.py, the tiktoken encoder)."""
+
+    def __init__(self, *, scorer: ComplexityScorer, local_n_ctx: int) -> None:
+        self.scorer = scorer
+        self.local_n_ctx = local_n_ctx
+
+    def extract(
+        self,
+        req: AnyRequest,
+        *,
+        tenant: str | None,
+        cloud_reachable: bool,
+        local_queue_depth: int,
+        local_queue_full: bool,
+    ) -> Features:
+        text = req.prompt_text()
+        tokens = count_tokens(text)
+        if isinstance(req, ChatRequest):
+            tokens += _PER_MESSAGE * len(req.messages) + _PER_MESSAGE
+            # Score what the user asks, not the system prompt boilerplate around it.
+            asked = "\n".join(m.text() for m in req.messages if m.role == "user") or text
+        else:
+            asked = text
+        max_tokens = req.requested_max_tokens()
+        complexity = self.scorer.score(asked, max_tokens=max_tokens)
+        return Features(
+            model=req.model,
+            prompt_tokens=tokens,
+            complexity=round(complexity.score, 4),
+            complexity_reasons=complexity.reasons,
+            needs=needs_of(req),
+            pii=detect_pii(text),
+            tenant=tenant,
+            cloud_reachable=cloud_reachable,
+            local_queue_depth=local_queue_depth,
+            local_queue_full=local_queue_full,
+            # tiktoken is not the local tokenizer; a 10% margin keeps the estimate honest.
+            exceeds_local_context=tokens * 1.1 >= self.local_n_ctx,
+            max_tokens=max_tokens,
+        )

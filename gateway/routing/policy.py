@@ -1,0 +1,304 @@
+"""Operator routing policies: YAML validated into typed models, and the decision they make."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .features import NEEDS, Features
+
+LOCAL = "local"
+CLOUD = "cloud"
+CACHE = "cache"
+
+Need = Literal["tools", "images", "json_schema", "multiple_choices", "logprobs", "any"]
+CacheMode = Literal["deterministic", "always", "never"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Range(_Strict):
+    """A numeric condition; every bound given must hold."""
+
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Range:
+        if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
+            raise ValueError("give at least one of gt, gte, lt, lte")
+        return self
+
+    def holds(self, v: float) -> bool:
+        return (
+            (self.gt is None or v > self.gt)
+            and (self.gte is None or v >= self.gte)
+            and (self.lt is None or v < self.lt)
+            and (self.lte is None or v <= self.lte)
+        )
+
+    def describe(self, name: str, v: float) -> str:
+        parts = [
+            f"{op}{bound:g}"
+            for op, bound in ((">", self.gt), (">=", self.gte), ("<", self.lt), ("<=", self.lte))
+            if bound is not None
+        ]
+        return f"{name}={v:g} {' '.join(parts)}"
+
+
+class When(_Strict):
+    """Conditions over the request's features; all given must hold (an empty `when` matches)."""
+
+    model: list[str] | None = Field(None, description="requested model alias or name, any of")
+    prompt_tokens: Range | None = None
+    complexity: Range | None = None
+    needs: list[Need] | None = Field(None, description="any of these needs; `any` for any need")
+    pii: bool | list[Literal["email", "phone", "card", "iban"]] | None = None
+    tenant: list[str] | None = Field(None, description="tenant ids (sha256 of the key, 12 hex)")
+    cloud_reachable: bool | None = None
+    local_queue_depth: Range | None = None
+    local_queue_full: bool | None = None
+    exceeds_local_context: bool | None = None
+
+    def match(self, f: Features) -> list[str] | None:
+        """Why it matches (one phrase per condition), or None when it does not."""
+        why: list[str] = []
+        if self.model is not None:
+            if f.model not in self.model:
+                return None
+            why.append(f"model={f.model}")
+        for name in ("prompt_tokens", "complexity", "local_queue_depth"):
+            cond: Range | None = getattr(self, name)
+            if cond is not None:
+                value = getattr(f, name)
+                if not cond.holds(value):
+                    return None
+                why.append(cond.describe(name, value))
+        if self.needs is not None:
+            hit = [n for n in f.needs if "any" in self.needs or n in self.needs]
+            if not hit:
+                return None
+            why.append("needs=" + ",".join(hit))
+        if self.pii is not None:
+            if isinstance(self.pii, bool):
+                if bool(f.pii) != self.pii:
+                    return None
+                why.append("pii=" + (",".join(f.pii) if f.pii else "none"))
+            else:
+                hit = [k for k in f.pii if k in self.pii]
+                if not hit:
+                    return None
+                why.append("pii=" + ",".join(hit))
+        if self.tenant is not None:
+            if f.tenant not in self.tenant:
+                return None
+            why.append(f"tenant={f.tenant}")
+        for name in ("cloud_reachable", "local_queue_full", "exceeds_local_context"):
+            flag: bool | None = getattr(self, name)
+            if flag is not None:
+                if getattr(f, name) != flag:
+                    return None
+                why.append(f"{name}={str(flag).lower()}")
+        return why
+
+
+class Rule(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    when: When = Field(default_factory=When)
+    route: str = Field(min_length=1, description="local, cloud, or a cloud model's name")
+    enforce: bool = Field(
+        False, description="also applies when the client names a model (e.g. privacy rules)"
+    )
+
+
+class Offline(_Strict):
+    order: list[str] = Field(
+        default_factory=lambda: [CACHE, LOCAL],
+        description="where to go, in order, when the chosen target cannot answer",
+    )
+    allow_degraded: bool = Field(True, description="false: fail fast (503) instead")
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    default: str = Field(min_length=1)
+    cache: CacheMode = "deterministic"
+    rules: list[Rule] = Field(default_factory=list)
+    offline: Offline = Field(default_factory=Offline)
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Policy:
+        names = [r.name for r in self.rules]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"rule names must be unique: {sorted(dup)}")
+        return self
+
+    def targets(self) -> Iterable[tuple[str, str]]:
+        """(location, target) of every route the policy names, for checking them."""
+        yield "default", self.default
+        for i, r in enumerate(self.rules):
+            yield f"rules.{i}.route", r.route
+        for i, t in enumerate(self.offline.order):
+            yield f"offline.order.{i}", t
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    target: str  # "local" or a cloud model's name
+    rule: str
+    reason: str
+    fallbacks: tuple[str, ...]
+    allow_degraded: bool
+    cache_mode: CacheMode
+
+    @property
+    def route(self) -> str:
+        return LOCAL if self.target == LOCAL else CLOUD
+
+
+class PolicyError(Exception):
+    """A policy file is wrong: the message names file, line and field."""
+
+
+def parse_policy(
+    text: str, *, source: str = "<policy>", cloud_names: Iterable[str] | None = None
+) -> Policy:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(f"{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}:1: a policy is a mapping with at least `default:`")
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+            line = _line_of(node, loc)
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            lines.append(f"{source}:{line}: field {field}: {err['msg']}")
+        raise PolicyError("\n".join(lines)) from None
+    if cloud_names is not None:
+        known = {LOCAL, CLOUD, *cloud_names}
+        for where, target in policy.targets():
+            allowed = known | ({CACHE} if where.startswith("offline") else set())
+            if target not in allowed:
+                parts: list[str | int] = [int(p) if p.isdigit() else p for p in where.split(".")]
+                line = _line_of(node, parts)
+                raise PolicyError(
+                    f"{source}:{line}: field {where}: unknown target {target!r} "
+                    f"(known: {', '.join(sorted(allowed))})"
+                )
+    return policy
+
+
+# pydantic puts the union member's type name into error locations; the YAML has no such level.
+_UNION_TAGS = {"bool", "list[literal['email','phone','card','iban']]", "float", "int", "str"}
+
+
+def _line_of(node: Any, loc: list[Any]) -> int:
+    """The 1-based line of the deepest YAML node along `loc` that exists."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for key, value in node.value:
+                if key.value == part:
+                    nxt = value
+                    line = key.start_mark.line + 1
+                    break
+            if nxt is None:
+                break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def load_policy(path: Path, *, cloud_names: Iterable[str] | None = None) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_policy(text, source=str(path), cloud_names=cloud_names)
+
+
+class Router:
+    """Applies a policy to features. Cheap: a few comparisons per rule."""
+
+    def __init__(self, *, cloud_names: list[str], local_names: Iterable[str]) -> None:
+        self.cloud_names = cloud_names
+        self.local_names = {LOCAL, *local_names}
+
+    def resolve(self, target: str) -> str | None:
+        """A policy target as a backend name; None when it names no configured backend."""
+        if target == CLOUD:
+            return self.cloud_names[0] if self.cloud_names else None
+        if target in self.local_names:
+            return LOCAL
+        return target if target in self.cloud_names else None
+
+    def decide(self, policy: Policy, f: Features) -> Decision:
+        explicit = f.model != "auto"
+        for rule in policy.rules:
+            if explicit and not rule.enforce:
+                continue
+            why = rule.when.match(f)
+            if why is not None:
+                target = self.resolve(rule.route)
+                if target is None:  # e.g. a cloud rule on a box with no cloud models
+                    continue
+                return self._decision(policy, target, rule.name, why)
+        if explicit:
+            target = self.resolve(f.model)
+            if target is None:
+                raise KeyError(f.model)
+            return self._decision(policy, target, "model", [f"model={f.model}"])
+        target = self.resolve(policy.default) or LOCAL
+        return self._decision(policy, target, "default", [])
+
+    def _decision(self, policy: Policy, target: str, rule: str, why: list[str]) -> Decision:
+        fallbacks: list[str] = []
+        for t in policy.offline.order:
+            resolved = CACHE if t == CACHE else self.resolve(t)
+            if resolved and resolved != target and resolved not in fallbacks:
+                fallbacks.append(resolved)
+        reason = f"rule={rule}" + (f"; {'; '.join(why)}" if why else "")
+        return Decision(
+            target=target,
+            rule=rule,
+            reason=reason,
+            fallbacks=tuple(fallbacks),
+            allow_degraded=policy.offline.allow_degraded,
+            cache_mode=policy.cache,
+        )
+
+
+def local_can_serve(f: Features) -> str | None:
+    """Why the local model cannot answer this request, or None when it can."""
+    if f.exceeds_local_context:
+        return "prompt exceeds the local context"
+    hard = [n for n in f.needs if n in NEEDS and n != "logprobs"]
+    if hard:
+        return "needs " + ",".join(hard)
+    return None

@@ -1,0 +1,75 @@
+"""The policy in force: loaded at start, swapped atomically on reload, kept when an edit breaks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from .policy import Policy, PolicyError, load_policy
+
+log = logging.getLogger(__name__)
+
+
+class PolicyStore:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        cloud_names: list[str],
+        on_reload: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.cloud_names = cloud_names
+        self._on_reload = on_reload
+        self._digest = ""
+        self.current: Policy = self._read()  # a broken policy at start-up stops start-up
+        self.last_error: str | None = None
+
+    def _read(self) -> Policy:
+        raw = self.path.read_bytes() if self.path.is_file() else b""
+        policy = load_policy(self.path, cloud_names=self.cloud_names)
+        self._digest = hashlib.sha256(raw).hexdigest()
+        return policy
+
+    def reload(self) -> Policy:
+        """Validate the file and swap it in; on error keep the last good policy and raise."""
+        try:
+            policy = self._read()
+        except PolicyError as exc:
+            self.last_error = str(exc)
+            log.error(
+                "policy reload failed; keeping the last good policy",
+                extra={"file": str(self.path), "error": str(exc)},
+            )
+            if self._on_reload:
+                self._on_reload("failure")
+            raise
+        self.current = policy  # one reference assignment: requests see old or new, never a mix
+        self.last_error = None
+        log.info("policy reloaded", extra={"file": str(self.path), "rules": len(policy.rules)})
+        if self._on_reload:
+            self._on_reload("success")
+        return policy
+
+    def changed(self) -> bool:
+        try:
+            raw = self.path.read_bytes()
+        except OSError:
+            return False  # mid-rename or deleted: keep serving the last good policy
+        return hashlib.sha256(raw).hexdigest() != self._digest
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll the file (portable, works on bind mounts and ConfigMap symlink swaps)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.changed():
+                try:
+                    self.reload()
+                except PolicyError:
+                    # Remember the broken content so the error is logged once, not every poll.
+                    with contextlib.suppress(OSError):
+                        self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()

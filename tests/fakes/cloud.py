@@ -1,0 +1,278 @@
+"""A fake OpenAI-compatible cloud on loopback that can be told to misbehave.
+
+Modes: ok, slow (late first byte and slow chunks), fail500, fail429, hang (accepts, never
+answers), drop (streams a few chunks then cuts the connection), flaky (every other request
+500), refuse (nothing listens: connections are refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+from aiohttp import web
+
+MODES = ("ok", "slow", "fail500", "fail429", "hang", "drop", "flaky", "refuse")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FakeCloud:
+    def __init__(self, *, port: int | None = None, slow_s: float = 0.5) -> None:
+        self.port = port or _free_port()
+        self.mode = "ok"
+        self.slow_s = slow_s
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.probes = 0
+        self._counter = 0
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def model_entry(
+        self, name: str = "gpt-fake", model: str = "openai/gpt-4o-mini"
+    ) -> dict[str, Any]:
+        return {
+            "name": name,
+            "model": model,
+            "api_base": self.base_url,
+            "api_key_env": "FAKE_CLOUD_KEY",
+        }
+
+    @property
+    def chat_calls(self) -> int:
+        return len(self.requests)
+
+    # -- app -------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    async def _gate(self) -> web.Response | None:
+        """Apply the failure mode before answering; a response means: answer with this."""
+        self._counter += 1
+        mode = self.mode
+        if mode == "flaky":
+            mode = "fail500" if self._counter % 2 else "ok"
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        if mode == "slow":
+            await asyncio.sleep(self.slow_s)
+        if mode == "fail500":
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "upstream exploded",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status=500,
+            )
+        if mode == "fail429":
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "slow down",
+                        "type": "rate_limit_error",
+                        "param": None,
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+                status=429,
+                headers={"Retry-After": "1"},
+            )
+        return None
+
+    def _answer(self, body: dict[str, Any]) -> str:
+        msgs = body.get("messages") or [{"content": body.get("prompt", "")}]
+        last = msgs[-1].get("content") if isinstance(msgs[-1], dict) else ""
+        if not isinstance(last, str):
+            last = json.dumps(last)
+        return f"cloud answer to: {last[:60]}"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        gated = await self._gate()
+        if gated is not None:
+            return gated
+        text = self._answer(body)
+        model = body.get("model", "gpt-fake")
+        usage = {
+            "prompt_tokens": 11,
+            "completion_tokens": len(text.split()),
+            "total_tokens": 11 + len(text.split()),
+        }
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        words = text.split(" ")
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+        async def send(obj: dict[str, Any]) -> None:
+            await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+        await send(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        for i, w in enumerate(words):
+            if self.mode == "drop" and i == 2:
+                # Cut the TCP connection mid-stream, without the terminating chunk.
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            if self.mode == "slow":
+                await asyncio.sleep(self.slow_s / 10)
+            await send(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"content": (" " if i else "") + w},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
+        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send({**base, "choices": [], "usage": usage})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        gated = await self._gate()
+        if gated is not None:
+            return gated
+        text = self._answer(body)
+        return web.json_response(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+            }
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.probes += 1
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode == "fail500":
+            return web.json_response({"error": {"message": "down"}}, status=500)
+        return web.json_response(
+            {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}
+        )
+
+    # -- lifecycle (in the caller's loop) --------------------------------------------------
+
+    async def start(self) -> FakeCloud:
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await self._listen()
+        return self
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await self._site.start()
+
+    async def set_mode(self, mode: str) -> None:
+        """Switch modes; `refuse` closes the listening socket, leaving it closes reopens it."""
+        assert mode in MODES, mode
+        if mode == "refuse" and self.mode != "refuse" and self._site is not None:
+            await self._site.stop()
+            self._site = None
+        elif mode != "refuse" and self._site is None:
+            await self._listen()
+        self.mode = mode
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- lifecycle (own thread, for sync tests and gateway processes) ----------------------
+
+    def start_in_thread(self) -> FakeCloud:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def set_mode_threadsafe(self, mode: str) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self.set_mode(mode), self._loop).result(10)
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)

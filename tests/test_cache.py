@@ -1,0 +1,165 @@
+"""The response cache against a real redis-server: hits, streams, tenants, outages."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+
+from tests.conftest import RedisServer, RunningGateway, cloud_settings
+from tests.fakes.cloud import FakeCloud
+
+Q = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def client(gw: RunningGateway, key: str = "sk-tenant-a") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=30)
+
+
+async def cached_gateway(
+    factory: Any, cloud: FakeCloud, redis_url: str | None, **cache: Any
+) -> RunningGateway:
+    return await factory(**cloud_settings(cloud), cache={"redis_url": redis_url, **cache})  # type: ignore[no-any-return]
+
+
+async def _ask(c: openai.AsyncOpenAI, **kw: Any) -> Any:
+    return await c.chat.completions.with_raw_response.create(
+        **{"model": "cloud", "messages": Q, **kw}
+    )
+
+
+async def test_second_identical_request_is_a_hit(
+    gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
+) -> None:
+    gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
+    c = client(gw)
+    first = await _ask(c)
+    assert first.headers["x-gateway-route"] == "cloud"
+    assert first.headers["x-gateway-cache"] == "miss"
+    await asyncio.sleep(0.2)  # stored in the background
+    second = await _ask(c)
+    assert second.headers["x-gateway-route"] == "cache"
+    assert second.headers["x-gateway-cache"] == "hit"
+    assert fake_cloud.chat_calls == 1
+    a, b = first.parse(), second.parse()
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert b.usage.prompt_tokens == a.usage.prompt_tokens  # honest usage of the answer
+    assert b.usage.prompt_tokens_details.cached_tokens == a.usage.prompt_tokens
+    r = redis_server.client()
+    try:
+        keys = r.keys("egw:cache:*")
+        assert len(keys) >= 1
+        assert r.ttl(keys[0]) > 0
+    finally:
+        r.close()
+
+
+async def test_stream_is_stored_and_replayed(
+    gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
+) -> None:
+    gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
+    c = client(gw, "sk-stream-tenant")
+    q = [{"role": "user", "content": "Stream me the capital of Italy."}]
+
+    async def stream() -> tuple[str, int, str]:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="cloud", messages=q, stream=True
+        )
+        chunks = [ch async for ch in raw.parse()]
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        return text, len(chunks), raw.headers["x-gateway-route"]
+
+    text1, _, route1 = await stream()
+    await asyncio.sleep(0.2)
+    text2, n2, route2 = await stream()
+    assert (route1, route2) == ("cloud", "cache")
+    assert text2 == text1 and n2 >= 2
+    assert fake_cloud.chat_calls == 1
+    # An entry stored from a stream answers a plain request too.
+    plain = await c.chat.completions.with_raw_response.create(model="cloud", messages=q)
+    assert plain.headers["x-gateway-route"] == "cache"
+    assert plain.parse().choices[0].message.content == text1
+
+
+async def test_other_api_key_misses(
+    gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
+) -> None:
+    gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
+    q = {"messages": [{"role": "user", "content": "Tenant isolation question."}]}
+    await _ask(client(gw, "sk-one"), **q)
+    await asyncio.sleep(0.2)
+    other = await _ask(client(gw, "sk-two"), **q)
+    assert other.headers["x-gateway-cache"] == "miss"
+    assert other.headers["x-gateway-route"] == "cloud"
+    same = await _ask(client(gw, "sk-one"), **q)
+    assert same.headers["x-gateway-route"] == "cache"
+
+
+async def test_cache_control_and_cacheability(
+    gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
+) -> None:
+    gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
+    c = client(gw, "sk-cc")
+    q = {"messages": [{"role": "user", "content": "Cache control question."}]}
+    r = await _ask(c, **q, extra_headers={"Cache-Control": "no-store"})
+    assert r.headers["x-gateway-cache"] == "miss"
+    await asyncio.sleep(0.2)
+    r = await _ask(c, **q)
+    assert r.headers["x-gateway-route"] == "cloud"  # nothing was stored
+    await asyncio.sleep(0.2)
+    r = await _ask(c, **q, extra_headers={"Cache-Control": "no-cache"})
+    assert r.headers["x-gateway-cache"] == "skip" and r.headers["x-gateway-route"] == "cloud"
+    r = await _ask(c, **q, temperature=0.9)  # sampled: not cacheable in deterministic mode
+    assert r.headers["x-gateway-cache"] == "skip"
+    r = await _ask(c, **q)
+    assert r.headers["x-gateway-route"] == "cache"
+
+
+async def test_hit_served_while_cloud_fails(
+    gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
+) -> None:
+    gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
+    c = client(gw, "sk-offline")
+    await _ask(c)
+    await asyncio.sleep(0.2)
+    await fake_cloud.set_mode("fail500")
+    for _ in range(5):
+        r = await _ask(c)
+        assert r.headers["x-gateway-route"] == "cache"
+    await fake_cloud.set_mode("refuse")
+    r = await _ask(c, stream=True)
+    assert r.headers["x-gateway-route"] == "cache"
+
+
+async def test_redis_outage_never_fails_requests(
+    gateway_factory: Any, fake_cloud: FakeCloud, own_redis: RedisServer
+) -> None:
+    gw = await cached_gateway(gateway_factory, fake_cloud, own_redis.url, retry_interval_s=0.3)
+    c = client(gw, "sk-outage")
+    q = lambda i: {"messages": [{"role": "user", "content": f"outage question {i}"}]}  # noqa: E731
+    r = await _ask(c, **q(0))
+    assert r.http_response.status_code == 200
+    own_redis.kill()
+    for i in range(1, 6):
+        r = await _ask(c, **q(i))
+        assert r.http_response.status_code == 200
+        assert r.headers["x-gateway-route"] == "cloud"
+    own_redis.start()  # same port: the gateway reconnects by itself
+    await asyncio.sleep(0.5)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        await _ask(c, **q(99))
+        await asyncio.sleep(0.2)
+        r = await _ask(c, **q(99))
+        if r.headers["x-gateway-route"] == "cache":
+            break
+        assert asyncio.get_running_loop().time() < deadline, "caching did not resume"
+
+
+async def test_in_process_lru_when_no_redis(gateway_factory: Any, fake_cloud: FakeCloud) -> None:
+    gw = await cached_gateway(gateway_factory, fake_cloud, None)
+    c = client(gw)
+    await _ask(c)
+    await asyncio.sleep(0.05)
+    assert (await _ask(c)).headers["x-gateway-route"] == "cache"
