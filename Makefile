@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: setup run test test-fast lint bench system-deps clean
+.PHONY: setup run test test-fast lint bench bench-deps system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,18 @@ lint: setup
 	$(VENV)/bin/ruff format --check gateway tests bench
 	$(VENV)/bin/mypy
 
-bench: setup system-deps
+# Peers for side-by-side runs: wrk, the LiteLLM proxy (its own venv: its pins are its own)
+# and llama-cpp-python's server extras.
+bench-deps: setup system-deps
+	command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -qq wrk >/dev/null; }
+	test -x .venv-litellm/bin/litellm || { $(PYTHON) -m venv .venv-litellm && \
+		.venv-litellm/bin/pip install -q 'litellm[proxy]'; }
+	$(PY) -c 'import sse_starlette, starlette_context, uvicorn' 2>/dev/null || \
+		$(PY) -m pip install -q 'llama-cpp-python[server]'
+
+bench: bench-deps
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-litellm .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import subprocess
@@ -26,9 +27,11 @@ PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 
 
-def direct_runs(runs: int, max_tokens: int) -> list[tuple[float, float, int]]:
-    """(tokens/s after first token, ttft seconds, tokens) per run, llama-cpp-python in-process."""
+@functools.cache
+def _direct_model() -> tuple[Any, list[int]]:
+    """One Llama for all direct runs, and the prompt tokens exactly as the gateway builds them."""
     from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     cfg = LocalSettings()
     llama = Llama(
@@ -38,15 +41,28 @@ def direct_runs(runs: int, max_tokens: int) -> list[tuple[float, float, int]]:
         n_batch=cfg.n_batch,
         verbose=False,
     )
+    eos = llama.detokenize([llama.token_eos()], special=True).decode()
+    bos = llama.detokenize([llama.token_bos()], special=True).decode()
+    fmt = Jinja2ChatFormatter(
+        template=llama.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos
+    )(messages=MESSAGES)
+    tokens = llama.tokenize(fmt.prompt.encode(), add_bos=not fmt.added_special, special=True)
+    return llama, tokens
+
+
+def direct_runs(runs: int, max_tokens: int) -> list[tuple[float, float, int]]:
+    """(tokens/s after first token, ttft seconds, tokens) per run, llama-cpp-python in-process,
+    with the same prompt tokens and sampling the gateway's worker uses."""
+    llama, tokens = _direct_model()
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
         first = None
         n = 0
-        for chunk in llama.create_chat_completion(
-            messages=MESSAGES, max_tokens=max_tokens, temperature=0.0, stream=True
+        for chunk in llama.create_completion(
+            prompt=tokens, max_tokens=max_tokens, temperature=0.0, top_p=1.0, stream=True
         ):
-            if chunk["choices"][0]["delta"].get("content"):
+            if chunk["choices"][0]["text"]:
                 n += 1
                 if first is None:
                     first = time.perf_counter()

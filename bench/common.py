@@ -1,0 +1,149 @@
+"""Shared pieces of the benchmarks: child processes on loopback, wrk runs, RSS readings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process whose output goes to a temp file; stopped on exit."""
+
+    def __init__(
+        self, args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            args,
+            env={**os.environ, **(env or {})},
+            cwd=cwd or ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_http(self, url: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{url}: process exited; log in {self.log.name}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{url} not up; log in {self.log.name}")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class WrkResult:
+    connections: int
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    requests: int
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(
+    url: str,
+    body: dict[str, object],
+    *,
+    connections: int,
+    seconds: int,
+    headers: dict[str, str] | None = None,
+) -> WrkResult:
+    """POST `body` to `url` with wrk: latency percentiles, requests/s and error count."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        raise SystemExit("wrk is missing: apt-get install wrk (make bench does)")
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    lua = "\n".join(
+        ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
+        + [f'wrk.headers["{k}"] = "{v}"' for k, v in hdrs.items()]
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(lua)
+    out = subprocess.run(
+        [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", fh.name, url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
+    os.unlink(fh.name)
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (
+        sum(int(x) for x in sock.groups()) if sock else 0
+    )
+    return WrkResult(connections, _ms(pct["50"]), _ms(pct["99"]), rps, total, errors)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {sys.version.split()[0]}"

@@ -1,0 +1,377 @@
+"""Every benchmark, each with its peers in the same run; writes docs/BENCHMARKS.md.
+
+    make bench            # or: .venv/bin/python -m bench.run_all [--seconds 10] [--runs 7]
+
+Needs wrk and redis-server (Debian packages), the LiteLLM proxy in .venv-litellm
+(`make bench` installs it) and llama-cpp-python's server extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import shutil
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench import classifier_latency, local_tokens
+from bench.common import PY, ROOT, Proc, WrkResult, free_port, machine, wrk
+
+LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
+QUESTION = {
+    "model": "up",
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+}
+NO_CACHE = {"Cache-Control": "no-cache, no-store"}
+
+
+def _gateway(port: int, extra_env: dict[str, str], upstream: int) -> Proc:
+    env = {
+        "GATEWAY_CLOUD__MODELS": json.dumps(
+            [
+                {
+                    "name": "up",
+                    "model": "openai/gpt-4o-mini",
+                    "api_base": f"http://127.0.0.1:{upstream}/v1",
+                }
+            ]
+        ),
+        "GATEWAY_SERVER__LOG_LEVEL": "WARNING",
+        **extra_env,
+    }
+    return Proc([PY, "-m", "gateway", "serve", "--port", str(port)], env=env)
+
+
+def proxy_overhead(seconds: int, results: dict[str, Any]) -> None:
+    up, gw_port, ll_port = free_port(), free_port(), free_port()
+    cfg = ROOT / "bench" / ".litellm.yaml"
+    cfg.write_text(
+        "model_list:\n  - model_name: up\n    litellm_params:\n      model: openai/gpt-4o-mini\n"
+        f"      api_base: http://127.0.0.1:{up}/v1\n      api_key: sk-bench\n"
+    )
+    master = "sk-bench-master-key-0123456789abcdef"
+    with (
+        Proc([PY, "-m", "bench.upstream", "--port", str(up)]) as upstream,
+        _gateway(gw_port, {}, up) as gateway,
+        Proc(
+            [
+                str(LITELLM),
+                "--config",
+                str(cfg),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ll_port),
+                "--num_workers",
+                "1",
+            ],
+            env={
+                "LITELLM_MASTER_KEY": master,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_LOG": "ERROR",
+            },
+        ) as litellm,
+    ):
+        upstream.wait_http(f"http://127.0.0.1:{up}/v1/models")
+        gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
+        litellm.wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
+        results["memory"]["gateway (model loaded, idle)"] = gateway.rss_mb()
+        results["memory"]["LiteLLM proxy (idle)"] = litellm.rss_mb()
+        targets = {
+            "upstream direct": (f"http://127.0.0.1:{up}/v1/chat/completions", {}),
+            "edge-gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", NO_CACHE),
+            "LiteLLM proxy": (
+                f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {master}"},
+            ),
+        }
+        for url, headers in targets.values():  # warm-up
+            wrk(url, QUESTION, connections=1, seconds=2, headers=headers)
+        rows: dict[str, dict[int, WrkResult]] = {n: {} for n in targets}
+        for conns in (1, 32):
+            for name, (url, headers) in targets.items():
+                rows[name][conns] = wrk(
+                    url, QUESTION, connections=conns, seconds=seconds, headers=headers
+                )
+        results["memory"]["gateway (after cloud load)"] = gateway.rss_mb()
+        results["memory"]["LiteLLM proxy (after load)"] = litellm.rss_mb()
+    cfg.unlink()
+    results["proxy"] = {n: {c: vars(r) for c, r in by.items()} for n, by in rows.items()}
+
+
+def cache_hits(seconds: int, results: dict[str, Any]) -> None:
+    redis_port, up, gw_port = free_port(), free_port(), free_port()
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise SystemExit("redis-server is missing (make bench installs it)")
+    with (
+        Proc([redis, "--port", str(redis_port), "--save", "", "--appendonly", "no"]),
+        Proc([PY, "-m", "bench.upstream", "--port", str(up)]) as upstream,
+        _gateway(
+            gw_port, {"GATEWAY_CACHE__REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}, up
+        ) as gateway,
+    ):
+        upstream.wait_http(f"http://127.0.0.1:{up}/v1/models")
+        gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
+        url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        req = urllib.request.Request(
+            url, data=json.dumps(QUESTION).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req) as r:  # prime the entry
+            assert r.headers["x-gateway-cache"] == "miss"
+        time.sleep(0.2)
+        with urllib.request.urlopen(req) as r:
+            assert r.headers["x-gateway-route"] == "cache", "priming did not store"
+        rows = {c: wrk(url, QUESTION, connections=c, seconds=seconds) for c in (1, 32)}
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/metrics") as r:
+            metrics = r.read().decode()
+        hits = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith('edge_gateway_cache_requests_total{result="hit"}')
+        )
+        results["memory"]["gateway (after cache load)"] = gateway.rss_mb()
+    results["cache"] = {c: vars(r) for c, r in rows.items()}
+    results["cache_hits_counted"] = hits
+
+
+def local_path(runs: int, max_tokens: int, results: dict[str, Any]) -> None:
+    gw_port, ls_port = free_port(), free_port()
+    from gateway.backends.local import embedded_model_path
+    from gateway.settings import LocalSettings
+
+    cfg = LocalSettings()
+    with (
+        Proc(
+            [PY, "-m", "gateway", "serve", "--port", str(gw_port)],
+            env={"GATEWAY_SERVER__LOG_LEVEL": "WARNING"},
+        ) as gateway,
+        Proc(
+            [
+                PY,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(embedded_model_path()),
+                "--n_ctx",
+                str(cfg.n_ctx),
+                "--n_threads",
+                str(cfg.n_threads),
+                "--n_batch",
+                str(cfg.n_batch),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ls_port),
+            ]
+        ) as server,
+    ):
+        gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
+        server.wait_http(f"http://127.0.0.1:{ls_port}/v1/models")
+        gw_url, ls_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{ls_port}"
+        local_tokens.direct_runs(1, 16)
+        asyncio.run(local_tokens.gateway_runs(gw_url, 1, 16))
+        asyncio.run(local_tokens.gateway_runs(ls_url, 1, 16))
+        direct: list[Any] = []
+        through: list[Any] = []
+        peer: list[Any] = []
+        for _ in range(runs):  # alternate, so drift hits all three alike
+            direct += local_tokens.direct_runs(1, max_tokens)
+            through += asyncio.run(local_tokens.gateway_runs(gw_url, 1, max_tokens))
+            peer += asyncio.run(local_tokens.gateway_runs(ls_url, 1, max_tokens))
+        results["memory"]["gateway (after local load)"] = gateway.rss_mb()
+        results["memory"]["llama_cpp.server (after local load)"] = server.rss_mb()
+
+    def summary(rs: list[Any]) -> dict[str, float]:
+        return {
+            "tokens_per_s": statistics.median(r[0] for r in rs),
+            "ttft_ms": statistics.median(r[1] for r in rs) * 1000,
+            "tokens": statistics.median(r[2] for r in rs),
+        }
+
+    results["local"] = {
+        "llama-cpp-python direct": summary(direct),
+        "edge-gateway": summary(through),
+        "llama_cpp.server": summary(peer),
+        "runs": runs,
+        "max_tokens": max_tokens,
+    }
+
+
+def idle_memory(results: dict[str, Any]) -> None:
+    port = free_port()
+    with Proc(
+        [PY, "-m", "gateway", "serve", "--port", str(port)],
+        env={"GATEWAY_SERVER__LOG_LEVEL": "WARNING"},
+    ) as gateway:
+        gateway.wait_http(f"http://127.0.0.1:{port}/healthz")
+        results["memory"]["gateway (just started)"] = gateway.rss_mb()
+        gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
+        time.sleep(1)
+        results["memory"]["gateway (model loaded, no cloud)"] = gateway.rss_mb()
+
+
+def _versions() -> str:
+    names = ["aiohttp", "llama_cpp_python", "litellm", "redis", "tiktoken", "prometheus_client"]
+    out = []
+    for n in names:
+        try:
+            out.append(f"{n} {importlib.metadata.version(n)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(out)
+
+
+def render(results: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {results['date']} on {results['machine']}. Versions: {results['versions']}"
+        + (
+            f"; LiteLLM proxy {results['litellm_proxy_version']}"
+            if results.get("litellm_proxy_version")
+            else ""
+        )
+        + ".",
+        "Every table was measured in one run with its peers side by side, on a shared, noisy "
+        "2-core machine: read the ratios, not the absolute numbers.",
+        "",
+        f"Reproduce: `make bench` (= `.venv/bin/python -m bench.run_all --seconds {args.seconds}"
+        f" --runs {args.runs}`). Raw numbers: `bench/results/latest.json`.",
+        "",
+        "## 1. Proxy overhead on the cloud path",
+        "",
+        "A fake OpenAI upstream (`bench/upstream.py`) called directly, through edge-gateway "
+        "(pass-through fast path, `Cache-Control: no-cache, no-store`) and through the LiteLLM "
+        f"proxy (one worker), loaded by `wrk -t1 -cN -d{args.seconds}s`.",
+        "",
+        "| path | conns | p50 ms | p99 ms | req/s | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    proxy = results["proxy"]
+    for conns in (1, 32):
+        for name, by in proxy.items():
+            r = by[conns]
+            lines.append(
+                f"| {name} | {conns} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['rps']:.0f} | {r['errors']} |"
+            )
+    up1, gw1, ll1 = (proxy[n][1] for n in ("upstream direct", "edge-gateway", "LiteLLM proxy"))
+    gw32, ll32 = proxy["edge-gateway"][32], proxy["LiteLLM proxy"][32]
+    lines += [
+        "",
+        f"- Overhead added at p50, 1 connection: edge-gateway **{gw1['p50_ms'] - up1['p50_ms']:.2f}"
+        f" ms**, LiteLLM proxy {ll1['p50_ms'] - up1['p50_ms']:.2f} ms.",
+        f"- Throughput at 32 connections: edge-gateway / LiteLLM proxy = "
+        f"**{gw32['rps'] / ll32['rps']:.1f}x**.",
+        "",
+        "## 2. Cache hits with a real Redis",
+        "",
+        "The same request repeated (the first stored it); `wrk -t1`, no Cache-Control header.",
+        "",
+        "| conns | p50 ms | p99 ms | req/s | errors |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for conns, r in results["cache"].items():
+        lines.append(
+            f"| {conns} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |"
+        )
+    total = sum(r["requests"] for r in results["cache"].values())
+    lines += [
+        "",
+        f"Hits counted by the gateway's own metric: {results['cache_hits_counted']:.0f} of "
+        f"{total} requests (+1 priming hit).",
+        "",
+        "## 3. Local path with the embedded model",
+        "",
+        f"SmolLM2-135M-Instruct Q4_1, same prompt, greedy, max_tokens "
+        f"{results['local']['max_tokens']}, streamed; median of {results['local']['runs']} "
+        "runs, the three paths alternating. Tokens/s counts content chunks after the first.",
+        "",
+        "| path | tokens/s | TTFT ms | ratio to direct |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    direct_tps = results["local"]["llama-cpp-python direct"]["tokens_per_s"]
+    for name in ("llama-cpp-python direct", "edge-gateway", "llama_cpp.server"):
+        r = results["local"][name]
+        lines.append(
+            f"| {name} | {r['tokens_per_s']:.1f} | {r['ttft_ms']:.1f} | "
+            f"{r['tokens_per_s'] / direct_tps:.3f} |"
+        )
+    c = results["classifier"]
+    lines += [
+        "",
+        "## 4. Classifier latency",
+        "",
+        f"Over {c['n']} prompts (GSM8K, MT-Bench and synthetic chat, 10 to 20,000 chars), "
+        "one call each, `time.perf_counter` around the call.",
+        "",
+        "| what | median ms | p99 ms | max ms |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, r in c["rows"].items():
+        lines.append(f"| {name} | {r['median_ms']:.4f} | {r['p99_ms']:.4f} | {r['max_ms']:.4f} |")
+    lines += [
+        "",
+        "## 5. Memory (RSS)",
+        "",
+        "| process and moment | RSS MB |",
+        "| --- | ---: |",
+    ]
+    for name, mb in results["memory"].items():
+        lines.append(f"| {name} | {mb:.0f} |")
+    lines += ["", "Routing quality (APGR) is in [ROUTING.md](ROUTING.md).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--only", choices=["proxy", "cache", "local", "classifier", "memory"])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    args = ap.parse_args()
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "versions": _versions(),
+        "memory": {},
+    }
+    if LITELLM.exists():
+        ver = Path(LITELLM).parent / "python"
+        import subprocess
+
+        results["litellm_proxy_version"] = subprocess.run(
+            [str(ver), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    steps = {
+        "memory": lambda: idle_memory(results),
+        "proxy": lambda: proxy_overhead(args.seconds, results),
+        "cache": lambda: cache_hits(args.seconds, results),
+        "local": lambda: local_path(args.runs, args.max_tokens, results),
+        "classifier": lambda: results.__setitem__("classifier", classifier_latency.measure()),
+    }
+    for name, step in steps.items():
+        if args.only in (None, name):
+            print(f">> {name}", file=sys.stderr, flush=True)
+            step()
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    if args.only is None:
+        args.out.write_text(render(results, args))
+        print(f"wrote {args.out}", file=sys.stderr)
+    print(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
