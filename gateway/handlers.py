@@ -120,13 +120,26 @@ async def _serve(
     record = request[RECORD]
     record.outcome = outcome
     record.backend_s = outcome.backend_seconds
+    if services.settings.server.log_bodies:
+        record.prompt_text = req.prompt_text()
+        record.answer_parts = []
     headers = outcome.headers()
     if outcome.completion is not None:
         record.usage_from(outcome.completion.obj)
+        if record.answer_parts is not None:
+            record.answer_parts.append(_text_of(outcome.completion.obj))
         return web.Response(
             body=outcome.completion.body(), content_type="application/json", headers=headers
         )
     return await _write_stream(request, outcome, headers, include_usage=req.include_usage())
+
+
+def _text_of(obj: dict[str, Any]) -> str:
+    """The answer text of a response or chunk (choice 0), for opt-in body logging."""
+    choices = obj.get("choices") or [{}]
+    c = choices[0]
+    part = c.get("message") or c.get("delta") or {}
+    return str(part.get("content") or c.get("text") or "")
 
 
 async def _write_stream(
@@ -158,7 +171,21 @@ async def _write_stream(
             except StopAsyncIteration:
                 break
             backend_s += time.perf_counter() - t0
+            if chunk.plain:
+                payload = chunk.sse or sse.frame(chunk.data)
+                await resp.write(payload)
+                if record.answer_parts is not None:
+                    record.answer_parts += [
+                        _text_of(json.loads(line[6:]))
+                        for line in payload.split(b"\n")
+                        if line.startswith(b"data: {")
+                    ]
+                if record.ttft_s is None:
+                    record.ttft_s = time.perf_counter() - record.started
+                continue
             obj = chunk.obj
+            if record.answer_parts is not None:
+                record.answer_parts.append(_text_of(obj))
             if obj.get("usage"):
                 record.usage_from(obj)
                 if not obj.get("choices") and not include_usage:

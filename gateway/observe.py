@@ -29,6 +29,9 @@ class RequestRecord:
     ttft_s: float | None = None
     backend_s: float = 0.0
     stream_error: str | None = None
+    # Only filled when the operator opts in (server.log_bodies): privacy by default.
+    prompt_text: str | None = None
+    answer_parts: list[str] | None = None
 
     def usage_from(self, obj: dict[str, Any]) -> None:
         u = obj.get("usage") or {}
@@ -109,4 +112,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     }
     if record.stream_error:
         line["stream_error"] = record.stream_error
+    if record.prompt_text is not None:
+        line["prompt"] = record.prompt_text
+        line["answer"] = "".join(record.answer_parts or [])
     log.info("request", extra=line)

@@ -86,6 +86,9 @@ class LocalSettings(_Section):
         2048, ge=1, description="Largest max_tokens honoured (clamped to what fits)."
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a full-queue 429.")
+    stream_flush_ms: float = Field(
+        20.0, ge=0, description="Hand streamed tokens to the client at most this often."
+    )
     seed: int = Field(-1, description="Default sampling seed (-1: random).")
     default_temperature: float = Field(
         0.7, ge=0, le=2, description="Temperature when the request does not say."

@@ -193,3 +193,18 @@ def test_sigterm_drains_in_flight_then_exits() -> None:
         assert gp.proc.wait(timeout=30) == 0
     finally:
         gp.stop()
+
+
+async def test_hashed_keys_file(
+    gateway_factory: Any, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    import hashlib
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# client keys, sha256 hex\n" + hashlib.sha256(b"sk-filed").hexdigest() + "\n")
+    gw = await gateway_factory(server={"api_keys_file": str(keys)})
+    url = f"{gw.base_url}/chat/completions"
+    async with http.post(url, json=CHAT, headers={"Authorization": "Bearer sk-filed"}) as r:
+        assert r.status == 200
+    async with http.post(url, json=CHAT, headers={"Authorization": "Bearer sk-other"}) as r:
+        assert r.status == 401

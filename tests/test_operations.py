@@ -185,3 +185,23 @@ async def test_one_json_log_line_per_request(
     assert out["route"] == "local" and out["status"] == 200
     rendered = json.dumps(out)
     assert "Say hello" not in rendered and "sk-secret-log" not in rendered
+
+
+async def test_bodies_logged_only_when_opted_in(
+    gateway_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await gateway_factory(server={"log_bodies": True})
+    c = openai.AsyncOpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    with caplog.at_level(logging.INFO, logger="gateway.request"):
+        chat = await c.chat.completions.create(model="local", messages=HELLO, max_tokens=4)
+    record = next(r for r in caplog.records if r.name == "gateway.request")
+    assert record.prompt == "Say hello in French."  # type: ignore[attr-defined]
+    assert record.answer == chat.choices[0].message.content  # type: ignore[attr-defined]
+
+
+async def test_metrics_key(gateway_factory: Any, http: aiohttp.ClientSession) -> None:
+    gw = await gateway_factory(server={"metrics_key": "scrape-me"})
+    async with http.get(f"{gw.url}/metrics") as r:
+        assert r.status == 401
+    async with http.get(f"{gw.url}/metrics", headers={"Authorization": "Bearer scrape-me"}) as r:
+        assert r.status == 200

@@ -23,11 +23,23 @@ Endpoint = Literal["chat", "completion"]
 class Chunk:
     """One streamed OpenAI chunk, kept as bytes or dict and converted only when asked."""
 
-    __slots__ = ("_data", "_obj")
+    __slots__ = ("_data", "_obj", "plain", "sse")
 
-    def __init__(self, *, data: bytes | None = None, obj: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        data: bytes | None = None,
+        obj: dict[str, Any] | None = None,
+        plain: bool = False,
+        sse: bytes | None = None,
+    ) -> None:
         self._data = data
         self._obj = obj
+        # Ready-made SSE frames (one or more chunks), written as they are.
+        self.sse = sse
+        # A plain content chunk carries no usage and nothing else to inspect: the writer can
+        # send its bytes without parsing them (the local model's per-token hot path).
+        self.plain = plain
 
     @property
     def data(self) -> bytes:

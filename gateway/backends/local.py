@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import threading
 import time
@@ -93,6 +94,7 @@ class LocalBackend:
         self.model_name = settings.model_name
         self._llama: Any = None
         self._formatter: Any = None
+        self._eos_text = ""
         # llama.cpp contexts are not thread-safe: exactly one worker thread owns the model,
         # and its FIFO work queue is the fair ordering of waiting requests.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
@@ -145,6 +147,7 @@ class LocalBackend:
             eos = llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "ignore")
             bos = llama.detokenize([llama.token_bos()], special=True).decode("utf-8", "ignore")
             self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+            self._eos_text = eos
         self._llama = llama
         log.info(
             "local model loaded",
@@ -169,7 +172,7 @@ class LocalBackend:
             if kind == "job":
                 job = event[1]
             elif kind == "text":
-                parts.append(event[1])
+                parts.extend(event[1])
             elif kind == "done":
                 finish = event[1]
         assert job is not None
@@ -185,6 +188,16 @@ class LocalBackend:
         rid = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
         created = int(time.time())
         model = self.model_name
+        # Every token's chunk is the same JSON around a different string: build the frame
+        # once and splice the text in, instead of a dict and json.dumps per token.
+        marker = "\x00TEXT\x00"
+        if endpoint == "chat":
+            template = chat_chunk(rid=rid, model=model, created=created, delta={"content": marker})
+        else:
+            template = completion_chunk(rid=rid, model=model, created=created, text=marker)
+        head, tail = (
+            json.dumps(template, separators=(",", ":")).encode().split(json.dumps(marker).encode())
+        )
         job = None
         async for event in self._events(req, endpoint):
             kind = event[0]
@@ -200,13 +213,12 @@ class LocalBackend:
                     )
                 )
             elif kind == "text":
-                if endpoint == "chat":
-                    obj = chat_chunk(
-                        rid=rid, model=model, created=created, delta={"content": event[1]}
-                    )
-                else:
-                    obj = completion_chunk(rid=rid, model=model, created=created, text=event[1])
-                yield Chunk(obj=obj)
+                # One chunk per token for the client, one write for the whole batch.
+                frames = b"".join(
+                    b"data: " + head + json.dumps(piece).encode() + tail + b"\n\n"
+                    for piece in event[1]
+                )
+                yield Chunk(sse=frames, plain=True)
             elif kind == "done":
                 if endpoint == "chat":
                     obj = chat_chunk(
@@ -286,7 +298,9 @@ class LocalBackend:
                 formatted = self._formatter(messages=messages)
                 text = formatted.prompt
                 extra = [formatted.stop] if isinstance(formatted.stop, str) else formatted.stop
-                stops += [s for s in extra or [] if s]
+                # The EOS token ends generation natively; as a stop *string* it would only add
+                # llama-cpp-python's per-token stop scanning and hold-back.
+                stops += [s for s in extra or [] if s and s != self._eos_text]
                 add_bos = not formatted.added_special
             else:
                 text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
@@ -335,12 +349,23 @@ class LocalBackend:
             stream=True,
             stopping_criteria=StoppingCriteriaList([should_stop]),
         )
+        # Tokens are handed to the event loop in small batches (the first one at once): each
+        # hand-over wakes the loop, and on a small box every wake-up steals CPU from llama.cpp.
+        flush_s = self.settings.stream_flush_ms / 1000
+        pending: list[str] = []
+        last = 0.0
         for chunk in stream:
             if job.cancelled.is_set():
                 break
             choice = chunk["choices"][0]
             if choice["text"]:
-                job.emit("text", choice["text"])
+                pending.append(choice["text"])
+                now = time.monotonic()
+                if now - last >= flush_s:
+                    job.emit("text", pending)
+                    pending, last = [], now
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
+        if pending:
+            job.emit("text", pending)
         job.emit("done", finish)
