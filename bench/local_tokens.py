@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import functools
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import aiohttp
 from gateway.backends.local import embedded_model_path
 from gateway.settings import LocalSettings
 
+# A non-empty content delta, with or without a space after the colon (servers differ).
+_CONTENT = re.compile(rb'"content":\s?"(?!")')
 PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 
@@ -91,7 +94,7 @@ async def gateway_runs(url: str, runs: int, max_tokens: int) -> list[tuple[float
                 async for line in r.content:
                     # A byte test, not json.loads: the client's own parsing runs on the same
                     # two cores as llama.cpp and is not the server's overhead.
-                    if b'"content":"' in line and b'"content":""' not in line:
+                    if _CONTENT.search(line):
                         n += 1
                         if first is None:
                             first = time.perf_counter()

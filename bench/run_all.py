@@ -286,7 +286,8 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines += [
         "",
         f"Hits counted by the gateway's own metric: {results['cache_hits_counted']:.0f} of "
-        f"{total} requests (+1 priming hit).",
+        f"{total} completed requests (the difference: the priming hit and requests still in "
+        "flight when wrk stopped).",
         "",
         "## 3. Local path with the embedded model",
         "",
