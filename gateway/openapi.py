@@ -40,31 +40,33 @@ _USAGE = {
     },
 }
 
-_CHAT_RESPONSE = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"type": "string", "enum": ["chat.completion"]},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {"type": "array", "items": {"type": "object"}},
-        "usage": _USAGE,
-    },
-}
 
-_COMPLETION_RESPONSE = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"type": "string", "enum": ["text_completion"]},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {"type": "array", "items": {"type": "object"}},
-        "usage": _USAGE,
-    },
-}
+def _response(object_name: str) -> dict[str, Any]:
+    """A whole (non-streamed) response of the given OpenAI object type."""
+    return {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": [object_name]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": {"type": "object"}},
+            "usage": _USAGE,
+        },
+    }
+
+
+def _stream_or_json(object_name: str) -> dict[str, Any]:
+    return {
+        "200": {
+            "description": "A response, or an SSE stream when `stream` is true",
+            "content": {
+                "application/json": {"schema": _response(object_name)},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        }
+    }
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -92,24 +94,6 @@ def document() -> dict[str, Any]:
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR
-    stream_or_json = {
-        "200": {
-            "description": "A response, or an SSE stream when `stream` is true",
-            "content": {
-                "application/json": {"schema": _CHAT_RESPONSE},
-                "text/event-stream": {"schema": {"type": "string"}},
-            },
-        }
-    }
-    completion_stream_or_json = {
-        "200": {
-            "description": "A response, or an SSE stream when `stream` is true",
-            "content": {
-                "application/json": {"schema": _COMPLETION_RESPONSE},
-                "text/event-stream": {"schema": {"type": "string"}},
-            },
-        }
-    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -134,7 +118,7 @@ def document() -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {**stream_or_json, **_errors(*_GEN_ERRORS)},
+                    "responses": {**_stream_or_json("chat.completion"), **_errors(*_GEN_ERRORS)},
                 }
             },
             "/v1/completions": {
@@ -148,7 +132,10 @@ def document() -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {**completion_stream_or_json, **_errors(*_GEN_ERRORS)},
+                    "responses": {
+                        **_stream_or_json("text_completion"),
+                        **_errors(*_GEN_ERRORS),
+                    },
                 }
             },
             "/v1/route": {

@@ -84,6 +84,15 @@ class BackendUnavailable(GatewayError):
         self.cause = cause
         self.unreachable = unreachable
 
+    @classmethod
+    def timed_out(cls, name: str, seconds: float) -> BackendUnavailable:
+        """No first byte in time: the uplink counts as gone."""
+        return cls(
+            f"cloud model '{name}' did not answer within {seconds:g} s",
+            cause="timeout",
+            unreachable=True,
+        )
+
 
 class Backend(Protocol):
     """A place answers come from. Errors before the first chunk are failover-able."""

@@ -74,11 +74,8 @@ class LiteLLMBackend:
             async with asyncio.timeout(self.settings.first_byte_timeout_s):
                 return await fn(**kwargs)
         except TimeoutError:
-            raise BackendUnavailable(
-                f"cloud model '{self.name}' did not answer within "
-                f"{self.settings.first_byte_timeout_s:g} s",
-                cause="timeout",
-                unreachable=True,
+            raise BackendUnavailable.timed_out(
+                self.name, self.settings.first_byte_timeout_s
             ) from None
         except Exception as exc:
             raise self._map(exc) from None

@@ -80,11 +80,8 @@ class PassthroughBackend:
                     return raw
                 return resp
         except TimeoutError:
-            raise BackendUnavailable(
-                f"cloud model '{self.name}' did not answer within "
-                f"{self.settings.first_byte_timeout_s:g} s",
-                cause="timeout",
-                unreachable=True,
+            raise BackendUnavailable.timed_out(
+                self.name, self.settings.first_byte_timeout_s
             ) from None
         except aiohttp.ClientError as exc:
             raise BackendUnavailable(
