@@ -207,3 +207,18 @@ async def test_hanging_cloud_fails_over_then_recovers(
             break
         assert time.monotonic() < deadline, "cloud routing did not resume within 30 s"
         await asyncio.sleep(0.5)
+
+
+async def test_cloud_models_from_the_environment(
+    gateway_factory: Any, fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from gateway.settings import load_settings
+
+    monkeypatch.setenv("GATEWAY_CLOUD__MODELS", json.dumps([fake_cloud.model_entry()]))
+    gw = await gateway_factory(load_settings())
+    c = client(gw)
+    assert (await _route(c, HELLO))[0] == "local"
+    assert (await _route(c, LONG))[0] == "cloud"
+    assert (await _route(c, HELLO, model="gpt-fake"))[0] == "cloud"
