@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
+import aiohttp
 import openai
 
 from tests.conftest import RedisServer, RunningGateway, cloud_settings
@@ -145,6 +147,10 @@ async def test_redis_outage_never_fails_requests(
         r = await _ask(c, **q(i))
         assert r.http_response.status_code == 200
         assert r.headers["x-gateway-route"] == "cloud"
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as m:
+        text = await m.text()
+    assert "edge_gateway_cache_up 0.0" in text  # the outage is visible to operators
+    assert re.search(r'edge_gateway_cache_errors_total\{op="get"\} [1-9]', text)
     own_redis.start()  # same port: the gateway reconnects by itself
     await asyncio.sleep(0.5)
     deadline = asyncio.get_running_loop().time() + 10

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.cache import LRUStore, StreamAssembler, cache_key, cacheable, replay
+from gateway.cache import (
+    LRUStore,
+    ResponseCache,
+    StreamAssembler,
+    cache_key,
+    cacheable,
+    replay,
+)
 from gateway.schemas import ChatRequest
+from gateway.settings import CacheSettings
 
 
 def req(**kw: object) -> ChatRequest:
@@ -101,3 +109,13 @@ async def test_assembled_stream_replays_identically() -> None:
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "".join(pieces)
     assert chunks[-1]["usage"]["total_tokens"] == 7
+
+
+async def test_answers_above_the_size_limit_are_not_stored() -> None:
+    store = LRUStore(max_entries=10, max_bytes=10**6)
+    cache = ResponseCache(store, CacheSettings(max_entry_bytes=200))
+    cache.put("small", {"choices": [{"message": {"content": "ok"}}]})
+    cache.put("big", {"choices": [{"message": {"content": "x" * 500}}]})
+    await cache.drain()
+    assert await cache.get("small") is not None
+    assert await cache.get("big") is None
