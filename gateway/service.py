@@ -73,8 +73,9 @@ class _CacheStep:
     """The cache's part in one request: its key, whether it was looked up, what to report."""
 
     key: str | None
-    lookup: bool
+    lookup: bool  # look up before calling the cloud
     store: bool
+    fallback: bool = False  # may serve as a degraded answer (never when the client said no-cache)
     state: str = "skip"
     looked: bool = False
 
@@ -269,7 +270,10 @@ class Dispatcher:
         key = self.cache.key(req, target=target, endpoint=endpoint, tenant=tenant)
         cloud_bound = decision.target != LOCAL
         return _CacheStep(
-            key=key, lookup=cloud_bound and not cc.no_cache, store=cloud_bound and not cc.no_store
+            key=key,
+            lookup=cloud_bound and not cc.no_cache,
+            store=cloud_bound and not cc.no_store,
+            fallback=not cc.no_cache,
         )
 
     async def _lookup(
@@ -277,7 +281,7 @@ class Dispatcher:
     ) -> Outcome | None:
         if self.cache is None or step.key is None or step.looked:
             return None
-        if not step.lookup and not degraded:
+        if not (step.lookup or (degraded and step.fallback)):
             return None
         step.looked = True
         started = time.perf_counter()

@@ -132,6 +132,10 @@ async def test_hit_served_while_cloud_fails(
     await fake_cloud.set_mode("refuse")
     r = await _ask(c, stream=True)
     assert r.headers["x-gateway-route"] == "cache"
+    # A client that asked for a fresh answer never gets a cached one, offline or not.
+    r = await _ask(c, max_tokens=4, extra_headers={"Cache-Control": "no-cache"})
+    assert r.headers["x-gateway-route"] == "local"
+    assert r.headers["x-gateway-degraded"] == "true"
 
 
 async def test_redis_outage_never_fails_requests(
@@ -150,7 +154,7 @@ async def test_redis_outage_never_fails_requests(
     async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as m:
         text = await m.text()
     assert "edge_gateway_cache_up 0.0" in text  # the outage is visible to operators
-    assert re.search(r'edge_gateway_cache_errors_total\{op="get"\} [1-9]', text)
+    assert re.search(r'edge_gateway_cache_errors_total\{op="(get|set)"\} [1-9]', text)
     own_redis.start()  # same port: the gateway reconnects by itself
     await asyncio.sleep(0.5)
     deadline = asyncio.get_running_loop().time() + 10

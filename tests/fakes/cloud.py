@@ -241,6 +241,10 @@ class FakeCloud:
         if mode == "refuse" and self.mode != "refuse" and self._site is not None:
             await self._site.stop()
             self._site = None
+            # Stopping the listener leaves keep-alive connections open; a dead uplink has none.
+            assert self._runner is not None and self._runner.server is not None
+            for conn in list(self._runner.server.connections):
+                conn.force_close()
         elif mode != "refuse" and self._site is None:
             await self._listen()
         self.mode = mode
