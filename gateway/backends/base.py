@@ -111,12 +111,6 @@ class Backend(Protocol):
         ...
 
 
-def usage_of(obj: dict[str, Any]) -> tuple[int, int]:
-    """(prompt_tokens, completion_tokens) of a response or final chunk, zeros when absent."""
-    u = obj.get("usage") or {}
-    return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-
-
 async def http_probe(
     session: aiohttp.ClientSession, base: str, headers: dict[str, str], settings: CloudSettings
 ) -> bool:
