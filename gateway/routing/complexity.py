@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("complexity_weights.json")
 # Long prompts are judged by their head and tail; the middle adds cost, not signal.
@@ -146,7 +147,12 @@ _STEM_PREFIXES = tuple(stem for stem, _ in _STEM_LIST)
 _TOKEN = re.compile(r"\d+/\d+|\$?\d[\d,]*(?:\.\d+)?%?|[a-z][a-z+]*")
 
 
-def _count(text: str) -> dict[str, int]:
+def scan(text: str) -> str:
+    """The part of a prompt the scorers read: all of it, or the head and tail of a long one."""
+    return text if len(text) <= SCAN_CHARS else text[:2000] + "\n" + text[-1000:]
+
+
+def count_signals(text: str) -> dict[str, int]:
     """Occurrences of each signal in lower-cased text."""
     counts: dict[str, int] = {}
     signal_of = _SIGNAL_OF
@@ -170,7 +176,7 @@ def _count(text: str) -> dict[str, int]:
 
 
 # Human words for the reasons header; signals not listed here never show as a reason.
-_REASONS = {
+REASONS = {
     "reasoning": "reasoning",
     "code": "code",
     "math": "math",
@@ -193,11 +199,36 @@ class Complexity:
     reasons: tuple[str, ...]  # what raised it, most important first
 
 
+class Scorer(Protocol):
+    """What the policy's `complexity` feature comes from: the shipped or a learned scorer."""
+
+    def score(self, text: str, *, max_tokens: int | None = None) -> Complexity: ...
+
+
 class ComplexityScorer:
     """Scores prompt text; weights are loaded once from JSON."""
 
     def __init__(self, weights_path: Path | None = None) -> None:
-        data = json.loads((weights_path or DEFAULT_WEIGHTS).read_text(encoding="utf-8"))
+        self._load(json.loads((weights_path or DEFAULT_WEIGHTS).read_text(encoding="utf-8")))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComplexityScorer:
+        """A scorer from an in-memory weights document (the JSON file's content)."""
+        scorer = cls.__new__(cls)
+        scorer._load(data)
+        return scorer
+
+    def as_dict(self) -> dict[str, Any]:
+        """The weights document this scorer was built from (without free-text fields)."""
+        return {
+            "weights": dict(self.weights),
+            "cap": self.cap,
+            "center": self.center,
+            "scale": self.scale,
+            "length_ref": self.length_ref,
+        }
+
+    def _load(self, data: dict[str, Any]) -> None:
         self.weights: dict[str, float] = {k: float(v) for k, v in data["weights"].items()}
         self.cap = int(data.get("cap", 3))
         self.center = float(data["center"])
@@ -207,8 +238,7 @@ class ComplexityScorer:
     def raw(self, text: str, *, max_tokens: int | None = None) -> tuple[float, dict[str, float]]:
         """The linear score and each signal's contribution to it (contributions may be < 0)."""
         w = self.weights
-        scanned = text if len(text) <= SCAN_CHARS else text[:2000] + "\n" + text[-1000:]
-        counts = _count(scanned.lower())
+        counts = count_signals(scan(text).lower())
         parts: dict[str, float] = {}
         # log length, relative to a short question, so small talk contributes nothing.
         parts["length"] = w["length"] * max(0.0, math.log1p(len(text) / self.length_ref))
@@ -218,6 +248,10 @@ class ComplexityScorer:
                 parts[name] = w["number"] * math.log1p(n)
             elif name in w:
                 parts[name] = w[name] * min(n, cap)
+        if w.get("lines"):
+            lines = text.count("\n")
+            if lines:
+                parts["lines"] = w["lines"] * math.log1p(lines)
         questions = text.count("?")
         if questions > 1:
             parts["questions"] = w["questions"] * min(questions - 1, cap)
@@ -229,7 +263,7 @@ class ComplexityScorer:
         total, parts = self.raw(text, max_tokens=max_tokens)
         score = 1.0 / (1.0 + math.exp(-(total - self.center) / self.scale))
         ranked = sorted(
-            ((v, _REASONS[k]) for k, v in parts.items() if k in _REASONS and v >= 0.25),
+            ((v, REASONS[k]) for k, v in parts.items() if k in REASONS and v >= 0.25),
             reverse=True,
         )
         reasons: list[str] = []

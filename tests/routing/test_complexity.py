@@ -1,4 +1,4 @@
-"""The complexity scorer: bounded, deterministic, sensible on chat, better than length."""
+"""The shipped scorer: bounded, deterministic, sensible on chat, better than length."""
 
 from __future__ import annotations
 
@@ -38,10 +38,16 @@ def test_small_talk_scores_low(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", COMPLEX)
-def test_reasoning_and_code_score_high_with_reasons(text: str) -> None:
+def test_reasoning_and_code_outrank_small_talk(text: str) -> None:
+    # The shipped scorer leans on length: task words only nudge it (docs/ROUTING.md says why).
+    # Reasoning words alone no longer raise it: on MMLU and MT-Bench they did not predict
+    # where the strong model gains.
     c = SCORER.score(text)
-    assert c.score >= 0.6, c
-    assert set(c.reasons) & {"reasoning", "code", "math"}
+    small_talk = [SCORER.score(s).score for s in SIMPLE]
+    assert c.score > sum(small_talk) / len(small_talk), c
+    assert c.reasons
+    if "code" in c.reasons:
+        assert c.score > max(small_talk), c
 
 
 def test_bounded_and_deterministic() -> None:
@@ -73,7 +79,7 @@ def test_beats_prompt_length_on_the_held_out_half() -> None:
     strong = [r[STRONG] == "True" for r in rows]
     ours, _ = apgr([SCORER.score(p).score for p in prompts], weak, strong)
     length, _ = apgr([float(len(p)) for p in prompts], weak, strong)
-    assert ours >= 0.62
+    assert ours >= 0.66
     assert ours > length + 0.03
 
 

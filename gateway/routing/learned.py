@@ -1,0 +1,171 @@
+"""A learned routing scorer: a linear model over cheap text features, read from a weights file.
+
+`python -m gateway train-router` writes the file (gateway/routing/train.py); a policy loads it
+with `scorer: {weights: FILE}`. The scorer answers like `ComplexityScorer` (a score in [0, 1]
+and the reasons that raised it), so `complexity:` conditions in the policy work unchanged.
+
+Features, all computed in one pass over at most `SCAN_CHARS` characters:
+- dense: log prompt length, newlines, several questions, a long requested output, and the
+  counts of the hand-set signals of complexity.py (reasoning, code, maths, fractions, ...);
+- terms: word unigrams and bigrams (numbers folded to "0"), present or not, scaled by
+  1/sqrt(number of distinct terms), looked up in the file's vocabulary (no hashing: a dict
+  look-up per term is faster than any stable hash in Python).
+
+The raw score is bias + dense . w + terms . v; a logistic maps the training median to 0.5 and
+the 90th percentile to about 0.75, like the shipped scorer, so policy thresholds keep their
+meaning. The file records its format and feature version: a file written for other features
+is refused rather than silently mis-scored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from .complexity import REASONS, Complexity, count_signals, scan
+
+FORMAT = "edge-gateway-router-weights"
+FORMAT_VERSION = 1
+# Bump when dense_features() or terms() change what a weight means.
+FEATURE_VERSION = 1
+CAP = 3
+DENSE = (
+    "length",
+    "lines",
+    "questions",
+    "max_tokens",
+    "number",
+    "reasoning",
+    "code",
+    "math",
+    "domain",
+    "fractions",
+    "comparisons",
+    "ratios",
+    "sequence",
+    "remainder",
+    "multiples",
+    "small_talk",
+)
+_WORD = re.compile(r"[a-z]+|\d+")
+_LEARNED_REASON = "learned terms"
+
+
+class WeightsError(ValueError):
+    """A weights file cannot be used: unreadable, malformed, or for other features."""
+
+
+def dense_features(text: str, lowered: str, *, max_tokens: int | None = None) -> dict[str, float]:
+    """Length, structure and the hand-set signals; `lowered` is scan(text).lower()."""
+    f: dict[str, float] = {"length": math.log1p(len(text) / 200)}
+    lines = text.count("\n")
+    if lines:
+        f["lines"] = math.log1p(lines)
+    for name, n in count_signals(lowered).items():
+        f[name] = math.log1p(n) if name == "number" else float(min(n, CAP))
+    questions = text.count("?")
+    if questions > 1:
+        f["questions"] = float(min(questions - 1, CAP))
+    if max_tokens and max_tokens > 1024:
+        f["max_tokens"] = math.log2(max_tokens / 1024)
+    return f
+
+
+def terms(lowered: str) -> set[str]:
+    """Word unigrams and bigrams of lower-cased text; every number reads as "0"."""
+    words = [w if w[0] > "9" else "0" for w in _WORD.findall(lowered)]
+    out = set(words)
+    out.update(f"{a} {b}" for a, b in itertools.pairwise(words))
+    return out
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """The JSON document of a weights file (gzip when it ends in .gz); WeightsError if unusable."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        doc = json.loads(raw.decode("utf-8"))
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, EOFError) as exc:  # bad gzip, bad UTF-8, bad JSON
+        raise WeightsError(f"{path}: not a weights file: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise WeightsError(f'{path}: not a weights file (no "format": {FORMAT!r})')
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise WeightsError(
+            f"{path}: format version {doc.get('format_version')!r}, this gateway reads "
+            f"{FORMAT_VERSION}"
+        )
+    if doc.get("feature_version") != FEATURE_VERSION:
+        raise WeightsError(
+            f"{path}: feature version {doc.get('feature_version')!r}, this gateway computes "
+            f"feature version {FEATURE_VERSION}: retrain it with this version's train-router"
+        )
+    return doc
+
+
+class LearnedScorer:
+    """Scores prompt text with a trained linear model; same interface as ComplexityScorer."""
+
+    def __init__(self, doc: dict[str, Any], *, source: str = "<weights>") -> None:
+        try:
+            self.bias = float(doc["bias"])
+            self.center = float(doc["center"])
+            self.scale = float(doc["scale"])
+            self.dense = {str(k): float(v) for k, v in doc["dense"].items()}
+            self.terms = {str(k): float(v) for k, v in doc.get("terms", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise WeightsError(f"{source}: malformed weights: {exc!r}") from None
+        unknown = set(self.dense) - set(DENSE)
+        if unknown:
+            raise WeightsError(f"{source}: unknown dense features {sorted(unknown)}")
+        if not self.scale > 0:
+            raise WeightsError(f"{source}: scale must be > 0")
+        self.source = source
+        self.meta = {k: v for k, v in doc.items() if k not in ("dense", "terms")}
+
+    @classmethod
+    def load(cls, path: Path) -> LearnedScorer:
+        return cls(read_weights(path), source=str(path))
+
+    def raw(self, text: str, *, max_tokens: int | None = None) -> tuple[float, dict[str, float]]:
+        """The linear score and its parts: one per dense feature, and "terms" for the words."""
+        lowered = scan(text).lower()
+        w = self.dense
+        parts = {
+            k: w[k] * v
+            for k, v in dense_features(text, lowered, max_tokens=max_tokens).items()
+            if k in w
+        }
+        if self.terms:
+            found = terms(lowered)
+            get = self.terms.get
+            total = sum(get(t, 0.0) for t in found)
+            if total:
+                parts["terms"] = total / math.sqrt(len(found))
+        return self.bias + sum(parts.values()), parts
+
+    def score(self, text: str, *, max_tokens: int | None = None) -> Complexity:
+        total, parts = self.raw(text, max_tokens=max_tokens)
+        x = max(-60.0, min(60.0, (total - self.center) / self.scale))
+        score = 1.0 / (1.0 + math.exp(-x))
+        floor = 0.25 * self.scale
+        ranked = sorted(
+            (
+                (v, _LEARNED_REASON if k == "terms" else REASONS[k])
+                for k, v in parts.items()
+                if (k == "terms" or k in REASONS) and v >= floor
+            ),
+            reverse=True,
+        )
+        reasons: list[str] = []
+        for _, reason in ranked:
+            if reason not in reasons:
+                reasons.append(reason)
+        return Complexity(score=score, reasons=tuple(reasons[:4]))
