@@ -1,4 +1,4 @@
-"""Command line: serve, explain, policy check, eval-router."""
+"""Command line: serve, explain, policy check, eval-router, train-router."""
 
 from __future__ import annotations
 
@@ -157,6 +157,12 @@ def _eval_router(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _train_router(args: argparse.Namespace) -> int:
+    from .routing.train import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     configure_parser(ev)
     ev.set_defaults(func=_eval_router)
+
+    tr = sub.add_parser("train-router", help="fit learned scorer weights from labelled prompts")
+    from .routing.train import configure_parser as configure_train
+
+    configure_train(tr)
+    tr.set_defaults(func=_train_router)
     return parser
 
 

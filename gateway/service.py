@@ -136,6 +136,7 @@ class Dispatcher:
             cloud_reachable=self.cloud_reachable(),
             local_queue_depth=self.local.queue_depth,
             local_queue_full=not self.local.has_room(),
+            scorer=self.policies.current.scorer,
         )
 
     def decide(self, req: AnyRequest, tenant: str | None) -> tuple[Features, Decision]:

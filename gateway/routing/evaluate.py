@@ -1,8 +1,10 @@
 """Routing quality on RouteLLM-format CSVs: APGR and CPT(50%) of the policy's own scorer.
 
-Wired as `python -m gateway eval-router FILE.csv [...]`. A CSV has a `prompt` column and two
-correctness columns holding True/False, one for the weak (local) model and one for the strong
-(cloud) model.
+Wired as `python -m gateway eval-router FILE... [--weights W] [--per-file]`. A CSV has a
+`prompt` column and two correctness columns holding True/False, one for the weak (local) model
+and one for the strong (cloud) model; JSONL lines `{"prompt", "local_ok"}` say whether the
+local answer was good enough (the cloud's is taken as right). Several files are pooled into
+one figure per scorer: a routing policy sees one stream of traffic, not one file at a time.
 
 APGR (average performance gap recovered): send prompts to the strong model in order of
 decreasing score, from 0% to 100% of them, one prompt at a time; at each step accuracy is the
@@ -24,8 +26,9 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from .complexity import ComplexityScorer
+from .complexity import ComplexityScorer, Scorer
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
@@ -115,64 +118,142 @@ def read_csv(
     return prompts, weak, strong
 
 
+def read_labelled(
+    path: Path, weak_col: str = WEAK, strong_col: str = STRONG
+) -> tuple[list[str], list[bool], list[bool]]:
+    """A RouteLLM CSV, or JSONL of `{"prompt", "local_ok"}` (the cloud taken as right)."""
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        return read_csv(path, weak_col, strong_col)
+    prompts: list[str] = []
+    weak: list[bool] = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{n}: invalid JSON: {exc}") from None
+            ok = obj.get("local_ok") if isinstance(obj, dict) else None
+            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+                raise ValueError(f'{path}:{n}: expected an object with a string "prompt"')
+            if not isinstance(ok, bool):
+                raise ValueError(f'{path}:{n}: eval-router needs "local_ok": true|false')
+            prompts.append(obj["prompt"])
+            weak.append(ok)
+    if not prompts:
+        raise ValueError(f"{path}: no rows")
+    return prompts, weak, [True] * len(prompts)
+
+
+def no_gap(weak: Sequence[bool], strong: Sequence[bool]) -> str | None:
+    """Why APGR is undefined on this data (the strong model is not better), or None."""
+    w, s = sum(map(bool, weak)), sum(map(bool, strong))
+    if s > w:
+        return None
+    n = len(weak)
+    return (
+        f"the strong model is not better than the weak one here "
+        f"(weak {w / n * 100:.1f}%, strong {s / n * 100:.1f}% correct): no figures"
+    )
+
+
 def evaluate(
     prompts: Sequence[str],
     weak: Sequence[bool],
     strong: Sequence[bool],
-    scorer: ComplexityScorer,
+    scorer: Scorer,
+    learned: Scorer | None = None,
 ) -> dict[str, Metrics]:
-    """The scorer's metrics next to random routing and prompt length, on the same prompts."""
-    return {
-        "scorer": apgr([scorer.score(p).score for p in prompts], weak, strong),
-        "random": random_baseline(weak, strong),
-        "prompt-length": length_baseline(prompts, weak, strong),
-    }
+    """Each scorer's metrics next to random routing and prompt length, on the same prompts."""
+    out = {"scorer": apgr([scorer.score(p).score for p in prompts], weak, strong)}
+    if learned is not None:
+        out["weights"] = apgr([learned.score(p).score for p in prompts], weak, strong)
+    out["random"] = random_baseline(weak, strong)
+    out["prompt-length"] = length_baseline(prompts, weak, strong)
+    return out
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds eval-router's arguments to `parser`."""
-    parser.add_argument("files", nargs="+", type=Path, help="RouteLLM-format CSV files")
+    parser.add_argument(
+        "files", nargs="+", type=Path, help="RouteLLM-format CSVs or JSONL (prompt, local_ok)"
+    )
     parser.add_argument("--weak", default=WEAK, help=f"weak model's column (default {WEAK})")
     parser.add_argument(
         "--strong", default=STRONG, help=f"strong model's column (default {STRONG})"
+    )
+    parser.add_argument(
+        "--weights", type=Path, help="also score with these train-router weights (`weights:`)"
+    )
+    parser.add_argument(
+        "--per-file", action="store_true", help="each file's figures too, not only the pooled ones"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prints the metrics per file (and combined, for several); 2 on unreadable input."""
+    """Prints the pooled metrics (and each file's, with --per-file); 2 on unreadable input.
+
+    The line `scorer:` is the shipped scorer, `weights:` the --weights file. A file where the
+    strong model is not better than the weak one gets a note instead of figures; its prompts
+    still count in the pooled figures.
+    """
+    from .learned import LearnedScorer
+
     scorer = ComplexityScorer()
-    results: dict[str, dict[str, Metrics]] = {}
+    learned: Scorer | None = None
+    names: list[str] = []
     sizes: dict[str, int] = {}
-    all_prompts: list[str] = []
-    all_weak: list[bool] = []
-    all_strong: list[bool] = []
+    notes: dict[str, str] = {}
+    results: dict[str, dict[str, Metrics]] = {}
+    pooled: tuple[list[str], list[bool], list[bool]] = ([], [], [])
     try:
+        if args.weights is not None:
+            learned = LearnedScorer.load(args.weights)
         for path in args.files:
-            prompts, weak, strong = read_csv(path, args.weak, args.strong)
-            results[str(path)] = evaluate(prompts, weak, strong, scorer)
-            sizes[str(path)] = len(prompts)
-            all_prompts += prompts
-            all_weak += weak
-            all_strong += strong
-        if len(args.files) > 1:
-            results["combined"] = evaluate(all_prompts, all_weak, all_strong, scorer)
-            sizes["combined"] = len(all_prompts)
-    except (OSError, ValueError, csv.Error) as exc:
+            prompts, weak, strong = read_labelled(path, args.weak, args.strong)
+            name = str(path)
+            names.append(name)
+            sizes[name] = len(prompts)
+            why = no_gap(weak, strong)
+            if why:
+                notes[name] = why
+            elif args.per_file or len(args.files) == 1:
+                results[name] = evaluate(prompts, weak, strong, scorer, learned)
+            pooled[0].extend(prompts)
+            pooled[1].extend(weak)
+            pooled[2].extend(strong)
+    except (OSError, ValueError, csv.Error) as exc:  # WeightsError is a ValueError
         print(f"eval-router: {exc}", file=sys.stderr)
         return 2
+    order = names if (args.per_file or len(names) == 1) else []
+    if len(names) > 1:
+        order.append("combined")
+        sizes["combined"] = len(pooled[0])
+        why = no_gap(pooled[1], pooled[2])
+        if why:
+            notes["combined"] = why
+        else:
+            results["combined"] = evaluate(*pooled, scorer, learned)
     if args.json:
-        out = {
-            name: {
-                "prompts": sizes[name],
-                **{k: {"apgr": a, "cpt50": c} for k, (a, c) in res.items()},
-            }
-            for name, res in results.items()
-        }
+        out: dict[str, Any] = {}
+        for name in [*order, *(n for n in notes if n not in order)]:
+            entry: dict[str, Any] = {"prompts": sizes[name]}
+            if name in notes:
+                entry["note"] = notes[name]
+            for k, (a, c) in results.get(name, {}).items():
+                entry[k] = {"apgr": a, "cpt50": c}
+            out[name] = entry
         print(json.dumps(out, indent=2))
-        return 0
-    for name, res in results.items():
-        print(f"== {name} ({sizes[name]} prompts)")
-        for label, (a, c) in res.items():
-            print(f"{label}: APGR={a:.3f} CPT50={c * 100:.1f}%")
-    return 0
+    else:
+        for name in names:
+            if name in notes and name not in order:
+                print(f"note: {name}: {notes[name]}; pooled with the other files")
+        for name in order:
+            print(f"== {name} ({sizes[name]} prompts)")
+            if name in notes:
+                print(f"note: {notes[name]}")
+            for label, (a, c) in results.get(name, {}).items():
+                print(f"{label}: APGR={a:.3f} CPT50={c * 100:.1f}%")
+    return 0 if results else 1

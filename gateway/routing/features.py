@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..schemas import AnyRequest, ChatRequest
-from .complexity import ComplexityScorer
+from .complexity import ComplexityScorer, Scorer
 from .pii import detect_pii
 from .tokens import count_tokens
 
@@ -69,7 +69,9 @@ class FeatureExtractor:
         cloud_reachable: bool,
         local_queue_depth: int,
         local_queue_full: bool,
+        scorer: Scorer | None = None,
     ) -> Features:
+        """The request's features; `scorer` is the policy's own, if it has one."""
         text = req.prompt_text()
         tokens = count_tokens(text)
         if isinstance(req, ChatRequest):
@@ -79,7 +81,7 @@ class FeatureExtractor:
         else:
             asked = text
         max_tokens = req.requested_max_tokens()
-        complexity = self.scorer.score(asked, max_tokens=max_tokens)
+        complexity = (scorer or self.scorer).score(asked, max_tokens=max_tokens)
         return Features(
             model=req.model,
             prompt_tokens=tokens,

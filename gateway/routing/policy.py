@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from .complexity import Complexity
 from .features import NEEDS, Features
+from .learned import LearnedScorer, WeightsError
 
 LOCAL = "local"
 CLOUD = "cloud"
@@ -128,10 +130,29 @@ class Offline(_Strict):
     allow_degraded: bool = Field(True, description="false: fail fast (503) instead")
 
 
+class ScorerConfig(_Strict):
+    """Where the `complexity` feature comes from when not from the shipped scorer."""
+
+    weights: str = Field(
+        min_length=1,
+        description="weights file written by `train-router`, relative to the policy file",
+    )
+    _model: LearnedScorer | None = PrivateAttr(default=None)
+
+    def score(self, text: str, *, max_tokens: int | None = None) -> Complexity:
+        """Scores with the loaded weights (load_policy loads them; unloaded is a bug)."""
+        if self._model is None:
+            raise RuntimeError(f"scorer weights {self.weights!r} were never loaded")
+        return self._model.score(text, max_tokens=max_tokens)
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     default: str = Field(min_length=1)
     cache: CacheMode = "deterministic"
+    scorer: ScorerConfig | None = Field(
+        None, description="learned scorer weights; absent: the shipped scorer"
+    )
     rules: list[Rule] = Field(default_factory=list)
     offline: Offline = Field(default_factory=Offline)
 
@@ -171,8 +192,13 @@ class PolicyError(Exception):
 
 
 def parse_policy(
-    text: str, *, source: str = "<policy>", cloud_names: Iterable[str] | None = None
+    text: str,
+    *,
+    source: str = "<policy>",
+    cloud_names: Iterable[str] | None = None,
+    base_dir: Path | None = None,
 ) -> Policy:
+    """Validates a policy and loads its scorer weights (relative paths from `base_dir`)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -204,6 +230,15 @@ def parse_policy(
                     f"{source}:{line}: field {where}: unknown target {target!r} "
                     f"(known: {', '.join(sorted(allowed))})"
                 )
+    if policy.scorer is not None:
+        weights = Path(policy.scorer.weights).expanduser()
+        if not weights.is_absolute():
+            weights = (base_dir or Path.cwd()) / weights
+        try:
+            policy.scorer._model = LearnedScorer.load(weights)
+        except WeightsError as exc:
+            line = _line_of(node, ["scorer", "weights"])
+            raise PolicyError(f"{source}:{line}: field scorer.weights: {exc}") from None
     return policy
 
 
@@ -240,7 +275,8 @@ def load_policy(path: Path, *, cloud_names: Iterable[str] | None = None) -> Poli
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_policy(text, source=str(path), cloud_names=cloud_names)
+    # Weights are read here too, so every reload of the policy re-reads its weights file.
+    return parse_policy(text, source=str(path), cloud_names=cloud_names, base_dir=path.parent)
 
 
 class Router:

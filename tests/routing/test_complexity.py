@@ -34,7 +34,7 @@ COMPLEX = [
 @pytest.mark.parametrize("text", SIMPLE)
 def test_small_talk_scores_low(text: str) -> None:
     c = SCORER.score(text)
-    assert 0.0 <= c.score < 0.3, c
+    assert 0.0 <= c.score < 0.4, c  # well under the default policy's 0.55
 
 
 @pytest.mark.parametrize("text", COMPLEX)

@@ -81,12 +81,16 @@ def test_run_prints_scorer_and_baselines(
     rows = [f'"Q{i}: prove and then code {"x" * i}",{i % 3 != 0},True' for i in range(30)]
     f = _csv(tmp_path / "a.csv", "prompt,small,big", rows)
     g = _csv(tmp_path / "b.csv", "prompt,small,big", rows[:10])
-    assert run(_args(str(f), str(g), "--weak", "small", "--strong", "big")) == 0
+    assert run(_args(str(f), str(g), "--weak", "small", "--strong", "big", "--per-file")) == 0
     out = capsys.readouterr().out
     for label in ("scorer", "random", "prompt-length"):
         assert out.count(f"{label}: APGR=") == 3, out  # two files and combined
     assert "== combined (40 prompts)" in out
     assert "CPT50=" in out and "%" in out
+    # Without --per-file: one pooled figure per scorer.
+    assert run(_args(str(f), str(g), "--weak", "small", "--strong", "big")) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("== combined (40 prompts)\n") and out.count("scorer: APGR=") == 1
 
 
 def test_run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
