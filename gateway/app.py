@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.server.max_body_bytes,
     )
     metrics = Metrics()
-    local = LocalBackend(settings.local)
+    local = LocalBackend(settings.local, metrics=metrics)
     cloud_names = [m.name for m in settings.cloud.models]
     policies = PolicyStore(
         settings.policy.file,
@@ -96,6 +96,8 @@ def create_app(settings: Settings) -> web.Application:
     metrics.local_queue_depth.set_function(lambda: local.queue_depth)
     metrics.local_in_flight.set_function(lambda: local.in_flight)
     metrics.local_queue_capacity.set(settings.local.max_queue)
+    metrics.local_slots.set(settings.local.parallel)
+    metrics.local_slots_busy.set_function(lambda: local.slots_busy)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
     app.cleanup_ctx.append(_background)

@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Latency buckets from sub-millisecond cache hits to minute-long local generations.
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Tokens per llama_decode: single decodes up to full prefill chunks.
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
@@ -108,6 +110,31 @@ class Metrics:
             p + "rate_limited",
             "Requests refused by per-key limits, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.local_slots = Gauge(
+            p + "local_slots",
+            "Sequences the local model decodes together (local.parallel).",
+            registry=r,
+        )
+        self.local_slots_busy = Gauge(
+            p + "local_slots_busy", "Local model slots holding a request.", registry=r
+        )
+        self.local_batch_size = Histogram(
+            p + "local_batch_size",
+            "Tokens in each llama_decode call of the local engine (decode plus prefill).",
+            buckets=_BATCH,
+            registry=r,
+        )
+        self.local_prefill_tokens = Counter(
+            p + "local_prefill_tokens", "Prompt tokens the local model computed.", registry=r
+        )
+        self.local_decode_tokens = Counter(
+            p + "local_decode_tokens", "Generated tokens the local model decoded.", registry=r
+        )
+        self.local_tokens_reused = Counter(
+            p + "local_tokens_reused",
+            "Prompt tokens served from a slot's KV cache instead of being computed again.",
             registry=r,
         )
         for result in ("success", "failure"):

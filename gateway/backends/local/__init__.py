@@ -1,0 +1,14 @@
+"""The embedded llama.cpp model: a continuous-batching engine behind an OpenAI-shaped adapter.
+
+- model.py     the GGUF: locating the embedded one, loading, tokenizer, chat template
+- sampling.py  per-request sampler chains, stop strings across tokens, logprobs
+- engine.py    the thread that owns the llama.cpp context and decodes all slots per step
+- backend.py   LocalBackend: admission, prompt building, responses and SSE chunks
+"""
+
+from __future__ import annotations
+
+from .backend import LocalBackend
+from .model import EMBEDDED_FILE, EMBEDDED_PACKAGE, embedded_model_path
+
+__all__ = ["EMBEDDED_FILE", "EMBEDDED_PACKAGE", "LocalBackend", "embedded_model_path"]

