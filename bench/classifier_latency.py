@@ -1,11 +1,14 @@
 """Latency of the routing classifier: the scorer alone, all features, and the policy decision.
 
-    .venv/bin/python -m bench.classifier_latency [--n 10000]
+    .venv/bin/python -m bench.classifier_latency [--n 10000] [--weights FILE]
 
 Each row times `--n` single calls with `time.perf_counter` around each call and prints the
 median, p99 and max in milliseconds. The mixed rows draw prompts (seeded) from GSM8K,
 MT-Bench and some synthetic chat; the "~2,000-token" row uses only prompts of about 8,000
 characters (GSM8K and MT-Bench text run together), the longest the scorer is specified for.
+The "learned" rows load train-router weights (`--weights`, else weights trained here on the
+29 MMLU subjects and GSM8K, about 52,000 terms) into a policy, as `scorer: {weights: ...}`
+does, and report how much RSS loading them added.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.features import FeatureExtractor, Features
+from gateway.routing.learned import LearnedScorer
 from gateway.routing.policy import Router, load_policy
 from gateway.routing.tokens import encoder
 from gateway.schemas import ChatRequest
@@ -96,7 +100,30 @@ def _timed(call: Callable[[_T], object], args: Sequence[_T]) -> list[float]:
     return out
 
 
-def measure(n: int = 10_000) -> dict[str, Any]:
+def learned_weights(out: Path) -> Path:
+    """train-router weights for the learned rows: from the shared data, else synthetic."""
+    from gateway.routing.train import Example, dumps, read_examples, train
+
+    files = [*sorted((DATA / "mmlu").glob("*.csv")), DATA / "gsm8k_responses.csv"]
+    examples: list[Example] = []
+    if files[-1].is_file():
+        for f in files:
+            examples += read_examples(f)
+    else:
+        rng = random.Random(2)
+        pool = corpus()
+        examples = [Example(p, float(rng.random() < 0.3), 1.0) for p in pool * 3]
+    out.write_bytes(dumps(train(examples, l2=1.0, sources=[str(f) for f in files]), out))
+    return out
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def measure(n: int = 10_000, weights: Path | None = None) -> dict[str, Any]:
     """Timings of n calls per row: {"n": n, "rows": {name: {median_ms, p99_ms, max_ms}}}."""
     texts = prompts(n)
     longs = long_prompts()
@@ -118,6 +145,29 @@ def measure(n: int = 10_000) -> dict[str, Any]:
     def decision_of(req: ChatRequest) -> object:
         return router.decide(policy, features_of(req))
 
+    import gc
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = weights or learned_weights(Path(tmp) / "router.json.gz")
+        gc.collect()
+        rss0 = _rss_mb()
+        learned = LearnedScorer.load(path)
+        gc.collect()
+        rss_added = _rss_mb() - rss0
+        n_terms = len(learned.terms)
+
+    def learned_decision_of(req: ChatRequest) -> object:
+        f = extractor.extract(
+            req,
+            tenant=None,
+            cloud_reachable=True,
+            local_queue_depth=0,
+            local_queue_full=False,
+            scorer=learned,
+        )
+        return router.decide(policy, f)
+
     for text in texts[:200]:  # warm-up: regex caches, branch predictors, allocator
         scorer.score(text)
     rows: dict[str, list[float]] = {
@@ -127,17 +177,33 @@ def measure(n: int = 10_000) -> dict[str, Any]:
         ),
         "all features": _timed(features_of, reqs),
         "features + policy decision": _timed(decision_of, reqs),
+        "learned scorer": _timed(learned.score, texts),
+        "learned scorer, ~2,000-token prompts": _timed(
+            learned.score, [longs[i % len(longs)] for i in range(n)]
+        ),
+        "features + policy decision, learned": _timed(learned_decision_of, reqs),
     }
-    return {"n": n, "rows": {k: _stats(v) for k, v in rows.items()}}
+    return {
+        "n": n,
+        "rows": {k: _stats(v) for k, v in rows.items()},
+        "learned_terms": n_terms,
+        "learned_rss_mb": rss_added,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="routing classifier latency")
     ap.add_argument("--n", type=int, default=10_000, help="calls per row")
-    result = measure(ap.parse_args().n)
+    ap.add_argument("--weights", type=Path, help="train-router weights for the learned rows")
+    args = ap.parse_args()
+    result = measure(args.n, args.weights)
     print(f"{'what':<42}{'median ms':>11}{'p99 ms':>10}{'max ms':>10}   (n={result['n']})")
     for name, r in result["rows"].items():
         print(f"{name:<42}{r['median_ms']:>11.4f}{r['p99_ms']:>10.4f}{r['max_ms']:>10.4f}")
+    print(
+        f"learned weights: {result['learned_terms']} terms, "
+        f"{result['learned_rss_mb']:.1f} MB of RSS once loaded"
+    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ class ServerSettings(_Section):
         8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
     )
     max_messages: int = Field(1024, ge=1, description="Most messages in one chat request.")
+    max_content_chars: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most characters of text in one request's messages or prompt (400 above).",
+    )
+    max_content_parts: int = Field(
+        4096, ge=1, description="Most content parts (text, image...) over all messages."
+    )
+    max_tools: int = Field(128, ge=0, description="Most tools (or functions) in one request.")
+    max_stop: int = Field(16, ge=0, description="Most stop sequences in one request.")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence, in characters.")
     max_n: int = Field(8, ge=1, description="Largest `n` (choices) accepted.")
     max_prompt_tokens: int = Field(
         200_000, ge=1, description="Largest prompt (tiktoken count) accepted at all."
@@ -208,6 +219,9 @@ class LimitSettings(_Section):
     )
     redis_url: str | None = Field(
         None, description="Share counters across gateways; empty means in-process."
+    )
+    max_tracked_keys: int = Field(
+        100_000, ge=1, description="In-process counters: most keys tracked (oldest dropped)."
     )
 
 

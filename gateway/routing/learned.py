@@ -4,12 +4,13 @@
 with `scorer: {weights: FILE}`. The scorer answers like `ComplexityScorer` (a score in [0, 1]
 and the reasons that raised it), so `complexity:` conditions in the policy work unchanged.
 
-Features, all computed in one pass over at most `SCAN_CHARS` characters:
+Features, computed over at most `SCAN_CHARS` characters (head and tail):
 - dense: log prompt length, newlines, several questions, a long requested output, and the
   counts of the hand-set signals of complexity.py (reasoning, code, maths, fractions, ...);
-- terms: word unigrams and bigrams (numbers folded to "0"), present or not, scaled by
-  1/sqrt(number of distinct terms), looked up in the file's vocabulary (no hashing: a dict
-  look-up per term is faster than any stable hash in Python).
+- terms: word unigrams and bigrams (numbers folded to "0") of the first 1,100 and last 400
+  characters, present or not, scaled by 1/sqrt(number of distinct terms), looked up in the
+  file's vocabulary (no hashing: a dict look-up per term is faster than any stable hash in
+  Python).
 
 The raw score is bias + dense . w + terms . v; a logistic maps the training median to 0.5 and
 the 90th percentile to about 0.75, like the shipped scorer, so policy thresholds keep their
@@ -52,7 +53,11 @@ DENSE = (
     "multiples",
     "small_talk",
 )
-_WORD = re.compile(r"[a-z]+|\d+")
+_WORD = re.compile(r"[a-z]+|0")
+_DIGITS = re.compile(r"\d+")
+# Words are read from at most this many characters (head and tail): the latency budget.
+TERMS_CHARS = 1500
+TERMS_TAIL = 400
 _LEARNED_REASON = "learned terms"
 
 
@@ -77,10 +82,12 @@ def dense_features(text: str, lowered: str, *, max_tokens: int | None = None) ->
 
 
 def terms(lowered: str) -> set[str]:
-    """Word unigrams and bigrams of lower-cased text; every number reads as "0"."""
-    words = [w if w[0] > "9" else "0" for w in _WORD.findall(lowered)]
+    """Word unigrams and bigrams of lower-cased text (head and tail); numbers read as "0"."""
+    if len(lowered) > TERMS_CHARS:
+        lowered = lowered[: TERMS_CHARS - TERMS_TAIL] + "\n" + lowered[-TERMS_TAIL:]
+    words = _WORD.findall(_DIGITS.sub("0", lowered))
     out = set(words)
-    out.update(f"{a} {b}" for a, b in itertools.pairwise(words))
+    out.update(map(" ".join, itertools.pairwise(words)))
     return out
 
 
@@ -145,8 +152,7 @@ class LearnedScorer:
         }
         if self.terms:
             found = terms(lowered)
-            get = self.terms.get
-            total = sum(get(t, 0.0) for t in found)
+            total = sum(map(self.terms.get, found, itertools.repeat(0.0)))
             if total:
                 parts["terms"] = total / math.sqrt(len(found))
         return self.bias + sum(parts.values()), parts
