@@ -8,7 +8,6 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
 
     from .app import create_app
     from .logs import setup_logging
@@ -31,16 +30,42 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"edge-gateway: invalid policy:\n{exc}", file=sys.stderr)
         return 2
     app.on_startup.append(_reload_on_sighup)
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        print=lambda msg: print(f"edge-gateway: {msg}", file=sys.stderr),
-        access_log=None,
-        handler_cancellation=True,
-        shutdown_timeout=settings.server.shutdown_grace_s,
-    )
+    import asyncio
+
+    asyncio.run(_run(app, settings))
     return 0
+
+
+async def _run(app: object, settings: object) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: /readyz says 503 while in-flight requests
+    finish (streams cut by the grace get an SSE error event), and only then the listener
+    closes. aiohttp's run_app closes the listener first, so balancers never see the 503."""
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    from .keys import SERVICES
+    from .runner import GatewayRunner
+    from .settings import Settings
+
+    assert isinstance(app, web.Application) and isinstance(settings, Settings)
+    server = settings.server
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, server.host, server.port)
+    await site.start()
+    print(f"edge-gateway: ======== Running on {site.name} ========", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        print("edge-gateway: draining", file=sys.stderr, flush=True)
+        await app[SERVICES].drain(server.shutdown_grace_s)
+    finally:
+        await runner.cleanup()
 
 
 async def _reload_on_sighup(app: object) -> None:

@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> web.Application:
         cache=cache,
         max_prompt_tokens=settings.server.max_prompt_tokens,
     )
+    keyring = KeyRing(settings.server)
     app[SERVICES] = Services(
         settings=settings,
         local=local,
@@ -90,8 +91,8 @@ def create_app(settings: Settings) -> web.Application:
         policies=policies,
         metrics=metrics,
         prices=Prices([m.model for m in settings.cloud.models]),
-        keyring=KeyRing(settings.server),
-        limiter=build_limiter(settings, metrics),
+        keyring=keyring,
+        limiter=build_limiter(settings, metrics, keyed=keyring.enforced),
     )
     metrics.local_queue_depth.set_function(lambda: local.queue_depth)
     metrics.local_in_flight.set_function(lambda: local.in_flight)
@@ -128,12 +129,17 @@ def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
     )
 
 
-def build_limiter(settings: Settings, metrics: Metrics) -> Limiter:
+def build_limiter(settings: Settings, metrics: Metrics, *, keyed: bool) -> Limiter:
     counters: Counters = (
-        RedisCounters(settings.limits.redis_url) if settings.limits.redis_url else MemoryCounters()
+        RedisCounters(settings.limits.redis_url)
+        if settings.limits.redis_url
+        else MemoryCounters(max_keys=settings.limits.max_tracked_keys)
     )
     return Limiter(
-        settings.limits, counters, on_limited=lambda r: metrics.rate_limited.labels(r).inc()
+        settings.limits,
+        counters,
+        keyed=keyed,
+        on_limited=lambda r: metrics.rate_limited.labels(r).inc(),
     )
 
 
@@ -206,19 +212,33 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _probe_loop(dispatcher: Dispatcher, settings: Settings) -> None:
-    while True:
-        await asyncio.sleep(settings.cloud.probe_interval_s)
-        for name, breaker in dispatcher.breakers.items():
-            if breaker.reachable:
-                continue
-            backend = dispatcher.clouds.get(name)
-            if backend is None:
-                continue
-            try:
-                ok = await backend.probe()
-            except Exception:
-                log.exception("probe failed", extra={"target": name})
-                ok = False
-            if ok:
-                log.info("cloud target answers again", extra={"target": name})
-                breaker.success()
+    """Probe every open breaker's target, each in its own task so a slow probe holds no other."""
+    running: dict[str, asyncio.Task[None]] = {}
+    try:
+        while True:
+            await asyncio.sleep(settings.cloud.probe_interval_s)
+            for name, breaker in dispatcher.breakers.items():
+                backend = dispatcher.clouds.get(name)
+                if breaker.reachable or backend is None or name in running:
+                    continue
+                running[name] = asyncio.create_task(_probe_once(name, breaker, backend))
+            for name, task in list(running.items()):
+                if task.done():
+                    del running[name]
+    finally:
+        for task in list(running.values()):
+            task.cancel()
+
+
+async def _probe_once(name: str, breaker: Breaker, backend: Backend) -> None:
+    # After a first-byte timeout only a real completion proves the target is back: its model
+    # list may answer while chat hangs, and a light probe would let clients wait again.
+    deep = breaker.last_cause == "timeout"
+    try:
+        ok = await backend.probe(deep=deep)
+    except Exception:
+        log.exception("probe failed", extra={"target": name})
+        ok = False
+    if ok:
+        log.info("cloud target answers again", extra={"target": name, "deep_probe": deep})
+        breaker.success()

@@ -122,6 +122,22 @@ class NotReady(GatewayError):
     default_code = "not_ready"
 
 
+class RequestTimeout(GatewayError):
+    """The request outlived `server.request_timeout_s`."""
+
+    status = 504
+    type = "timeout_error"
+    default_code = "request_timeout"
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is stopping and this stream outlived the shutdown grace."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "shutting_down"
+
+
 class UpstreamTimeout(GatewayError):
     status = 504
     type = "timeout_error"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from . import openapi, sse
-from .backends.base import Endpoint
-from .errors import GatewayError, InvalidRequest, Unauthorized
+from .backends.base import Chunk, Endpoint
+from .errors import GatewayError, InvalidRequest, RequestTimeout, ShuttingDown, Unauthorized
 from .keys import RECORD, SERVICES
+from .observe import RequestRecord
 from .routing.policy import PolicyError
 from .schemas import ChatRequest, CompletionRequest
 from .service import CacheControl, Outcome
@@ -37,8 +41,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
             "The request body is not valid UTF-8.", code="invalid_encoding"
         ) from None
     try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        body = json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        # ValueError also covers integers longer than Python's digit limit and NaN/Infinity.
         raise InvalidRequest(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
             "using your HTTP library correctly.)",
@@ -51,17 +56,17 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _has_lone_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
+def _no_constants(name: str) -> Any:
+    """NaN and Infinity are not JSON; passed on, they would reach the cloud as invalid JSON."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _has_lone_surrogate(body: dict[str, Any]) -> bool:
+    """A \\ud800-style escape without its pair decodes to text that cannot be UTF-8 encoded."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
     return False
 
 
@@ -78,23 +83,88 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(message, param=param, code=code)
 
 
+def _too_many(what: str, n: int, bound: int, setting: str, param: str, code: str) -> None:
+    if n > bound:
+        raise InvalidRequest(
+            f"Too many {what}: {n} > {bound} (server.{setting}).", param=param, code=code
+        )
+
+
+def _check_shape(body: dict[str, Any], server: ServerSettings) -> None:
+    """Bounds checked on the raw JSON, before validation spends time on a hostile body."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        _too_many(
+            "messages",
+            len(messages),
+            server.max_messages,
+            "max_messages",
+            "messages",
+            "too_many_messages",
+        )
+        parts = sum(
+            len(m["content"])
+            for m in messages
+            if isinstance(m, dict) and isinstance(m.get("content"), list)
+        )
+        _too_many(
+            "content parts",
+            parts,
+            server.max_content_parts,
+            "max_content_parts",
+            "messages",
+            "too_many_content_parts",
+        )
+    for field in ("tools", "functions"):
+        value = body.get(field)
+        if isinstance(value, list):
+            _too_many(field, len(value), server.max_tools, "max_tools", field, "too_many_tools")
+    stop = body.get("stop")
+    if isinstance(stop, list):
+        _too_many(
+            "stop sequences",
+            len(stop),
+            server.max_stop,
+            "max_stop",
+            "stop",
+            "too_many_stop_sequences",
+        )
+
+
 def check_limits(req: ChatRequest | CompletionRequest, server: ServerSettings) -> None:
     """Bounds on what one request may ask for, beyond what the schema says."""
-    if isinstance(req, ChatRequest) and len(req.messages) > server.max_messages:
-        raise InvalidRequest(
-            f"Too many messages: {len(req.messages)} > {server.max_messages}.",
-            param="messages",
-            code="too_many_messages",
-        )
     if (req.n or 1) > server.max_n:
         raise InvalidRequest(f"n must be at most {server.max_n}.", param="n", code="invalid_value")
+    if any(len(s) > server.max_stop_chars for s in req.stop_list()):
+        raise InvalidRequest(
+            f"A stop sequence is longer than {server.max_stop_chars} characters "
+            "(server.max_stop_chars).",
+            param="stop",
+            code="stop_sequence_too_long",
+        )
+    chars = req.content_chars()
+    if chars > server.max_content_chars:
+        raise InvalidRequest(
+            f"The request has {chars} characters of text; this gateway accepts at most "
+            f"{server.max_content_chars} (server.max_content_chars).",
+            param="messages" if isinstance(req, ChatRequest) else "prompt",
+            code="content_too_long",
+        )
 
 
-def parse_request(model: type[ChatRequest] | type[CompletionRequest], body: dict[str, Any]) -> Any:
+def parse_request(
+    model: type[ChatRequest] | type[CompletionRequest],
+    body: dict[str, Any],
+    server: ServerSettings,
+) -> Any:
+    """Validate a request body within the server's bounds (400 naming the bound past them)."""
+    _check_shape(body, server)
     try:
-        return model.model_validate(body)
+        req = model.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    check_limits(req, server)
+    return req
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -111,13 +181,21 @@ async def _serve(
     endpoint: Endpoint,
 ) -> web.StreamResponse:
     services = request.app[SERVICES]
-    req = parse_request(model, await read_json(request))
-    check_limits(req, services.settings.server)
+    req = parse_request(model, await read_json(request), services.settings.server)
     tenant = tenant_of(request)
     budget_spent = await services.limiter.admit(tenant)
     cc = CacheControl.parse(request.headers.get("Cache-Control"))
-    outcome = await services.dispatcher.handle(req, endpoint, tenant, cc, force_local=budget_spent)
     record = request[RECORD]
+    deadline = _deadline(record.started, services.settings.server)
+    try:
+        async with asyncio.timeout_at(deadline):
+            outcome = await services.dispatcher.handle(
+                req, endpoint, tenant, cc, force_local=budget_spent
+            )
+    except TimeoutError:
+        if asyncio.get_running_loop().time() < deadline:
+            raise  # not our bound: someone else's timeout
+        raise _timed_out(services.settings.server) from None
     record.outcome = outcome
     record.backend_s = outcome.backend_seconds
     if services.settings.server.log_bodies:
@@ -131,7 +209,21 @@ async def _serve(
         return web.Response(
             body=outcome.completion.body(), content_type="application/json", headers=headers
         )
-    return await _write_stream(request, outcome, headers, include_usage=req.include_usage())
+    return await _write_stream(
+        request, outcome, headers, include_usage=req.include_usage(), deadline=deadline
+    )
+
+
+def _deadline(started: float, server: ServerSettings) -> float:
+    """`server.request_timeout_s` after the request arrived, on the event loop's clock."""
+    elapsed = time.perf_counter() - started
+    return asyncio.get_running_loop().time() + server.request_timeout_s - elapsed
+
+
+def _timed_out(server: ServerSettings) -> RequestTimeout:
+    return RequestTimeout(
+        f"The request took longer than {server.request_timeout_s:g} s (server.request_timeout_s)."
+    )
 
 
 def _text_of(obj: dict[str, Any]) -> str:
@@ -148,8 +240,10 @@ async def _write_stream(
     headers: dict[str, str],
     *,
     include_usage: bool,
+    deadline: float,
 ) -> web.StreamResponse:
     assert outcome.chunks is not None
+    services = request.app[SERVICES]
     record = request[RECORD]
     resp = web.StreamResponse(
         headers={
@@ -161,49 +255,78 @@ async def _write_stream(
     )
     await resp.prepare(request)
     chunks = outcome.chunks
-    # Backend time of a stream: until its first chunk, plus every wait for the next one.
-    backend_s = outcome.backend_seconds
+    bound = asyncio.timeout_at(deadline)
     try:
-        while True:
-            t0 = time.perf_counter()
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            backend_s += time.perf_counter() - t0
-            if chunk.plain:
-                payload = chunk.sse or sse.frame(chunk.data)
-                await resp.write(payload)
-                if record.answer_parts is not None:
-                    record.answer_parts += [
-                        _text_of(json.loads(line[6:]))
-                        for line in payload.split(b"\n")
-                        if line.startswith(b"data: {")
-                    ]
-                if record.ttft_s is None:
-                    record.ttft_s = time.perf_counter() - record.started
-                continue
-            obj = chunk.obj
-            if record.answer_parts is not None:
-                record.answer_parts.append(_text_of(obj))
-            if obj.get("usage"):
-                record.usage_from(obj)
-                if not obj.get("choices") and not include_usage:
-                    continue  # a usage-only chunk the client did not ask for
-            await resp.write(sse.frame(chunk.data))
-            if record.ttft_s is None:
-                record.ttft_s = time.perf_counter() - record.started
+        async with bound:
+            await _relay(resp, chunks, record, include_usage)
         await resp.write(sse.DONE)
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        _stream_failed(record, _timed_out(services.settings.server))
+        await resp.write(sse.error_frame(_timed_out(services.settings.server)))
     except GatewayError as exc:
         # Bytes already went out, so the status is spent: say it in-band, never end silently.
-        record.stream_error = exc.code
-        log.warning("stream failed mid-way", extra={"code": exc.code})
+        _stream_failed(record, exc)
         await resp.write(sse.error_frame(exc))
+    except asyncio.CancelledError:
+        if services.stopping:
+            # Cut by the shutdown grace: tell the client why before the connection closes.
+            err = ShuttingDown("The gateway is shutting down; retry the request.")
+            _stream_failed(record, err)
+            with contextlib.suppress(Exception):
+                await resp.write(sse.error_frame(err))
+                await resp.write_eof()
+        raise
     finally:
-        record.backend_s = backend_s
+        record.backend_s += record.stream_wait_s
         await chunks.aclose()  # type: ignore[attr-defined]
     await resp.write_eof()
     return resp
+
+
+def _stream_failed(record: RequestRecord, exc: GatewayError) -> None:
+    record.stream_error = exc.code
+    log.warning("stream failed mid-way", extra={"code": exc.code})
+
+
+async def _relay(
+    resp: web.StreamResponse,
+    chunks: AsyncIterator[Chunk],
+    record: RequestRecord,
+    include_usage: bool,
+) -> None:
+    """Write the backend's chunks as SSE frames, counting backend time and usage."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        # Backend time of a stream: until its first chunk, plus every wait for the next one.
+        record.stream_wait_s += time.perf_counter() - t0
+        if chunk.plain:
+            payload = chunk.sse or sse.frame(chunk.data)
+            await resp.write(payload)
+            if record.answer_parts is not None:
+                record.answer_parts += [
+                    _text_of(json.loads(line[6:]))
+                    for line in payload.split(b"\n")
+                    if line.startswith(b"data: {")
+                ]
+            if record.ttft_s is None:
+                record.ttft_s = time.perf_counter() - record.started
+            continue
+        obj = chunk.obj
+        if record.answer_parts is not None:
+            record.answer_parts.append(_text_of(obj))
+        if obj.get("usage"):
+            record.usage_from(obj)
+            if not obj.get("choices") and not include_usage:
+                continue  # a usage-only chunk the client did not ask for
+        await resp.write(sse.frame(chunk.data))
+        if record.ttft_s is None:
+            record.ttft_s = time.perf_counter() - record.started
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -219,9 +342,8 @@ async def list_models(request: web.Request) -> web.Response:
 async def explain_route(request: web.Request) -> web.Response:
     """The decision for a chat request, with its features, without generating anything."""
     services = request.app[SERVICES]
-    req = parse_request(ChatRequest, await read_json(request))
-    check_limits(req, services.settings.server)
-    features, decision = services.dispatcher.decide(req, tenant_of(request))
+    req = parse_request(ChatRequest, await read_json(request), services.settings.server)
+    features, decision = await services.dispatcher.decide(req, tenant_of(request))
     return web.json_response(explanation(features, decision, services.dispatcher))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -28,9 +29,30 @@ class Counters(Protocol):
 
 
 class MemoryCounters:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    """In-process counters with O(1) amortised expiry and a cap on how many keys it tracks.
+
+    Keys are created with one of a few TTLs, so one FIFO per TTL is also in expiry order:
+    expired keys are dropped from the front as requests come, never by scanning the table.
+    Past `max_keys` the oldest keys go first (a flood of new keys forgets old windows early,
+    it never slows every request down).
+    """
+
+    def __init__(self, *, max_keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        self.max_keys = max_keys
         self._data: dict[str, tuple[float, float]] = {}  # key -> (expires, value)
+        self._fifos: dict[int, deque[tuple[float, str]]] = {}
         self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _expire(self, now: float) -> None:
+        for fifo in self._fifos.values():
+            while fifo and (fifo[0][0] < now or len(self._data) > self.max_keys):
+                expires, key = fifo.popleft()
+                item = self._data.get(key)
+                if item is not None and item[0] == expires:
+                    del self._data[key]
 
     async def get(self, key: str) -> float:
         item = self._data.get(key)
@@ -40,16 +62,18 @@ class MemoryCounters:
 
     async def add(self, key: str, amount: float, ttl_s: int) -> float:
         now = self._clock()
-        if len(self._data) > 10_000:  # windows expire; keep the dict from growing forever
-            self._data = {k: v for k, v in self._data.items() if v[0] >= now}
-        expires, value = self._data.get(key, (now + ttl_s, 0.0))
-        if expires < now:
-            expires, value = now + ttl_s, 0.0
-        self._data[key] = (expires, value + amount)
-        return value + amount
+        self._expire(now)
+        item = self._data.get(key)
+        if item is None or item[0] < now:
+            item = (now + ttl_s, 0.0)
+            self._fifos.setdefault(ttl_s, deque()).append((item[0], key))
+        value = item[1] + amount
+        self._data[key] = (item[0], value)
+        return value
 
     async def close(self) -> None:
         self._data.clear()
+        self._fifos.clear()
 
 
 class RedisCounters:
@@ -84,10 +108,14 @@ class Limiter:
         settings: LimitSettings,
         counters: Counters,
         *,
+        keyed: bool = True,
         on_limited: Callable[[str], None] = lambda _r: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        # Without configured keys any Bearer token is accepted, so tokens are not identities:
+        # all callers share one set of counters instead of one per made-up token.
+        self.keyed = keyed
         self.counters = counters
         self._on_limited = on_limited
         self._clock = clock
@@ -109,7 +137,7 @@ class Limiter:
         """Count the request; raise 429 past a limit. True when the cloud budget is spent."""
         if not self.active:
             return False
-        t = tenant or "anonymous"
+        t = self._who(tenant)
         s = self.settings
         try:
             if s.requests_per_minute:
@@ -149,6 +177,9 @@ class Limiter:
             )
         return False
 
+    def _who(self, tenant: str | None) -> str:
+        return tenant if tenant and self.keyed else "anonymous"
+
     def _seconds_to_midnight(self) -> float:
         return 86400 - self._clock() % 86400
 
@@ -156,7 +187,7 @@ class Limiter:
         """Add what a finished request used, in the background."""
         if not self.active or (tokens <= 0 and cloud_usd <= 0):
             return
-        task = asyncio.create_task(self._record(tenant or "anonymous", tokens, cloud_usd))
+        task = asyncio.create_task(self._record(self._who(tenant), tokens, cloud_usd))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 

@@ -16,12 +16,17 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
 )
 from .keys import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# nginx's code for "the client closed the connection": not a server error, not a client error
+# the client can see. It is its own label so that walk-aways never fire an error-rate alert.
+CLIENT_CLOSED = 499
 
 REQUEST_ID_HEADER = "x-request-id"
 # A client-supplied id is echoed only when it is short and plain, so it cannot inject into logs.
@@ -62,11 +67,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return error_response(_from_http(exc), rid)
-    except (ConnectionResetError, TimeoutError) as exc:
-        # The client went away (or a bound fired) mid-response: nothing left to tell it.
-        if isinstance(exc, TimeoutError):
-            log.warning("request timed out", extra={"request_id": rid})
-        raise
+    except ConnectionResetError:
+        # The client went away mid-response: nothing left to tell it, and nothing wrong with
+        # the server. aiohttp ignores a connection error while it finishes this response.
+        log.info("client went away", extra={"request_id": rid})
+        return web.Response(status=CLIENT_CLOSED)
+    except TimeoutError:
+        log.warning("request timed out", extra={"request_id": rid})
+        return error_response(RequestTimeout("The request timed out."), rid)
     except Exception:
         log.exception("unhandled error", extra={"request_id": rid})
         return error_response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .keys import RECORD, REQUEST_ID, SERVICES
-from .middlewares import Handler
+from .middlewares import CLIENT_CLOSED, Handler
 
 if TYPE_CHECKING:
     from .service import Outcome
@@ -28,6 +29,7 @@ class RequestRecord:
     completion_tokens: int = 0
     ttft_s: float | None = None
     backend_s: float = 0.0
+    stream_wait_s: float = 0.0  # a stream's waits for its next chunk, after the first
     stream_error: str | None = None
     # Only filled when the operator opts in (server.log_bodies): privacy by default.
     prompt_text: str | None = None
@@ -51,12 +53,22 @@ def _path_label(request: web.Request) -> str:
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     record = RequestRecord()
     request[RECORD] = record
+    services = request.app[SERVICES]
+    task = asyncio.current_task()
+    if task is not None:
+        services.in_flight.add(task)
     status = 500
     try:
         response = await handler(request)
         status = response.status
         return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        # handler_cancellation: the client went away (or shutdown cut the request).
+        status = CLIENT_CLOSED
+        raise
     finally:
+        if task is not None:
+            services.in_flight.discard(task)
         _account(request, record, status)
 
 
@@ -70,7 +82,8 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     o = record.outcome
     route = o.route if o else "none"
     rule = o.decision.rule if o else "none"
-    m.requests.labels(route, rule, f"{status // 100}xx").inc()
+    status_class = str(CLIENT_CLOSED) if status == CLIENT_CLOSED else f"{status // 100}xx"
+    m.requests.labels(route, rule, status_class).inc()
     m.duration.labels(route).observe(total)
     if o is not None:
         m.overhead.observe(max(0.0, total - record.backend_s))

@@ -25,6 +25,14 @@ ABSURD_MAX_TOKENS = 1_000_000
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: StrictStr
+    # A text part's text is a string: a number or object would reach the model as its repr.
+    text: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text content part needs a string `text`")
+        return self
 
 
 class Message(BaseModel):
@@ -46,9 +54,7 @@ class Message(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "\n".join(
-            str((p.model_extra or {}).get("text", "")) for p in self.content if p.type == "text"
-        )
+        return "\n".join(p.text or "" for p in self.content if p.type == "text")
 
     def has_image(self) -> bool:
         return isinstance(self.content, list) and any(
@@ -100,6 +106,9 @@ class ChatRequest(_Sampling):
     def prompt_text(self) -> str:
         return "\n".join(m.text() for m in self.messages)
 
+    def content_chars(self) -> int:
+        return sum(len(m.text()) for m in self.messages)
+
 
 class CompletionRequest(_Sampling):
     prompt: StrictStr | list[StrictStr]
@@ -119,6 +128,9 @@ class CompletionRequest(_Sampling):
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def content_chars(self) -> int:
+        return len(self.prompt_text()) + len(self.suffix or "")
 
 
 AnyRequest = ChatRequest | CompletionRequest

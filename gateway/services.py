@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .auth import KeyRing
 from .backends.local import LocalBackend
@@ -30,7 +31,26 @@ class Services:
     keyring: KeyRing
     limiter: Limiter
     started_at: float = field(default_factory=time.time)
+    # Shutdown: `draining` makes /readyz say 503 while in-flight requests finish; `stopping`
+    # means the grace ran out and the requests still running are being cut.
     draining: bool = False
+    stopping: bool = False
+    in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop looking ready, let in-flight requests finish, cut the rest after the grace."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.in_flight and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self.in_flight), timeout=left)
+        if not self.in_flight:
+            return
+        self.stopping = True
+        cut = list(self.in_flight)
+        for task in cut:
+            task.cancel()  # streams write an SSE error event on their way out
+        await asyncio.wait(cut, timeout=5)
 
     def price_model(self, outcome: Outcome) -> str | None:
         """The litellm model whose price an answer is counted at (what the cloud would cost)."""

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.runner import GatewayRunner
 from gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ async def gateway_factory() -> AsyncIterator[Callable[..., Any]]:
 
     async def start(settings: Settings | None = None, **overrides: Any) -> RunningGateway:
         app = create_app(settings or make_settings(**overrides))
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = GatewayRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         port = free_port()
         site = web.TCPSite(runner, "127.0.0.1", port)

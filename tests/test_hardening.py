@@ -122,7 +122,8 @@ async def test_malformed_bodies_never_5xx(
 
 
 async def test_requests_per_minute(gateway_factory: Any, http: aiohttp.ClientSession) -> None:
-    gw = await gateway_factory(limits={"requests_per_minute": 2})
+    # Limits are per configured key; without keys every caller shares one set of counters.
+    gw = await gateway_factory(limits={"requests_per_minute": 2}, server={"api_keys": ["a", "b"]})
     url = f"{gw.base_url}/chat/completions"
     statuses = []
     for key in ("a", "a", "a", "b"):

@@ -106,8 +106,12 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
-    async def probe(self) -> bool | None:
-        """True: the target answers; False: it does not; None: this backend cannot probe."""
+    async def probe(self, *, deep: bool = False) -> bool | None:
+        """True: the target answers; False: it does not; None: this backend cannot probe.
+
+        `deep` asks for a one-token completion instead of a look at the model list: after a
+        first-byte timeout, an upstream whose /models answers while chat hangs is not back.
+        """
         ...
 
 
@@ -119,5 +123,32 @@ async def http_probe(
         async with asyncio.timeout(settings.connect_timeout_s):
             async with session.get(f"{base.rstrip('/')}/models", headers=headers) as r:
                 return r.status < 500
+    except (TimeoutError, aiohttp.ClientError):
+        return False
+
+
+PROBE_BODY: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "ping"}],
+    "max_tokens": 1,
+    "temperature": 0,
+}
+
+
+async def completion_probe(
+    session: aiohttp.ClientSession,
+    base: str,
+    headers: dict[str, str],
+    upstream_model: str,
+    settings: CloudSettings,
+) -> bool:
+    """A deep check: a one-token chat completion answered within the first-byte timeout."""
+    body = {**PROBE_BODY, "model": upstream_model}
+    try:
+        async with asyncio.timeout(settings.first_byte_timeout_s):
+            async with session.post(
+                f"{base.rstrip('/')}/chat/completions", json=body, headers=headers
+            ) as r:
+                await r.read()
+                return r.status < 500 and r.status != 429
     except (TimeoutError, aiohttp.ClientError):
         return False

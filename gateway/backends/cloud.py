@@ -13,7 +13,16 @@ import aiohttp
 from ..errors import ContextLengthExceeded, GatewayError, InvalidRequest, UpstreamError
 from ..schemas import AnyRequest
 from ..settings import CloudModel, CloudSettings
-from .base import BackendUnavailable, Chunk, Completion, Endpoint, Kind, http_probe
+from .base import (
+    PROBE_BODY,
+    BackendUnavailable,
+    Chunk,
+    Completion,
+    Endpoint,
+    Kind,
+    http_probe,
+)
+from .upstream import bearer_headers, openai_body, scrub, split_params
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +56,31 @@ class LiteLLMBackend:
         self.litellm = litellm
         self._errors = litellm.exceptions
 
-    def _kwargs(self, req: AnyRequest, *, stream: bool) -> dict[str, Any]:
-        kwargs = req.upstream_body()
-        kwargs.pop("model", None)
-        kwargs.pop("stream", None)
-        if req.max_tokens is not None:
-            kwargs["max_tokens"] = min(req.max_tokens, self.model.max_output_tokens)
-        if stream:
-            kwargs["stream_options"] = {**(req.stream_options or {}), "include_usage": True}
+    def _kwargs(self, req: AnyRequest, endpoint: Endpoint, *, stream: bool) -> dict[str, Any]:
+        body = openai_body(req, self.model, upstream_model=self.model.model, stream=stream)
+        if endpoint == "completion":
+            body.pop("stream_options", None)
+        params, extra = split_params(body, endpoint)
+        if extra:
+            # Only ever JSON body fields: litellm reads unknown keyword arguments as options.
+            params["extra_body"] = extra
+        # Where and how the call goes comes from settings alone, never from the request.
         return {
-            **kwargs,
+            **params,
             "model": self.model.model,
             "api_base": self.model.api_base,
             "api_key": self.model.api_key(),
             "stream": stream,
             "timeout": self.settings.first_byte_timeout_s,
             "num_retries": 0,  # failover is ours to decide, and fast
+            # The app's pooled session: closed with the app, never a client cached by litellm
+            # from another event loop.
+            "shared_session": self.session,
         }
 
     async def _call(self, req: AnyRequest, endpoint: Endpoint, *, stream: bool) -> Any:
         fn = self.litellm.acompletion if endpoint == "chat" else self.litellm.atext_completion
-        kwargs = self._kwargs(req, stream=stream)
-        if endpoint == "completion":
-            kwargs.pop("stream_options", None)
+        kwargs = self._kwargs(req, endpoint, stream=stream)
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_s):
                 return await fn(**kwargs)
@@ -109,10 +120,7 @@ class LiteLLMBackend:
         )
 
     def _scrub(self, text: str) -> str:
-        key = self.model.api_key()
-        if key:
-            text = text.replace(key, "[redacted]")
-        return text[:2000]
+        return scrub(text, self.model)[:2000]
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
         resp = await self._call(req, endpoint, stream=False)
@@ -141,12 +149,26 @@ class LiteLLMBackend:
                 code="upstream_stream_interrupted",
             ) from None
 
-    async def probe(self) -> bool | None:
+    async def probe(self, *, deep: bool = False) -> bool | None:
+        if deep:
+            try:
+                async with asyncio.timeout(self.settings.first_byte_timeout_s):
+                    await self.litellm.acompletion(
+                        **PROBE_BODY,
+                        model=self.model.model,
+                        api_base=self.model.api_base,
+                        api_key=self.model.api_key(),
+                        timeout=self.settings.first_byte_timeout_s,
+                        num_retries=0,
+                    )
+            except Exception:  # any failure, timeout included, means: not back yet
+                return False
+            return True
         if not self.model.api_base:
             return None  # no cheap generic probe for arbitrary providers: half-open trials
-        key = self.model.api_key()
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return await http_probe(self.session, self.model.api_base, headers, self.settings)
+        return await http_probe(
+            self.session, self.model.api_base, bearer_headers(self.model), self.settings
+        )
 
     async def close(self) -> None:
         pass

@@ -18,7 +18,16 @@ from ..errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeou
 from ..schemas import AnyRequest
 from ..settings import CloudModel, CloudSettings
 from ..sse import iter_sse_data
-from .base import BackendUnavailable, Chunk, Completion, Endpoint, Kind, http_probe
+from .base import (
+    BackendUnavailable,
+    Chunk,
+    Completion,
+    Endpoint,
+    Kind,
+    completion_probe,
+    http_probe,
+)
+from .upstream import bearer_headers, openai_body, scrub, scrub_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +55,8 @@ class PassthroughBackend:
             sock_read=settings.read_timeout_s,
         )
 
-    def _headers(self) -> dict[str, str]:
-        key = self.model.api_key()
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
     def _body(self, req: AnyRequest, *, stream: bool) -> dict[str, Any]:
-        body = req.upstream_body()
-        body["model"] = self.upstream_model
-        if req.max_tokens is not None:
-            body["max_tokens"] = min(req.max_tokens, self.model.max_output_tokens)
-        if stream:
-            # Ask for usage always (metrics, cache, spend); the handler drops it if unasked.
-            body["stream_options"] = {**(req.stream_options or {}), "include_usage": True}
-        return body
+        return openai_body(req, self.model, upstream_model=self.upstream_model, stream=stream)
 
     async def _post(self, req: AnyRequest, endpoint: Endpoint, *, stream: bool) -> Any:
         url = self.base + _PATHS[endpoint]
@@ -67,7 +65,7 @@ class PassthroughBackend:
                 resp = await self.session.post(
                     url,
                     json=self._body(req, stream=stream),
-                    headers=self._headers(),
+                    headers=bearer_headers(self.model),
                     timeout=self._timeout,
                 )
                 if resp.status >= 400:
@@ -102,8 +100,9 @@ class PassthroughBackend:
         try:
             err = json.loads(payload).get("error") or {}
             if isinstance(err, dict) and err.get("message"):
-                message = str(err["message"])[:2000]
+                message = scrub(str(err["message"]), self.model)[:2000]
                 param = err.get("param")
+                param = scrub(param, self.model)[:200] if isinstance(param, str) else None
         except (ValueError, AttributeError):
             pass
         exc = InvalidRequest(message, param=param, code="upstream_rejected")
@@ -111,7 +110,7 @@ class PassthroughBackend:
         return exc
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
-        raw: bytes = await self._post(req, endpoint, stream=False)
+        raw: bytes = scrub_bytes(await self._post(req, endpoint, stream=False), self.model)
         try:
             obj = json.loads(raw)
         except ValueError:
@@ -133,7 +132,7 @@ class PassthroughBackend:
         complete = False
         try:
             async for data in iter_sse_data(aiter(resp.content)):
-                yield Chunk(data=data)
+                yield Chunk(data=scrub_bytes(data, self.model))
             complete = True
         except (aiohttp.ClientError, EOFError, TimeoutError) as exc:
             # Bytes may already be with the client: this becomes an in-band SSE error event.
@@ -151,8 +150,13 @@ class PassthroughBackend:
             else:
                 resp.close()
 
-    async def probe(self) -> bool | None:
-        return await http_probe(self.session, self.base, self._headers(), self.settings)
+    async def probe(self, *, deep: bool = False) -> bool | None:
+        headers = bearer_headers(self.model)
+        if deep:
+            return await completion_probe(
+                self.session, self.base, headers, self.upstream_model, self.settings
+            )
+        return await http_probe(self.session, self.base, headers, self.settings)
 
     async def close(self) -> None:
         pass  # the session is shared and closed by the app

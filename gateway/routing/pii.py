@@ -1,5 +1,8 @@
 """Private-data detection: cheap regexes, with checksums where the format has one.
 
+Every pattern is anchored or bounded so that a scan is linear in the text's length: this runs
+on the request path, on text a client chose.
+
 Detected kinds (documented in docs/ROUTING.md):
 - `email`: local@domain.tld
 - `phone`: international (+CC ...) or common national formats with 9 to 15 digits
@@ -11,7 +14,12 @@ from __future__ import annotations
 
 import re
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Anchored on the `@` (one local-part character before it is enough to call it an address),
+# with bounded label counts and lengths: linear time. An unanchored `[...]+@` pattern retries
+# from every start position and is quadratic on "aaaa...@b".
+_EMAIL = re.compile(
+    r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}"
+)
 # + country code, or a grouped national number like (030) 1234-5678 or 555-123-4567.
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[\s.-]?(?:\(?\d{1,4}\)?[\s.-]?){2,5}\d{2,4}"

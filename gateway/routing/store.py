@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -55,21 +54,36 @@ class PolicyStore:
             self._on_reload("success")
         return policy
 
-    def changed(self) -> bool:
+    def _file_digest(self) -> str | None:
         try:
-            raw = self.path.read_bytes()
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
         except OSError:
-            return False  # mid-rename or deleted: keep serving the last good policy
-        return hashlib.sha256(raw).hexdigest() != self._digest
+            return None  # mid-rename or deleted: keep serving the last good policy
+
+    def changed(self) -> bool:
+        digest = self._file_digest()
+        return digest is not None and digest != self._digest
 
     async def watch(self, interval_s: float) -> None:
-        """Poll the file (portable, works on bind mounts and ConfigMap symlink swaps)."""
+        """Poll the file (portable, works on bind mounts and ConfigMap symlink swaps).
+
+        A change is loaded once the file has stayed the same for one whole interval: an
+        editor or `cp` caught mid-write can leave a truncated file that still parses (the
+        first rules of six, say), and that must never become the policy in force.
+        """
+        settling: str | None = None
         while True:
             await asyncio.sleep(interval_s)
-            if self.changed():
-                try:
-                    self.reload()
-                except PolicyError:
-                    # Remember the broken content so the error is logged once, not every poll.
-                    with contextlib.suppress(OSError):
-                        self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            digest = self._file_digest()
+            if digest is None or digest == self._digest:
+                settling = None
+                continue
+            if digest != settling:
+                settling = digest
+                continue
+            settling = None
+            try:
+                self.reload()
+            except PolicyError:
+                # Remember the broken content so the error is logged once, not every poll.
+                self._digest = digest

@@ -2,7 +2,12 @@
 
 Modes: ok, slow (late first byte and slow chunks), fail500, fail429, hang (accepts, never
 answers), drop (streams a few chunks then cuts the connection), flaky (every other request
-500), refuse (nothing listens: connections are refused).
+500), refuse (nothing listens: connections are refused), hang_chat (completions hang while the
+model list still answers), echo400 (a 400 whose message echoes the Authorization header, as
+some upstreams do), echo_stream (streams the Authorization header back as content).
+
+Every request, to any path, is recorded in `hits` (method, path, headers): a fake started as
+an attacker's host proves that nothing reached it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,19 @@ from typing import Any
 
 from aiohttp import web
 
-MODES = ("ok", "slow", "fail500", "fail429", "hang", "drop", "flaky", "refuse")
+MODES = (
+    "ok",
+    "slow",
+    "fail500",
+    "fail429",
+    "hang",
+    "drop",
+    "flaky",
+    "refuse",
+    "hang_chat",
+    "echo400",
+    "echo_stream",
+)
 
 
 def _free_port() -> int:
@@ -33,6 +50,7 @@ class FakeCloud:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.probes = 0
+        self.hits: list[tuple[str, str, dict[str, str]]] = []
         self._counter = 0
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -60,20 +78,38 @@ class FakeCloud:
     # -- app -------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.hits.append((request.method, request.path, dict(request.headers)))
+            return await handler(request)
+
+        app = web.Application(middlewares=[record])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         return app
 
-    async def _gate(self) -> web.Response | None:
+    async def _gate(self, request: web.Request) -> web.Response | None:
         """Apply the failure mode before answering; a response means: answer with this."""
         self._counter += 1
         mode = self.mode
         if mode == "flaky":
             mode = "fail500" if self._counter % 2 else "ok"
-        if mode == "hang":
+        if mode in ("hang", "hang_chat"):
             await asyncio.sleep(3600)
+        if mode == "echo400":
+            auth = request.headers.get("Authorization", "")
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"bad request; you sent Authorization: {auth}",
+                        "type": "invalid_request_error",
+                        "param": auth,
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
         if mode == "slow":
             await asyncio.sleep(self.slow_s)
         if mode == "fail500":
@@ -114,10 +150,12 @@ class FakeCloud:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
-        gated = await self._gate()
+        gated = await self._gate(request)
         if gated is not None:
             return gated
         text = self._answer(body)
+        if self.mode == "echo_stream":
+            text = "you sent " + request.headers.get("Authorization", "")
         model = body.get("model", "gpt-fake")
         usage = {
             "prompt_tokens": 11,
@@ -197,7 +235,7 @@ class FakeCloud:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
-        gated = await self._gate()
+        gated = await self._gate(request)
         if gated is not None:
             return gated
         text = self._answer(body)
