@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: setup run test test-fast lint bench bench-deps system-deps clean
+.PHONY: setup run test test-fast lint bench bench-deps llama-server system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,26 @@ bench-deps: setup system-deps
 		.venv-litellm/bin/pip install -q 'litellm[proxy]'; }
 	$(PY) -c 'import sse_starlette, starlette_context, uvicorn' 2>/dev/null || \
 		$(PY) -m pip install -q 'llama-cpp-python[server]'
+	$(MAKE) llama-server
+
+# llama.cpp's own server, built from the llama.cpp source vendored in the llama-cpp-python
+# sdist the venv has installed (same llama.cpp commit as the gateway). Never committed.
+BENCH_DIR := .bench
+LLAMA_SERVER := $(BENCH_DIR)/llama-server
+llama-server: setup
+	@test -x $(LLAMA_SERVER) || { set -e; \
+		v=$$($(PY) -c 'import llama_cpp; print(llama_cpp.__version__)'); \
+		mkdir -p $(BENCH_DIR)/src; \
+		test -f $(BENCH_DIR)/src/llama_cpp_python-$$v.tar.gz || \
+			$(PY) -m pip download -q --no-binary :all: --no-deps "llama-cpp-python==$$v" \
+				-d $(BENCH_DIR)/src; \
+		tar -xzf $(BENCH_DIR)/src/llama_cpp_python-$$v.tar.gz -C $(BENCH_DIR)/src; \
+		cd $(BENCH_DIR)/src/llama_cpp_python-$$v/vendor/llama.cpp && \
+		cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+			-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF \
+			>/dev/null && \
+		cmake --build build --target llama-server -j2 && \
+		cp build/bin/llama-server $(CURDIR)/$(LLAMA_SERVER); }
 
 bench: bench-deps
 	$(PY) -m bench.run_all

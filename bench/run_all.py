@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import classifier_latency, local_tokens
+from bench import classifier_latency, local_concurrency, local_tokens
 from bench.common import PY, ROOT, Proc, WrkResult, free_port, machine, wrk
 
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
@@ -328,6 +328,8 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     for name, mb in results["memory"].items():
         lines.append(f"| {name} | {mb:.0f} |")
     lines += ["", "Routing quality (APGR) is in [ROUTING.md](ROUTING.md).", ""]
+    if "concurrency" in results:
+        lines += [local_concurrency.render(results["concurrency"])]
     return "\n".join(lines)
 
 
@@ -336,7 +338,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--only", choices=["proxy", "cache", "local", "classifier", "memory"])
+    ap.add_argument(
+        "--only", choices=["proxy", "cache", "local", "classifier", "memory", "concurrency"]
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = ap.parse_args()
     results: dict[str, Any] = {
@@ -360,6 +364,9 @@ def main() -> None:
         "cache": lambda: cache_hits(args.seconds, results),
         "local": lambda: local_path(args.runs, args.max_tokens, results),
         "classifier": lambda: results.__setitem__("classifier", classifier_latency.measure()),
+        "concurrency": lambda: results.__setitem__(
+            "concurrency", local_concurrency.measure(rounds=3, max_tokens=args.max_tokens)
+        ),
     }
     for name, step in steps.items():
         if args.only in (None, name):

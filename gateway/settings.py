@@ -103,6 +103,14 @@ class LocalSettings(_Section):
         ge=16,
         description="Most prompt tokens prefilled per step, so running streams keep flowing.",
     )
+    prefix_reuse: bool = Field(
+        True,
+        description=(
+            "Reuse a free slot's KV for a prompt sharing its prefix (chat history, system"
+            " prompt). Off: every prompt is computed in full, and a shorter first token cannot"
+            " hint that another client sent the same prefix."
+        ),
+    )
     n_threads: int = Field(2, ge=1, description="CPU threads for generation.")
     n_batch: int = Field(
         512, ge=8, description="Largest batch handed to llama.cpp (at least prefill_chunk)."

@@ -68,6 +68,15 @@ async def streamed(b: LocalBackend, req: ChatRequest) -> tuple[list[str], str | 
     return pieces, finish
 
 
+async def until(cond: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Wait for the engine to get somewhere; generous, since the box may be busy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 async def alone(factory: Factory, reqs: list[ChatRequest]) -> list[str]:
     """Each prompt decoded on its own, one after the other, on a one-slot engine."""
     b = await factory(parallel=1)
@@ -119,10 +128,7 @@ async def test_walked_away_request_frees_its_slot_within_one_step(
     job = next(s.job for s in b.engine.slots if s.job is not None and s.job.params.max_tokens > 64)
     await gen.aclose()  # the client walks away
     assert job.cancelled and job.cancelled_at_step is not None
-    for _ in range(200):
-        if job.freed_at_step is not None:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: job.freed_at_step is not None)
     assert job.freed_at_step is not None
     # Cancelled during step N (its decode may be running): freed before step N+1 decodes.
     assert job.freed_at_step - job.cancelled_at_step <= 1
@@ -207,20 +213,13 @@ async def test_queue_bound_counts_slots_and_waiting(backend_factory: Factory) ->
     b = await backend_factory(parallel=2, max_queue=1)
     long = [chat("Write a long story.", max_tokens=200) for _ in range(3)]
     tasks = [asyncio.ensure_future(answer(b, r)) for r in long]
-    for _ in range(500):
-        if b.in_flight == 2 and b.queue_depth == 1:
-            break
-        await asyncio.sleep(0.01)
-    assert b.in_flight == 2 and b.queue_depth == 1
+    await until(lambda: b.in_flight == 2 and b.queue_depth == 1)
     assert not b.has_room()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    for _ in range(500):
-        if b.in_flight == 0 and b.queue_depth == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert b.has_room() and b.in_flight == 0
+    await until(lambda: b.in_flight == 0 and b.queue_depth == 0)
+    assert b.has_room()
 
 
 def _check_chat_logprobs(content: list[Any], text: str, k: int) -> None:

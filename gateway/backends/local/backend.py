@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +122,7 @@ class LocalBackend:
                 parallel=s.parallel,
                 n_ctx=s.n_ctx,
                 prefill_chunk=s.prefill_chunk,
+                prefix_reuse=s.prefix_reuse,
                 n_batch=s.n_batch,
                 n_threads=s.n_threads,
                 flush_s=s.stream_flush_ms / 1000,
@@ -308,7 +309,9 @@ class LocalBackend:
         u["prompt_tokens_details"] = {"cached_tokens": job.reused_tokens}
         return u
 
-    async def _events(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[tuple[Any, ...]]:
+    async def _events(
+        self, req: AnyRequest, endpoint: Endpoint
+    ) -> AsyncGenerator[tuple[Any, ...], None]:
         """Admit the request, hand it to the engine and relay its events; cancel on exit."""
         engine = self.engine
         if engine is None:

@@ -137,6 +137,7 @@ class Engine:
         flush_s: float,
         post: Post,
         observer: Observer | None = None,
+        prefix_reuse: bool = True,
         kv_unified: bool = False,
     ) -> None:
         self.model = model
@@ -144,6 +145,7 @@ class Engine:
         self.parallel = parallel
         self.prefill_chunk = prefill_chunk
         self.flush_s = flush_s
+        self.prefix_reuse = prefix_reuse
         self._post = post
         self._observer = observer
         p = lib.llama_context_default_params()
@@ -277,7 +279,7 @@ class Engine:
         free = [s for s in self.slots if s.job is None]
         best, shared = free[0], -1
         for s in free:  # in sequence order
-            n = common_prefix(s.cache, prompt) if s.cache else 0
+            n = common_prefix(s.cache, prompt) if s.cache and self.prefix_reuse else 0
             # Longest shared prefix first; among equals the lowest sequence id, which keeps the
             # busy sequences contiguous: llama.cpp splits a batch into one pass per run of
             # consecutive sequence ids when each sequence has its own KV stream.

@@ -89,6 +89,7 @@ class Model:
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self.model))
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
         self.template = self._chat_template()
 
     def close(self) -> None:
@@ -147,10 +148,21 @@ class Model:
             n = lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_bos, True)
             if n < 0:
                 raise ValueError("the prompt could not be tokenized")
+        if n == 0:  # an empty prompt: generation starts from BOS, as llama-cpp-python does
+            bos = int(lib.llama_vocab_bos(self.vocab))
+            return [bos] if bos >= 0 else [int(lib.llama_vocab_eos(self.vocab))]
         return list(buf[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """A token's bytes (control tokens are b"" unless special). Engine thread only."""
+        if not special:
+            cached = self._pieces.get(token)
+            if cached is None:
+                cached = self._pieces[token] = self._piece(token, False)
+            return cached
+        return self._piece(token, True)
+
+    def _piece(self, token: int, special: bool) -> bytes:
         buf = self._piece_buf
         n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
