@@ -1,4 +1,8 @@
-"""Train the complexity scorer's structural weights on half of the RouteLLM GSM8K data.
+"""The first, GSM8K-only tuning of the shipped scorer, kept for comparison (prints only).
+
+The shipped weights now come from `python -m bench.router_validation --write`, which tunes on
+MMLU subjects too and validates leave-subjects-out; this GSM8K-only recipe lost to prompt
+length on MMLU. `--write` is refused so it cannot overwrite them.
 
     .venv/bin/python -m bench.train_router [--data ../shared/data/routing] [--write]
 
@@ -131,6 +135,8 @@ def main() -> None:
         f"CPT50={l_mt[1] * 100:.1f}%"
     )
     if args.write:
+        raise SystemExit("--write: use `python -m bench.router_validation --write` instead")
+    if False:  # the former --write, kept to show what the old weights file recorded
         trial["trained_on"] = "gsm8k_responses.csv, prompts with even sha256 (train half)"
         DEFAULT_WEIGHTS.write_text(json.dumps(trial, indent=2, sort_keys=True) + "\n")
         print(f"wrote {DEFAULT_WEIGHTS.relative_to(ROOT)}")
