@@ -45,8 +45,8 @@ async def _run(app: object, settings: object) -> None:
 
     from aiohttp import web
 
-    from .keys import SERVICES
-    from .runner import GatewayRunner
+    from .http.server import GatewayRunner
+    from .services import SERVICES
     from .settings import Settings
 
     assert isinstance(app, web.Application) and isinstance(settings, Settings)
@@ -76,8 +76,8 @@ async def _reload_on_sighup(app: object) -> None:
 
     from aiohttp import web
 
-    from .keys import SERVICES
     from .routing.policy import PolicyError
+    from .services import SERVICES
 
     assert isinstance(app, web.Application)
     store = app[SERVICES].policies
@@ -131,9 +131,9 @@ def _policy_check(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import json
 
-    from .handlers import explanation
+    from .backends.health import Breaker
+    from .http.ops import explanation
     from .routing.complexity import ComplexityScorer
-    from .routing.connectivity import Breaker
     from .routing.features import FeatureExtractor
     from .routing.policy import PolicyError, Router, load_policy
     from .schemas import ChatRequest
@@ -161,6 +161,7 @@ def _explain(args: argparse.Namespace) -> int:
         cloud_reachable=not args.offline,
         local_queue_depth=0,
         local_queue_full=False,
+        scorer=policy.scorer,  # the policy's learned weights, when it names some
     )
     router = Router(cloud_names=names, local_names=[settings.local.model_name])
     try:

@@ -10,25 +10,25 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import handlers
-from .auth import KeyRing, auth_middleware
 from .backends.base import Backend
+from .backends.health import Breaker, State
 from .backends.local import LocalBackend
 from .cache import LRUStore, RedisStore, ResponseCache, Store
 from .costs import Prices
-from .keys import SERVICES
+from .dispatch import Dispatcher
+from .http import routes
+from .http.auth import auth_middleware
+from .http.keyring import KeyRing
+from .http.middlewares import error_middleware, request_id_middleware
+from .http.observe import observe_middleware
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .metrics import Metrics
-from .middlewares import error_middleware, request_id_middleware
-from .observe import observe_middleware
 from .routing.complexity import ComplexityScorer
-from .routing.connectivity import Breaker, State
 from .routing.features import FeatureExtractor
 from .routing.policy import Router
 from .routing.store import PolicyStore
 from .routing.tokens import encoder
-from .service import Dispatcher
-from .services import Services
+from .services import SERVICES, Services
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,24 +53,7 @@ def create_app(settings: Settings) -> web.Application:
         cloud_names=cloud_names,
         on_reload=lambda result: metrics.policy_reloads.labels(result).inc(),
     )
-
-    def breaker_changed(target: str, state: State) -> None:
-        metrics.breaker_state.labels(target).set(int(state))
-        metrics.cloud_reachable.labels(target).set(0 if state == State.OPEN else 1)
-
-    breakers = {
-        name: Breaker(
-            name,
-            failures=settings.cloud.breaker_failures,
-            # With a probe (an api_base to ask), only the probe closes an open breaker, so no
-            # client waits on a dead uplink. Providers we cannot probe get a half-open trial.
-            retry_after_s=float("inf") if m.api_base else 30.0,
-            on_change=breaker_changed,
-        )
-        for name, m in zip(cloud_names, settings.cloud.models, strict=True)
-    }
-    for name in cloud_names:
-        breaker_changed(name, State.CLOSED)
+    breakers = build_breakers(settings, metrics)
     cache = build_cache(settings, metrics) if cloud_names else None
     clouds: dict[str, Backend] = {}  # filled on startup: needs the session (and maybe litellm)
     dispatcher = Dispatcher(
@@ -94,18 +77,45 @@ def create_app(settings: Settings) -> web.Application:
         keyring=keyring,
         limiter=build_limiter(settings, metrics, keyed=keyring.enforced),
     )
-    metrics.local_queue_depth.set_function(lambda: local.queue_depth)
-    metrics.local_in_flight.set_function(lambda: local.in_flight)
-    metrics.local_queue_capacity.set(settings.local.max_queue)
-    metrics.local_slots.set(settings.local.parallel)
-    metrics.local_slots_busy.set_function(lambda: local.slots_busy)
+    _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
     app.cleanup_ctx.append(_background)
     app.cleanup_ctx.append(_cache)
     app.on_shutdown.append(_draining)
-    handlers.add_routes(app)
+    routes.add_routes(app)
     return app
+
+
+def build_breakers(settings: Settings, metrics: Metrics) -> dict[str, Breaker]:
+    """One breaker per cloud model, its state mirrored in metrics."""
+
+    def changed(target: str, state: State) -> None:
+        metrics.breaker_state.labels(target).set(int(state))
+        metrics.cloud_reachable.labels(target).set(0 if state == State.OPEN else 1)
+
+    breakers = {
+        m.name: Breaker(
+            m.name,
+            failures=settings.cloud.breaker_failures,
+            # With a probe (an api_base to ask), only the probe closes an open breaker, so no
+            # client waits on a dead uplink. Providers we cannot probe get a half-open trial.
+            retry_after_s=float("inf") if m.api_base else 30.0,
+            on_change=changed,
+        )
+        for m in settings.cloud.models
+    }
+    for name in breakers:
+        changed(name, State.CLOSED)
+    return breakers
+
+
+def _watch_local(metrics: Metrics, local: LocalBackend, settings: Settings) -> None:
+    metrics.local_queue_depth.set_function(lambda: local.queue_depth)
+    metrics.local_in_flight.set_function(lambda: local.in_flight)
+    metrics.local_queue_capacity.set(settings.local.max_queue)
+    metrics.local_slots.set(settings.local.parallel)
+    metrics.local_slots_busy.set_function(lambda: local.slots_busy)
 
 
 async def _draining(app: web.Application) -> None:

@@ -7,17 +7,19 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .auth import KeyRing
+from aiohttp import web
+
 from .backends.local import LocalBackend
 from .costs import Prices
+from .dispatch import Dispatcher
+from .http.keyring import KeyRing
 from .limits import Limiter
 from .metrics import Metrics
 from .routing.store import PolicyStore
-from .service import Dispatcher
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .service import Outcome
+    from .dispatch import Outcome
 
 
 @dataclass
@@ -59,3 +61,6 @@ class Services:
         if target in models:
             return models[target]
         return next(iter(models.values()), None)
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

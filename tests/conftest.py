@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.runner import GatewayRunner
+from gateway.http.server import GatewayRunner
 from gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

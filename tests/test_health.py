@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from gateway.app import create_app
-from gateway.keys import SERVICES
+from gateway.services import SERVICES
 from tests.conftest import RunningGateway, make_settings
 
 

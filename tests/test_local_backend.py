@@ -68,7 +68,7 @@ async def test_full_queue_answers_429_with_retry_after(gateway_factory, http) ->
 async def test_abandoned_stream_stops_generation(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
-    from gateway.keys import SERVICES
+    from gateway.services import SERVICES
 
     local = gateway.app[SERVICES].local
     resp = await http.post(f"{gateway.base_url}/chat/completions", json=LONG)

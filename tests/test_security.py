@@ -328,7 +328,7 @@ async def test_memory_counters_expire_in_order_and_cap_keys() -> None:
 
 
 def _services_key() -> Any:
-    from gateway.keys import SERVICES
+    from gateway.services import SERVICES
 
     return SERVICES
 
@@ -369,7 +369,7 @@ async def test_request_timeout_bounds_plain_and_streamed_requests(
     gateway_factory: Any, fake_cloud: FakeCloud, http: aiohttp.ClientSession
 ) -> None:
     gw = await gateway_factory(
-        server={"request_timeout_s": 1.0}, **cloud_settings(fake_cloud, first_byte_timeout_s=30)
+        server={"request_timeout_s": 3.0}, **cloud_settings(fake_cloud, first_byte_timeout_s=30)
     )
     await fake_cloud.set_mode("hang")
     t0 = time.monotonic()

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .keys import RECORD, REQUEST_ID, SERVICES
-from .middlewares import CLIENT_CLOSED, Handler
+from ..services import SERVICES
+from .middlewares import CLIENT_CLOSED, REQUEST_ID, Handler
 
 if TYPE_CHECKING:
-    from .service import Outcome
+    from ..dispatch import Outcome
 
 log = logging.getLogger("gateway.request")
 
@@ -40,6 +40,9 @@ class RequestRecord:
         if u:
             self.prompt_tokens = int(u.get("prompt_tokens") or 0)
             self.completion_tokens = int(u.get("completion_tokens") or 0)
+
+
+RECORD: web.RequestKey[RequestRecord] = web.RequestKey("record", object)  # type: ignore[arg-type]
 
 
 def _path_label(request: web.Request) -> str:

@@ -1,4 +1,4 @@
-"""API keys: who may call /v1 and /admin. Keys are compared as sha256 digests in constant time."""
+"""API keys, held only as sha256 digests and compared in constant time."""
 
 from __future__ import annotations
 
@@ -6,16 +6,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from aiohttp import web
-
-from .errors import Forbidden, Unauthorized
-from .keys import SERVICES, TENANT
-from .middlewares import Handler
-from .settings import ServerSettings
-from .tenancy import bearer, tenant_id
-
-# Always open: orchestrators probe these without credentials.
-_OPEN = ("/healthz", "/readyz", "/openapi.json")
+from ..settings import ServerSettings
 
 
 def _digest(key: str) -> bytes:
@@ -61,30 +52,3 @@ class KeyRing:
         if key is None or self.admin_digest is None:
             return False
         return hmac.compare_digest(_digest(key), self.admin_digest)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = request.path
-    if path in _OPEN or path == "/metrics":  # /metrics has its own optional key
-        return await handler(request)
-    ring: KeyRing = request.app[SERVICES].keyring
-    key = bearer(request)
-    if path.startswith("/admin/"):
-        if ring.is_admin(key):
-            return await handler(request)
-        if ring.admin_digest is None and not ring.enforced:
-            return await handler(request)  # an open box (no keys at all): admin is open too
-        if ring.is_client(key):
-            raise Forbidden("This key may not use the admin API.")
-        raise Unauthorized("A valid admin key is required.")
-    if ring.enforced:
-        if key is None:
-            raise Unauthorized(
-                "You didn't provide an API key. Provide it in the Authorization header "
-                "as 'Authorization: Bearer YOUR_KEY'."
-            )
-        if not ring.is_client(key):
-            raise Unauthorized("Incorrect API key provided.")
-    request[TENANT] = tenant_id(key) if key else None
-    return await handler(request)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.routing.connectivity import Breaker, State
+from gateway.backends.health import Breaker, State
 
 
 class Clock:

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from .errors import GatewayError, InternalError, InvalidRequest
+from ..errors import GatewayError, InternalError, InvalidRequest
 
 log = logging.getLogger(__name__)
 

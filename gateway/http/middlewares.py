@@ -1,4 +1,4 @@
-"""Small aiohttp middlewares, applied in the order create_app lists them."""
+"""Request ids and error rendering: the outermost and innermost middlewares."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .errors import (
+from ..errors import (
     GatewayError,
     InternalError,
     InvalidRequest,
@@ -18,11 +18,12 @@ from .errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
-from .keys import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 # nginx's code for "the client closed the connection": not a server error, not a client error
 # the client can see. It is its own label so that walk-aways never fire an error-rate alert.

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from .schemas import ChatRequest, CompletionRequest
+from ..schemas import ChatRequest, CompletionRequest
 
 _ERROR = {
     "type": "object",

@@ -1,0 +1,21 @@
+"""Response cache for cloud answers: stores, stream assembly and replay, the per-request step."""
+
+from .step import CacheControl, CacheHit, CachePlan
+from .store import LRUStore, RedisStore, ResponseCache, Store, cache_key, cacheable
+from .streams import StreamAssembler, as_hit, assemble_then, replay
+
+__all__ = [
+    "CacheControl",
+    "CacheHit",
+    "CachePlan",
+    "LRUStore",
+    "RedisStore",
+    "ResponseCache",
+    "Store",
+    "StreamAssembler",
+    "as_hit",
+    "assemble_then",
+    "cache_key",
+    "cacheable",
+    "replay",
+]

@@ -1,0 +1,110 @@
+"""The cache's part in one request: plan once, look up, and store the cloud's answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends.base import Chunk, Completion
+from ..schemas import AnyRequest
+from .store import ResponseCache, cacheable
+from .streams import as_hit, assemble_then, replay
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """The request's Cache-Control: no-cache skips the lookup, no-store skips storing."""
+
+    no_cache: bool = False
+    no_store: bool = False
+
+    @classmethod
+    def parse(cls, header: str | None) -> CacheControl:
+        if not header:
+            return cls()
+        tokens = {t.strip().lower() for t in header.split(",")}
+        return cls(no_cache="no-cache" in tokens, no_store="no-store" in tokens)
+
+
+@dataclass(slots=True)
+class CacheHit:
+    """A stored answer, shaped as the request wants it (whole, or replayed as a stream)."""
+
+    completion: Completion | None
+    chunks: AsyncIterator[Chunk] | None
+    seconds: float
+
+
+@dataclass
+class CachePlan:
+    """What the cache does for one request; `state` is what the response reports."""
+
+    cache: ResponseCache | None = None
+    key: str | None = None
+    lookup_first: bool = False  # look up before calling the cloud
+    store: bool = False
+    fallback: bool = False  # may serve as a degraded answer (never when the client said no-cache)
+    state: str = "skip"
+    looked: bool = False
+
+    @classmethod
+    def make(
+        cls,
+        cache: ResponseCache | None,
+        req: AnyRequest,
+        *,
+        endpoint: str,
+        tenant: str | None,
+        target: str | None,
+        cloud_bound: bool,
+        mode: str,
+        cc: CacheControl,
+    ) -> CachePlan:
+        """Entries are cloud answers keyed by the cloud model (`target`) that gave them."""
+        if cache is None or target is None or not cacheable(req, mode):
+            return cls()
+        return cls(
+            cache=cache,
+            key=cache.key(req, target=target, endpoint=endpoint, tenant=tenant),
+            lookup_first=cloud_bound and not cc.no_cache,
+            store=cloud_bound and not cc.no_store,
+            fallback=not cc.no_cache,
+        )
+
+    async def fetch(self, *, stream: bool, degraded: bool) -> CacheHit | None:
+        """The stored answer, at most one look-up per request; None on a miss or a skip."""
+        if self.cache is None or self.key is None or self.looked:
+            return None
+        if not (self.lookup_first or (degraded and self.fallback)):
+            return None
+        self.looked = True
+        started = time.perf_counter()
+        obj = await self.cache.get(self.key)
+        if obj is None:
+            self.state = "miss"
+            return None
+        self.state = "hit"
+        seconds = time.perf_counter() - started
+        if stream:
+            return CacheHit(None, replay(obj), seconds)
+        return CacheHit(Completion(as_hit(obj)), None, seconds)
+
+    def keep(
+        self, completion: Completion | None, chunks: AsyncIterator[Chunk] | None
+    ) -> AsyncIterator[Chunk] | None:
+        """Store a cloud answer (a stream once it completed); returns the chunks to send."""
+        cache, key = self.cache, self.key
+        if cache is None or key is None or not self.store:
+            return chunks
+        if completion is not None:
+            cache.put(key, completion.obj)
+            return chunks
+        if chunks is None:
+            return None
+
+        def done(obj: dict[str, Any]) -> None:
+            cache.put(key, obj)
+
+        return assemble_then(chunks, done)

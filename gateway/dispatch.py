@@ -1,0 +1,357 @@
+"""The dispatcher: features -> policy decision -> cache | backend, failover before the first byte.
+
+One request's walk: `handle` decides (routing/), opens the cache step (cache/), tries the
+targets in order (backends/), and returns an `Outcome` for the HTTP layer to render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from .backends.base import Backend, BackendUnavailable, Chunk, Completion, Endpoint
+from .backends.health import Breaker
+from .backends.local import LocalBackend
+from .cache import CacheControl, CacheHit, CachePlan, ResponseCache
+from .errors import (
+    ContextLengthExceeded,
+    GatewayError,
+    ModelNotFound,
+    NoRouteAvailable,
+    QueueFull,
+    RateLimited,
+)
+from .routing.features import FeatureExtractor, Features
+from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
+from .routing.store import PolicyStore
+from .schemas import AnyRequest
+
+log = logging.getLogger(__name__)
+
+# Past this many characters of text, feature extraction (tiktoken, scans) leaves the loop.
+OFF_LOOP_CHARS = 32_768
+
+
+@dataclass
+class Outcome:
+    """Where an answer came from and the answer itself (whole, or a stream)."""
+
+    route: str  # local | cloud | cache
+    target: str  # backend name
+    decision: Decision
+    features: Features
+    completion: Completion | None = None
+    chunks: AsyncIterator[Chunk] | None = None
+    degraded: bool = False
+    reason: str = ""
+    cache: str | None = None  # hit | miss | skip
+    backend_seconds: float = 0.0
+    first_chunk_seconds: float | None = None
+    failovers: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, cause)
+
+    def headers(self) -> dict[str, str]:
+        h = {"x-gateway-route": self.route, "x-gateway-reason": self.reason}
+        if self.degraded:
+            h["x-gateway-degraded"] = "true"
+        if self.cache:
+            h["x-gateway-cache"] = self.cache
+        return h
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        local: LocalBackend,
+        clouds: dict[str, Backend],
+        breakers: dict[str, Breaker],
+        features: FeatureExtractor,
+        router: Router,
+        policies: PolicyStore,
+        cache: ResponseCache | None,
+        max_prompt_tokens: int = 200_000,
+    ) -> None:
+        self.cache = cache
+        self.max_prompt_tokens = max_prompt_tokens
+        self.local = local
+        self.clouds = clouds
+        self.breakers = breakers
+        self.extractor = features
+        self.router = router
+        self.policies = policies
+
+    # -- what clients can ask for ---------------------------------------------------------
+
+    def model_ids(self) -> list[tuple[str, str]]:
+        ids = [
+            ("auto", "edge-gateway"),
+            ("local", "edge-gateway"),
+            (self.local.model_name, "edge-gateway"),
+        ]
+        if self.clouds:
+            ids.append(("cloud", "edge-gateway"))
+            ids += [(name, "edge-gateway") for name in self.clouds]
+        return ids
+
+    def cloud_reachable(self) -> bool:
+        return any(b.reachable for b in self.breakers.values())
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def features(self, req: AnyRequest, tenant: str | None) -> Features:
+        return self.extractor.extract(
+            req,
+            tenant=tenant,
+            cloud_reachable=self.cloud_reachable(),
+            local_queue_depth=self.local.queue_depth,
+            local_queue_full=not self.local.has_room(),
+            scorer=self.policies.current.scorer,
+        )
+
+    async def decide(self, req: AnyRequest, tenant: str | None) -> tuple[Features, Decision]:
+        # An unknown model is refused before any rule can match it (an enforced privacy rule
+        # would otherwise answer a typo from the local model).
+        if req.model != "auto" and self.router.resolve(req.model) is None:
+            raise ModelNotFound(
+                f"The model '{req.model}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        if req.content_chars() > OFF_LOOP_CHARS:
+            # Linear, but tens of milliseconds on a long prompt: not on the event loop.
+            f = await asyncio.to_thread(self.features, req, tenant)
+        else:
+            f = self.features(req, tenant)
+        return f, self.router.decide(self.policies.current, f)
+
+    # -- answering --------------------------------------------------------------------------
+
+    async def handle(
+        self,
+        req: AnyRequest,
+        endpoint: Endpoint,
+        tenant: str | None,
+        cc: CacheControl | None = None,
+        *,
+        force_local: bool = False,
+    ) -> Outcome:
+        f, decision = await self.decide(req, tenant)
+        if f.prompt_tokens > self.max_prompt_tokens:
+            raise ContextLengthExceeded(
+                f"The prompt has about {f.prompt_tokens} tokens; this gateway accepts at most "
+                f"{self.max_prompt_tokens}.",
+                param="messages",
+            )
+        why_not_local = local_can_serve(f)  # once per request; None when local can answer
+        if force_local and decision.target != LOCAL:
+            decision = _budget_spent(decision, why_not_local)
+        # Entries are cloud answers keyed by the cloud model that gave them; a local-bound
+        # request may still fall back to one (offline order `cache`) under the first model.
+        cloud_bound = decision.target != LOCAL
+        plan = CachePlan.make(
+            self.cache,
+            req,
+            endpoint=endpoint,
+            tenant=tenant,
+            target=decision.target if cloud_bound else next(iter(self.clouds), None),
+            cloud_bound=cloud_bound,
+            mode=decision.cache_mode,
+            cc=cc or CacheControl(),
+        )
+        if not cloud_bound or self.breakers[decision.target].reachable:
+            hit = await plan.fetch(stream=req.stream, degraded=False)
+            if hit is not None:
+                return self._from_cache(hit, plan, f, decision)
+        attempt = _Attempt(decision, why_not_local)
+        for i, target in enumerate(attempt.targets):
+            if i > 0 and not decision.allow_degraded:
+                break
+            outcome = await self._try(target, i, attempt, req, endpoint, f, plan)
+            if outcome is not None:
+                return attempt.finish(outcome, degraded=i > 0)
+        raise attempt.nothing_left()
+
+    async def _try(
+        self,
+        target: str,
+        i: int,
+        attempt: _Attempt,
+        req: AnyRequest,
+        endpoint: Endpoint,
+        f: Features,
+        plan: CachePlan,
+    ) -> Outcome | None:
+        """One target of the attempt list: an outcome, or None with the cause noted."""
+        if target == CACHE:
+            hit = await plan.fetch(stream=req.stream, degraded=i > 0)
+            if hit is None:
+                attempt.causes.append("no cached answer")
+                return None
+            return self._from_cache(hit, plan, f, attempt.decision)
+        backend: Backend
+        if target == LOCAL:
+            if i > 0 and attempt.why_not_local:
+                attempt.causes.append(f"local cannot serve: {attempt.why_not_local}")
+                return None
+            backend = self.local
+        else:
+            breaker = self.breakers[target]
+            if not breaker.allow():
+                attempt.skip(target, i, f"unreachable ({breaker.last_cause or 'breaker open'})")
+                return None
+            backend = self.clouds[target]
+        try:
+            outcome = await self._attempt(backend, req, endpoint, f, attempt.decision)
+        except BackendUnavailable as exc:
+            self.breakers[target].failure(exc.cause, unreachable=exc.unreachable)
+            log.warning(
+                "backend failed before first byte", extra={"target": target, "cause": exc.cause}
+            )
+            attempt.failed(target, i, exc, exc.cause)
+            return None
+        except QueueFull as exc:
+            if not any(t in self.clouds or t == CACHE for t in attempt.targets[i + 1 :]):
+                raise
+            attempt.failed(target, i, exc, "queue_full", cause="local queue full")
+            return None
+        if target in self.breakers:
+            self.breakers[target].success()
+            outcome.chunks = plan.keep(outcome.completion, outcome.chunks)
+        outcome.cache = plan.state
+        return outcome
+
+    def _from_cache(
+        self, hit: CacheHit, plan: CachePlan, f: Features, decision: Decision
+    ) -> Outcome:
+        return Outcome(
+            "cache",
+            "cache",
+            decision,
+            f,
+            completion=hit.completion,
+            chunks=hit.chunks,
+            cache=plan.state,
+            reason=decision.reason + "; cache hit",
+            backend_seconds=hit.seconds,
+            first_chunk_seconds=hit.seconds if hit.chunks is not None else None,
+        )
+
+    async def _attempt(
+        self,
+        backend: Backend,
+        req: AnyRequest,
+        endpoint: Endpoint,
+        f: Features,
+        decision: Decision,
+    ) -> Outcome:
+        route = LOCAL if backend.kind == "local" else "cloud"
+        started = time.perf_counter()
+        if not req.stream:
+            completion = await backend.complete(req, endpoint)
+            return Outcome(
+                route,
+                backend.name,
+                decision,
+                f,
+                completion=completion,
+                backend_seconds=time.perf_counter() - started,
+            )
+        chunks = backend.stream(req, endpoint)
+        # The first chunk comes before any byte is sent: errors still get a real status and
+        # failover is still possible.
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            raise BackendUnavailable(
+                f"{backend.name} sent an empty stream", cause="5xx", unreachable=False
+            ) from None
+        return Outcome(
+            route,
+            backend.name,
+            decision,
+            f,
+            chunks=_prepend(first, chunks),
+            backend_seconds=time.perf_counter() - started,
+            first_chunk_seconds=time.perf_counter() - started,
+        )
+
+
+def _budget_spent(decision: Decision, why_not_local: str | None) -> Decision:
+    """The key's daily cloud budget is spent: the local model answers, or a 429 says why not."""
+    if why_not_local:
+        raise RateLimited(
+            "The daily cloud budget is spent and the local model cannot "
+            f"serve this request ({why_not_local}).",
+            code="budget_exceeded",
+            retry_after=3600,
+        )
+    return replace(
+        decision,
+        target=LOCAL,
+        rule="budget-exceeded",
+        reason="rule=budget-exceeded; daily cloud budget spent",
+    )
+
+
+class _Attempt:
+    """The targets one request tries in order, and what went wrong with each."""
+
+    def __init__(self, decision: Decision, why_not_local: str | None) -> None:
+        self.decision = decision
+        self.why_not_local = why_not_local
+        self.targets = [decision.target, *decision.fallbacks]
+        self.causes: list[str] = []
+        self.failovers: list[tuple[str, str, str]] = []  # (from, to, cause)
+        self.last_error: GatewayError | None = None
+
+    def _next(self, i: int) -> str:
+        return self.targets[i + 1] if i + 1 < len(self.targets) else "none"
+
+    def skip(self, target: str, i: int, why: str) -> None:
+        self.causes.append(f"{target} {why}")
+        self.failovers.append((target, self._next(i), "breaker_open"))
+
+    def failed(
+        self, target: str, i: int, exc: GatewayError, label: str, *, cause: str | None = None
+    ) -> None:
+        self.causes.append(cause or f"{target} failed ({label})")
+        self.failovers.append((target, self._next(i), label))
+        self.last_error = exc
+
+    def finish(self, outcome: Outcome, *, degraded: bool) -> Outcome:
+        outcome.degraded = degraded
+        if outcome.route != "cache" or not outcome.reason:
+            outcome.reason = self.decision.reason
+        if self.causes:
+            outcome.reason += f"; degraded: {'; '.join(self.causes)}"
+        outcome.failovers = self.failovers
+        return outcome
+
+    def nothing_left(self) -> GatewayError:
+        detail = "; ".join(self.causes) or "no target available"
+        if not self.decision.allow_degraded:
+            return NoRouteAvailable(
+                f"The chosen backend is unavailable and the policy forbids degraded answers: "
+                f"{detail}.",
+                code="cloud_unavailable",
+            )
+        if self.why_not_local:
+            return NoRouteAvailable(
+                f"The cloud is unreachable and the local model cannot serve this request "
+                f"({self.why_not_local}): {detail}.",
+                code="local_cannot_serve",
+            )
+        if isinstance(self.last_error, QueueFull):
+            return self.last_error
+        return NoRouteAvailable(f"No backend could answer: {detail}.", code="no_route_available")
+
+
+async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,66 @@
+"""Who is calling and may they: the Bearer key, the tenant derived from it, the auth check."""
+
+from __future__ import annotations
+
+import hashlib
+
+from aiohttp import web
+
+from ..errors import Forbidden, Unauthorized
+from ..services import SERVICES
+from .keyring import KeyRing
+from .middlewares import Handler
+
+# Always open: orchestrators probe these without credentials.
+_OPEN = ("/healthz", "/readyz", "/openapi.json")
+
+TENANT: web.RequestKey[str | None] = web.RequestKey("tenant", object)  # type: ignore[arg-type]
+
+
+def bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def tenant_id(key: str) -> str:
+    """12 hex chars of sha256(key): stable, shareable in policies and logs, not reversible."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def tenant_of(request: web.Request) -> str | None:
+    if TENANT in request:
+        return request[TENANT]
+    key = bearer(request)
+    tenant = tenant_id(key) if key else None
+    request[TENANT] = tenant
+    return tenant
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if path in _OPEN or path == "/metrics":  # /metrics has its own optional key
+        return await handler(request)
+    ring: KeyRing = request.app[SERVICES].keyring
+    key = bearer(request)
+    if path.startswith("/admin/"):
+        if ring.is_admin(key):
+            return await handler(request)
+        if ring.admin_digest is None and not ring.enforced:
+            return await handler(request)  # an open box (no keys at all): admin is open too
+        if ring.is_client(key):
+            raise Forbidden("This key may not use the admin API.")
+        raise Unauthorized("A valid admin key is required.")
+    if ring.enforced:
+        if key is None:
+            raise Unauthorized(
+                "You didn't provide an API key. Provide it in the Authorization header "
+                "as 'Authorization: Bearer YOUR_KEY'."
+            )
+        if not ring.is_client(key):
+            raise Unauthorized("Incorrect API key provided.")
+    request[TENANT] = tenant_id(key) if key else None
+    return await handler(request)

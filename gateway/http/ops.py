@@ -1,0 +1,95 @@
+"""Everything but answering: models, routing explanations, admin, metrics, health, the spec."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import InvalidRequest, Unauthorized
+from ..routing.policy import PolicyError
+from ..schemas import ChatRequest
+from ..services import SERVICES
+from . import openapi
+from .auth import bearer, tenant_of
+from .requests import parse_request, read_json
+
+
+async def list_models(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    created = int(services.started_at)
+    data = [
+        {"id": mid, "object": "model", "created": created, "owned_by": owner}
+        for mid, owner in services.dispatcher.model_ids()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def explain_route(request: web.Request) -> web.Response:
+    """The decision for a chat request, with its features, without generating anything."""
+    services = request.app[SERVICES]
+    req = parse_request(ChatRequest, await read_json(request), services.settings.server)
+    features, decision = await services.dispatcher.decide(req, tenant_of(request))
+    return web.json_response(explanation(features, decision, services.dispatcher))
+
+
+def explanation(features: Any, decision: Any, dispatcher: Any) -> dict[str, Any]:
+    return {
+        "route": decision.route,
+        "target": decision.target,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "fallbacks": list(decision.fallbacks),
+        "cache_mode": decision.cache_mode,
+        "features": features.as_dict(),
+        "breakers": {n: b.state.name.lower() for n, b in dispatcher.breakers.items()},
+    }
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        policy = services.policies.reload()
+    except PolicyError as exc:
+        raise InvalidRequest(str(exc), code="invalid_policy", param="policy") from None
+    return web.json_response(
+        {
+            "status": "reloaded",
+            "file": str(services.policies.path),
+            "rules": len(policy.rules),
+            "default": policy.default,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    key = services.settings.server.metrics_key
+    if key is not None and not _key_matches(request, key.get_secret_value()):
+        raise Unauthorized("A valid metrics key is required.")
+    body = generate_latest(services.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _key_matches(request: web.Request, expected: str) -> bool:
+    presented = bearer(request) or ""
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    if services.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not services.local.ready:
+        return web.json_response({"status": "loading", "local_model": False}, status=503)
+    return web.json_response({"status": "ready", "local_model": True})

@@ -1,0 +1,19 @@
+"""The URL map: every endpoint the gateway serves, in one table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import chat, ops
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/completions", chat.completions)
+    app.router.add_get("/v1/models", ops.list_models)
+    app.router.add_post("/v1/route", ops.explain_route)
+    app.router.add_post("/admin/reload", ops.admin_reload)
+    app.router.add_get("/metrics", ops.metrics)
+    app.router.add_get("/openapi.json", ops.openapi_document)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
