@@ -6,7 +6,7 @@ and 16 concurrent streams: aggregate tokens/s and TTFT p50/p99 for
   (b) llama.cpp's `llama-server -np 8` (`make llama-server` builds it from the llama.cpp
       source vendored in the installed llama-cpp-python's sdist),
   (c) `python -m llama_cpp.server` (one sequence at a time).
-All three servers run side by side on 127.0.0.1; levels and servers alternate, so machine
+The servers run one at a time on 127.0.0.1, rounds alternating between them, so machine
 noise hits all alike. Every request starts with a unique line, so no server reuses a cached
 prompt between requests: the table measures batching, not prompt caching.
 
@@ -131,77 +131,63 @@ def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
-def concurrency(
-    rounds: int, max_tokens: int, n_ctx: int, threads: int, parallel: int
-) -> dict[str, Any]:
+def _servers(
+    n_ctx: int, threads: int, parallel: int
+) -> dict[str, tuple[list[str], dict[str, str], str]]:
+    """name -> (command, environment, health path); the port is filled in as {port}."""
     model = str(embedded_model_path())
-    gw, ls, ll = free_port(), free_port(), free_port()
-    procs: dict[str, tuple[Proc, str, str]] = {}
-    procs["edge-gateway"] = (
-        _gateway(
-            gw,
+    out: dict[str, tuple[list[str], dict[str, str], str]] = {
+        "edge-gateway": (
+            [PY, "-m", "gateway", "serve", "--port", "{port}"],
             {
+                "GATEWAY_SERVER__LOG_LEVEL": "WARNING",
+                "GATEWAY_LOCAL__MAX_QUEUE": "64",
                 "GATEWAY_LOCAL__PARALLEL": str(parallel),
                 "GATEWAY_LOCAL__N_CTX": str(n_ctx),
                 "GATEWAY_LOCAL__N_THREADS": str(threads),
             },
-        ),
-        f"http://127.0.0.1:{gw}",
-        "/readyz",
-    )
+            "/readyz",
+        )
+    }
     if LLAMA_SERVER.exists():
-        procs[f"llama-server -np {parallel}"] = (
-            Proc(
-                [
-                    str(LLAMA_SERVER),
-                    "-m",
-                    model,
-                    "-np",
-                    str(parallel),
-                    "-c",
-                    str(n_ctx * parallel),
-                    "-t",
-                    str(threads),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(ls),
-                    "--no-webui",
-                ]
-            ),
-            f"http://127.0.0.1:{ls}",
+        out[f"llama-server -np {parallel}"] = (
+            [
+                str(LLAMA_SERVER),
+                *("-m", model, "-np", str(parallel), "-c", str(n_ctx * parallel)),
+                *("-t", str(threads), "--host", "127.0.0.1", "--port", "{port}", "--no-webui"),
+            ],
+            {},
             "/health",
         )
-    procs["llama_cpp.server"] = (
-        Proc(
-            [
-                PY,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                model,
-                "--n_ctx",
-                str(n_ctx),
-                "--n_threads",
-                str(threads),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ll),
-            ]
-        ),
-        f"http://127.0.0.1:{ll}",
+    out["llama_cpp.server"] = (
+        [
+            *(PY, "-m", "llama_cpp.server", "--model", model),
+            *("--n_ctx", str(n_ctx), "--n_threads", str(threads)),
+            *("--host", "127.0.0.1", "--port", "{port}"),
+            # By default a new request interrupts the stream in progress; queue instead.
+            *("--interrupt_requests", "False"),
+        ],
+        {},
         "/v1/models",
     )
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {n: {k: [] for k in LEVELS} for n in procs}
-    try:
-        for proc, url, health in procs.values():
-            proc.wait_http(url + health, timeout=180)
-        for _, url, _ in procs.values():  # warm-up
-            asyncio.run(level(url, 2, 16))
-        for r in range(rounds):
-            for streams in LEVELS:
-                for name, (_, url, _) in procs.items():
+    return out
+
+
+def concurrency(
+    rounds: int, max_tokens: int, n_ctx: int, threads: int, parallel: int
+) -> dict[str, Any]:
+    """One server at a time (an idle llama.cpp thread pool still polls for a while, which
+    would steal the two cores from the server being measured); rounds alternate servers."""
+    servers = _servers(n_ctx, threads, parallel)
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {n: {k: [] for k in LEVELS} for n in servers}
+    for r in range(rounds):
+        for name, (cmd, env, health) in servers.items():
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            with Proc([a.replace("{port}", str(port)) for a in cmd], env=env) as proc:
+                proc.wait_http(url + health, timeout=180)
+                asyncio.run(level(url, 2, 16))  # warm-up
+                for streams in LEVELS:
                     row = asyncio.run(level(url, streams, max_tokens))
                     runs[name][streams].append(row)
                     print(
@@ -210,9 +196,6 @@ def concurrency(
                         f"  p99 {row['ttft_p99_ms']:7.0f} ms",
                         flush=True,
                     )
-    finally:
-        for proc, _, _ in procs.values():
-            proc.stop()
     return {name: {k: _median_row(v) for k, v in by.items()} for name, by in runs.items()}
 
 
@@ -324,8 +307,8 @@ def render(res: dict[str, Any]) -> str:
         f"Measured {res['date']} on {res['machine']}. SmolLM2-135M-Instruct Q4_1, "
         f"{a['threads']} threads, greedy, max_tokens {a['max_tokens']}, streamed (aiohttp "
         f"clients), {a['n_ctx']} tokens of context per sequence; median of {a['rounds']} "
-        "rounds, servers and levels alternating. Every request starts with a unique line, "
-        "so no server reuses a cached prompt: this measures batching. Aggregate tokens/s = "
+        "rounds, one server at a time, rounds alternating. Every request starts with a unique "
+        "line, so no server reuses a cached prompt: this measures batching. Aggregate tokens/s = "
         "content chunks of all streams / wall time of the level.",
         "",
         "```",
