@@ -138,6 +138,24 @@ class Dispatcher:
         force_local: bool = False,
     ) -> Outcome:
         f, decision = await self.decide(req, tenant)
+        try:
+            return await self._handle(req, endpoint, tenant, cc, f, decision, force_local)
+        except GatewayError as exc:
+            # A decision was made: the error says which, as a success would.
+            exc.headers.setdefault("x-gateway-route", decision.route)
+            exc.headers.setdefault("x-gateway-reason", decision.reason)
+            raise
+
+    async def _handle(
+        self,
+        req: AnyRequest,
+        endpoint: Endpoint,
+        tenant: str | None,
+        cc: CacheControl | None,
+        f: Features,
+        decision: Decision,
+        force_local: bool,
+    ) -> Outcome:
         if f.prompt_tokens > self.max_prompt_tokens:
             raise ContextLengthExceeded(
                 f"The prompt has about {f.prompt_tokens} tokens; this gateway accepts at most "

@@ -27,7 +27,8 @@ async def cached_gateway(
 
 async def _ask(c: openai.AsyncOpenAI, **kw: Any) -> Any:
     return await c.chat.completions.with_raw_response.create(
-        **{"model": "cloud", "messages": Q, **kw}
+        # temperature 0: only deterministic requests are cached (the default policy)
+        **{"model": "cloud", "messages": Q, "temperature": 0, **kw}
     )
 
 
@@ -66,7 +67,7 @@ async def test_stream_is_stored_and_replayed(
 
     async def stream() -> tuple[str, int, str]:
         raw = await c.chat.completions.with_raw_response.create(
-            model="cloud", messages=q, stream=True
+            model="cloud", messages=q, stream=True, temperature=0
         )
         chunks = [ch async for ch in raw.parse()]
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -79,7 +80,9 @@ async def test_stream_is_stored_and_replayed(
     assert text2 == text1 and n2 >= 2
     assert fake_cloud.chat_calls == 1
     # An entry stored from a stream answers a plain request too.
-    plain = await c.chat.completions.with_raw_response.create(model="cloud", messages=q)
+    plain = await c.chat.completions.with_raw_response.create(
+        model="cloud", messages=q, temperature=0
+    )
     assert plain.headers["x-gateway-route"] == "cache"
     assert plain.parse().choices[0].message.content == text1
 

@@ -47,9 +47,9 @@ async def _traffic(gw: RunningGateway, cloud: FakeCloud) -> None:
     await c.chat.completions.create(model="local", messages=HELLO, max_tokens=8)
     s = await c.chat.completions.create(model="auto", messages=HELLO, max_tokens=8, stream=True)
     _ = [ch async for ch in s]
-    await c.chat.completions.create(model="cloud", messages=HELLO)
+    await c.chat.completions.create(model="cloud", messages=HELLO, temperature=0)
     await asyncio.sleep(0.1)
-    await c.chat.completions.create(model="cloud", messages=HELLO)  # cache hit
+    await c.chat.completions.create(model="cloud", messages=HELLO, temperature=0)  # cache hit
     await cloud.set_mode("fail500")
     await c.chat.completions.create(model="cloud", messages=HELLO, max_tokens=4)  # failover
     await cloud.set_mode("ok")

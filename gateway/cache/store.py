@@ -46,8 +46,9 @@ def cacheable(req: AnyRequest, mode: str) -> bool:
         return False
     if mode == "always":
         return True
-    # deterministic: the same request would get the same answer again
-    if req.temperature not in (None, 0, 0.0) or (req.n or 1) != 1:
+    # deterministic: the same request would get the same answer again. That takes an explicit
+    # temperature of 0: without one the cloud samples at OpenAI's default temperature of 1.
+    if req.temperature is None or req.temperature != 0 or (req.n or 1) != 1:
         return False
     return not (isinstance(req, ChatRequest) and (req.tools or req.functions))
 

@@ -21,6 +21,7 @@ from ..schemas import ChatRequest, CompletionRequest
 from ..services import SERVICES
 from ..settings import ServerSettings
 from .auth import tenant_of
+from .middlewares import REQUEST_ID, REQUEST_ID_HEADER
 from .observe import RECORD, RequestRecord
 from .requests import parse_request, read_json
 
@@ -108,6 +109,8 @@ async def _write_stream(
     resp = web.StreamResponse(
         headers={
             **headers,
+            # prepare() sends the headers now, before the request-id middleware sees the response.
+            REQUEST_ID_HEADER: request[REQUEST_ID],
             "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",

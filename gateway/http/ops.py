@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import InvalidRequest, Unauthorized
+from ..errors import InvalidRequest, ModelNotFound, Unauthorized
 from ..routing.policy import PolicyError
 from ..schemas import ChatRequest
 from ..services import SERVICES
@@ -25,6 +25,21 @@ async def list_models(request: web.Request) -> web.Response:
         for mid, owner in services.dispatcher.model_ids()
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """One model in OpenAI's shape (`client.models.retrieve`), or 404 model_not_found."""
+    services = request.app[SERVICES]
+    wanted = request.match_info["model_id"]
+    for mid, owner in services.dispatcher.model_ids():
+        if mid == wanted:
+            created = int(services.started_at)
+            return web.json_response(
+                {"id": mid, "object": "model", "created": created, "owned_by": owner}
+            )
+    raise ModelNotFound(
+        f"The model '{wanted}' does not exist or you do not have access to it.", param="model"
+    )
 
 
 async def explain_route(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/completions", chat.completions)
     app.router.add_get("/v1/models", ops.list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", ops.retrieve_model)
     app.router.add_post("/v1/route", ops.explain_route)
     app.router.add_post("/admin/reload", ops.admin_reload)
     app.router.add_get("/metrics", ops.metrics)

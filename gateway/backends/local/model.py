@@ -64,9 +64,26 @@ class ChatTemplate:
 
     formatter: Any
     eos_text: str
+    # The template writes a system prompt of its own when the chat has none (SmolLM2's
+    # "You are a helpful AI assistant named SmolLM..."): found once, at load.
+    injects_system: bool = False
+
+    def __post_init__(self) -> None:
+        probe = [{"role": "user", "content": "x"}]
+        bare = self.formatter(messages=probe).prompt
+        empty = self.formatter(messages=[{"role": "system", "content": ""}, *probe]).prompt
+        # Longer than with an empty system turn: the template added words the client never sent.
+        self.injects_system = len(bare) > len(empty)
 
     def render(self, messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
-        """Prompt text, extra stop strings, and whether the tokenizer should add BOS."""
+        """Prompt text, extra stop strings, and whether the tokenizer should add BOS.
+
+        `developer` is OpenAI's new name for `system`. A chat without a system message gets an
+        empty system turn when the template would otherwise inject a default system prompt.
+        """
+        messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+        if self.injects_system and messages and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": ""}, *messages]
         formatted = self.formatter(messages=messages)
         extra = [formatted.stop] if isinstance(formatted.stop, str) else formatted.stop
         # The EOS token ends generation natively; as a stop *string* it would only add
