@@ -40,6 +40,9 @@ class Breaker:
         self.consecutive = 0
         self.opened_at = 0.0
         self.last_cause = ""
+        # The last transition, for people (the status page): wall-clock time and why.
+        self.changed_at: float | None = None
+        self.change_reason = ""
         self._on_change = on_change
         self._clock = clock
 
@@ -51,14 +54,14 @@ class Breaker:
         if self.state == State.CLOSED:
             return True
         if self.state == State.OPEN and self._clock() - self.opened_at >= self.retry_after_s:
-            self._set(State.HALF_OPEN)
+            self._set(State.HALF_OPEN, f"trial request after {self.retry_after_s:g}s open")
             return True  # the trial request
         return False
 
     def success(self) -> None:
         self.consecutive = 0
         if self.state != State.CLOSED:
-            self._set(State.CLOSED)
+            self._set(State.CLOSED, "target answered again")
 
     def failure(self, cause: str, *, unreachable: bool) -> None:
         self.consecutive += 1
@@ -66,13 +69,15 @@ class Breaker:
         if unreachable or self.consecutive >= self.failures or self.state == State.HALF_OPEN:
             self.opened_at = self._clock()
             if self.state != State.OPEN:
-                self._set(State.OPEN)
+                self._set(State.OPEN, cause)
 
-    def _set(self, state: State) -> None:
+    def _set(self, state: State, why: str) -> None:
         log.warning(
             "circuit breaker state change",
             extra={"target": self.target, "state": state.name.lower(), "cause": self.last_cause},
         )
         self.state = state
+        self.changed_at = time.time()
+        self.change_reason = why
         if self._on_change:
             self._on_change(self.target, state)
