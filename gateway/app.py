@@ -30,6 +30,7 @@ from .routing.store import PolicyStore
 from .routing.tokens import encoder
 from .services import SERVICES, Services
 from .settings import Settings
+from .status import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,15 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.server.max_body_bytes,
     )
     metrics = Metrics()
+    status = StatusBoard(recent=settings.ui.recent_decisions, show_prompts=settings.ui.show_prompts)
     local = LocalBackend(settings.local, metrics=metrics)
     cloud_names = [m.name for m in settings.cloud.models]
-    policies = PolicyStore(
-        settings.policy.file,
-        cloud_names=cloud_names,
-        on_reload=lambda result: metrics.policy_reloads.labels(result).inc(),
-    )
+
+    def reloaded(result: str) -> None:
+        metrics.policy_reloads.labels(result).inc()
+        status.policy_reloaded(result)
+
+    policies = PolicyStore(settings.policy.file, cloud_names=cloud_names, on_reload=reloaded)
     breakers = build_breakers(settings, metrics)
     cache = build_cache(settings, metrics) if cloud_names else None
     clouds: dict[str, Backend] = {}  # filled on startup: needs the session (and maybe litellm)
@@ -76,6 +79,7 @@ def create_app(settings: Settings) -> web.Application:
         prices=Prices([m.model for m in settings.cloud.models]),
         keyring=keyring,
         limiter=build_limiter(settings, metrics, keyed=keyring.enforced),
+        status=status,
     )
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)

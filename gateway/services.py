@@ -17,6 +17,7 @@ from .limits import Limiter
 from .metrics import Metrics
 from .routing.store import PolicyStore
 from .settings import Settings
+from .status import StatusBoard
 
 if TYPE_CHECKING:
     from .dispatch import Outcome
@@ -32,6 +33,7 @@ class Services:
     prices: Prices
     keyring: KeyRing
     limiter: Limiter
+    status: StatusBoard = field(default_factory=StatusBoard)  # what the status page shows
     started_at: float = field(default_factory=time.time)
     # Shutdown: `draining` makes /readyz say 503 while in-flight requests finish; `stopping`
     # means the grace ran out and the requests still running are being cut.

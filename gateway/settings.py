@@ -233,6 +233,22 @@ class LimitSettings(_Section):
     )
 
 
+class UiSettings(_Section):
+    """The status page at / and the JSON behind it, /admin/status."""
+
+    enabled: bool = Field(True, description="Serve the status page and /admin/status.")
+    show_prompts: bool = Field(
+        False,
+        description=(
+            "Show prompt and answer text in the recent decisions (off: privacy). Text is"
+            " captured only for requests whose bodies are captured (server.log_bodies)."
+        ),
+    )
+    recent_decisions: int = Field(
+        200, ge=1, le=10_000, description="Routing decisions kept in memory for the page."
+    )
+
+
 class Settings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -249,6 +265,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @field_validator("cloud")
     @classmethod

@@ -132,3 +132,4 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
         line["prompt"] = record.prompt_text
         line["answer"] = "".join(record.answer_parts or [])
     log.info("request", extra=line)
+    services.status.record(line, model=o.features.model if o else None, failovers=o and o.failovers)
