@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..backends.base import Chunk
-from ..schemas import chat_chunk, completion_chunk, new_id
+from ..backends.chunks import ChunkSequence
 
 
 class StreamAssembler:
@@ -102,46 +101,19 @@ def _pieces(text: str) -> list[str]:
 async def replay(obj: dict[str, Any]) -> AsyncIterator[Chunk]:
     """A stored response as a stream of OpenAI chunks (role, pieces, finish, usage)."""
     choice = (obj.get("choices") or [{}])[0]
-    model = obj.get("model") or ""
-    created = int(time.time())
-    finish = choice.get("finish_reason") or "stop"
-    usage = obj.get("usage")
-    if obj.get("object") == "text_completion":
-        rid = new_id("cmpl")
-        for piece in _pieces(choice.get("text") or ""):
-            yield Chunk(obj=completion_chunk(rid=rid, model=model, created=created, text=piece))
-        yield Chunk(
-            obj=completion_chunk(
-                rid=rid, model=model, created=created, text="", finish_reason=finish
-            )
-        )
-        if usage:
-            yield Chunk(
-                obj=completion_chunk(rid=rid, model=model, created=created, text=None, usage_=usage)
-            )
-        return
-    rid = new_id("chatcmpl")
+    chat = obj.get("object") != "text_completion"
+    seq = ChunkSequence("chat" if chat else "completion", model=obj.get("model") or "")
     message = choice.get("message") or {}
-    yield Chunk(
-        obj=chat_chunk(
-            rid=rid,
-            model=model,
-            created=created,
-            delta={"role": message.get("role", "assistant"), "content": ""},
-        )
-    )
-    for piece in _pieces(message.get("content") or ""):
-        yield Chunk(obj=chat_chunk(rid=rid, model=model, created=created, delta={"content": piece}))
-    if message.get("tool_calls"):
-        calls = [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]
-        yield Chunk(
-            obj=chat_chunk(rid=rid, model=model, created=created, delta={"tool_calls": calls})
-        )
-    yield Chunk(
-        obj=chat_chunk(rid=rid, model=model, created=created, delta={}, finish_reason=finish)
-    )
-    if usage:
-        yield Chunk(obj=chat_chunk(rid=rid, model=model, created=created, delta=None, usage_=usage))
+    opening = seq.role(message.get("role", "assistant"))
+    if opening is not None:
+        yield opening
+    for piece in _pieces((message.get("content") if chat else choice.get("text")) or ""):
+        yield seq.text(piece)
+    if chat and message.get("tool_calls"):
+        yield seq.tool_calls([{**c, "index": i} for i, c in enumerate(message["tool_calls"])])
+    yield seq.finish(choice.get("finish_reason") or "stop")
+    if obj.get("usage"):
+        yield seq.usage(obj["usage"])
 
 
 def as_hit(obj: dict[str, Any]) -> dict[str, Any]:
