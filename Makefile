@@ -23,7 +23,8 @@ setup: $(STAMP)
 run: setup
 	$(PY) -m gateway serve --host $(HOST) --port $(PORT)
 
-# What the tests need from the OS: redis-server (real Redis) and promtool (metrics and rules).
+# What the tests need from the OS: redis-server (real Redis), promtool (metrics and rules), and
+# chromium with its driver (the status page, driven headless by selenium; nothing downloaded).
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null; then \
 		echo ">> installing redis-server and promtool (Debian packages)"; \
@@ -32,6 +33,13 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 			redis-server prometheus >/dev/null; \
 		$$SUDO systemctl disable --now prometheus redis-server >/dev/null 2>&1 || true; \
+	fi
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo ">> installing chromium and chromium-driver (Debian packages)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
+			>/dev/null; \
 	fi
 
 test: setup system-deps

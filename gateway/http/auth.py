@@ -44,6 +44,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     path = request.path
     if path in _OPEN or path == "/metrics":  # /metrics has its own optional key
         return await handler(request)
+    if path == "/" or path.startswith("/ui/"):  # the status page: no data, its own access rule
+        return await handler(request)
     ring: KeyRing = request.app[SERVICES].keyring
     key = bearer(request)
     if path.startswith("/admin/"):

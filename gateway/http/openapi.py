@@ -196,5 +196,121 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/admin/status": _ADMIN_STATUS,
         },
     }
+
+
+def _obj(*required: str, **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": properties}
+
+
+_NUM = {"type": ["number", "null"]}
+_STR = {"type": ["string", "null"]}
+_COUNTS = _obj(
+    "requests",
+    "routes",
+    "rules",
+    requests={"type": "integer"},
+    errors={"type": "integer"},
+    routes={"type": "object", "additionalProperties": {"type": "integer"}},
+    rules={"type": "object", "additionalProperties": {"type": "integer"}},
+)
+_STATUS = _obj(
+    "now",
+    "uplink",
+    "policy",
+    "traffic",
+    "cache",
+    "local",
+    "recent",
+    now={"type": "number", "description": "Unix time of this snapshot"},
+    started_at={"type": "number"},
+    show_prompts={"type": "boolean"},
+    uplink=_obj(
+        "reachable",
+        "targets",
+        reachable={"type": ["boolean", "null"], "description": "null: no cloud models"},
+        targets={
+            "type": "array",
+            "items": _obj(
+                "name",
+                "state",
+                name={"type": "string"},
+                model={"type": ["string", "null"], "description": "litellm model string"},
+                state={"type": "string", "enum": ["closed", "open", "half_open"]},
+                changed_at={**_NUM, "description": "last breaker transition (Unix time)"},
+                change_reason=_STR,
+                last_failure=_STR,
+            ),
+        },
+    ),
+    policy=_obj(
+        "file",
+        "rules",
+        "last_error",
+        file={"type": "string"},
+        default={"type": "string"},
+        rules={"type": "array", "items": _obj("name", "route")},
+        loaded_at={"type": "number"},
+        last_error={**_STR, "description": "why the last edit was rejected, if it was"},
+    ),
+    traffic=_obj(
+        "recent",
+        "hour",
+        "per_minute",
+        last_minutes={"type": "integer"},
+        recent=_COUNTS,
+        hour=_COUNTS,
+        per_minute={"type": "array", "items": {"type": "object"}, "maxItems": 60},
+    ),
+    cache=_obj(
+        "hit_rate",
+        hit_rate={**_NUM, "description": "hits / (hits + misses), last hour"},
+        tokens_saved_hour={"type": "integer", "description": "cloud tokens answered by cache"},
+        tokens_saved_total={"type": "integer"},
+    ),
+    local=_obj(
+        "model",
+        "ready",
+        model={"type": "string"},
+        ready={"type": "boolean"},
+        slots_busy={"type": "integer"},
+        queue_depth={"type": "integer"},
+        tokens_per_s=_NUM,
+    ),
+    recent={
+        "type": "array",
+        "description": "Newest first, from a bounded ring buffer (ui.recent_decisions). "
+        "prompt and answer are null unless ui.show_prompts is on.",
+        "items": _obj(
+            "time",
+            "route",
+            "rule",
+            "status",
+            time={"type": "number"},
+            model=_STR,
+            route={"type": "string"},
+            rule={"type": "string"},
+            reason=_STR,
+            degraded={"type": "boolean"},
+            latency_ms={"type": "number"},
+            status={"type": "integer"},
+            prompt=_STR,
+            answer=_STR,
+        ),
+    },
+)
+_ADMIN_STATUS = {
+    "get": {
+        "operationId": "adminStatus",
+        "description": (
+            "What the status page at / shows. Needs the admin key when one is set; without one, "
+            "served only over loopback. Holds no keys and no upstream URLs."
+        ),
+        "responses": {
+            "200": _json(_STATUS, "The gateway's state now and over the last hour"),
+            **_errors(401, 403),
+        },
+    }
+}

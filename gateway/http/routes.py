@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import chat, ops
+from . import chat, ops, ui
 
 
 def add_routes(app: web.Application) -> None:
@@ -18,3 +18,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", ops.openapi_document)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/", ui.page)
+    app.router.add_get("/ui/{name}", ui.asset)
+    app.router.add_get("/admin/status", ui.admin_status)
