@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
@@ -60,7 +60,6 @@ class Completion:
 
     obj: dict[str, Any]
     raw: bytes | None = None
-    extra_headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> bytes:
         if self.raw is None:
