@@ -138,6 +138,11 @@ class ScorerConfig(_Strict):
         description="weights file written by `train-router`, relative to the policy file",
     )
     _model: LearnedScorer | None = PrivateAttr(default=None)
+    _path: Path | None = PrivateAttr(default=None)  # the weights file as resolved at load
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
 
     def score(self, text: str, *, max_tokens: int | None = None) -> Complexity:
         """Scores with the loaded weights (load_policy loads them; unloaded is a bug)."""
@@ -236,6 +241,7 @@ def parse_policy(
             weights = (base_dir or Path.cwd()) / weights
         try:
             policy.scorer._model = LearnedScorer.load(weights)
+            policy.scorer._path = weights
         except WeightsError as exc:
             line = _line_of(node, ["scorer", "weights"])
             raise PolicyError(f"{source}:{line}: field scorer.weights: {exc}") from None

@@ -31,7 +31,7 @@ class PolicyStore:
     def _read(self) -> Policy:
         raw = self.path.read_bytes() if self.path.is_file() else b""
         policy = load_policy(self.path, cloud_names=self.cloud_names)
-        self._digest = hashlib.sha256(raw).hexdigest()
+        self._digest = _digest(raw, policy)
         return policy
 
     def reload(self) -> Policy:
@@ -55,8 +55,9 @@ class PolicyStore:
         return policy
 
     def _file_digest(self) -> str | None:
+        """The policy file's digest, with its weights file's: replacing either reloads."""
         try:
-            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+            return _digest(self.path.read_bytes(), self.current)
         except OSError:
             return None  # mid-rename or deleted: keep serving the last good policy
 
@@ -87,3 +88,14 @@ class PolicyStore:
             except PolicyError:
                 # Remember the broken content so the error is logged once, not every poll.
                 self._digest = digest
+
+
+def _digest(raw: bytes, policy: Policy) -> str:
+    h = hashlib.sha256(raw)
+    weights = policy.scorer.path if policy.scorer is not None else None
+    if weights is not None:
+        try:
+            h.update(weights.read_bytes())
+        except OSError:
+            h.update(b"\0missing")  # gone or mid-rename: a change, caught on the next read
+    return h.hexdigest()

@@ -273,3 +273,17 @@ def test_train_router_cli_errors_cleanly(
     assert "same label" in capsys.readouterr().err
     assert _train(str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.json")) == 2
     assert "none.csv" in capsys.readouterr().err
+
+
+def test_weights_replaced_in_place_reload_with_the_policy(weights: Path, tmp_path: Path) -> None:
+    path = _policy_with(tmp_path, weights)
+    store = PolicyStore(path, cloud_names=[])
+    assert not store.changed()
+    first = store.current.scorer
+    doc = json.loads(weights.read_text())
+    doc["terms"] = {k: -v for k, v in doc["terms"].items()}
+    (tmp_path / "w" / "router.json").write_text(json.dumps(doc))  # same name, new content
+    assert store.changed()  # the watcher reloads on it, like on a policy edit
+    store.reload()
+    assert store.current.scorer is not first
+    assert not store.changed()
