@@ -118,19 +118,23 @@ class CompletionRequest(_Sampling):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and len(v) != 1:
-            raise ValueError("only a single prompt per request is supported")
+    def _some_prompt(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one prompt")
         return v
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def prompts(self) -> list[str]:
+        """Every prompt; a list gives one choice (or `n`) per prompt."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
     def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        return "\n".join(self.prompts())
 
     def content_chars(self) -> int:
-        return len(self.prompt_text()) + len(self.suffix or "")
+        return sum(len(p) for p in self.prompts()) + len(self.suffix or "")
 
 
 AnyRequest = ChatRequest | CompletionRequest

@@ -138,7 +138,7 @@ async def test_bad_completion_bodies(gateway: RunningGateway, http: aiohttp.Clie
     for body, status in [
         ({"model": "local"}, 400),
         ({"model": "local", "prompt": 5}, 400),
-        ({"model": "local", "prompt": ["a", "b"]}, 400),
+        ({"model": "local", "prompt": []}, 400),
         ({"model": "nope", "prompt": "x"}, 404),
     ]:
         async with http.post(f"{gateway.base_url}/completions", json=body) as r:

@@ -10,8 +10,11 @@ from .complexity import ComplexityScorer, Scorer
 from .pii import detect_pii
 from .tokens import count_tokens
 
-# Needs the embedded local model cannot meet; any of them sends the request elsewhere.
+# What a request needs beyond plain text. Rules may match them (the default policy prefers the
+# cloud for them); the local model meets all but LOCAL_CANNOT: tools and JSON schemas by
+# grammar, n > 1 as parallel sequences, logprobs from its logits.
 NEEDS = ("tools", "images", "json_schema", "multiple_choices", "logprobs")
+LOCAL_CANNOT = ("images",)
 # OpenAI counts a few tokens of framing per chat message.
 _PER_MESSAGE = 3
 

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .complexity import Complexity
-from .features import NEEDS, Features
+from .features import LOCAL_CANNOT, Features
 from .learned import LearnedScorer, WeightsError
 
 LOCAL = "local"
@@ -340,7 +340,7 @@ def local_can_serve(f: Features) -> str | None:
     """Why the local model cannot answer this request, or None when it can."""
     if f.exceeds_local_context:
         return "prompt exceeds the local context"
-    hard = [n for n in f.needs if n in NEEDS and n != "logprobs"]
+    hard = [n for n in f.needs if n in LOCAL_CANNOT]
     if hard:
         return "needs " + ",".join(hard)
     return None

@@ -23,6 +23,7 @@ from ...schemas import (
 )
 from ...settings import LocalSettings
 from ..base import Chunk, Completion, Endpoint, Kind
+from . import choices, fields
 from .engine import Engine, Event, Job
 from .model import Model, embedded_model_path
 from .sampling import SamplingParams, TokenLogprob
@@ -171,6 +172,9 @@ class LocalBackend:
     # -- serving ---------------------------------------------------------------------------
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
+        fields.check(req)  # a field the local model would ignore is a 400, never dropped
+        if choices.wanted(req):
+            return await choices.Answer(self, req, endpoint).complete()
         rid = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
         parts: list[str] = []
         entries: list[TokenLogprob] = []
@@ -221,6 +225,12 @@ class LocalBackend:
         return Completion(obj)
 
     async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
+        fields.check(req)
+        if choices.wanted(req):
+            async with aclosing(choices.Answer(self, req, endpoint).stream()) as answer:
+                async for chunk in answer:
+                    yield chunk
+            return
         rid = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
         created = int(time.time())
         model = self.model_name
@@ -359,20 +369,35 @@ class LocalBackend:
 
     def _prompt(self, req: AnyRequest) -> tuple[list[int], list[str], str]:
         """Prompt tokens, stop strings, and the prompt text (completions' logprob offsets)."""
-        model = self._model
-        assert model is not None
-        stops = list(req.stop_list())
         if isinstance(req, ChatRequest):
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-            if model.template is not None:
-                text, extra, add_bos = model.template.render(messages)
-                stops += extra
-            else:
-                text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-                add_bos = True
+            return self.render_chat(messages, req.stop_list())
+        return self.render_text(req.prompt_text(), req.stop_list())
+
+    def render_chat(
+        self, messages: list[dict[str, str]], stops: list[str]
+    ) -> tuple[list[int], list[str], str]:
+        """A chat through the model's template: tokens, stop strings, prompt text."""
+        model = self._model
+        assert model is not None
+        stops = list(stops)
+        if model.template is not None:
+            text, extra, add_bos = model.template.render(messages)
+            stops += extra
         else:
-            text, add_bos = req.prompt_text(), True
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+            add_bos = True
         return model.tokenize(text, add_bos=add_bos), stops, text
+
+    def render_text(self, text: str, stops: list[str]) -> tuple[list[int], list[str], str]:
+        model = self._model
+        assert model is not None
+        return model.tokenize(text, add_bos=True), list(stops), text
+
+    def sampling(
+        self, req: AnyRequest, endpoint: Endpoint, tokens: list[int], stops: list[str], n_ctx: int
+    ) -> SamplingParams:
+        return self._params(req, endpoint, tokens, stops, n_ctx)
 
     def _params(
         self, req: AnyRequest, endpoint: Endpoint, tokens: list[int], stops: list[str], n_ctx: int

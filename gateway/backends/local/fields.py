@@ -1,0 +1,134 @@
+"""What the local path does with each OpenAI request field, in one table: honour or refuse.
+
+A field the local model cannot honour is a 400 naming it, never a silent drop. Fields that
+only describe the caller or the delivery (`user`, `metadata`, `store`, ...) change nothing in
+an answer and are accepted as they are. Anything else the table does not know is refused:
+the cloud may understand it, the local model does not. README.md has the same table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import InvalidRequest
+from ...schemas import AnyRequest, ChatRequest
+
+HONOURED = "honoured"
+NO_EFFECT = "accepted, no effect on the answer"
+
+# Fields of both endpoints.
+COMMON: dict[str, str] = {
+    "model": HONOURED,
+    "stream": HONOURED,
+    "stream_options": HONOURED,
+    "max_tokens": HONOURED,
+    "temperature": HONOURED,
+    "top_p": HONOURED,
+    "n": "honoured: parallel sequences on the batched engine",
+    "stop": HONOURED,
+    "seed": "honoured: choice i samples with seed + i",
+    "presence_penalty": HONOURED,
+    "frequency_penalty": HONOURED,
+    "user": NO_EFFECT,
+    "metadata": NO_EFFECT,
+    "store": NO_EFFECT,
+    "service_tier": NO_EFFECT,
+    "prompt_cache_key": NO_EFFECT,
+    "safety_identifier": NO_EFFECT,
+}
+CHAT: dict[str, str] = {
+    **COMMON,
+    "messages": "honoured; text parts only: image parts are refused",
+    "max_completion_tokens": HONOURED,
+    "logprobs": HONOURED,
+    "top_logprobs": HONOURED,
+    "response_format": "honoured: text, json_object and json_schema by grammar",
+    "tools": "honoured: function tools, calls by grammar",
+    "tool_choice": "honoured: none, auto (see README), required, a named function",
+    "parallel_tool_calls": "honoured: at most one call per answer",
+}
+COMPLETION: dict[str, str] = {
+    **COMMON,
+    "prompt": "honoured: a string or a list of strings (one choice each)",
+    "echo": "honoured, not with logprobs",
+    "logprobs": HONOURED,
+    "best_of": "honoured when 1 (or equal to n); refused above",
+}
+# Known, and refused on the local path (the reason is the error message).
+REFUSED: dict[str, str] = {
+    "logit_bias": "token ids are the cloud tokenizer's, not the local model's",
+    "functions": "the deprecated functions API; use tools",
+    "function_call": "the deprecated functions API; use tool_choice",
+    "suffix": "the local model has no fill-in-the-middle tokens",
+    "audio": "the local model has no audio output",
+    "prediction": "predicted outputs are not supported by the local model",
+    "reasoning_effort": "the local model does not reason in a separate budget",
+    "web_search_options": "the local model cannot search the web",
+    "verbosity": "the local model has no verbosity control",
+}
+_IMAGE_PARTS = ("image_url", "input_image", "image")
+
+
+def _refuse(field: str, why: str, code: str = "unsupported_parameter") -> InvalidRequest:
+    return InvalidRequest(
+        f"'{field}' is not supported by the local model, which answers this request ({why}).",
+        param=field,
+        code=code,
+    )
+
+
+def check(req: AnyRequest, *, has_fim: bool = False) -> None:
+    """400 naming the first field the local path would otherwise ignore."""
+    chat = isinstance(req, ChatRequest)
+    table = CHAT if chat else COMPLETION
+    for field, value in req.model_dump(exclude_unset=True).items():
+        if value is None or field in table:
+            continue
+        if field == "suffix" and has_fim:
+            continue
+        raise _refuse(field, REFUSED.get(field, "unknown to the local path"))
+    if isinstance(req, ChatRequest):
+        _check_chat(req)
+    else:
+        _check_completion(req)
+
+
+def _check_chat(req: ChatRequest) -> None:
+    for i, m in enumerate(req.messages):
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                if part.type in _IMAGE_PARTS:
+                    raise _refuse(
+                        f"messages[{i}].content[{j}].{part.type}",
+                        "the local model reads text only",
+                        code="image_not_supported",
+                    )
+                if part.type != "text":
+                    raise _refuse(f"messages[{i}].content[{j}].type", f"a '{part.type}' part")
+    kind = (req.response_format or {}).get("type", "text")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise _refuse("response_format.type", f"'{kind}'")
+    _check_tool_choice(req.tool_choice)
+
+
+def _check_tool_choice(choice: Any) -> None:
+    if choice is None or choice in ("none", "auto", "required"):
+        return
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        fn = choice.get("function")
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            return
+    raise InvalidRequest(
+        "'tool_choice' must be 'none', 'auto', 'required' or "
+        '{"type": "function", "function": {"name": ...}}.',
+        param="tool_choice",
+        code="invalid_value",
+    )
+
+
+def _check_completion(req: Any) -> None:
+    if req.echo and req.logprobs is not None:
+        raise _refuse("echo", "echo with logprobs needs prompt logprobs")
+    best_of = (req.model_extra or {}).get("best_of")
+    if best_of is not None and best_of not in (1, req.n or 1):
+        raise _refuse("best_of", "no server-side ranking of candidates")
