@@ -240,8 +240,8 @@ class UiSettings(_Section):
     show_prompts: bool = Field(
         False,
         description=(
-            "Show prompt and answer text in the recent decisions (off: privacy). Text is"
-            " captured only for requests whose bodies are captured (server.log_bodies)."
+            "Show prompt and answer text in the page's recent decisions (off: privacy); the"
+            " request log still keeps text out unless server.log_bodies."
         ),
     )
     recent_decisions: int = Field(

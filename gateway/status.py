@@ -86,7 +86,14 @@ class StatusBoard:
         self.policy_loaded_at = clock()
         self.policy_last_result = "loaded at start"
 
-    def record(self, line: dict[str, Any], *, model: str | None, failovers: Any = None) -> None:
+    def record(
+        self,
+        line: dict[str, Any],
+        *,
+        model: str | None,
+        failovers: Any = None,
+        text: tuple[str, str] | None = None,
+    ) -> None:
         """One request's log line (gateway/http/observe.py) becomes one listed decision."""
         moves = [f"{src}->{dst} ({cause})" for src, dst, cause in failovers or ()]
         self.add(
@@ -104,8 +111,8 @@ class StatusBoard:
                 latency_ms=line["latency_ms"],
                 prompt_tokens=line["prompt_tokens"],
                 completion_tokens=line["completion_tokens"],
-                prompt=line.get("prompt"),
-                answer=line.get("answer"),
+                prompt=text[0] if text else None,
+                answer=text[1] if text else None,
             )
         )
 

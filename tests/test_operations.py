@@ -141,7 +141,7 @@ async def test_policy_hot_reload_and_broken_edits(
         "default: cloud\nrules:\n  - name: x\n    route: local\n"
         "    when: {complexity: {gte: lots}}\n"
     )
-    await asyncio.sleep(1.5)  # the watcher sees it, rejects it, keeps the last good policy
+    await asyncio.sleep(2.5)  # settled for one poll, the watcher rejects it: last good stays
     assert await route() == "cloud"
     async with http.post(f"{gw.url}/admin/reload") as r:
         assert 400 <= r.status < 500
@@ -205,3 +205,19 @@ async def test_metrics_key(gateway_factory: Any, http: aiohttp.ClientSession) ->
         assert r.status == 401
     async with http.get(f"{gw.url}/metrics", headers={"Authorization": "Bearer scrape-me"}) as r:
         assert r.status == 200
+
+
+async def test_show_prompts_puts_text_on_the_page_never_in_the_log(
+    gateway_factory: Any, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.services import SERVICES
+
+    caplog.set_level(logging.INFO)
+    gw = await gateway_factory(ui={"show_prompts": True})
+    body = {"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": "zebra"}]}
+    async with http.post(f"{gw.base_url}/chat/completions", json=body) as r:
+        assert r.status == 200
+    async with http.get(f"{gw.url}/admin/status") as r:
+        assert "zebra" in await r.text()
+    assert not any("zebra" in str(rec.__dict__) for rec in caplog.records)
+    assert gw.app[SERVICES].settings.server.log_bodies is False

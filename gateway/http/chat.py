@@ -59,7 +59,8 @@ async def _serve(
         raise _timed_out(services.settings.server) from None
     record.outcome = outcome
     record.backend_s = outcome.backend_seconds
-    if services.settings.server.log_bodies:
+    # Text is captured only on opt-in: the log (server.log_bodies) or the status page.
+    if services.settings.server.log_bodies or services.settings.ui.show_prompts:
         record.prompt_text = req.prompt_text()
         record.answer_parts = []
     headers = outcome.headers()

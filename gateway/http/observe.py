@@ -128,8 +128,12 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     }
     if record.stream_error:
         line["stream_error"] = record.stream_error
-    if record.prompt_text is not None:
-        line["prompt"] = record.prompt_text
-        line["answer"] = "".join(record.answer_parts or [])
+    text = None
+    if record.prompt_text is not None:  # captured on opt-in only (log_bodies, ui.show_prompts)
+        text = (record.prompt_text, "".join(record.answer_parts or []))
+    if text is not None and services.settings.server.log_bodies:
+        line["prompt"], line["answer"] = text
     log.info("request", extra=line)
-    services.status.record(line, model=o.features.model if o else None, failovers=o and o.failovers)
+    services.status.record(
+        line, model=o.features.model if o else None, failovers=o and o.failovers, text=text
+    )
