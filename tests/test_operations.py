@@ -166,8 +166,11 @@ async def test_one_json_log_line_per_request(
     c = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="sk-secret-log", max_retries=0)
     with caplog.at_level(logging.INFO, logger="gateway.request"):
         await c.chat.completions.create(model="local", messages=HELLO, max_tokens=4)
+        # The same prompt again: a free slot still holds its KV (prefix reuse).
+        await c.chat.completions.create(model="local", messages=HELLO, max_tokens=4)
     lines = [r for r in caplog.records if r.name == "gateway.request"]
-    assert len(lines) == 1
+    assert len(lines) == 2
+    assert lines[1].tokens_reused > 0  # type: ignore[attr-defined]
     out = json.loads(JsonFormatter().format(lines[0]))
     for key in (
         "request_id",
@@ -178,6 +181,7 @@ async def test_one_json_log_line_per_request(
         "cache",
         "prompt_tokens",
         "completion_tokens",
+        "tokens_reused",
         "latency_ms",
         "status",
     ):

@@ -27,6 +27,7 @@ class RequestRecord:
     outcome: Outcome | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     ttft_s: float | None = None
     backend_s: float = 0.0
     stream_wait_s: float = 0.0  # a stream's waits for its next chunk, after the first
@@ -40,6 +41,10 @@ class RequestRecord:
         if u:
             self.prompt_tokens = int(u.get("prompt_tokens") or 0)
             self.completion_tokens = int(u.get("completion_tokens") or 0)
+            # OpenAI's field for prompt tokens served from a cache: for the local model, KV
+            # reused from a slot (prefix reuse); for the cloud, the provider's prompt cache.
+            details = u.get("prompt_tokens_details") or {}
+            self.cached_tokens = int(details.get("cached_tokens") or 0)
 
 
 RECORD: web.RequestKey[RequestRecord] = web.RequestKey("record", object)  # type: ignore[arg-type]
@@ -122,6 +127,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
         "cache": o.cache if o else None,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
+        "tokens_reused": record.cached_tokens,
         "latency_ms": round(total * 1000, 2),
         "ttft_ms": round(record.ttft_s * 1000, 2) if record.ttft_s is not None else None,
         "tenant": o.features.tenant if o else None,
