@@ -119,6 +119,13 @@ def check_limits(req: ChatRequest | CompletionRequest, server: ServerSettings) -
     """Bounds on what one request may ask for, beyond what the schema says."""
     if (req.n or 1) > server.max_n:
         raise InvalidRequest(f"n must be at most {server.max_n}.", param="n", code="invalid_value")
+    if isinstance(req, CompletionRequest) and len(req.prompts()) * (req.n or 1) > server.max_n:
+        # Each prompt of a list is a choice (n of them): the same bound as n.
+        raise InvalidRequest(
+            f"A prompt list times n must be at most {server.max_n} choices (server.max_n).",
+            param="prompt",
+            code="invalid_value",
+        )
     if any(len(s) > server.max_stop_chars for s in req.stop_list()):
         raise InvalidRequest(
             f"A stop sequence is longer than {server.max_stop_chars} characters "

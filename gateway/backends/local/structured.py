@@ -37,8 +37,52 @@ def _gbnf(schema_json: str) -> str:
     return str(json_schema_to_gbnf(schema_json))
 
 
+# Keywords llama-cpp-python's converter does not turn into grammar: an answer could break them,
+# so a schema using them is refused rather than served "valid" when it is not.
+_UNENFORCED = frozenset(
+    "minimum maximum exclusiveMinimum exclusiveMaximum multipleOf uniqueItems minProperties "
+    "maxProperties not if then else patternProperties dependentRequired dependentSchemas "
+    "contains minContains maxContains propertyNames unevaluatedProperties unevaluatedItems".split()
+)
+_FORMATS = frozenset({"date", "time", "date-time", "uuid"})
+
+
+def _unenforced(schema: Any, path: str) -> str | None:
+    """The path of the first keyword the grammar could not enforce, or None."""
+    if not isinstance(schema, dict):
+        return None
+    for key in schema:
+        if key in _UNENFORCED:
+            return f"{path}.{key}"
+    fmt = schema.get("format")
+    if fmt is not None and fmt not in _FORMATS and not str(fmt).startswith("uuid"):
+        return f"{path}.format"
+    subs: list[tuple[str, Any]] = []
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            subs += [(f"{path}.{key}.{k}", v) for k, v in schema[key].items()]
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(schema.get(key), list):
+            subs += [(f"{path}.{key}[{i}]", v) for i, v in enumerate(schema[key])]
+    for key in ("items", "additionalProperties"):
+        subs.append((f"{path}.{key}", schema.get(key)))
+    for sub_path, sub in subs:
+        found = _unenforced(sub, sub_path)
+        if found:
+            return found
+    return None
+
+
 def schema_grammar(schema: dict[str, Any], param: str) -> str:
     """GBNF for a JSON schema; a schema the converter cannot take is the client's 400."""
+    bad = _unenforced(schema, param)
+    if bad is not None:
+        raise InvalidRequest(
+            f"The local model cannot guarantee '{bad}' of the JSON schema; remove it or send "
+            "the request to a cloud model.",
+            param=bad,
+            code="unsupported_schema",
+        )
     try:
         return _gbnf(json.dumps(schema))  # key order kept: it is the order of generation
     except Exception as exc:  # the converter raises plain Exceptions and ValueErrors
