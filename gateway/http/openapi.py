@@ -63,7 +63,14 @@ def _stream_or_json(object_name: str) -> dict[str, Any]:
             "description": "A response, or an SSE stream when `stream` is true",
             "content": {
                 "application/json": {"schema": _response(object_name)},
-                "text/event-stream": {"schema": {"type": "string"}},
+                # Before OpenAPI 3.2, an event stream's `schema` describes each event.
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                        "required": ["data"],
+                    }
+                },
             },
         }
     }
