@@ -69,13 +69,17 @@ async def test_async_client(gateway: RunningGateway) -> None:
     assert len(texts) >= 3
 
 
-async def test_unknown_fields_are_accepted(gateway: RunningGateway) -> None:
+async def test_unknown_fields_are_refused_locally_never_dropped(gateway: RunningGateway) -> None:
+    # The local model cannot honour a field it does not know: a 400 naming it, not a silent
+    # drop. Fields that only describe the caller (metadata, user) change no answer.
     client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as br:
+        await client.chat.completions.create(
+            model="local", messages=HELLO, max_tokens=4, extra_body={"some_future_field": 1}
+        )
+    assert "some_future_field" in str(br.value)
     chat = await client.chat.completions.create(
-        model="local",
-        messages=HELLO,
-        max_tokens=4,
-        extra_body={"some_future_field": {"x": 1}, "metadata": {"app": "t"}},
+        model="local", messages=HELLO, max_tokens=4, extra_body={"metadata": {"app": "t"}}
     )
     assert chat.choices[0].message.content is not None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -14,15 +13,14 @@ from ...errors import ContextLengthExceeded, NotReady, QueueFull
 from ...schemas import (
     AnyRequest,
     ChatRequest,
-    chat_chunk,
     chat_response,
-    completion_chunk,
     completion_response,
     new_id,
     usage,
 )
 from ...settings import LocalSettings
 from ..base import Chunk, Completion, Endpoint, Kind
+from ..chunks import ChunkSequence
 from . import choices, fields
 from .engine import Engine, Event, Job
 from .model import Model, embedded_model_path
@@ -231,19 +229,7 @@ class LocalBackend:
                 async for chunk in answer:
                     yield chunk
             return
-        rid = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
-        created = int(time.time())
-        model = self.model_name
-        # Every token's chunk is the same JSON around a different string: build the frame
-        # once and splice the text in, instead of a dict and json.dumps per token.
-        marker = "\x00TEXT\x00"
-        if endpoint == "chat":
-            template = chat_chunk(rid=rid, model=model, created=created, delta={"content": marker})
-        else:
-            template = completion_chunk(rid=rid, model=model, created=created, text=marker)
-        head, tail = (
-            json.dumps(template, separators=(",", ":")).encode().split(json.dumps(marker).encode())
-        )
+        seq = ChunkSequence(endpoint, model=self.model_name)
         job: Job | None = None
         offset = 0
         async with aclosing(self._events(req, endpoint)) as events:
@@ -252,65 +238,26 @@ class LocalBackend:
                 if kind == "job":
                     job, prompt_text = event[1], event[2]
                     offset = len(prompt_text)
-                elif kind == "start" and endpoint == "chat":
-                    yield Chunk(
-                        obj=chat_chunk(
-                            rid=rid,
-                            model=model,
-                            created=created,
-                            delta={"role": "assistant", "content": ""},
-                        )
-                    )
+                elif kind == "start":
+                    opening = seq.role()
+                    if opening is not None:
+                        yield opening
                 elif kind == "text":
                     assert job is not None
                     if job.params.logprobs is None:
                         # One chunk per token for the client, one write for the whole batch.
-                        frames = b"".join(
-                            b"data: " + head + json.dumps(piece).encode() + tail + b"\n\n"
-                            for piece in event[1]
-                        )
-                        yield Chunk(sse=frames, plain=True)
+                        yield seq.frames(event[1])
                         continue
                     for text, lps in event[1]:
-                        if endpoint == "chat":
-                            obj = chat_chunk(
-                                rid=rid,
-                                model=model,
-                                created=created,
-                                delta={"content": text},
-                                logprobs=_chat_logprobs(lps),
-                            )
-                        else:
-                            obj = completion_chunk(
-                                rid=rid,
-                                model=model,
-                                created=created,
-                                text=text,
-                                logprobs=_completion_logprobs(lps, offset),
-                            )
-                        yield Chunk(obj=obj)
+                        shaped = (
+                            _chat_logprobs(lps) if seq.chat else _completion_logprobs(lps, offset)
+                        )
+                        yield seq.text(text, logprobs=shaped)
                 elif kind == "done":
-                    if endpoint == "chat":
-                        obj = chat_chunk(
-                            rid=rid, model=model, created=created, delta={}, finish_reason=event[1]
-                        )
-                    else:
-                        obj = completion_chunk(
-                            rid=rid, model=model, created=created, text="", finish_reason=event[1]
-                        )
-                    yield Chunk(obj=obj)
                     assert job is not None
-                    u = self._usage(job)
+                    yield seq.finish(event[1])
                     # Always offered; the handler drops it unless stream_options.include_usage.
-                    if endpoint == "chat":
-                        obj = chat_chunk(
-                            rid=rid, model=model, created=created, delta=None, usage_=u
-                        )
-                    else:
-                        obj = completion_chunk(
-                            rid=rid, model=model, created=created, text=None, usage_=u
-                        )
-                    yield Chunk(obj=obj)
+                    yield seq.usage(self._usage(job))
 
     @staticmethod
     def _usage(job: Job) -> dict[str, Any]:
