@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..errors import Forbidden, NotFound
 from ..services import SERVICES
-from ..status import snapshot
+from .snapshot import snapshot
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 # The only files served: a fixed list, so no request path ever reaches the filesystem.
