@@ -15,6 +15,8 @@ from .middlewares import CLIENT_CLOSED, REQUEST_ID, Handler
 
 if TYPE_CHECKING:
     from ..dispatch import Outcome
+    from ..metrics import Metrics
+    from ..services import Services
 
 log = logging.getLogger("gateway.request")
 
@@ -94,27 +96,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     m.requests.labels(route, rule, status_class).inc()
     m.duration.labels(route).observe(total)
     if o is not None:
-        m.overhead.observe(max(0.0, total - record.backend_s))
-        if record.ttft_s is not None:
-            m.ttft.labels(route).observe(record.ttft_s)
-        m.prompt_tokens.labels(route).inc(record.prompt_tokens)
-        m.completion_tokens.labels(route).inc(record.completion_tokens)
-        if o.cache:
-            m.cache_requests.labels(o.cache).inc()
-        for src, dst, cause in o.failovers:
-            m.failovers.labels(src, dst, cause).inc()
-        cost = services.prices.cost(
-            services.price_model(o), record.prompt_tokens, record.completion_tokens
-        )
-        if route == "cloud":
-            m.cloud_spend.inc(cost)
-        elif status < 400:
-            m.spend_avoided.labels(route).inc(cost)
-        services.limiter.record(
-            o.features.tenant,
-            record.prompt_tokens + record.completion_tokens,
-            cost if route == "cloud" else 0.0,
-        )
+        _answered(services, m, o, record, total, status)
     line: dict[str, Any] = {
         "request_id": request.get(REQUEST_ID),
         "method": request.method,
@@ -142,4 +124,37 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     log.info("request", extra=line)
     services.status.record(
         line, model=o.features.model if o else None, failovers=o and o.failovers, text=text
+    )
+
+
+def _answered(
+    services: Services,
+    m: Metrics,
+    o: Outcome,
+    record: RequestRecord,
+    total: float,
+    status: int,
+) -> None:
+    """Metrics, spend and usage limits of a request that reached a backend or the cache."""
+    route = o.route
+    m.overhead.observe(max(0.0, total - record.backend_s))
+    if record.ttft_s is not None:
+        m.ttft.labels(route).observe(record.ttft_s)
+    m.prompt_tokens.labels(route).inc(record.prompt_tokens)
+    m.completion_tokens.labels(route).inc(record.completion_tokens)
+    if o.cache:
+        m.cache_requests.labels(o.cache).inc()
+    for src, dst, cause in o.failovers:
+        m.failovers.labels(src, dst, cause).inc()
+    cost = services.prices.cost(
+        services.price_model(o), record.prompt_tokens, record.completion_tokens
+    )
+    if route == "cloud":
+        m.cloud_spend.inc(cost)
+    elif status < 400:
+        m.spend_avoided.labels(route).inc(cost)
+    services.limiter.record(
+        o.features.tenant,
+        record.prompt_tokens + record.completion_tokens,
+        cost if route == "cloud" else 0.0,
     )
