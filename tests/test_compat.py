@@ -262,3 +262,11 @@ def test_litellm_client(gw: GatewayProcess) -> None:
         max_tokens=40,
     )
     jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+
+
+def test_json_grammars_keep_control_characters_out_of_strings() -> None:
+    from gateway.backends.local.structured import _gbnf
+
+    grammar = _gbnf(json.dumps({"type": "object", "properties": {"a": {"type": "string"}}}))
+    char_rule = next(line for line in grammar.splitlines() if line.startswith("char ::="))
+    assert "\\x00-\\x1F" in char_rule  # raw control characters are not valid inside JSON strings

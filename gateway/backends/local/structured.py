@@ -34,7 +34,16 @@ _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 def _gbnf(schema_json: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return str(json_schema_to_gbnf(schema_json))
+    grammar = str(json_schema_to_gbnf(schema_json))
+    # llama-cpp-python's string rule lets raw control characters into a JSON string (llama.cpp's
+    # own converter excludes them); strict JSON parsers, Python's included, then refuse the
+    # answer. Exclude them here, as JSON requires.
+    return "\n".join(
+        line.replace('[^"\\\\]', '[^"\\\\\\x7F\\x00-\\x1F]', 1)
+        if line.startswith("char ::=")
+        else line
+        for line in grammar.split("\n")
+    )
 
 
 # Keywords llama-cpp-python's converter does not turn into grammar: an answer could break them,
