@@ -22,7 +22,10 @@ def client(gw: RunningGateway, key: str = "sk-tenant-a") -> openai.AsyncOpenAI:
 async def cached_gateway(
     factory: Any, cloud: FakeCloud, redis_url: str | None, **cache: Any
 ) -> RunningGateway:
-    return await factory(**cloud_settings(cloud), cache={"redis_url": redis_url, **cache})  # type: ignore[no-any-return]
+    # A generous Redis timeout: these tests are about what is cached, not about a loaded
+    # runner's 50 ms hiccup making the cache step aside for its retry interval.
+    settings = {"redis_url": redis_url, "timeout_ms": 500, **cache}
+    return await factory(**cloud_settings(cloud), cache=settings)  # type: ignore[no-any-return]
 
 
 async def _ask(c: openai.AsyncOpenAI, **kw: Any) -> Any:
@@ -87,13 +90,24 @@ async def test_stream_is_stored_and_replayed(
     assert plain.parse().choices[0].message.content == text1
 
 
+async def _stored(r: Any, n: int) -> None:
+    """Wait (bounded) until the background store has written `n` entries."""
+    for _ in range(60):
+        if len(r.keys("egw:cache:*")) >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the cache never held {n} entries")
+
+
 async def test_other_api_key_misses(
     gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
 ) -> None:
     gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
     q = {"messages": [{"role": "user", "content": "Tenant isolation question."}]}
+    r = redis_server.client()
+    before = len(r.keys("egw:cache:*"))
     await _ask(client(gw, "sk-one"), **q)
-    await asyncio.sleep(0.2)
+    await _stored(r, before + 1)
     other = await _ask(client(gw, "sk-two"), **q)
     assert other.headers["x-gateway-cache"] == "miss"
     assert other.headers["x-gateway-route"] == "cloud"
