@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import functools
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from gateway.backends.local import embedded_model_path
 from gateway.settings import LocalSettings
 
 # A non-empty content delta, with or without a space after the colon (servers differ).
-_CONTENT = re.compile(rb'"content":\s?"(?!")')
 PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 
@@ -76,31 +74,14 @@ def direct_runs(runs: int, max_tokens: int) -> list[tuple[float, float, int]]:
 
 
 async def gateway_runs(url: str, runs: int, max_tokens: int) -> list[tuple[float, float, int]]:
-    body = {
-        "model": "local",
-        "messages": MESSAGES,
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "stream": True,
-    }
+    from bench.local_concurrency import one_stream  # the same streaming client, one request
+
     out = []
     async with aiohttp.ClientSession() as s:
         for _ in range(runs):
-            t0 = time.perf_counter()
-            first = None
-            n = 0
-            async with s.post(f"{url}/v1/chat/completions", json=body) as r:
-                r.raise_for_status()
-                async for line in r.content:
-                    # A byte test, not json.loads: the client's own parsing runs on the same
-                    # two cores as llama.cpp and is not the server's overhead.
-                    if _CONTENT.search(line):
-                        n += 1
-                        if first is None:
-                            first = time.perf_counter()
-            end = time.perf_counter()
-            assert first is not None
-            out.append(((n - 1) / (end - first), first - t0, n))
+            first, end, n = await one_stream(s, url, MESSAGES, max_tokens)
+            assert n > 0
+            out.append(((n - 1) / (end - first), first, n))
     return out
 
 

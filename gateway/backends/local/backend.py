@@ -196,30 +196,15 @@ class LocalBackend:
         assert job is not None
         text = "".join(parts)
         u = self._usage(job)
+        wants = job.params.logprobs is not None
         if endpoint == "chat":
-            lp = _chat_logprobs(entries) if job.params.logprobs is not None else None
-            obj = chat_response(
-                rid=rid,
-                model=self.model_name,
-                text=text,
-                finish_reason=finish,
-                usage_=u,
-                logprobs=lp,
-            )
+            build, lp = chat_response, _chat_logprobs(entries) if wants else None
         else:
-            lp = (
-                _completion_logprobs(entries, len(prompt_text))
-                if job.params.logprobs is not None
-                else None
-            )
-            obj = completion_response(
-                rid=rid,
-                model=self.model_name,
-                text=text,
-                finish_reason=finish,
-                usage_=u,
-                logprobs=lp,
-            )
+            lp = _completion_logprobs(entries, len(prompt_text)) if wants else None
+            build = completion_response
+        obj = build(
+            rid=rid, model=self.model_name, text=text, finish_reason=finish, usage_=u, logprobs=lp
+        )
         return Completion(obj)
 
     async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
