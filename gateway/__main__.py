@@ -63,7 +63,7 @@ async def _run(app: object, settings: object) -> None:
     try:
         await stop.wait()
         print("edge-gateway: draining", file=sys.stderr, flush=True)
-        await app[SERVICES].drain(server.shutdown_grace_s)
+        await app[SERVICES].shutdown(server.shutdown_grace_s)
     finally:
         await runner.cleanup()
 

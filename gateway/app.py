@@ -31,6 +31,7 @@ from .routing.tokens import encoder
 from .services import SERVICES, Services
 from .settings import Settings
 from .status import StatusBoard
+from .telemetry import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,14 @@ def create_app(settings: Settings) -> web.Application:
         keyring=keyring,
         limiter=build_limiter(settings, metrics, keyed=keyring.enforced),
         status=status,
+        outbox=build_outbox(settings, metrics, breakers),
     )
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
     app.cleanup_ctx.append(_background)
     app.cleanup_ctx.append(_cache)
+    app.cleanup_ctx.append(_telemetry)
     app.on_shutdown.append(_draining)
     routes.add_routes(app)
     return app
@@ -112,6 +115,20 @@ def build_breakers(settings: Settings, metrics: Metrics) -> dict[str, Breaker]:
     for name in breakers:
         changed(name, State.CLOSED)
     return breakers
+
+
+def build_outbox(
+    settings: Settings, metrics: Metrics, breakers: dict[str, Breaker]
+) -> Outbox | None:
+    """The telemetry outbox when an endpoint is set; without one nothing is stored."""
+    if settings.telemetry.logs_url() is None:
+        return None
+    # The uplink counts as up while any cloud target's breaker is not open (or none exist).
+    return Outbox(
+        settings.telemetry,
+        metrics,
+        reachable=lambda: not breakers or any(b.reachable for b in breakers.values()),
+    )
 
 
 def _watch_local(metrics: Metrics, local: LocalBackend, settings: Settings) -> None:
@@ -223,6 +240,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await t
+
+
+async def _telemetry(app: web.Application) -> AsyncIterator[None]:
+    """Open the outbox (records left by the last run ship first) and its shipper."""
+    outbox = app[SERVICES].outbox
+    if outbox is not None:
+        await outbox.start()
+    yield
+    if outbox is not None:
+        await outbox.close()
 
 
 async def _probe_loop(dispatcher: Dispatcher, settings: Settings) -> None:

@@ -137,6 +137,35 @@ class Metrics:
             "Prompt tokens served from a slot's KV cache instead of being computed again.",
             registry=r,
         )
+        self.telemetry_outbox_depth = Gauge(
+            p + "telemetry_outbox_depth",
+            "Routing records waiting in the telemetry outbox to be shipped.",
+            registry=r,
+        )
+        self.telemetry_shipped = Counter(
+            p + "telemetry_shipped_records",
+            "Routing records the telemetry receiver accepted.",
+            registry=r,
+        )
+        self.telemetry_dropped = Counter(
+            p + "telemetry_dropped_records",
+            "Routing records lost: cap (outbox full, oldest first) or rejected (receiver 4xx).",
+            ["reason"],
+            registry=r,
+        )
+        self.telemetry_send_failures = Counter(
+            p + "telemetry_send_failures",
+            "Failed telemetry batch sends, by cause (unreachable, 4xx, 5xx).",
+            ["cause"],
+            registry=r,
+        )
+        self.telemetry_last_success = Gauge(
+            p + "telemetry_last_success_timestamp_seconds",
+            "Unix time of the last batch the telemetry receiver accepted (0: none yet).",
+            registry=r,
+        )
+        for reason in ("cap", "rejected"):
+            self.telemetry_dropped.labels(reason)
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
         for result in ("hit", "miss", "skip"):

@@ -21,6 +21,7 @@ from .status import StatusBoard
 
 if TYPE_CHECKING:
     from .dispatch import Outcome
+    from .telemetry import Outbox
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Services:
     draining: bool = False
     stopping: bool = False
     in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
+    outbox: Outbox | None = None  # telemetry records on their way out; None without endpoint
 
     async def drain(self, grace_s: float) -> None:
         """Stop looking ready, let in-flight requests finish, cut the rest after the grace."""
@@ -55,6 +57,18 @@ class Services:
         for task in cut:
             task.cancel()  # streams write an SSE error event on their way out
         await asyncio.wait(cut, timeout=5)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """SIGTERM: drain requests, then one last telemetry flush in what is left of the grace.
+
+        The flush gets at least a second even when the drain used the whole grace: what it
+        cannot ship stays on disk for the next start.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        await self.drain(grace_s)
+        if self.outbox is not None:
+            await self.outbox.final_flush(max(deadline - loop.time(), 1.0))
 
     def price_model(self, outcome: Outcome) -> str | None:
         """The litellm model whose price an answer is counted at (what the cloud would cost)."""

@@ -249,6 +249,76 @@ class UiSettings(_Section):
     )
 
 
+class TelemetrySettings(_Section):
+    """The telemetry outbox: routing records queued on the box, shipped as OTLP/HTTP JSON logs."""
+
+    endpoint: str | None = Field(
+        None,
+        description=(
+            "OTLP/HTTP receiver, e.g. http://collector:4318 (/v1/logs is appended unless the"
+            " URL already ends with it); empty: no records are kept or sent."
+        ),
+    )
+    store_path: Path = Field(
+        Path("data/telemetry-outbox.sqlite"),
+        description="SQLite file (WAL) holding records until they are shipped.",
+    )
+    cap: int = Field(
+        100_000, ge=1, description="Most records kept; past it the oldest are dropped (counted)."
+    )
+    batch_size: int = Field(512, ge=1, le=10_000, description="Most records in one POST.")
+    flush_interval_s: float = Field(
+        5.0, gt=0, description="Longest a record waits for its batch to fill before it is sent."
+    )
+    backoff_base_s: float = Field(
+        1.0, gt=0, description="First retry delay after a failed send (doubles, with jitter)."
+    )
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest delay between retries.")
+    timeout_s: float = Field(10.0, gt=0, description="Bound on one POST to the receiver.")
+    headers_env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Extra request headers (auth), each naming the environment variable that holds its"
+            ' value, e.g. {"Authorization": "OTLP_AUTH"}; values are never logged.'
+        ),
+    )
+    wait_for_cloud: bool = Field(
+        True,
+        description=(
+            "Hold shipping while every configured cloud target's breaker is open (the uplink"
+            " is down); off, or without cloud models, the receiver's own failures decide."
+        ),
+    )
+    service_name: str = Field(
+        "edge-gateway", min_length=1, description="OTLP resource attribute service.name."
+    )
+    resource_attributes: dict[str, str] = Field(
+        default_factory=dict,
+        description='More OTLP resource attributes, e.g. {"host.name": "box-17"}.',
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        v = v.strip()
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    def logs_url(self) -> str | None:
+        """Where batches are POSTed: the OTLP/HTTP logs path under the endpoint."""
+        if self.endpoint is None:
+            return None
+        base = self.endpoint.rstrip("/")
+        return base if base.endswith("/v1/logs") else base + "/v1/logs"
+
+    def headers(self) -> dict[str, str]:
+        """The configured headers with values read from the environment now (unset: left out)."""
+        return {k: os.environ[e] for k, e in self.headers_env.items() if os.environ.get(e)}
+
+
 class Settings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -266,6 +336,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("cloud")
     @classmethod

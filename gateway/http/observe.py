@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..services import SERVICES
+from ..telemetry.record import routing_record
 from .middlewares import CLIENT_CLOSED, REQUEST_ID, Handler
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     }
     if record.stream_error:
         line["stream_error"] = record.stream_error
+    if services.outbox is not None:  # before any text joins the line (allow-listed anyway)
+        services.outbox.add(routing_record(line, o, local_model=services.local.model_name))
     text = None
     if record.prompt_text is not None:  # captured on opt-in only (log_bodies, ui.show_prompts)
         text = (record.prompt_text, "".join(record.answer_parts or []))
