@@ -244,9 +244,14 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 async def _telemetry(app: web.Application) -> AsyncIterator[None]:
     """Open the outbox (records left by the last run ship first) and its shipper."""
-    outbox = app[SERVICES].outbox
+    services = app[SERVICES]
+    outbox = services.outbox
     if outbox is not None:
-        await outbox.start()
+        try:
+            await outbox.start()
+        except Exception:  # telemetry is never worth a box that does not serve
+            log.exception("telemetry outbox cannot open its store; running without telemetry")
+            outbox = services.outbox = None
     yield
     if outbox is not None:
         await outbox.close()

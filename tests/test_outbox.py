@@ -396,6 +396,21 @@ async def test_gateway_ships_one_record_per_request_and_never_text(
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+async def test_an_unusable_store_never_stops_the_gateway(
+    gateway_factory: Any, collector: FakeCollector, tmp_path: Path, caplog: Any
+) -> None:
+    from gateway.services import SERVICES
+
+    (tmp_path / "file").write_text("")  # a file where the store's folder should be
+    gw = await gateway_factory(
+        telemetry=fast(collector, tmp_path, store_path=tmp_path / "file" / "o.sqlite").model_dump()
+    )
+    assert gw.app[SERVICES].outbox is None
+    assert "running without telemetry" in caplog.text
+    async with aiohttp.ClientSession() as s:
+        assert await _post(s, gw.base_url, "u-0", _chat("local", max_tokens=1)) == 200
+
+
 def _get(url: str, rid: str) -> None:
     body = json.dumps(_chat("local", max_tokens=1)).encode()
     req = urllib.request.Request(
