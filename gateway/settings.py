@@ -282,6 +282,10 @@ class TelemetrySettings(_Section):
             ' value, e.g. {"Authorization": "OTLP_AUTH"}; values are never logged.'
         ),
     )
+    compression: Literal["gzip", "none"] = Field(
+        "gzip",
+        description="Body encoding of each POST (gzip: about a tenth of the bytes on the uplink).",
+    )
     wait_for_cloud: bool = Field(
         True,
         description=(

@@ -120,6 +120,7 @@ async def test_ships_in_order_once_in_batches(collector: FakeCollector, tmp_path
         check_otlp(b)
     await until(lambda: box.depth() == 0)
     assert sample(m, "edge_gateway_telemetry_shipped_records_total") == 10
+    assert set(collector.encodings) == {"gzip"}  # the default
     assert sample(m, "edge_gateway_telemetry_last_success_timestamp_seconds") > time.time() - 60
     await box.close()
     assert collector.request_ids() == [f"r{i}" for i in range(10)]  # nothing sent twice
@@ -208,12 +209,15 @@ async def test_rows_left_by_a_previous_run_ship_first(
 async def test_final_flush_ships_what_is_left_on_shutdown(
     collector: FakeCollector, tmp_path: Path
 ) -> None:
-    box, _ = await started(fast(collector, tmp_path, flush_interval_s=3600, batch_size=2))
+    box, _ = await started(
+        fast(collector, tmp_path, flush_interval_s=3600, batch_size=2, compression="none")
+    )
     for i in range(5):
         box.add(rec(i))
     await box.final_flush(5.0)
     assert collector.request_ids() == [f"r{i}" for i in range(5)]
     assert box.depth() == 0
+    assert set(collector.encodings) == {""}  # compression: none
     await box.close()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 import random
 import time
@@ -215,8 +216,7 @@ class Outbox:
                 self.metrics.telemetry_last_success.set(time.time())
             return outcome
 
-    async def _post(self, rows: list[Record]) -> str | float:
-        assert self._session is not None
+    def _encode(self, rows: list[Record]) -> bytes:
         s = self.settings
         body = otlp.encode(
             otlp.export_request(
@@ -226,9 +226,19 @@ class Outbox:
                 version=self._version,
             )
         )
+        return gzip.compress(body, compresslevel=6) if s.compression == "gzip" else body
+
+    async def _post(self, rows: list[Record]) -> str | float:
+        assert self._session is not None
+        s = self.settings
+        # A full batch is a megabyte of JSON: encode (and compress) it off the loop.
+        body = await asyncio.to_thread(self._encode, rows)
+        headers = s.headers()
+        if s.compression == "gzip":
+            headers["Content-Encoding"] = "gzip"
         m = self.metrics
         try:
-            async with self._session.post(self.url, data=body, headers=s.headers()) as resp:
+            async with self._session.post(self.url, data=body, headers=headers) as resp:
                 answer = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")

@@ -32,7 +32,8 @@ class FakeCollector:
         self.port = port or _free_port()
         self.mode = mode
         self.batches: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
+        self.headers: list[dict[str, str]] = []  # of accepted batches
+        self.encodings: list[str] = []  # Content-Encoding of every POST ("" when none)
         self.bodies: list[bytes] = []
         self.attempts = 0  # POSTs that reached a listening socket, whatever the answer
         self._runner: web.AppRunner | None = None
@@ -65,7 +66,8 @@ class FakeCollector:
         return app
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        body = await request.read()  # aiohttp undoes a gzip Content-Encoding
+        self.encodings.append(request.headers.get("Content-Encoding", ""))
         self.bodies.append(body)
         self.attempts += 1
         if self.mode == "hang":
