@@ -284,7 +284,7 @@ class TelemetrySettings(_Section):
     )
     compression: Literal["gzip", "none"] = Field(
         "gzip",
-        description="Body encoding of each POST (gzip: about a tenth of the bytes on the uplink).",
+        description="Body encoding of each POST (gzip: ~1/20 of the bytes of routing records).",
     )
     wait_for_cloud: bool = Field(
         True,

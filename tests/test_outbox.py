@@ -237,6 +237,19 @@ async def test_a_hanging_receiver_times_out_and_is_retried(
     await box.close()
 
 
+async def test_retry_after_is_honoured(collector: FakeCollector, tmp_path: Path) -> None:
+    collector.retry_after = "1"
+    await collector.set_mode("unavailable")
+    box, _ = await started(fast(collector, tmp_path, backoff_base_s=0.01, backoff_max_s=5))
+    box.add(rec(0))
+    await until(lambda: collector.attempts == 1)
+    await asyncio.sleep(0.6)
+    assert collector.attempts == 1  # backoff alone would have tried again within 0.01 s
+    await collector.set_mode("up")
+    await until(lambda: collector.request_ids() == ["r0"])
+    await box.close()
+
+
 async def test_waits_while_the_uplink_is_down(collector: FakeCollector, tmp_path: Path) -> None:
     up = False
     box, _ = await started(fast(collector, tmp_path), reachable=lambda: up)

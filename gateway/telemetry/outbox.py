@@ -192,11 +192,12 @@ class Outbox:
                 continue
             delay = min(s.backoff_max_s, s.backoff_base_s * 2**failures)
             failures += 1
-            if isinstance(result, float):  # the receiver's Retry-After, bounded by our max
-                delay = min(s.backoff_max_s, max(delay, result))
             # Equal jitter: at least half the delay, so boxes that lost the same uplink at
             # the same moment do not all come back at once.
-            await self._pause(random.uniform(delay / 2, delay))
+            wait = random.uniform(delay / 2, delay)
+            if isinstance(result, float):  # the receiver's Retry-After, bounded by our max
+                wait = max(wait, min(result, s.backoff_max_s))
+            await self._pause(wait)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -1,8 +1,8 @@
 """A fake OpenTelemetry Collector OTLP/HTTP logs receiver on loopback.
 
 Modes: up (200, records kept), down (nothing listens: connections are refused), unavailable
-(503 with Retry-After: 0, as a collector under memory pressure answers), reject (400, a batch
-it will never take), hang (accepts, never answers). Every accepted POST to /v1/logs is kept
+(503 with `retry_after` seconds, as a collector under memory pressure answers), reject (400,
+a batch it will never take), hang (accepts, never answers). Every accepted POST to /v1/logs is kept
 in `batches` (parsed JSON) with its headers; `bodies` keeps every raw body it saw, accepted
 or not, so a test can look for text that must never leave the box.
 """
@@ -35,6 +35,7 @@ class FakeCollector:
         self.headers: list[dict[str, str]] = []  # of accepted batches
         self.encodings: list[str] = []  # Content-Encoding of every POST ("" when none)
         self.bodies: list[bytes] = []
+        self.retry_after = "0"  # sent with `unavailable`
         self.attempts = 0  # POSTs that reached a listening socket, whatever the answer
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -74,7 +75,9 @@ class FakeCollector:
             await asyncio.sleep(3600)
         if self.mode == "unavailable":
             return web.json_response(
-                {"code": 14, "message": "memory limiter"}, status=503, headers={"Retry-After": "0"}
+                {"code": 14, "message": "memory limiter"},
+                status=503,
+                headers={"Retry-After": self.retry_after},
             )
         if self.mode == "reject":
             return web.json_response({"code": 3, "message": "bad batch"}, status=400)
