@@ -469,7 +469,7 @@ def test_gateway_restart_ships_rows_left_on_disk_once_in_order(tmp_path: Path) -
         "GATEWAY_TELEMETRY__FLUSH_INTERVAL_S": "0.1",
         "GATEWAY_TELEMETRY__BACKOFF_BASE_S": "0.05",
         "GATEWAY_TELEMETRY__BACKOFF_MAX_S": "0.2",
-        "GATEWAY_SERVER__SHUTDOWN_GRACE_S": "2",
+        "GATEWAY_SERVER__SHUTDOWN_GRACE_S": "10",
     }
     try:
         # 1. The uplink is down: records wait on disk, and SIGTERM's last flush cannot ship.
