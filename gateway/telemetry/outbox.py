@@ -114,8 +114,8 @@ class Outbox:
             async with asyncio.timeout_at(deadline):
                 await self._write_pending()
                 while self.log is not None and len(self.log):
-                    if await self._ship_batch() != "ok":
-                        break  # down or refusing: the rows stay for the next start
+                    if await self._ship_batch() not in ("ok", "rejected"):
+                        break  # the receiver is down: the rows stay for the next start
 
     async def close(self) -> None:
         self._stop.set()
@@ -125,7 +125,10 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
-        await self._write_pending()  # nothing accounted is lost: it waits on disk
+        try:
+            await self._write_pending()  # nothing accounted is lost: it waits on disk
+        except Exception:
+            log.exception("telemetry outbox: records in memory could not be stored")
         if self._session is not None:
             await self._session.close()
         if self.log is not None:
@@ -171,8 +174,9 @@ class Outbox:
                 await self._wrote.wait()
                 continue
             # Let a batch fill: ship at batch_size rows or flush_interval after the first.
+            # A retry does not wait again: its rows have waited long enough.
             fill_deadline = asyncio.get_running_loop().time() + s.flush_interval_s
-            while len(self.log) < s.batch_size and not self._stop.is_set():
+            while not failures and len(self.log) < s.batch_size and not self._stop.is_set():
                 self._wrote.clear()
                 left = fill_deadline - asyncio.get_running_loop().time()
                 if left <= 0:
