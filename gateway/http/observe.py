@@ -116,6 +116,8 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     }
     if record.stream_error:
         line["stream_error"] = record.stream_error
+    if o is not None and o.cascade is not None:  # the escalation event, for label joins
+        line["cascade"] = o.cascade.as_dict()
     text = None
     if record.prompt_text is not None:  # captured on opt-in only (log_bodies, ui.show_prompts)
         text = (record.prompt_text, "".join(record.answer_parts or []))
@@ -146,6 +148,11 @@ def _answered(
         m.cache_requests.labels(o.cache).inc()
     for src, dst, cause in o.failovers:
         m.failovers.labels(src, dst, cause).inc()
+    if o.cascade is not None:
+        m.cascade_answers.labels(o.cascade.outcome).inc()
+        if o.cascade.escalated:
+            m.cascade_escalations.labels(o.cascade.signal).inc()
+            m.cascade_escalated_local_tokens.inc(o.cascade.local_tokens)
     cost = services.prices.cost(
         services.price_model(o), record.prompt_tokens, record.completion_tokens
     )
