@@ -93,8 +93,8 @@ def threshold_for(scores: list[float], rate: float) -> float:
     """A threshold (<= 0) under which about `rate` of `scores` fall."""
     s = sorted(scores)
     k = round(rate * len(s))
-    if k <= 0:
-        t = s[0]
+    if k <= 0:  # at or below the least confident answer, rounded down: none escalated
+        return min(0.0, math.floor(s[0] * 10**DIGITS) / 10**DIGITS)
     elif k >= len(s):
         t = min(0.0, s[-1] + 10**-DIGITS)
     else:

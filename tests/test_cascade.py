@@ -235,6 +235,8 @@ def test_policy_check_validates_cascade_rules(tmp_path: Path) -> None:
     policy = load_policy(good, cloud_names=["gpt-fake"])
     cascade = policy.rules[1].cascade
     assert cascade is not None and cascade.threshold.mean_logprob == -1.5
+    example = load_policy(ROOT / "policies" / "examples" / "cascade.yaml", cloud_names=[])
+    assert [r.name for r in example.rules if r.route == "cascade"] == ["local-first"]
     bad_cases = {
         "no cascade block": "  - name: x\n    route: cascade\n",
         "no threshold": "  - name: x\n    route: cascade\n    cascade: {to: cloud}\n",
