@@ -142,6 +142,41 @@ async def test_unsure_answer_is_escalated(
     assert event["mean_logprob"] < 0 and event["to"] == "gpt-fake"
 
 
+async def test_completions_and_several_choices(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    gw = await start(gateway_factory, fake_cloud, tmp_path, NEVER)
+    c = client(gw)
+    raw = await c.completions.with_raw_response.create(
+        model="auto", prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert raw.headers["x-gateway-route"] == "local"
+    assert raw.headers["x-gateway-escalated"] == "false"
+    assert "x-gateway-local-confidence" in raw.headers
+    assert raw.parse().choices[0].logprobs is None
+    # Two choices, JSON mode: the confidence pools both; neither carries logprobs back.
+    raw2 = await c.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=HELLO,
+        max_tokens=12,
+        temperature=0,
+        n=2,
+        response_format={"type": "json_object"},
+    )
+    assert raw2.headers["x-gateway-route"] == "local"
+    assert raw2.headers["x-gateway-escalated"] == "false"
+    chat = raw2.parse()
+    assert len(chat.choices) == 2 and all(ch.logprobs is None for ch in chat.choices)
+
+    gw2 = await start(gateway_factory, fake_cloud, tmp_path, ALWAYS)
+    raw = await client(gw2).completions.with_raw_response.create(
+        model="auto", prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert raw.headers["x-gateway-route"] == "cloud"
+    assert raw.headers["x-gateway-escalated"] == "true"
+    assert fake_cloud.requests[-1].get("logprobs") is None
+
+
 async def test_offline_keeps_the_unsure_local_answer_degraded(
     gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
 ) -> None:
