@@ -1,4 +1,4 @@
-"""Command line: serve, explain, policy check, eval-router, train-router."""
+"""Command line: serve, explain, policy check, eval-router, train-router, calibrate."""
 
 from __future__ import annotations
 
@@ -189,6 +189,12 @@ def _train_router(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     configure_train(tr)
     tr.set_defaults(func=_train_router)
+
+    cal = sub.add_parser("calibrate", help="cascade thresholds from labelled prompts")
+    from .calibrate import configure_parser as configure_calibrate
+
+    configure_calibrate(cal)
+    cal.set_defaults(func=_calibrate)
     return parser
 
 

@@ -16,6 +16,14 @@ from .backends.base import Backend, BackendUnavailable, Chunk, Completion, Endpo
 from .backends.health import Breaker
 from .backends.local import LocalBackend
 from .cache import CacheControl, CacheHit, CachePlan, ResponseCache
+from .cascade import (
+    CascadeRecord,
+    client_wants_logprobs,
+    of_logprobs,
+    probing,
+    strip_logprobs,
+    token_logprobs,
+)
 from .errors import (
     ContextLengthExceeded,
     GatewayError,
@@ -51,6 +59,7 @@ class Outcome:
     backend_seconds: float = 0.0
     first_chunk_seconds: float | None = None
     failovers: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, cause)
+    cascade: CascadeRecord | None = None  # `route: cascade`: confidence and escalation
 
     def headers(self) -> dict[str, str]:
         h = {"x-gateway-route": self.route, "x-gateway-reason": self.reason}
@@ -58,6 +67,8 @@ class Outcome:
             h["x-gateway-degraded"] = "true"
         if self.cache:
             h["x-gateway-cache"] = self.cache
+        if self.cascade is not None:
+            h.update(self.cascade.headers())
         return h
 
 
@@ -163,6 +174,12 @@ class Dispatcher:
                 param="messages",
             )
         why_not_local = local_can_serve(f)  # once per request; None when local can answer
+        if decision.cascade is not None:
+            # Streams take `cascade.stream: cloud`'s decision; a spent budget never escalates.
+            if req.stream and decision.cascade.stream_decision is not None:
+                decision = decision.cascade.stream_decision
+            elif force_local:
+                decision = replace(decision, cascade=None)
         if force_local and decision.target != LOCAL:
             decision = _budget_spent(decision, why_not_local)
         # Entries are cloud answers keyed by the cloud model that gave them; a local-bound
@@ -187,6 +204,10 @@ class Dispatcher:
             if i > 0 and not decision.allow_degraded:
                 break
             outcome = await self._try(target, i, attempt, req, endpoint, f, plan)
+            if outcome is not None and decision.cascade is not None and outcome.route == LOCAL:
+                return await self._escalate(
+                    req, endpoint, f, attempt.finish(outcome, degraded=i > 0)
+                )
             if outcome is not None:
                 return attempt.finish(outcome, degraded=i > 0)
         raise attempt.nothing_left()
@@ -214,6 +235,8 @@ class Dispatcher:
                 attempt.causes.append(f"local cannot serve: {attempt.why_not_local}")
                 return None
             backend = self.local
+            if attempt.decision.cascade is not None and not req.stream:
+                req = probing(req)  # token logprobs for the confidence, stripped afterwards
         else:
             breaker = self.breakers[target]
             if not breaker.allow():
@@ -239,6 +262,64 @@ class Dispatcher:
             outcome.chunks = plan.keep(outcome.completion, outcome.chunks)
         outcome.cache = plan.state
         return outcome
+
+    async def _escalate(
+        self, req: AnyRequest, endpoint: Endpoint, f: Features, local: Outcome
+    ) -> Outcome:
+        """`route: cascade`: keep a confident local answer, redo an unsure one in the cloud."""
+        cascade = local.decision.cascade
+        assert cascade is not None
+        record = local.cascade = CascadeRecord(to=cascade.to)
+        if local.completion is None:  # `cascade.stream: local`: served as it is generated
+            record.outcome, record.why = "stream_local", "streams are not escalated"
+            return local
+        obj = local.completion.obj
+        usage = obj.get("usage") or {}
+        record.local_prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        record.local_completion_tokens = int(usage.get("completion_tokens") or 0)
+        lps = token_logprobs(obj)
+        if not client_wants_logprobs(req):
+            strip_logprobs(obj)
+            local.completion.raw = None
+        if not lps and record.local_completion_tokens:
+            record.outcome, record.why = "no_logprobs", "no token logprobs for this request"
+            return local
+        conf = of_logprobs(lps)
+        record.mean_logprob, record.min_logprob, record.tokens = (
+            conf.mean_logprob,
+            conf.min_logprob,
+            conf.tokens,
+        )
+        unsure = conf.below(cascade.threshold)
+        if unsure is None:
+            return local
+        record.signal, record.why = unsure
+        breaker = self.breakers[cascade.to]
+        if not breaker.allow():
+            cause = breaker.last_cause or "breaker open"
+            return _keep_unsure(local, record, f"{cascade.to} unreachable ({cause})")
+        try:
+            cloud = await self._attempt(
+                self.clouds[cascade.to],
+                req,
+                endpoint,
+                f,
+                replace(local.decision, target=cascade.to),
+            )
+        except GatewayError as exc:
+            # Down, failing or refusing this request: the local answer is still an answer.
+            cause = exc.cause if isinstance(exc, BackendUnavailable) else str(exc.status)
+            if isinstance(exc, BackendUnavailable):
+                breaker.failure(exc.cause, unreachable=exc.unreachable)
+            log.warning("cascade escalation failed", extra={"target": cascade.to, "cause": cause})
+            return _keep_unsure(local, record, f"{cascade.to} failed ({cause})")
+        breaker.success()
+        record.escalated, record.outcome, record.cloud_answer = True, "escalated", True
+        cloud.cascade = record
+        cloud.reason = f"{local.reason}; escalated: {record.why}"
+        cloud.backend_seconds += local.backend_seconds
+        log.info("cascade escalation", extra={"cascade": record.as_dict()})
+        return cloud
 
     def _from_cache(
         self, hit: CacheHit, plan: CachePlan, f: Features, decision: Decision
@@ -294,6 +375,15 @@ class Dispatcher:
             backend_seconds=time.perf_counter() - started,
             first_chunk_seconds=time.perf_counter() - started,
         )
+
+
+def _keep_unsure(local: Outcome, record: CascadeRecord, cause: str) -> Outcome:
+    """The cloud cannot take an unsure answer over: the local one, marked degraded."""
+    record.outcome = "degraded"
+    record.why += f"; not escalated: {cause}"
+    local.degraded = True
+    local.reason += f"; degraded: unsure local answer kept, {cause}"
+    return local
 
 
 def _budget_spent(decision: Decision, why_not_local: str | None) -> Decision:

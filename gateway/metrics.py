@@ -166,6 +166,24 @@ class Metrics:
         )
         for reason in ("cap", "rejected"):
             self.telemetry_dropped.labels(reason)
+        self.cascade_answers = Counter(
+            p + "cascade_answers",
+            "Answers of `route: cascade` rules, by outcome: kept (confident), escalated, "
+            "degraded (unsure, cloud unreachable), stream_local, no_logprobs.",
+            ["outcome"],
+            registry=r,
+        )
+        self.cascade_escalations = Counter(
+            p + "cascade_escalations",
+            "Unsure local answers redone by the cloud, by the signal that failed.",
+            ["reason"],
+            registry=r,
+        )
+        self.cascade_escalated_local_tokens = Counter(
+            p + "cascade_escalated_local_tokens",
+            "Local tokens (prompt plus completion) spent on answers then discarded by escalation.",
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
         for result in ("hit", "miss", "skip"):

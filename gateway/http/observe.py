@@ -117,6 +117,8 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     }
     if record.stream_error:
         line["stream_error"] = record.stream_error
+    if o is not None and o.cascade is not None:  # the escalation event, for label joins
+        line["cascade"] = o.cascade.as_dict()
     if services.outbox is not None:  # before any text joins the line (allow-listed anyway)
         services.outbox.add(routing_record(line, o, local_model=services.local.model_name))
     text = None
@@ -149,6 +151,11 @@ def _answered(
         m.cache_requests.labels(o.cache).inc()
     for src, dst, cause in o.failovers:
         m.failovers.labels(src, dst, cause).inc()
+    if o.cascade is not None:
+        m.cascade_answers.labels(o.cascade.outcome).inc()
+        if o.cascade.escalated:
+            m.cascade_escalations.labels(o.cascade.signal).inc()
+            m.cascade_escalated_local_tokens.inc(o.cascade.local_tokens)
     cost = services.prices.cost(
         services.price_model(o), record.prompt_tokens, record.completion_tokens
     )

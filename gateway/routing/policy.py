@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ from .learned import LearnedScorer, WeightsError
 LOCAL = "local"
 CLOUD = "cloud"
 CACHE = "cache"
+CASCADE = "cascade"  # a rule's route: answer locally, escalate when the answer looks unsure
 
 Need = Literal["tools", "images", "json_schema", "multiple_choices", "logprobs", "any"]
 CacheMode = Literal["deterministic", "always", "never"]
@@ -113,13 +114,49 @@ class When(_Strict):
         return why
 
 
+class Thresholds(_Strict):
+    """Escalate when the local answer's token logprobs fall below any bound given."""
+
+    mean_logprob: float | None = Field(
+        None, le=0, description="mean logprob of the answer's tokens (natural log)"
+    )
+    min_logprob: float | None = Field(None, le=0, description="the least likely token's logprob")
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Thresholds:
+        if self.mean_logprob is None and self.min_logprob is None:
+            raise ValueError("give mean_logprob, min_logprob or both")
+        return self
+
+
+class CascadeConfig(_Strict):
+    """`route: cascade`: the local model answers; an unsure answer is redone by `to`."""
+
+    to: str = Field(CLOUD, min_length=1, description="cloud or a cloud model's name")
+    threshold: Thresholds
+    stream: Literal["local", "cloud"] = Field(
+        "local",
+        description="streams: `local` answers locally, never escalated; `cloud` sends them "
+        "to `to` directly",
+    )
+
+
 class Rule(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     when: When = Field(default_factory=When)
-    route: str = Field(min_length=1, description="local, cloud, or a cloud model's name")
+    route: str = Field(min_length=1, description="local, cloud, a cloud model's name, or cascade")
     enforce: bool = Field(
         False, description="also applies when the client names a model (e.g. privacy rules)"
     )
+    cascade: CascadeConfig | None = Field(None, description="settings of `route: cascade`")
+
+    @model_validator(mode="after")
+    def _cascade_settings(self) -> Rule:
+        if (self.route == CASCADE) != (self.cascade is not None):
+            raise ValueError("`route: cascade` and a `cascade:` block go together")
+        if self.cascade is not None and self.cascade.to in (LOCAL, CACHE, CASCADE):
+            raise ValueError("cascade.to names a cloud target: cloud or a cloud model's name")
+        return self
 
 
 class Offline(_Strict):
@@ -174,6 +211,8 @@ class Policy(_Strict):
         yield "default", self.default
         for i, r in enumerate(self.rules):
             yield f"rules.{i}.route", r.route
+            if r.cascade is not None:
+                yield f"rules.{i}.cascade.to", r.cascade.to
         for i, t in enumerate(self.offline.order):
             yield f"offline.order.{i}", t
 
@@ -186,10 +225,20 @@ class Decision:
     fallbacks: tuple[str, ...]
     allow_degraded: bool
     cache_mode: CacheMode
+    cascade: CascadeRoute | None = None  # `route: cascade`: target is local, this escalates
 
     @property
     def route(self) -> str:
         return LOCAL if self.target == LOCAL else CLOUD
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeRoute:
+    """A cascade rule as decided: where unsure answers go, and how streams are served."""
+
+    to: str  # the resolved cloud model's name
+    threshold: Thresholds
+    stream_decision: Decision | None  # `stream: cloud`: the decision streams take instead
 
 
 class PolicyError(Exception):
@@ -228,6 +277,7 @@ def parse_policy(
         known = {LOCAL, CLOUD, *cloud_names}
         for where, target in policy.targets():
             allowed = known | ({CACHE} if where.startswith("offline") else set())
+            allowed |= {CASCADE} if where.endswith(".route") else set()
             if target not in allowed:
                 parts: list[str | int] = [int(p) if p.isdigit() else p for p in where.split(".")]
                 line = _line_of(node, parts)
@@ -306,7 +356,11 @@ class Router:
             if explicit and not rule.enforce:
                 continue
             why = rule.when.match(f)
-            if why is not None:
+            if why is not None and rule.cascade is not None:
+                cascaded = self._cascade(policy, rule, rule.cascade, why)
+                if cascaded is not None:
+                    return cascaded
+            elif why is not None:
                 target = self.resolve(rule.route)
                 if target is None:  # e.g. a cloud rule on a box with no cloud models
                     continue
@@ -318,6 +372,19 @@ class Router:
             return self._decision(policy, target, "model", [f"model={f.model}"])
         target = self.resolve(policy.default) or LOCAL
         return self._decision(policy, target, "default", [])
+
+    def _cascade(
+        self, policy: Policy, rule: Rule, config: CascadeConfig, why: list[str]
+    ) -> Decision | None:
+        """Local first, `config.to` for unsure answers; None when no such cloud model exists."""
+        to = self.resolve(config.to)
+        if to is None or to == LOCAL:
+            return None  # like a cloud rule on a box with no cloud models: the next rule
+        streams = None
+        if config.stream == CLOUD:
+            streams = self._decision(policy, to, rule.name, [*why, "stream: cascade.stream=cloud"])
+        local = self._decision(policy, LOCAL, rule.name, [*why, f"cascade to {to}"])
+        return replace(local, cascade=CascadeRoute(to, config.threshold, streams))
 
     def _decision(self, policy: Policy, target: str, rule: str, why: list[str]) -> Decision:
         fallbacks: list[str] = []

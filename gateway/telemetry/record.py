@@ -66,7 +66,7 @@ def routing_record(
             "model_requested": f.model,
             "model": model,
             "model_sha256": model_sha256,
-            "escalated": bool(getattr(outcome, "escalated", False)),
+            "escalated": outcome.cascade is not None and outcome.cascade.escalated,
             "failovers": [f"{src}>{dst}:{cause}" for src, dst, cause in outcome.failovers],
             "features": {
                 "prompt_tokens": f.prompt_tokens,
