@@ -294,6 +294,11 @@ class Dispatcher:
         if unsure is None:
             return local
         record.signal, record.why = unsure
+        if f.pii:
+            # Whatever the rule order, private text never leaves the box for a second opinion.
+            record.outcome = "private"
+            record.why += "; not escalated: private data in the prompt"
+            return local
         breaker = self.breakers[cascade.to]
         if not breaker.allow():
             cause = breaker.last_cause or "breaker open"

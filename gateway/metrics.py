@@ -169,7 +169,8 @@ class Metrics:
         self.cascade_answers = Counter(
             p + "cascade_answers",
             "Answers of `route: cascade` rules, by outcome: kept (confident), escalated, "
-            "degraded (unsure, cloud unreachable), stream_local, no_logprobs.",
+            "degraded (unsure, cloud unreachable), private (unsure, never sent), stream_local, "
+            "no_logprobs.",
             ["outcome"],
             registry=r,
         )

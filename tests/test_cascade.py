@@ -219,6 +219,24 @@ async def test_private_data_never_reaches_the_cascade(
     assert fake_cloud.chat_calls == 0
 
 
+async def test_private_data_is_never_escalated_even_without_a_privacy_rule(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    # An operator who forgot the privacy rule still never sends private text for a second try.
+    path = tmp_path / "no-privacy-rule.yaml"
+    path.write_text(policy_text(ALWAYS).replace("pii: true", "model: [never-asked-for]"))
+    gw: RunningGateway = await gateway_factory(
+        **cloud_settings(fake_cloud), policy={"file": str(path)}
+    )
+    headers, _ = await ask(gw, messages=[{"role": "user", "content": "Mail bob@example.com"}])
+    assert headers["x-gateway-route"] == "local"
+    assert headers["x-gateway-escalated"] == "false"
+    assert "private data" in headers["x-gateway-escalation-reason"]
+    assert fake_cloud.chat_calls == 0
+    m = await metrics(gw)
+    assert sample(m, 'edge_gateway_cascade_answers_total{outcome="private"}') == 1
+
+
 async def _stream(gw: RunningGateway) -> tuple[Any, str]:
     raw = await client(gw).chat.completions.with_raw_response.create(
         model="auto", messages=HELLO, max_tokens=12, temperature=0, stream=True
