@@ -412,3 +412,18 @@ async def test_cloud_dropping_mid_stream_ends_with_response_failed(
     assert [e.type for e in events[-2:]] == ["error", "response.failed"]
     assert events[-1].response.status == "failed"
     assert events[-1].response.error.code == "upstream_stream_interrupted"
+
+
+async def test_cloud_down_degrades_to_the_local_model(
+    hybrid: RunningGateway, fake_cloud: FakeCloud
+) -> None:
+    c = client(hybrid)
+    await fake_cloud.set_mode("fail500")
+    raw = await c.responses.with_raw_response.create(
+        model="auto", input=HELLO, tools=[WEATHER], max_output_tokens=48
+    )
+    assert raw.headers["x-gateway-route"] == "local"
+    assert raw.headers["x-gateway-degraded"] == "true"
+    assert "needs=tools" in raw.headers["x-gateway-reason"]
+    (call,) = _calls(raw.parse())
+    jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMS)

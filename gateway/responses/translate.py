@@ -37,8 +37,8 @@ class ResponsesRequest(BaseModel):
     """The fields of POST /v1/responses the gateway reads; unknown fields are kept."""
 
     model_config = ConfigDict(extra="allow")
-    model: StrictStr = Field(min_length=1)
-    input: StrictStr | list[dict[str, Any]]
+    model: StrictStr = Field(min_length=1, examples=["local"])
+    input: StrictStr | list[dict[str, Any]] = Field(examples=["Say hello in French."])
     instructions: StrictStr | None = None
     max_output_tokens: StrictInt | None = Field(None, ge=1, le=ABSURD_MAX_TOKENS)
     temperature: StrictFloat | None = Field(None, ge=0, le=2)
@@ -98,6 +98,13 @@ _NOT_SERVED: dict[str, str] = {
     "top_logprobs": "output logprobs are not served on /v1/responses",
     "context_management": "server-side compaction is not served here",
 }
+# Chat completions parameters a Responses request may not smuggle in: `n` would produce answers
+# the response has no place for, the rest have Responses names of their own (or none).
+_CHAT_ONLY = frozenset(
+    "messages n max_tokens max_completion_tokens response_format logprobs functions "
+    "function_call stop seed presence_penalty frequency_penalty logit_bias audio modalities "
+    "prediction reasoning_effort verbosity web_search_options echo suffix best_of".split()
+)
 _BUILT_IN = "built-in tools are not served: only function tools"
 
 
@@ -158,6 +165,13 @@ def to_chat(req: ResponsesRequest, previous: list[dict[str, Any]] | None) -> Cha
 
 def _refuse_unservable(req: ResponsesRequest) -> None:
     extra = req.model_extra or {}
+    chat_only = sorted(_CHAT_ONLY & extra.keys())
+    if chat_only:
+        raise _bad(
+            f"'{chat_only[0]}' is a chat completions parameter, not one of /v1/responses.",
+            chat_only[0],
+            "unknown_parameter",
+        )
     for name, why in _NOT_SERVED.items():
         if extra.get(name) is not None:
             raise _not_served(name, why)
