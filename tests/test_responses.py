@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import aiohttp
 import jsonschema
 import openai
 import pytest
 
+from gateway.responses.store import ResponseStore, Stored
+from gateway.settings import ResponsesSettings
 from tests.conftest import RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud
 
@@ -304,6 +307,12 @@ async def test_cloud_route_reaches_the_fake_cloud(
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert final.output_text == f"cloud answer to: {HELLO}"
     assert fake_cloud.requests[-1]["stream"] is True
+    # A streamed response is stored once complete, and continues like any other.
+    await c.responses.create(model="gpt-fake", previous_response_id=final.id, input="More.")
+    assert fake_cloud.requests[-1]["messages"][-2:] == [
+        {"role": "assistant", "content": f"cloud answer to: {HELLO}"},
+        {"role": "user", "content": "More."},
+    ]
 
     await c.responses.create(
         model="gpt-fake",
@@ -386,7 +395,9 @@ async def test_cloud_function_calls_plain_and_streamed(
     assert call.arguments == "".join(deltas) == json.dumps({"city": "Oslo"})
 
 
-async def test_cloud_answers_are_cached(hybrid: RunningGateway, fake_cloud: FakeCloud) -> None:
+async def test_cloud_answers_are_cached(
+    hybrid: RunningGateway, fake_cloud: FakeCloud, http: aiohttp.ClientSession
+) -> None:
     c = client(hybrid)
     kw: dict[str, Any] = {"model": "gpt-fake", "input": "Cache me.", "temperature": 0}
     first = await c.responses.with_raw_response.create(**kw)
@@ -397,6 +408,19 @@ async def test_cloud_answers_are_cached(hybrid: RunningGateway, fake_cloud: Fake
     assert second.parse().output_text == first.parse().output_text
     assert second.parse().id != first.parse().id  # each response is its own
     assert sum(1 for b in fake_cloud.requests if b["messages"][-1]["content"] == "Cache me.") == 1
+
+    # Streamed, the stored answer is replayed as Responses events (same key: same tenant).
+    async with http.post(
+        f"{hybrid.base_url}/responses",
+        json={**kw, "stream": True},
+        headers={"Authorization": "Bearer sk-client"},
+    ) as r:
+        assert r.headers["x-gateway-cache"] == "hit"
+        body = await r.text()
+    kinds = [line[7:] for line in body.splitlines() if line.startswith("event: ")]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    done = json.loads(body.strip().splitlines()[-1][6:])
+    assert done["response"]["output"][0]["content"][0]["text"] == first.parse().output_text
 
 
 async def test_cloud_dropping_mid_stream_ends_with_response_failed(
@@ -427,3 +451,93 @@ async def test_cloud_down_degrades_to_the_local_model(
     assert "needs=tools" in raw.headers["x-gateway-reason"]
     (call,) = _calls(raw.parse())
     jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMS)
+
+
+# -- security rules and bounds, as on chat ----------------------------------------------------
+
+
+async def test_upstream_key_never_comes_back(
+    hybrid: RunningGateway, fake_cloud: FakeCloud, http: aiohttp.ClientSession
+) -> None:
+    key = "sk-fake-cloud-secret-123"  # tests/conftest.py's fake_cloud key
+    url = f"{hybrid.base_url}/responses"
+    await fake_cloud.set_mode("echo400")
+    async with http.post(url, json={"model": "gpt-fake", "input": HELLO}) as r:
+        text = await r.text()
+        assert r.status == 400 and key not in text, text
+    await fake_cloud.set_mode("echo_stream")
+    for stream in (False, True):
+        body = {"model": "gpt-fake", "input": HELLO, "stream": stream}
+        async with http.post(url, json=body) as r:
+            text = await r.text()
+            assert r.status == 200, text
+            assert "you sent Bearer" in text and key not in text
+
+
+async def test_bounds_name_the_setting(gateway_factory: Any, http: aiohttp.ClientSession) -> None:
+    gw = await gateway_factory(
+        server={"max_messages": 2, "max_content_parts": 2, "max_content_chars": 10, "max_tools": 0}
+    )
+    url = f"{gw.base_url}/responses"
+    text = {"type": "input_text", "text": "x"}
+    for body, setting in (
+        ({"input": [{"role": "user", "content": "hi"}] * 3}, "max_messages"),
+        ({"input": [{"role": "user", "content": [text] * 3}]}, "max_content_parts"),
+        ({"input": "eleven chars"}, "max_content_chars"),
+        ({"input": "hi", "tools": [WEATHER]}, "max_tools"),
+    ):
+        async with http.post(url, json={"model": "local", **body}) as r:
+            err = (await r.json())["error"]
+            assert r.status == 400, (setting, err)
+            assert f"server.{setting}" in err["message"], (setting, err)
+            assert err["param"] in ("input", "tools"), err
+    async with http.post(url, json={"model": "local", "input": "hi", "max_output_tokens": 2}) as r:
+        assert r.status == 200
+
+
+# -- the store's bounds (no model needed) -------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _entry(n: int = 0) -> Stored:
+    return Stored({"id": f"resp_{n}", "pad": "x" * n}, [{"role": "user", "content": "hi"}])
+
+
+def test_store_is_per_tenant_and_expires() -> None:
+    clock = _Clock()
+    store = ResponseStore(ResponsesSettings(store_ttl_s=60), clock=clock)
+    store.put("a", "resp_1", _entry())
+    assert store.get("a", "resp_1") == _entry()
+    assert store.get("b", "resp_1") is None  # another tenant's id is unknown
+    assert store.get(None, "resp_1") is None
+    assert not store.delete("b", "resp_1")
+    clock.now = 61
+    assert store.get("a", "resp_1") is None and len(store) == 0
+    store.put("a", "resp_2", _entry())
+    assert store.delete("a", "resp_2") and store.get("a", "resp_2") is None
+
+
+def test_store_bounds_entries_per_tenant_and_bytes() -> None:
+    store = ResponseStore(
+        ResponsesSettings(store_max_entries=5, store_max_per_tenant=2, store_max_bytes=2000)
+    )
+    for i in range(3):
+        store.put("a", f"resp_{i}", _entry())
+    assert store.get("a", "resp_0") is None  # the tenant's oldest went first
+    assert store.get("a", "resp_1") is not None and store.get("a", "resp_2") is not None
+    for t in "bcd":
+        store.put(t, "resp_x", _entry())
+    assert len(store) == 5
+    store.put("e", "resp_x", _entry())
+    assert len(store) == 5 and store.get("a", "resp_1") is None  # least recently used overall
+    assert not store.put("f", "resp_big", _entry(5000))  # larger than the whole store
+    for i in range(10):
+        store.put(f"t{i}", "resp_y", _entry(500))
+    assert store.bytes <= 2000
