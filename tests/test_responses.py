@@ -180,12 +180,12 @@ async def test_history_as_input_items(gateway: RunningGateway) -> None:
         model="local", input=ASK_WEATHER, tools=[WEATHER], max_output_tokens=48, store=False
     )
     call = _calls(first)[0]
+    # The Agents SDK's way: the previous output items, as the SDK dumps them, back as input.
     items: list[Any] = [
         {"role": "user", "content": [{"type": "input_text", "text": ASK_WEATHER}]},
-        {"type": "function_call", "call_id": call.call_id, "name": call.name,
-         "arguments": call.arguments},
+        *[item.model_dump(exclude_none=True) for item in first.output],
         {"type": "function_call_output", "call_id": call.call_id, "output": "12 C, sunny"},
-    ]  # fmt: skip
+    ]
     r = await c.responses.create(model="local", input=items, tools=[WEATHER], max_output_tokens=16)
     assert r.output_text and not _calls(r)
 
@@ -541,3 +541,20 @@ def test_store_bounds_entries_per_tenant_and_bytes() -> None:
     for i in range(10):
         store.put(f"t{i}", "resp_y", _entry(500))
     assert store.bytes <= 2000
+
+
+async def test_cloud_through_litellm(gateway_factory: Any, fake_cloud: FakeCloud) -> None:
+    gw = await gateway_factory(**cloud_settings(fake_cloud, passthrough=False))
+    c = client(gw)
+    r = await c.responses.create(model="gpt-fake", input=HELLO, max_output_tokens=32)
+    assert r.output_text == f"cloud answer to: {HELLO}"
+    assert fake_cloud.requests[-1]["messages"] == [{"role": "user", "content": HELLO}]
+    async with c.responses.stream(
+        model="gpt-fake", input=ASK_WEATHER, tools=[WEATHER], tool_choice="required"
+    ) as stream:
+        kinds = [e.type async for e in stream]
+        final = await stream.get_final_response()
+    assert "response.function_call_arguments.done" in kinds
+    (call,) = _calls(final)
+    assert call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMS)
