@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import openai
+import pydantic
 import pytest
 
 from gateway.responses.store import ResponseStore, Stored
@@ -35,6 +36,11 @@ WEATHER: dict[str, Any] = {
     "parameters": WEATHER_PARAMS,
 }
 ASK_WEATHER = "What is the weather in Oslo right now?"
+
+
+class City(pydantic.BaseModel):
+    city: str
+    country: str
 
 
 def client(gw: RunningGateway, key: str = "sk-client") -> openai.AsyncOpenAI:
@@ -138,6 +144,16 @@ async def test_json_schema_text_format_validates(gateway: RunningGateway) -> Non
     jsonschema.validate(json.loads(r.output_text), CITY)
     assert r.text is not None and r.text.format is not None
     assert r.text.format.type == "json_schema"
+
+    # The SDK's parse helper: a pydantic model as the format, the answer as that model.
+    parsed = await c.responses.parse(
+        model="local",
+        input="Name a city and its country.",
+        text_format=City,
+        max_output_tokens=200,
+        temperature=0,
+    )
+    assert isinstance(parsed.output_parsed, City) and parsed.output_parsed.city
 
 
 async def test_function_tool_returns_a_well_formed_call(gateway: RunningGateway) -> None:

@@ -85,7 +85,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     store = request.app[RESPONSE_STORE]
     previous = None
     if req.previous_response_id is not None:
-        stored = store.get(tenant, req.previous_response_id)
+        stored = await asyncio.to_thread(store.get, tenant, req.previous_response_id)
         if stored is None:
             raise NotFound(
                 f"Previous response with id '{req.previous_response_id}' not found.",
@@ -123,7 +123,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         response = whole(shell, outcome.completion.obj)
         if record.answer_parts is not None:
             record.answer_parts.append(_output_text(response))
-        _keep(store, tenant, req, plan, response)
+        await _keep(store, tenant, req, plan, response)
         return web.json_response(response, headers=outcome.headers())
     return await _write_stream(request, outcome, Events(shell), req, plan, deadline)
 
@@ -137,16 +137,18 @@ def _output_text(response: dict[str, Any]) -> str:
     )
 
 
-def _keep(
+async def _keep(
     store: ResponseStore,
     tenant: str | None,
     req: ResponsesRequest,
     plan: ChatPlan,
     response: dict[str, Any],
 ) -> None:
+    """Store the response (unless `store: false`), encoded off the loop: it may be long."""
     if req.stores():
         history = plan.history + history_of(response["output"])
-        if not store.put(tenant, response["id"], Stored(response, history)):
+        entry = Stored(response, history)
+        if not await asyncio.to_thread(store.put, tenant, response["id"], entry):
             log.warning("response too large to store", extra={"response_id": response["id"]})
 
 
@@ -184,7 +186,11 @@ async def _write_stream(
         await resp.write(events.start())
         async with bound:
             await _relay(resp, chunks, events, record)
-        await resp.write(events.end())
+        tail = events.end()
+        assert events.final is not None
+        # Stored before the client hears it is complete, so a follow-up can never miss it.
+        await _keep(request.app[RESPONSE_STORE], tenant_of(request), req, plan, events.final)
+        await resp.write(tail)
     except TimeoutError:
         if not bound.expired():
             raise
@@ -201,8 +207,6 @@ async def _write_stream(
     finally:
         record.backend_s += record.stream_wait_s
         await chunks.aclose()  # type: ignore[attr-defined]
-    if events.final is not None:
-        _keep(request.app[RESPONSE_STORE], tenant_of(request), req, plan, events.final)
     await resp.write_eof()
     return resp
 
@@ -241,15 +245,16 @@ async def _relay(
 
 
 async def retrieve_response(request: web.Request) -> web.Response:
-    stored = request.app[RESPONSE_STORE].get(tenant_of(request), request.match_info["response_id"])
+    store, rid = request.app[RESPONSE_STORE], request.match_info["response_id"]
+    stored = await asyncio.to_thread(store.get, tenant_of(request), rid)
     if stored is None:
         raise _not_found(request)
     return web.json_response(stored.response)
 
 
 async def delete_response(request: web.Request) -> web.Response:
-    rid = request.match_info["response_id"]
-    if not request.app[RESPONSE_STORE].delete(tenant_of(request), rid):
+    store, rid = request.app[RESPONSE_STORE], request.match_info["response_id"]
+    if not await asyncio.to_thread(store.delete, tenant_of(request), rid):
         raise _not_found(request)
     return web.json_response({"id": rid, "object": "response", "deleted": True})
 
