@@ -574,3 +574,13 @@ async def test_cloud_through_litellm(gateway_factory: Any, fake_cloud: FakeCloud
     (call,) = _calls(final)
     assert call.name == "get_weather"
     jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMS)
+
+
+async def test_store_settings_reach_the_gateway(gateway_factory: Any) -> None:
+    gw = await gateway_factory(responses={"store_max_per_tenant": 1})
+    c = client(gw)
+    first = await c.responses.create(model="local", input="hi", max_output_tokens=2)
+    second = await c.responses.create(model="local", input="hello", max_output_tokens=2)
+    assert (await c.responses.retrieve(second.id)).id == second.id
+    with pytest.raises(openai.NotFoundError):  # one per key: the older one went
+        await c.responses.retrieve(first.id)
