@@ -21,8 +21,10 @@ from .http.auth import auth_middleware
 from .http.keyring import KeyRing
 from .http.middlewares import error_middleware, request_id_middleware
 from .http.observe import observe_middleware
+from .http.responses import RESPONSE_STORE
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .metrics import Metrics
+from .responses.store import ResponseStore
 from .routing.complexity import ComplexityScorer
 from .routing.features import FeatureExtractor
 from .routing.policy import Router
@@ -83,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
         status=status,
         outbox=build_outbox(settings, metrics, breakers),
     )
+    app[RESPONSE_STORE] = ResponseStore(settings.responses)  # /v1/responses' stored answers
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)

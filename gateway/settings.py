@@ -323,6 +323,23 @@ class TelemetrySettings(_Section):
         return {k: os.environ[e] for k, e in self.headers_env.items() if os.environ.get(e)}
 
 
+class ResponsesSettings(_Section):
+    """/v1/responses: responses kept on the box for `previous_response_id` and GET (in memory)."""
+
+    store_ttl_s: int = Field(
+        86400, ge=1, description="How long a stored response can be continued or retrieved."
+    )
+    store_max_entries: int = Field(
+        2000, ge=1, description="Stored responses kept in all (least recently used dropped)."
+    )
+    store_max_per_tenant: int = Field(
+        500, ge=1, description="Stored responses kept per API key (its oldest dropped)."
+    )
+    store_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Bytes of stored responses kept in all."
+    )
+
+
 class Settings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -341,6 +358,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @field_validator("cloud")
     @classmethod

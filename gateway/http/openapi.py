@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from ..responses import openapi as responses_openapi
 from ..schemas import ChatRequest, CompletionRequest
 
 _ERROR = {
@@ -204,6 +205,7 @@ def document() -> dict[str, Any]:
                 }
             },
             "/admin/status": _ADMIN_STATUS,
+            **responses_openapi.paths(),
         },
     }
 

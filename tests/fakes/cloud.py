@@ -5,6 +5,7 @@ answers), drop (streams a few chunks then cuts the connection), flaky (every oth
 500), refuse (nothing listens: connections are refused), hang_chat (completions hang while the
 model list still answers), echo400 (a 400 whose message echoes the Authorization header, as
 some upstreams do), echo_stream (streams the Authorization header back as content).
+A chat request that forces a tool call (`tool_choice` required or a named function) gets one.
 
 Every request, to any path, is recorded in `hits` (method, path, headers): a fake started as
 an attacker's host proves that nothing reached it.
@@ -146,6 +147,22 @@ class FakeCloud:
             last = json.dumps(last)
         return f"cloud answer to: {last[:60]}"
 
+    def _forced_call(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A tool call when the request forces one (`required` or a named function)."""
+        choice = body.get("tool_choice")
+        tools = body.get("tools") or []
+        if not tools or (choice != "required" and not isinstance(choice, dict)):
+            return None
+        name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+        return {
+            "id": "call_fake",
+            "type": "function",
+            "function": {
+                "name": name or tools[0]["function"]["name"],
+                "arguments": json.dumps({"city": "Oslo"}),
+            },
+        }
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
@@ -162,6 +179,24 @@ class FakeCloud:
             "completion_tokens": len(text.split()),
             "total_tokens": 11 + len(text.split()),
         }
+        call = self._forced_call(body)
+        if call is not None and not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                            "finish_reason": "tool_calls",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
         if not body.get("stream"):
             return web.json_response(
                 {
@@ -205,6 +240,21 @@ class FakeCloud:
                 ],
             }
         )
+        if call is not None:
+            # Streamed as OpenAI does: the call's head first, then its arguments in pieces.
+            fn = call["function"]
+            head = {**call, "index": 0, "function": {"name": fn["name"], "arguments": ""}}
+            pieces = [fn["arguments"][:5], fn["arguments"][5:]]
+            for delta in [head] + [{"index": 0, "function": {"arguments": p}} for p in pieces]:
+                await send(
+                    {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}
+                        ],
+                    }
+                )
+            words = []
         for i, w in enumerate(words):
             if self.mode == "drop" and i == 2:
                 # Cut the TCP connection mid-stream, without the terminating chunk.
@@ -225,7 +275,8 @@ class FakeCloud:
                     ],
                 }
             )
-        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        finish = "stop" if call is None else "tool_calls"
+        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             await send({**base, "choices": [], "usage": usage})
         await resp.write(b"data: [DONE]\n\n")

@@ -1,0 +1,118 @@
+"""The /v1/responses paths of /openapi.json (merged into http/openapi.py's document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .translate import ResponsesRequest
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "created_at", "status", "model", "output"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["response"]},
+        "created_at": {"type": "integer"},
+        "status": {"type": "string", "enum": ["completed", "incomplete", "failed", "in_progress"]},
+        "model": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object", "required": ["type"]}},
+        "usage": {
+            "type": ["object", "null"],
+            "required": ["input_tokens", "output_tokens", "total_tokens"],
+            "properties": {
+                "input_tokens": {"type": "integer"},
+                "output_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+            },
+        },
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": "OpenAI-shaped error",
+            "content": {"application/json": {"schema": _ERROR_REF}},
+        }
+        for s in statuses
+    }
+
+
+def _request_schema() -> dict[str, Any]:
+    # Inline (no $defs: ResponsesRequest has no nested models), from the validating model.
+    return ResponsesRequest.model_json_schema(mode="validation")
+
+
+_ID = {
+    "name": "response_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+
+def paths() -> dict[str, Any]:
+    return {
+        "/v1/responses": {
+            "post": {
+                "operationId": "createResponse",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _request_schema()}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "A response, or its events as SSE when `stream` is true",
+                        "content": {
+                            "application/json": {"schema": _RESPONSE},
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "event": {"type": "string"},
+                                        "data": {"type": "string"},
+                                    },
+                                    "required": ["data"],
+                                }
+                            },
+                        },
+                    },
+                    **_errors(400, 401, 404, 413, 429, 502, 503, 504),
+                },
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "operationId": "getResponse",
+                "parameters": [_ID],
+                "responses": {
+                    "200": {
+                        "description": "A stored response",
+                        "content": {"application/json": {"schema": _RESPONSE}},
+                    },
+                    **_errors(401, 404),
+                },
+            },
+            "delete": {
+                "operationId": "deleteResponse",
+                "parameters": [_ID],
+                "responses": {
+                    "200": {
+                        "description": "Deleted",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["id", "object", "deleted"],
+                                }
+                            }
+                        },
+                    },
+                    **_errors(401, 404),
+                },
+            },
+        },
+    }
