@@ -189,6 +189,15 @@ def _train_router(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _models(args: argparse.Namespace) -> int:
+    from .models.cli import run
+    from .settings import Settings
+
+    settings = _settings_or_exit(args.config)
+    assert isinstance(settings, Settings)
+    return run(args, settings.local.n_ctx, settings.local.parallel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     configure_train(tr)
     tr.set_defaults(func=_train_router)
+
+    models = sub.add_parser("models", help="local model tools (memory estimate)")
+    from .models.cli import configure_parser as configure_models
+
+    configure_models(models)
+    models.set_defaults(func=_models)
     return parser
 
 

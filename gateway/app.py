@@ -12,7 +12,6 @@ from aiohttp import web
 
 from .backends.base import Backend
 from .backends.health import Breaker, State
-from .backends.local import LocalBackend
 from .cache import LRUStore, RedisStore, ResponseCache, Store
 from .costs import Prices
 from .dispatch import Dispatcher
@@ -23,6 +22,7 @@ from .http.middlewares import error_middleware, request_id_middleware
 from .http.observe import observe_middleware
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .metrics import Metrics
+from .models.fleet import Fleet
 from .routing.complexity import ComplexityScorer
 from .routing.features import FeatureExtractor
 from .routing.policy import Router
@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     metrics = Metrics()
     status = StatusBoard(recent=settings.ui.recent_decisions, show_prompts=settings.ui.show_prompts)
-    local = LocalBackend(settings.local, metrics=metrics)
+    local = Fleet(settings.local, metrics=metrics)  # the default model and local.models
     cloud_names = [m.name for m in settings.cloud.models]
 
     def reloaded(result: str) -> None:
@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> web.Application:
         clouds=clouds,
         breakers=breakers,
         features=FeatureExtractor(scorer=ComplexityScorer(), local_n_ctx=settings.local.n_ctx),
-        router=Router(cloud_names=cloud_names, local_names=[settings.local.model_name]),
+        router=Router(cloud_names=cloud_names, local_names=local.names),
         policies=policies,
         cache=cache,
         max_prompt_tokens=settings.server.max_prompt_tokens,
@@ -114,7 +114,7 @@ def build_breakers(settings: Settings, metrics: Metrics) -> dict[str, Breaker]:
     return breakers
 
 
-def _watch_local(metrics: Metrics, local: LocalBackend, settings: Settings) -> None:
+def _watch_local(metrics: Metrics, local: Fleet, settings: Settings) -> None:
     metrics.local_queue_depth.set_function(lambda: local.queue_depth)
     metrics.local_in_flight.set_function(lambda: local.in_flight)
     metrics.local_queue_capacity.set(settings.local.max_queue)

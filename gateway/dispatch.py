@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 
 from .backends.base import Backend, BackendUnavailable, Chunk, Completion, Endpoint
 from .backends.health import Breaker
-from .backends.local import LocalBackend
 from .cache import CacheControl, CacheHit, CachePlan, ResponseCache
 from .errors import (
     ContextLengthExceeded,
@@ -24,6 +23,7 @@ from .errors import (
     QueueFull,
     RateLimited,
 )
+from .models.fleet import Fleet
 from .routing.features import FeatureExtractor, Features
 from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
 from .routing.store import PolicyStore
@@ -51,6 +51,7 @@ class Outcome:
     backend_seconds: float = 0.0
     first_chunk_seconds: float | None = None
     failovers: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, cause)
+    model_file: str | None = None  # sha256 prefix of the local GGUF that answered
 
     def headers(self) -> dict[str, str]:
         h = {"x-gateway-route": self.route, "x-gateway-reason": self.reason}
@@ -58,6 +59,8 @@ class Outcome:
             h["x-gateway-degraded"] = "true"
         if self.cache:
             h["x-gateway-cache"] = self.cache
+        if self.model_file:
+            h["x-gateway-model-file"] = self.model_file
         return h
 
 
@@ -65,7 +68,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        local: LocalBackend,
+        local: Fleet,
         clouds: dict[str, Backend],
         breakers: dict[str, Breaker],
         features: FeatureExtractor,
@@ -91,6 +94,7 @@ class Dispatcher:
             ("local", "edge-gateway"),
             (self.local.model_name, "edge-gateway"),
         ]
+        ids += [(n, "edge-gateway") for n in self.local.names if n != self.local.model_name]
         if self.clouds:
             ids.append(("cloud", "edge-gateway"))
             ids += [(name, "edge-gateway") for name in self.clouds]
@@ -213,7 +217,7 @@ class Dispatcher:
             if i > 0 and attempt.why_not_local:
                 attempt.causes.append(f"local cannot serve: {attempt.why_not_local}")
                 return None
-            backend = self.local
+            backend = self.local.route(attempt.decision.model)  # leases that model's file
         else:
             breaker = self.breakers[target]
             if not breaker.allow():
@@ -234,6 +238,7 @@ class Dispatcher:
                 raise
             attempt.failed(target, i, exc, "queue_full", cause="local queue full")
             return None
+        outcome.model_file = getattr(backend, "served_by", None)
         if target in self.breakers:
             self.breakers[target].success()
             outcome.chunks = plan.keep(outcome.completion, outcome.chunks)

@@ -120,6 +120,15 @@ class Rule(_Strict):
     enforce: bool = Field(
         False, description="also applies when the client names a model (e.g. privacy rules)"
     )
+    model: str | None = Field(
+        None, min_length=1, description="with route local: which local model (local.models)"
+    )
+
+    @model_validator(mode="after")
+    def _model_needs_local(self) -> Rule:
+        if self.model is not None and self.route != LOCAL:
+            raise ValueError("`model` picks a local model: it needs `route: local`")
+        return self
 
 
 class Offline(_Strict):
@@ -186,6 +195,7 @@ class Decision:
     fallbacks: tuple[str, ...]
     allow_degraded: bool
     cache_mode: CacheMode
+    model: str | None = None  # the named local model to answer with; None: the default
 
     @property
     def route(self) -> str:
@@ -291,6 +301,7 @@ class Router:
     def __init__(self, *, cloud_names: list[str], local_names: Iterable[str]) -> None:
         self.cloud_names = cloud_names
         self.local_names = {LOCAL, *local_names}
+        self.local_models = set(local_names)  # names a request or rule may pick a model by
 
     def resolve(self, target: str) -> str | None:
         """A policy target as a backend name; None when it names no configured backend."""
@@ -310,16 +321,28 @@ class Router:
                 target = self.resolve(rule.route)
                 if target is None:  # e.g. a cloud rule on a box with no cloud models
                     continue
-                return self._decision(policy, target, rule.name, why)
+                if rule.model is not None and target == LOCAL:
+                    if rule.model not in self.local_models:
+                        continue  # a model this box does not have, like a cloud rule above
+                    return self._decision(policy, target, rule.name, why, model=rule.model)
+                return self._decision(policy, target, rule.name, why, model=self._named(f))
         if explicit:
             target = self.resolve(f.model)
             if target is None:
                 raise KeyError(f.model)
-            return self._decision(policy, target, "model", [f"model={f.model}"])
+            return self._decision(
+                policy, target, "model", [f"model={f.model}"], model=self._named(f)
+            )
         target = self.resolve(policy.default) or LOCAL
         return self._decision(policy, target, "default", [])
 
-    def _decision(self, policy: Policy, target: str, rule: str, why: list[str]) -> Decision:
+    def _named(self, f: Features) -> str | None:
+        """The local model the client named, if it named one."""
+        return f.model if f.model in self.local_models else None
+
+    def _decision(
+        self, policy: Policy, target: str, rule: str, why: list[str], *, model: str | None = None
+    ) -> Decision:
         fallbacks: list[str] = []
         for t in policy.offline.order:
             resolved = CACHE if t == CACHE else self.resolve(t)
@@ -333,6 +356,7 @@ class Router:
             fallbacks=tuple(fallbacks),
             allow_degraded=policy.offline.allow_degraded,
             cache_mode=policy.cache,
+            model=model if target == LOCAL else None,
         )
 
 
