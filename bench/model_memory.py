@@ -24,7 +24,7 @@ from gateway.backends.local import embedded_model_path
 from gateway.models import memory
 
 # (n_ctx per slot, slots). The overhead was fitted on the first two; the others check it.
-CONFIGS = [(2048, 4), (512, 1), (4096, 2), (1024, 8), (256, 2)]
+CONFIGS = [(2048, 4), (512, 1), (4096, 2), (1024, 2), (4096, 4)]
 TOLERANCE = 0.15
 
 

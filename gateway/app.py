@@ -55,7 +55,9 @@ def create_app(settings: Settings) -> web.Application:
         metrics.policy_reloads.labels(result).inc()
         status.policy_reloaded(result)
 
-    policies = PolicyStore(settings.policy.file, cloud_names=cloud_names, on_reload=reloaded)
+    policies = PolicyStore(
+        settings.policy.file, cloud_names=cloud_names, on_reload=reloaded, local_models=local.names
+    )
     breakers = build_breakers(settings, metrics)
     cache = build_cache(settings, metrics) if cloud_names else None
     clouds: dict[str, Backend] = {}  # filled on startup: needs the session (and maybe litellm)

@@ -184,6 +184,13 @@ def test_policy_rules_and_clients_pick_a_local_model() -> None:
     assert (d.target, d.model) == ("local", "gemma")
     d = router.decide(policy, _features("local"))
     assert (d.target, d.model) == ("local", None)  # the default model
+    unknown = r"p\.yaml:5: field rules\.0\.model: unknown local model 'gema'"
+    with pytest.raises(PolicyError, match=unknown):
+        parse_policy(
+            "version: 1\ndefault: local\nrules:\n  - name: r\n    model: gema\n    route: local\n",
+            source="p.yaml",
+            local_models=["smollm2-135m-instruct", "gemma"],
+        )
     with pytest.raises(PolicyError, match="route: local"):
         parse_policy(
             "version: 1\ndefault: local\nrules:\n  - {name: r, route: cloud, model: gemma}\n"

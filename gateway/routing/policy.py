@@ -212,6 +212,7 @@ def parse_policy(
     source: str = "<policy>",
     cloud_names: Iterable[str] | None = None,
     base_dir: Path | None = None,
+    local_models: Iterable[str] | None = None,
 ) -> Policy:
     """Validates a policy and loads its scorer weights (relative paths from `base_dir`)."""
     try:
@@ -244,6 +245,15 @@ def parse_policy(
                 raise PolicyError(
                     f"{source}:{line}: field {where}: unknown target {target!r} "
                     f"(known: {', '.join(sorted(allowed))})"
+                )
+    if local_models is not None:
+        named = set(local_models)
+        for i, r in enumerate(policy.rules):
+            if r.model is not None and r.model not in named:
+                line = _line_of(node, ["rules", i, "model"])
+                raise PolicyError(
+                    f"{source}:{line}: field rules.{i}.model: unknown local model {r.model!r} "
+                    f"(known: {', '.join(sorted(named))})"
                 )
     if policy.scorer is not None:
         weights = Path(policy.scorer.weights).expanduser()
@@ -286,13 +296,24 @@ def _line_of(node: Any, loc: list[Any]) -> int:
     return line
 
 
-def load_policy(path: Path, *, cloud_names: Iterable[str] | None = None) -> Policy:
+def load_policy(
+    path: Path,
+    *,
+    cloud_names: Iterable[str] | None = None,
+    local_models: Iterable[str] | None = None,
+) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
     # Weights are read here too, so every reload of the policy re-reads its weights file.
-    return parse_policy(text, source=str(path), cloud_names=cloud_names, base_dir=path.parent)
+    return parse_policy(
+        text,
+        source=str(path),
+        cloud_names=cloud_names,
+        base_dir=path.parent,
+        local_models=local_models,
+    )
 
 
 class Router:
