@@ -122,6 +122,7 @@ def _watch_local(metrics: Metrics, local: Fleet, settings: Settings) -> None:
     metrics.local_queue_capacity.set(settings.local.max_queue)
     metrics.local_slots.set(settings.local.parallel)
     metrics.local_slots_busy.set_function(lambda: local.slots_busy)
+    metrics.local_models_loaded.set_function(lambda: len(local.resident()))
 
 
 async def _draining(app: web.Application) -> None:

@@ -137,6 +137,21 @@ class Metrics:
             "Prompt tokens served from a slot's KV cache instead of being computed again.",
             registry=r,
         )
+        self.local_models_loaded = Gauge(
+            p + "local_models_loaded", "Local models resident now (local.models).", registry=r
+        )
+        self.model_swaps = Counter(
+            p + "model_swaps",
+            "Model file changes at /admin/models by result (swapped, rolled_back, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            p + "model_unloads",
+            "Local models unloaded, by why (lru, keep_alive).",
+            ["why"],
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
         for result in ("hit", "miss", "skip"):

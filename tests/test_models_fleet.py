@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,10 +103,12 @@ async def _entry(http: aiohttp.ClientSession, gp: GatewayProcess, name: str) -> 
 
 async def _served_by(gp: GatewayProcess, model: str) -> str:
     """One short answer from `model`; the file that gave it (sha256 prefix)."""
-    c = openai.AsyncOpenAI(base_url=gp.base_url, api_key="sk-x", max_retries=0, timeout=120)
-    raw = await c.chat.completions.with_raw_response.create(
-        model=model, messages=HELLO, max_tokens=4, temperature=0
-    )
+    async with openai.AsyncOpenAI(
+        base_url=gp.base_url, api_key="sk-x", max_retries=0, timeout=120
+    ) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model=model, messages=HELLO, max_tokens=4, temperature=0
+        )
     done = raw.parse()
     assert done.choices[0].message.content is not None
     return raw.headers["x-gateway-model-file"]
@@ -127,8 +130,10 @@ async def _stream_once(c: openai.AsyncOpenAI) -> tuple[str, str, str]:
 
 
 async def test_v1_models_lists_every_local_name(fleet_process: GatewayProcess) -> None:
-    c = openai.AsyncOpenAI(base_url=fleet_process.base_url, api_key="sk-x", max_retries=0)
-    ids = {m.id async for m in c.models.list()}
+    async with openai.AsyncOpenAI(
+        base_url=fleet_process.base_url, api_key="sk-x", max_retries=0
+    ) as c:
+        ids = {m.id async for m in c.models.list()}
     assert {"edge", "tiny", "smollm2-135m-instruct"} <= ids
 
 
@@ -173,6 +178,7 @@ async def test_swap_under_eight_streaming_clients(
     )
     swapped.set()
     await asyncio.wait_for(asyncio.gather(*clients), 600)
+    await c.close()
     assert status == 200, body
     assert body["sha256"] == new_sha and body["state"] == "loaded"
     assert failures == []
@@ -292,6 +298,20 @@ async def test_admin_models_needs_the_admin_key(
         assert (await r.json())["error"]["code"] == "no_previous"
 
 
+async def test_swaps_and_residency_in_metrics(
+    fleet_process: GatewayProcess, http: aiohttp.ClientSession, smol: Path
+) -> None:
+    body = {"name": "tiny", "path": str(smol), "sha256": "f" * 64}
+    status, _ = await _admin(http, "POST", f"{fleet_process.url}/admin/models", body)
+    assert status == 422
+    async with http.get(f"{fleet_process.url}/metrics") as r:
+        text = await r.text()
+    refused = re.search(r'^edge_gateway_model_swaps_total\{result="refused"\} (\S+)$', text, re.M)
+    assert refused is not None and float(refused.group(1)) >= 1
+    loaded = re.search(r"^edge_gateway_local_models_loaded (\S+)$", text, re.M)
+    assert loaded is not None and float(loaded.group(1)) >= 1
+
+
 async def test_lru_unloads_and_reloads_on_demand(
     gateway_factory: Any, http: aiohttp.ClientSession, smol: Path, gemma: Path, tmp_path: Path
 ) -> None:
@@ -339,4 +359,5 @@ async def test_lru_unloads_and_reloads_on_demand(
     done = await c.chat.completions.create(model="local", messages=HELLO, max_tokens=2)
     assert done.model == default
     assert (await states())[default] == "loaded"
+    await c.close()
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -8,8 +8,10 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..errors import Forbidden
 from ..services import SERVICES
 from .requests import read_json, validation_error
+from .ui import over_loopback
 
 
 class SwapRequest(BaseModel):
@@ -23,12 +25,24 @@ class SwapRequest(BaseModel):
     signature: str | None = Field(None, min_length=1, description="base64 Ed25519 over sha256")
 
 
+def _guard(request: web.Request) -> None:
+    """Loading files by path is the box's most powerful lever: on a box with no admin key it
+    is offered over loopback only (as the status page is), never to the LAN."""
+    if request.app[SERVICES].settings.server.admin_key is None and not over_loopback(request):
+        raise Forbidden(
+            "Model administration without an admin key is served only on loopback; set "
+            "GATEWAY_SERVER__ADMIN_KEY."
+        )
+
+
 async def list_local_models(request: web.Request) -> web.Response:
+    _guard(request)
     fleet = request.app[SERVICES].local
     return web.json_response({"object": "list", "data": fleet.describe()})
 
 
 async def swap_model(request: web.Request) -> web.Response:
+    _guard(request)
     body = await read_json(request)
     try:
         wanted = SwapRequest.model_validate(body)
@@ -40,6 +54,7 @@ async def swap_model(request: web.Request) -> web.Response:
 
 
 async def rollback_model(request: web.Request) -> web.Response:
+    _guard(request)
     fleet = request.app[SERVICES].local
     entry = await fleet.rollback(request.match_info["name"])
     return web.json_response({"status": "rolled_back", **entry})

@@ -336,6 +336,8 @@ class Fleet:
         entry.state = "unloaded"
         if cur is not None:
             log.info("model unloaded", extra={"model": entry.name, "why": why})
+            if self._metrics is not None:
+                self._metrics.model_unloads.labels(why).inc()
             await cur.backend.close()
 
     async def _open(self, entry: Entry, path: Path, *, expect: str | None) -> Loaded:
@@ -395,10 +397,16 @@ class Fleet:
         except ModelRefused as exc:
             entry.last_error = exc.message
             log.warning("model swap refused", extra={"model": name, "error": exc.message})
+            self._count("refused")
             raise
         finally:
             entry.swapping = False
+        self._count("rolled_back" if signature is _TRUSTED else "swapped")
         return entry.describe()
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.model_swaps.labels(result).inc()
 
     async def rollback(self, name: str) -> dict[str, Any]:
         entry = self.entries.get(name)
