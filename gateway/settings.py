@@ -202,6 +202,18 @@ class LocalSettings(_Section):
             raise ValueError(f"no GGUF file at {v}")
         return v
 
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_parse(cls, v: list[str]) -> list[str]:
+        from .models.verify import load_public_key  # cryptography: only when keys are set
+
+        for i, key in enumerate(v):
+            try:
+                load_public_key(key)
+            except ValueError as exc:
+                raise ValueError(f"trusted_keys[{i}]: {exc}") from None
+        return v
+
     @model_validator(mode="after")
     def _model_names(self) -> LocalSettings:
         names = [self.model_name, *(m.name for m in self.models)]

@@ -361,3 +361,72 @@ async def test_lru_unloads_and_reloads_on_demand(
     assert (await states())[default] == "loaded"
     await c.close()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+async def test_rules_pick_a_model_waits_are_bounded_and_unfit_models_refused(
+    gateway_factory: Any, http: aiohttp.ClientSession, smol: Path, tmp_path: Path
+) -> None:
+    from gateway.services import SERVICES
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\ndefault: local\nrules:\n"
+        "  - {name: short-to-a, when: {prompt_tokens: {lt: 1000}}, route: local, model: a}\n"
+    )
+    one = {"path": str(smol), "n_ctx": 256, "parallel": 1}
+    gw: RunningGateway = await gateway_factory(
+        policy={"file": str(policy)},
+        local={
+            "n_ctx": 256,
+            "parallel": 1,
+            "max_loaded": 2,
+            "load_timeout_s": 1.0,
+            "models": [
+                {"name": "a", **one},
+                {"name": "b", **one},
+                {"name": "fat", **one, "memory_budget_mib": 10},
+            ],
+        },
+    )
+    fleet = gw.app[SERVICES].local
+    async with openai.AsyncOpenAI(
+        base_url=gw.base_url, api_key="sk-x", max_retries=0, timeout=60
+    ) as c:
+        # A policy rule sends `auto` traffic to the named model `a`.
+        raw = await c.chat.completions.with_raw_response.create(
+            model="auto", messages=HELLO, max_tokens=2
+        )
+        assert raw.parse().model == "a"
+        assert raw.headers["x-gateway-reason"].startswith("rule=short-to-a")
+
+        # Too big for its budget: refused before any allocation, naming both figures.
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model="fat", messages=HELLO, max_tokens=2)
+        assert info.value.status_code == 503
+        err = info.value.body
+        assert isinstance(err, dict) and err["code"] == "insufficient_memory"
+        assert "needs about" in err["message"] and "budget is 10 MiB" in err["message"]
+        assert sorted(fleet.resident()) == ["a", "smollm2-135m-instruct"]  # still serving
+        assert (
+            await c.chat.completions.create(model="a", messages=HELLO, max_tokens=2)
+        ).model == "a"
+
+        # Every resident model busy (leases held): a third waits for room, within the bound.
+        held = [(await fleet.acquire(e), e) for e in (fleet.entries["a"], fleet.default)]
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model="b", messages=HELLO, max_tokens=2)
+        assert info.value.status_code == 503
+        assert isinstance(info.value.body, dict) and info.value.body["code"] == "model_loading"
+        for loaded, entry in held:
+            fleet.release(loaded, entry)
+        # Room again: the least recently used idle model makes way and `b` answers.
+        assert (
+            await c.chat.completions.create(model="b", messages=HELLO, max_tokens=2)
+        ).model == "b"
+        assert "b" in fleet.resident() and len(fleet.resident()) == 2
+
+    # Without an admin key the admin endpoints still answer over loopback.
+    async with http.get(f"{gw.url}/admin/models") as r:
+        assert r.status == 200
+        states = {e["name"]: e for e in (await r.json())["data"]}
+    assert states["fat"]["state"] == "failed" and "budget" in states["fat"]["last_error"]

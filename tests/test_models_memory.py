@@ -195,3 +195,24 @@ def test_policy_rules_and_clients_pick_a_local_model() -> None:
         parse_policy(
             "version: 1\ndefault: local\nrules:\n  - {name: r, route: cloud, model: gemma}\n"
         )
+
+
+def test_trusted_keys_must_be_ed25519_public_keys() -> None:
+    good = base64.b64encode(
+        Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ).decode()
+    assert load_settings(local={"trusted_keys": [good]}).local.trusted_keys == [good]
+    with pytest.raises(SettingsError, match="trusted_keys\\[1\\]"):
+        load_settings(local={"trusted_keys": [good, "bm90IGEga2V5"]})
+
+
+def test_room_counts_what_unloading_idle_models_frees(
+    smol: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    est = memory.estimate(smol, n_ctx=512, parallel=1)
+    monkeypatch.setattr(memory, "available", lambda: (est.total - 20 * MIB, "MemAvailable"))
+    with pytest.raises(memory.InsufficientMemory, match=r"MiB is available \(MemAvailable\)$"):
+        memory.check_room(est, name="m")
+    memory.check_room(est, name="m", freed=30 * MIB)  # fits once an idle model is unloaded
+    with pytest.raises(memory.InsufficientMemory, match="plus 10 MiB from unloading"):
+        memory.check_room(est, name="m", freed=10 * MIB)

@@ -297,10 +297,19 @@ class Fleet:
         async with self._lock:
             if entry.current is not None:
                 return entry.current
-            await self._make_room(entry, deadline)
-            entry.state = "loading"
+            s = entry.settings
             try:
-                loaded = await self._open(entry, entry.path, expect=entry.sha256)
+                # Every check comes before anything is unloaded or allocated: a model that
+                # cannot fit never costs the ones already serving.
+                est = await asyncio.to_thread(
+                    memory.estimate, entry.path, n_ctx=s.n_ctx, parallel=s.parallel
+                )
+                memory.check_budget(est, budget=entry.budget, name=entry.name)
+                await self._make_room(entry, est, deadline)
+                entry.state = "loading"
+                loaded = await self._open(entry, entry.path, expect=entry.sha256, est=est)
+            except TimeoutError:
+                raise  # busy, not broken: the state stays what it was
             except Exception as exc:
                 entry.state = "failed"
                 entry.last_error = str(exc)
@@ -311,20 +320,28 @@ class Fleet:
             entry.last_used = time.monotonic()
             return loaded
 
-    async def _make_room(self, entry: Entry, deadline: float | None) -> None:
-        """Unload least recently used idle models until one more fits under max_loaded."""
+    async def _make_room(self, entry: Entry, est: memory.Estimate, deadline: float | None) -> None:
+        """Unload the least recently used idle models one more needs under max_loaded, once
+        the memory check (counting what those unloads free) says it will fit."""
         loop = asyncio.get_running_loop()
-        while len(self.resident()) >= self.settings.max_loaded:
-            idle = [
-                e
-                for e in self.entries.values()
-                if e is not entry and e.current is not None and e.current.leases == 0
-            ]
-            if idle:
-                victim = min(idle, key=lambda e: e.last_used)
-                await self._unload(victim, why="lru")
-                continue
-            # Every resident model is busy: wait for one to go idle, within the bound.
+        while True:
+            excess = len(self.resident()) + 1 - self.settings.max_loaded
+            idle = sorted(
+                (
+                    e
+                    for e in self.entries.values()
+                    if e is not entry and e.current is not None and e.current.leases == 0
+                ),
+                key=lambda e: e.last_used,
+            )
+            if excess <= len(idle):
+                victims = idle[: max(0, excess)]
+                freed = sum(v.current.estimate.total for v in victims if v.current is not None)
+                memory.check_room(est, name=entry.name, freed=freed)
+                for victim in victims:
+                    await self._unload(victim, why="lru")
+                return
+            # Too many resident models are busy: wait for one to go idle, within the bound.
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 raise TimeoutError
@@ -340,11 +357,15 @@ class Fleet:
                 self._metrics.model_unloads.labels(why).inc()
             await cur.backend.close()
 
-    async def _open(self, entry: Entry, path: Path, *, expect: str | None) -> Loaded:
-        """Check memory, load, and hash (compared with `expect` when given). Old ones stay."""
+    async def _open(
+        self, entry: Entry, path: Path, *, expect: str | None, est: memory.Estimate | None = None
+    ) -> Loaded:
+        """Load and hash (compared with `expect` when given); the memory check first unless
+        the caller made it (`est`). Models already loaded stay."""
         s = entry.settings.model_copy(update={"model_path": path})
-        est = await asyncio.to_thread(memory.estimate, path, n_ctx=s.n_ctx, parallel=s.parallel)
-        memory.check(est, budget=entry.budget, name=entry.name)
+        if est is None:
+            est = await asyncio.to_thread(memory.estimate, path, n_ctx=s.n_ctx, parallel=s.parallel)
+            memory.check(est, budget=entry.budget, name=entry.name)
         digest = await asyncio.to_thread(file_sha256, path, cached=True)
         if expect is not None and digest != expect:
             raise ModelFileError(

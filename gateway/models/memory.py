@@ -230,6 +230,11 @@ def _cgroup_headroom(root: Path, proc: Path) -> tuple[int, str] | None:
 
 def check(est: Estimate, *, budget: int | None, name: str) -> None:
     """Raise InsufficientMemory naming both figures when the model would not fit."""
+    check_budget(est, budget=budget, name=name)
+    check_room(est, name=name)
+
+
+def check_budget(est: Estimate, *, budget: int | None, name: str) -> None:
     need = est.total
     if budget is not None and need > budget:
         raise InsufficientMemory(
@@ -238,13 +243,19 @@ def check(est: Estimate, *, budget: int | None, name: str) -> None:
             needed=need,
             limit=budget,
         )
+
+
+def check_room(est: Estimate, *, name: str, freed: int = 0) -> None:
+    """Against what the box has now, plus what unloading `freed` bytes of models would give."""
+    need = est.total
     room, source = available()
-    if need > room:
+    if need > room + freed:
+        extra = f" plus {freed // MIB} MiB from unloading idle models" if freed else ""
         raise InsufficientMemory(
             f"model {name!r} needs about {need // MIB} MiB but only {room // MIB} MiB is "
-            f"available ({source})",
+            f"available ({source}){extra}",
             needed=need,
-            limit=room,
+            limit=room + freed,
         )
 
 
