@@ -146,6 +146,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.local_file_requests = Counter(
+            p + "local_file_requests",
+            "Requests per local model name and file (sha256 prefix): canary against current.",
+            ["model", "file"],
+            registry=r,
+        )
         self.model_unloads = Counter(
             p + "model_unloads",
             "Local models unloaded, by why (lru, keep_alive).",

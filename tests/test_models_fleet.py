@@ -298,6 +298,52 @@ async def test_admin_models_needs_the_admin_key(
         assert (await r.json())["error"]["code"] == "no_previous"
 
 
+async def test_canary_splits_traffic_until_promoted(
+    fleet_process: GatewayProcess,
+    http: aiohttp.ClientSession,
+    smol: Path,
+    gemma: Path,
+    signer: Ed25519PrivateKey,
+) -> None:
+    gp = fleet_process
+    now = await _entry(http, gp, "edge")
+    trial = gemma if now["path"] == str(smol) else smol
+    old_id, new_sha = now["sha256"][:12], _sha(trial)
+    body = {
+        "name": "edge",
+        "path": str(trial),
+        "sha256": new_sha,
+        "signature": _sign(signer, new_sha),
+        "canary_percent": 50,
+    }
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models", body)
+    assert status == 200, answer
+    assert answer["status"] == "canary" and answer["sha256"] == now["sha256"]
+    assert answer["canary"] == {"path": str(trial), "sha256": new_sha, "percent": 50}
+    seen = [await _served_by(gp, "edge") for _ in range(24)]
+    assert set(seen) == {old_id, new_sha[:12]}  # both files answer while on trial
+    async with http.get(f"{gp.url}/metrics") as r:
+        text = await r.text()
+    for file_id in (old_id, new_sha[:12]):
+        assert f'edge_gateway_local_file_requests_total{{file="{file_id}",model="edge"}}' in text
+
+    # Rollback during the trial ends it: the old file takes everything again.
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models/edge/rollback")
+    assert status == 200 and answer["canary"] is None
+    assert {await _served_by(gp, "edge") for _ in range(6)} == {old_id}
+
+    # A new trial, promoted: the new file takes everything, the old one becomes previous.
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models", body)
+    assert status == 200, answer
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models/edge/promote")
+    assert status == 200, answer
+    assert answer["sha256"] == new_sha and answer["canary"] is None
+    assert answer["previous"]["sha256"][:12] == old_id
+    assert {await _served_by(gp, "edge") for _ in range(6)} == {new_sha[:12]}
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models/edge/promote")
+    assert status == 409 and answer["error"]["code"] == "no_canary"
+
+
 async def test_swaps_and_residency_in_metrics(
     fleet_process: GatewayProcess, http: aiohttp.ClientSession, smol: Path
 ) -> None:

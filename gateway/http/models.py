@@ -23,6 +23,9 @@ class SwapRequest(BaseModel):
     path: Path
     sha256: str = Field(pattern=re.compile(r"^[0-9a-fA-F]{64}$"))
     signature: str | None = Field(None, min_length=1, description="base64 Ed25519 over sha256")
+    canary_percent: int | None = Field(
+        None, ge=1, le=99, description="send this share of the name's requests to the new file"
+    )
 
 
 def _guard(request: web.Request) -> None:
@@ -49,8 +52,21 @@ async def swap_model(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise validation_error(exc) from None
     fleet = request.app[SERVICES].local
-    entry = await fleet.swap(wanted.name, wanted.path, wanted.sha256, signature=wanted.signature)
-    return web.json_response({"status": "swapped", **entry})
+    entry = await fleet.swap(
+        wanted.name,
+        wanted.path,
+        wanted.sha256,
+        signature=wanted.signature,
+        canary_percent=wanted.canary_percent,
+    )
+    return web.json_response({"status": "canary" if wanted.canary_percent else "swapped", **entry})
+
+
+async def promote_model(request: web.Request) -> web.Response:
+    _guard(request)
+    fleet = request.app[SERVICES].local
+    entry = await fleet.promote(request.match_info["name"])
+    return web.json_response({"status": "promoted", **entry})
 
 
 async def rollback_model(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/models", models.list_local_models)
     app.router.add_post("/admin/models", models.swap_model)
     app.router.add_post("/admin/models/{name}/rollback", models.rollback_model)
+    app.router.add_post("/admin/models/{name}/promote", models.promote_model)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/openapi.json", ops.openapi_document)
     app.router.add_get("/healthz", ops.healthz)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -89,9 +90,16 @@ class Entry:
     last_used: float = field(default_factory=time.monotonic)
     loading: asyncio.Task[Loaded] | None = None
     swapping: bool = False
+    canary: Loaded | None = None  # a new file on trial, taking canary_percent of requests
+    canary_percent: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return any(f is not None and f.leases for f in (self.current, self.canary))
 
     def describe(self) -> dict[str, Any]:
         cur = self.current
+        can = self.canary
         return {
             "name": self.name,
             "path": str(self.path),
@@ -107,6 +115,11 @@ class Entry:
             "previous": (
                 {"path": str(self.previous[0]), "sha256": self.previous[1]}
                 if self.previous
+                else None
+            ),
+            "canary": (
+                {"path": str(can.path), "sha256": can.sha256, "percent": self.canary_percent}
+                if can is not None
                 else None
             ),
         }
@@ -166,7 +179,8 @@ class Fleet:
     # -- what the rest of the gateway reads ------------------------------------------------
 
     def _live(self) -> list[LocalBackend]:
-        return [e.current.backend for e in self.entries.values() if e.current is not None]
+        files = [f for e in self.entries.values() for f in (e.current, e.canary)]
+        return [f.backend for f in files if f is not None]
 
     @property
     def ready(self) -> bool:
@@ -258,6 +272,9 @@ class Fleet:
         while True:
             cur = entry.current
             if cur is not None:
+                can = entry.canary
+                if can is not None and random.random() * 100 < entry.canary_percent:
+                    cur = can  # a traffic split, not a secret: random is right
                 cur.leases += 1
                 entry.last_used = time.monotonic()
                 return cur
@@ -330,7 +347,7 @@ class Fleet:
                 (
                     e
                     for e in self.entries.values()
-                    if e is not entry and e.current is not None and e.current.leases == 0
+                    if e is not entry and e.current is not None and not e.busy
                 ),
                 key=lambda e: e.last_used,
             )
@@ -351,6 +368,9 @@ class Fleet:
     async def _unload(self, entry: Entry, *, why: str) -> None:
         cur, entry.current = entry.current, None
         entry.state = "unloaded"
+        can, entry.canary = entry.canary, None  # a trial ends when its model leaves memory
+        if can is not None:
+            await can.backend.close()
         if cur is not None:
             log.info("model unloaded", extra={"model": entry.name, "why": why})
             if self._metrics is not None:
@@ -387,13 +407,13 @@ class Fleet:
                 if (
                     entry is self.default
                     or cur is None
-                    or cur.leases
+                    or entry.busy
                     or entry.swapping
                     or now - entry.last_used < keep
                 ):
                     continue
                 async with self._lock:
-                    if entry.current is cur and cur.leases == 0:
+                    if entry.current is cur and not entry.busy:
                         await self._unload(entry, why="keep_alive")
 
     def _close_later(self, loaded: Loaded) -> None:
@@ -404,17 +424,26 @@ class Fleet:
     # -- swap and rollback ---------------------------------------------------------------------
 
     async def swap(
-        self, name: str, path: Path, sha256: str, *, signature: str | None = None
+        self,
+        name: str,
+        path: Path,
+        sha256: str,
+        *,
+        signature: str | None = None,
+        canary_percent: int | None = None,
     ) -> dict[str, Any]:
-        """Verify, check memory, load beside the old file, smoke-test, then move the name."""
-        entry = self.entries.get(name)
-        if entry is None:
-            raise ModelNotFound(f"no local model named {name!r}", param="name")
+        """Verify, check memory, load beside the old file, smoke-test, then move the name
+        (or, with `canary_percent`, send that share of its requests to the new file)."""
+        entry = self._entry(name)
+        if canary_percent and entry.current is None:
+            raise ModelConflict(
+                f"{name!r} is not loaded: a canary runs beside a loaded file", code="not_loaded"
+            )
         if entry.swapping:
             raise ModelConflict(f"a swap of {name!r} is already running", code="swap_in_progress")
         entry.swapping = True
         try:
-            await self._swap(entry, path, sha256.lower(), signature)
+            await self._swap(entry, path, sha256.lower(), signature, canary_percent)
         except ModelRefused as exc:
             entry.last_error = exc.message
             log.warning("model swap refused", extra={"model": name, "error": exc.message})
@@ -422,24 +451,75 @@ class Fleet:
             raise
         finally:
             entry.swapping = False
-        self._count("rolled_back" if signature is _TRUSTED else "swapped")
+        if canary_percent:
+            self._count("canary")
+        else:
+            self._count("rolled_back" if signature is _TRUSTED else "swapped")
         return entry.describe()
+
+    async def promote(self, name: str) -> dict[str, Any]:
+        """The canary takes all of the name's traffic; the file it replaces becomes previous."""
+        entry = self._entry(name)
+        async with self._lock:
+            new = entry.canary
+            if new is None:
+                raise ModelConflict(f"{name!r} has no canary to promote", code="no_canary")
+            entry.canary, entry.canary_percent = None, 0
+            self._install(entry, new)
+        self._count("promoted")
+        return entry.describe()
+
+    def _entry(self, name: str) -> Entry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"no local model named {name!r}", param="name")
+        return entry
+
+    def _install(self, entry: Entry, new: Loaded) -> None:
+        """The swap itself: one assignment. Leases taken before it hold the old file."""
+        old = entry.current
+        entry.current = new
+        if entry.sha256 is not None and (entry.path, entry.sha256) != (new.path, new.sha256):
+            entry.previous = (entry.path, entry.sha256)
+        entry.path, entry.sha256 = new.path, new.sha256
+        entry.state, entry.last_error = "loaded", None
+        entry.last_used = time.monotonic()
+        if old is not None:
+            self._retire(old)
+
+    def _retire(self, loaded: Loaded) -> None:
+        loaded.retired = True
+        if loaded.leases == 0:
+            self._close_later(loaded)
 
     def _count(self, result: str) -> None:
         if self._metrics is not None:
             self._metrics.model_swaps.labels(result).inc()
 
     async def rollback(self, name: str) -> dict[str, Any]:
-        entry = self.entries.get(name)
-        if entry is None:
-            raise ModelNotFound(f"no local model named {name!r}", param="name")
+        entry = self._entry(name)
+        if entry.canary is not None:
+            # On trial only: ending the trial is the way back; the old file never stopped.
+            async with self._lock:
+                can, entry.canary, entry.canary_percent = entry.canary, None, 0
+                if can is not None:
+                    self._retire(can)
+            self._count("rolled_back")
+            return entry.describe()
         if entry.previous is None:
             raise ModelConflict(f"{name!r} has no previous file to return to", code="no_previous")
         path, digest = entry.previous
         # The previous file passed every check when it came in; its digest still guards it.
         return await self.swap(name, path, digest, signature=_TRUSTED)
 
-    async def _swap(self, entry: Entry, path: Path, sha256: str, signature: str | None) -> None:
+    async def _swap(
+        self,
+        entry: Entry,
+        path: Path,
+        sha256: str,
+        signature: str | None,
+        canary_percent: int | None = None,
+    ) -> None:
         try:
             digest = await asyncio.to_thread(file_sha256, path)
         except OSError as exc:
@@ -488,18 +568,16 @@ class Fleet:
                 raise ModelRefused(
                     f"{path.name} failed its smoke generation: {exc}", code="smoke_failed"
                 ) from None
-            old = entry.current
-            # The swap itself: one assignment. Leases taken before it hold the old file.
-            entry.current = new
-            if entry.sha256 is not None and (entry.path, entry.sha256) != (path, digest):
-                entry.previous = (entry.path, entry.sha256)
-            entry.path, entry.sha256 = path, digest
-            entry.state, entry.last_error = "loaded", None
-            entry.last_used = time.monotonic()
-            if old is not None:
-                old.retired = True
-                if old.leases == 0:
-                    self._close_later(old)
+            if canary_percent and entry.current is not None:
+                old_trial = entry.canary
+                entry.canary, entry.canary_percent = new, canary_percent
+                if old_trial is not None:
+                    self._retire(old_trial)
+            else:
+                entry.canary, old_trial = None, entry.canary
+                if old_trial is not None:
+                    self._retire(old_trial)
+                self._install(entry, new)
         log.info(
             "model swapped", extra={"model": entry.name, "file": path.name, "sha": digest[:12]}
         )
@@ -541,16 +619,22 @@ class ModelRoute:
         self.served_by: str | None = None  # the file's sha256 prefix, once leased
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
-        loaded = await self.fleet.acquire(self.entry)
-        self.served_by = loaded.file_id
+        loaded = await self._lease()
         try:
             return await loaded.backend.complete(req, endpoint)
         finally:
             self.fleet.release(loaded, self.entry)
 
-    async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncGenerator[Chunk, None]:
+    async def _lease(self) -> Loaded:
         loaded = await self.fleet.acquire(self.entry)
         self.served_by = loaded.file_id
+        metrics = self.fleet._metrics
+        if metrics is not None:
+            metrics.local_file_requests.labels(self.entry.name, loaded.file_id).inc()
+        return loaded
+
+    async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncGenerator[Chunk, None]:
+        loaded = await self._lease()
         try:
             chunks = loaded.backend.stream(req, endpoint)
             try:
