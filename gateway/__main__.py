@@ -163,7 +163,8 @@ def _explain(args: argparse.Namespace) -> int:
         local_queue_full=False,
         scorer=policy.scorer,  # the policy's learned weights, when it names some
     )
-    router = Router(cloud_names=names, local_names=[settings.local.model_name])
+    local_names = [settings.local.model_name, *(m.name for m in settings.local.models)]
+    router = Router(cloud_names=names, local_names=local_names)
     try:
         decision = router.decide(policy, features)
     except KeyError:

@@ -444,7 +444,11 @@ async def test_rules_pick_a_model_waits_are_bounded_and_unfit_models_refused(
         )
         assert raw.parse().model == "a"
         assert raw.headers["x-gateway-reason"].startswith("rule=short-to-a")
-
+    async with http.post(f"{gw.base_url}/route", json={"model": "auto", "messages": HELLO}) as r:
+        assert (await r.json())["local_model"] == "a"
+    async with openai.AsyncOpenAI(
+        base_url=gw.base_url, api_key="sk-x", max_retries=0, timeout=60
+    ) as c:
         # Too big for its budget: refused before any allocation, naming both figures.
         with pytest.raises(openai.APIStatusError) as info:
             await c.chat.completions.create(model="fat", messages=HELLO, max_tokens=2)

@@ -239,11 +239,12 @@ class Fleet:
         for entry in self.entries.values():
             if entry.loading is not None:
                 entry.loading.cancel()
-            cur, entry.current = entry.current, None
-            if cur is not None:
-                await cur.backend.close()
-        for task in list(self._retiring):
-            task.cancel()
+            for f in (entry.current, entry.canary):
+                if f is not None:
+                    await f.backend.close()
+            entry.current = entry.canary = None
+        # Swapped-out files whose last request just ended: let them finish closing.
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def probe(self, *, deep: bool = False) -> bool | None:
         return self.ready
