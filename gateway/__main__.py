@@ -163,7 +163,8 @@ def _explain(args: argparse.Namespace) -> int:
         local_queue_full=False,
         scorer=policy.scorer,  # the policy's learned weights, when it names some
     )
-    router = Router(cloud_names=names, local_names=[settings.local.model_name])
+    local_names = [settings.local.model_name, *(m.name for m in settings.local.models)]
+    router = Router(cloud_names=names, local_names=local_names)
     try:
         decision = router.decide(policy, features)
     except KeyError:
@@ -193,6 +194,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import run
 
     return run(args)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models.cli import run
+    from .settings import Settings
+
+    settings = _settings_or_exit(args.config)
+    assert isinstance(settings, Settings)
+    return run(args, settings.local.n_ctx, settings.local.parallel)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     configure_calibrate(cal)
     cal.set_defaults(func=_calibrate)
+    models = sub.add_parser("models", help="local model tools (memory estimate)")
+    from .models.cli import configure_parser as configure_models
+
+    configure_models(models)
+    models.set_defaults(func=_models)
     return parser
 
 

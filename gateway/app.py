@@ -12,7 +12,6 @@ from aiohttp import web
 
 from .backends.base import Backend
 from .backends.health import Breaker, State
-from .backends.local import LocalBackend
 from .cache import LRUStore, RedisStore, ResponseCache, Store
 from .costs import Prices
 from .dispatch import Dispatcher
@@ -24,6 +23,7 @@ from .http.observe import observe_middleware
 from .http.responses import RESPONSE_STORE
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .metrics import Metrics
+from .models.fleet import Fleet
 from .responses.store import ResponseStore
 from .routing.complexity import ComplexityScorer
 from .routing.features import FeatureExtractor
@@ -51,14 +51,16 @@ def create_app(settings: Settings) -> web.Application:
     )
     metrics = Metrics()
     status = StatusBoard(recent=settings.ui.recent_decisions, show_prompts=settings.ui.show_prompts)
-    local = LocalBackend(settings.local, metrics=metrics)
+    local = Fleet(settings.local, metrics=metrics)  # the default model and local.models
     cloud_names = [m.name for m in settings.cloud.models]
 
     def reloaded(result: str) -> None:
         metrics.policy_reloads.labels(result).inc()
         status.policy_reloaded(result)
 
-    policies = PolicyStore(settings.policy.file, cloud_names=cloud_names, on_reload=reloaded)
+    policies = PolicyStore(
+        settings.policy.file, cloud_names=cloud_names, on_reload=reloaded, local_models=local.names
+    )
     breakers = build_breakers(settings, metrics)
     cache = build_cache(settings, metrics) if cloud_names else None
     clouds: dict[str, Backend] = {}  # filled on startup: needs the session (and maybe litellm)
@@ -67,7 +69,7 @@ def create_app(settings: Settings) -> web.Application:
         clouds=clouds,
         breakers=breakers,
         features=FeatureExtractor(scorer=ComplexityScorer(), local_n_ctx=settings.local.n_ctx),
-        router=Router(cloud_names=cloud_names, local_names=[settings.local.model_name]),
+        router=Router(cloud_names=cloud_names, local_names=local.names),
         policies=policies,
         cache=cache,
         max_prompt_tokens=settings.server.max_prompt_tokens,
@@ -134,12 +136,13 @@ def build_outbox(
     )
 
 
-def _watch_local(metrics: Metrics, local: LocalBackend, settings: Settings) -> None:
+def _watch_local(metrics: Metrics, local: Fleet, settings: Settings) -> None:
     metrics.local_queue_depth.set_function(lambda: local.queue_depth)
     metrics.local_in_flight.set_function(lambda: local.in_flight)
     metrics.local_queue_capacity.set(settings.local.max_queue)
     metrics.local_slots.set(settings.local.parallel)
     metrics.local_slots_busy.set_function(lambda: local.slots_busy)
+    metrics.local_models_loaded.set_function(lambda: len(local.resident()))
 
 
 async def _draining(app: web.Application) -> None:

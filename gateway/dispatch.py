@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 
 from .backends.base import Backend, BackendUnavailable, Chunk, Completion, Endpoint
 from .backends.health import Breaker
-from .backends.local import LocalBackend
 from .cache import CacheControl, CacheHit, CachePlan, ResponseCache
 from .cascade import (
     CascadeRecord,
@@ -32,6 +31,7 @@ from .errors import (
     QueueFull,
     RateLimited,
 )
+from .models.fleet import Fleet
 from .routing.features import FeatureExtractor, Features
 from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
 from .routing.store import PolicyStore
@@ -60,6 +60,7 @@ class Outcome:
     first_chunk_seconds: float | None = None
     failovers: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, cause)
     cascade: CascadeRecord | None = None  # `route: cascade`: confidence and escalation
+    model_file: str | None = None  # sha256 prefix of the local GGUF that answered
 
     def headers(self) -> dict[str, str]:
         h = {"x-gateway-route": self.route, "x-gateway-reason": self.reason}
@@ -69,6 +70,8 @@ class Outcome:
             h["x-gateway-cache"] = self.cache
         if self.cascade is not None:
             h.update(self.cascade.headers())
+        if self.model_file:
+            h["x-gateway-model-file"] = self.model_file
         return h
 
 
@@ -76,7 +79,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        local: LocalBackend,
+        local: Fleet,
         clouds: dict[str, Backend],
         breakers: dict[str, Breaker],
         features: FeatureExtractor,
@@ -102,6 +105,7 @@ class Dispatcher:
             ("local", "edge-gateway"),
             (self.local.model_name, "edge-gateway"),
         ]
+        ids += [(n, "edge-gateway") for n in self.local.names if n != self.local.model_name]
         if self.clouds:
             ids.append(("cloud", "edge-gateway"))
             ids += [(name, "edge-gateway") for name in self.clouds]
@@ -234,7 +238,7 @@ class Dispatcher:
             if i > 0 and attempt.why_not_local:
                 attempt.causes.append(f"local cannot serve: {attempt.why_not_local}")
                 return None
-            backend = self.local
+            backend = self.local.route(attempt.decision.model)  # leases that model's file
             if attempt.decision.cascade is not None and not req.stream:
                 req = probing(req)  # token logprobs for the confidence, stripped afterwards
         else:
@@ -257,6 +261,7 @@ class Dispatcher:
                 raise
             attempt.failed(target, i, exc, "queue_full", cause="local queue full")
             return None
+        outcome.model_file = getattr(backend, "served_by", None)
         if target in self.breakers:
             self.breakers[target].success()
             outcome.chunks = plan.keep(outcome.completion, outcome.chunks)

@@ -185,6 +185,27 @@ class Metrics:
             "Local tokens (prompt plus completion) spent on answers then discarded by escalation.",
             registry=r,
         )
+        self.local_models_loaded = Gauge(
+            p + "local_models_loaded", "Local models resident now (local.models).", registry=r
+        )
+        self.model_swaps = Counter(
+            p + "model_swaps",
+            "Model file changes at /admin/models by result (swapped, rolled_back, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.local_file_requests = Counter(
+            p + "local_file_requests",
+            "Requests per local model name and file (sha256 prefix): canary against current.",
+            ["model", "file"],
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            p + "model_unloads",
+            "Local models unloaded, by why (lru, keep_alive).",
+            ["why"],
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
         for result in ("hit", "miss", "skip"):

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .backends.local import LocalBackend
 from .costs import Prices
 from .dispatch import Dispatcher
 from .http.keyring import KeyRing
 from .limits import Limiter
 from .metrics import Metrics
+from .models.fleet import Fleet
 from .routing.store import PolicyStore
 from .settings import Settings
 from .status import StatusBoard
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 @dataclass
 class Services:
     settings: Settings
-    local: LocalBackend
+    local: Fleet
     dispatcher: Dispatcher
     policies: PolicyStore
     metrics: Metrics

@@ -6,7 +6,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -76,6 +84,28 @@ class ServerSettings(_Section):
     log_bodies: bool = Field(False, description="Log prompt and answer text (off: privacy).")
 
 
+class LocalModel(_Section):
+    """One more local GGUF, served under its own name (local.models)."""
+
+    name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$", description="Model id clients ask for."
+    )
+    path: Path = Field(description="The GGUF file.")
+    n_ctx: int | None = Field(None, ge=128, description="Context of each slot (local.n_ctx).")
+    parallel: int | None = Field(None, ge=1, le=64, description="Slots (local.parallel).")
+    memory_budget_mib: int | None = Field(
+        None, ge=1, description="Most memory this model may take; larger is refused."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _file_exists(cls, v: Path) -> Path:
+        v = _resolve(v)
+        if not v.is_file():
+            raise ValueError(f"no GGUF file at {v}")
+        return v
+
+
 class LocalSettings(_Section):
     """The embedded llama.cpp model."""
 
@@ -132,6 +162,35 @@ class LocalSettings(_Section):
     default_temperature: float = Field(
         0.7, ge=0, le=2, description="Temperature when the request does not say."
     )
+    models: list[LocalModel] = Field(
+        default_factory=list,
+        description=(
+            "More named GGUFs beside the default one; each name is a model id clients and"
+            " policy rules (`model:`) may use, with its own engine and slots."
+        ),
+    )
+    max_loaded: int = Field(
+        2,
+        ge=1,
+        description="Most models resident at once (the least recently used idle one"
+        " is unloaded to make room).",
+    )
+    keep_alive_s: float = Field(
+        300.0, gt=0, description="An idle named model is unloaded after this long unused."
+    )
+    load_timeout_s: float = Field(
+        60.0, gt=0, description="How long a request waits for its model to be loaded."
+    )
+    memory_budget_mib: int | None = Field(
+        None, ge=1, description="The default model may take at most this much memory."
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Ed25519 public keys (PEM or base64 of 32 bytes) allowed to sign model files for"
+            " POST /admin/models; when set, unsigned swaps are refused."
+        ),
+    )
 
     @field_validator("model_path")
     @classmethod
@@ -142,6 +201,28 @@ class LocalSettings(_Section):
         if not v.is_file():
             raise ValueError(f"no GGUF file at {v}")
         return v
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_parse(cls, v: list[str]) -> list[str]:
+        from .models.verify import load_public_key  # cryptography: only when keys are set
+
+        for i, key in enumerate(v):
+            try:
+                load_public_key(key)
+            except ValueError as exc:
+                raise ValueError(f"trusted_keys[{i}]: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _model_names(self) -> LocalSettings:
+        names = [self.model_name, *(m.name for m in self.models)]
+        if len(names) != len(set(names)):
+            raise ValueError("local model names (model_name and models[].name) must be unique")
+        reserved = {"auto", "local", "cloud"} & set(names)
+        if reserved:
+            raise ValueError(f"local model name {sorted(reserved)[0]!r} is reserved")
+        return self
 
 
 class CloudModel(_Section):

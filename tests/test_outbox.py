@@ -385,7 +385,8 @@ async def test_gateway_ships_one_record_per_request_and_never_text(
     assert recs["t-2"]["gateway.model"] == "smollm2-135m-instruct"
     assert recs["t-2"]["gateway.completion_tokens"] >= 1
     assert recs["t-2"]["gateway.escalated"] is False
-    assert "gateway.model_sha256" not in recs["t-2"]  # no file hash exposed yet: left out
+    # the GGUF that answered, as the x-gateway-model-file header names it
+    assert re.fullmatch(r"[0-9a-f]{12}", recs["t-2"]["gateway.model_sha256"])
     assert recs["t-3"]["gateway.ttft_ms"] is not None
     assert recs["t-4"]["gateway.status"] == 404 and recs["t-4"]["gateway.route"] == "none"
     features = recs["t-0"]["gateway.features"]

@@ -54,6 +54,7 @@ def explanation(features: Any, decision: Any, dispatcher: Any) -> dict[str, Any]
     return {
         "route": decision.route,
         "target": decision.target,
+        "local_model": decision.model,  # a local.models name the decision picked, if any
         "rule": decision.rule,
         "reason": decision.reason,
         "fallbacks": list(decision.fallbacks),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import chat, ops, responses, ui
+from . import chat, models, ops, responses, ui
 
 
 def add_routes(app: web.Application) -> None:
@@ -17,6 +17,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{model_id:.+}", ops.retrieve_model)
     app.router.add_post("/v1/route", ops.explain_route)
     app.router.add_post("/admin/reload", ops.admin_reload)
+    app.router.add_get("/admin/models", models.list_local_models)
+    app.router.add_post("/admin/models", models.swap_model)
+    app.router.add_post("/admin/models/{name}/rollback", models.rollback_model)
+    app.router.add_post("/admin/models/{name}/promote", models.promote_model)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/openapi.json", ops.openapi_document)
     app.router.add_get("/healthz", ops.healthz)

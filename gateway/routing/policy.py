@@ -158,6 +158,16 @@ class Rule(_Strict):
             raise ValueError("cascade.to names a cloud target: cloud or a cloud model's name")
         return self
 
+    model: str | None = Field(
+        None, min_length=1, description="with route local: which local model (local.models)"
+    )
+
+    @model_validator(mode="after")
+    def _model_needs_local(self) -> Rule:
+        if self.model is not None and self.route != LOCAL:
+            raise ValueError("`model` picks a local model: it needs `route: local`")
+        return self
+
 
 class Offline(_Strict):
     order: list[str] = Field(
@@ -226,6 +236,7 @@ class Decision:
     allow_degraded: bool
     cache_mode: CacheMode
     cascade: CascadeRoute | None = None  # `route: cascade`: target is local, this escalates
+    model: str | None = None  # the named local model to answer with; None: the default
 
     @property
     def route(self) -> str:
@@ -251,6 +262,7 @@ def parse_policy(
     source: str = "<policy>",
     cloud_names: Iterable[str] | None = None,
     base_dir: Path | None = None,
+    local_models: Iterable[str] | None = None,
 ) -> Policy:
     """Validates a policy and loads its scorer weights (relative paths from `base_dir`)."""
     try:
@@ -284,6 +296,15 @@ def parse_policy(
                 raise PolicyError(
                     f"{source}:{line}: field {where}: unknown target {target!r} "
                     f"(known: {', '.join(sorted(allowed))})"
+                )
+    if local_models is not None:
+        named = set(local_models)
+        for i, r in enumerate(policy.rules):
+            if r.model is not None and r.model not in named:
+                line = _line_of(node, ["rules", i, "model"])
+                raise PolicyError(
+                    f"{source}:{line}: field rules.{i}.model: unknown local model {r.model!r} "
+                    f"(known: {', '.join(sorted(named))})"
                 )
     if policy.scorer is not None:
         weights = Path(policy.scorer.weights).expanduser()
@@ -326,13 +347,24 @@ def _line_of(node: Any, loc: list[Any]) -> int:
     return line
 
 
-def load_policy(path: Path, *, cloud_names: Iterable[str] | None = None) -> Policy:
+def load_policy(
+    path: Path,
+    *,
+    cloud_names: Iterable[str] | None = None,
+    local_models: Iterable[str] | None = None,
+) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
     # Weights are read here too, so every reload of the policy re-reads its weights file.
-    return parse_policy(text, source=str(path), cloud_names=cloud_names, base_dir=path.parent)
+    return parse_policy(
+        text,
+        source=str(path),
+        cloud_names=cloud_names,
+        base_dir=path.parent,
+        local_models=local_models,
+    )
 
 
 class Router:
@@ -341,6 +373,7 @@ class Router:
     def __init__(self, *, cloud_names: list[str], local_names: Iterable[str]) -> None:
         self.cloud_names = cloud_names
         self.local_names = {LOCAL, *local_names}
+        self.local_models = set(local_names)  # names a request or rule may pick a model by
 
     def resolve(self, target: str) -> str | None:
         """A policy target as a backend name; None when it names no configured backend."""
@@ -364,12 +397,18 @@ class Router:
                 target = self.resolve(rule.route)
                 if target is None:  # e.g. a cloud rule on a box with no cloud models
                     continue
-                return self._decision(policy, target, rule.name, why)
+                if rule.model is not None and target == LOCAL:
+                    if rule.model not in self.local_models:
+                        continue  # a model this box does not have, like a cloud rule above
+                    return self._decision(policy, target, rule.name, why, model=rule.model)
+                return self._decision(policy, target, rule.name, why, model=self._named(f))
         if explicit:
             target = self.resolve(f.model)
             if target is None:
                 raise KeyError(f.model)
-            return self._decision(policy, target, "model", [f"model={f.model}"])
+            return self._decision(
+                policy, target, "model", [f"model={f.model}"], model=self._named(f)
+            )
         target = self.resolve(policy.default) or LOCAL
         return self._decision(policy, target, "default", [])
 
@@ -386,7 +425,13 @@ class Router:
         local = self._decision(policy, LOCAL, rule.name, [*why, f"cascade to {to}"])
         return replace(local, cascade=CascadeRoute(to, config.threshold, streams))
 
-    def _decision(self, policy: Policy, target: str, rule: str, why: list[str]) -> Decision:
+    def _named(self, f: Features) -> str | None:
+        """The local model the client named, if it named one."""
+        return f.model if f.model in self.local_models else None
+
+    def _decision(
+        self, policy: Policy, target: str, rule: str, why: list[str], *, model: str | None = None
+    ) -> Decision:
         fallbacks: list[str] = []
         for t in policy.offline.order:
             resolved = CACHE if t == CACHE else self.resolve(t)
@@ -400,6 +445,7 @@ class Router:
             fallbacks=tuple(fallbacks),
             allow_degraded=policy.offline.allow_degraded,
             cache_mode=policy.cache,
+            model=model if target == LOCAL else None,
         )
 
 

@@ -20,9 +20,11 @@ class PolicyStore:
         *,
         cloud_names: list[str],
         on_reload: Callable[[str], None] | None = None,
+        local_models: list[str] | None = None,
     ) -> None:
         self.path = path
         self.cloud_names = cloud_names
+        self.local_models = local_models  # names a rule's `model:` may pick
         self._on_reload = on_reload
         self._digest = ""
         self.current: Policy = self._read()  # a broken policy at start-up stops start-up
@@ -30,7 +32,9 @@ class PolicyStore:
 
     def _read(self) -> Policy:
         raw = self.path.read_bytes() if self.path.is_file() else b""
-        policy = load_policy(self.path, cloud_names=self.cloud_names)
+        policy = load_policy(
+            self.path, cloud_names=self.cloud_names, local_models=self.local_models
+        )
         self._digest = _digest(raw, policy)
         return policy
 

@@ -58,14 +58,15 @@ def routing_record(
     f = outcome.features
     model = outcome.target
     if model == LOCAL:
-        model = local_model
+        model = outcome.decision.model or local_model  # a named local model, else the default
     elif model == CACHE:
         model = outcome.decision.target
     rec.update(
         {
             "model_requested": f.model,
             "model": model,
-            "model_sha256": model_sha256,
+            # the answering GGUF's sha256 (its first 12 hex digits, as x-gateway-model-file)
+            "model_sha256": model_sha256 or outcome.model_file,
             "escalated": outcome.cascade is not None and outcome.cascade.escalated,
             "failovers": [f"{src}>{dst}:{cause}" for src, dst, cause in outcome.failovers],
             "features": {

