@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +24,7 @@ from .http.middlewares import error_middleware, request_id_middleware
 from .http.observe import observe_middleware
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .metrics import Metrics
-from .routing.complexity import ComplexityScorer
+from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor
 from .routing.policy import Router
 from .routing.store import PolicyStore
@@ -31,6 +32,9 @@ from .routing.tokens import encoder
 from .services import SERVICES, Services
 from .settings import Settings
 from .status import StatusBoard
+
+if TYPE_CHECKING:
+    from .learning import Learning
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,9 @@ def create_app(settings: Settings) -> web.Application:
         limiter=build_limiter(settings, metrics, keyed=keyring.enforced),
         status=status,
     )
+    if settings.learning.enabled:
+        app[SERVICES].learning = build_learning(app[SERVICES], dispatcher.extractor.scorer)
+        app.cleanup_ctx.append(_learning)
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
@@ -112,6 +119,27 @@ def build_breakers(settings: Settings, metrics: Metrics) -> dict[str, Breaker]:
     for name in breakers:
         changed(name, State.CLOSED)
     return breakers
+
+
+def build_learning(services: Services, shipped: Scorer) -> Learning:
+    """The label store and its loop (gateway/learning/); only when learning.enabled."""
+    from .learning import Learning
+
+    return Learning(
+        services.settings,
+        dispatcher=services.dispatcher,
+        policies=services.policies,
+        registry=services.metrics.registry,
+        prices=services.prices,
+        shipped=shipped,
+    )
+
+
+async def _learning(app: web.Application) -> AsyncIterator[None]:
+    yield
+    learning = app[SERVICES].learning
+    if learning is not None:
+        await learning.close()  # cancels shadow judgements, then closes the store
 
 
 def _watch_local(metrics: Metrics, local: LocalBackend, settings: Settings) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import chat, ops, ui
+from . import chat, feedback, ops, ui
 
 
 def add_routes(app: web.Application) -> None:
@@ -13,6 +13,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", ops.list_models)
     app.router.add_get("/v1/models/{model_id:.+}", ops.retrieve_model)
     app.router.add_post("/v1/route", ops.explain_route)
+    app.router.add_post("/v1/feedback", feedback.feedback)
     app.router.add_post("/admin/reload", ops.admin_reload)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/openapi.json", ops.openapi_document)
