@@ -24,7 +24,7 @@ from ..schemas import AnyRequest, ChatRequest
 from .metrics import LearningMetrics
 from .recent import RecentRequests
 from .retrain import Retrainer
-from .shadow import Job, Shadower
+from .shadow import Answered, Job, Shadower
 from .store import LabelStore
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from ..backends.base import Endpoint
     from ..costs import Prices
     from ..dispatch import Dispatcher, Outcome
-    from ..http.observe import RequestRecord
     from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ class Learning:
         req: AnyRequest,
         endpoint: Endpoint,
         outcome: Outcome,
-        record: RequestRecord,
+        record: Answered,
         answered: asyncio.Task[Any] | None,
     ) -> None:
         """A request got its answer (or is about to): remember it for feedback, maybe shadow it.

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.base import BackendUnavailable, Endpoint
 from ..errors import GatewayError
@@ -30,12 +30,18 @@ from .store import LabelStore
 if TYPE_CHECKING:
     from ..costs import Prices
     from ..dispatch import Dispatcher, Outcome
-    from ..http.observe import RequestRecord
     from ..settings import LearningSettings, Settings
 
 log = logging.getLogger(__name__)
 
 HOUR_S = 3600.0
+
+
+class Answered(Protocol):
+    """What a job reads of the request's record (http/observe.py's RequestRecord)."""
+
+    stream_error: str | None
+    answer_parts: list[str] | None
 
 
 @dataclass
@@ -44,7 +50,7 @@ class Job:
     req: AnyRequest
     endpoint: Endpoint
     outcome: Outcome
-    record: RequestRecord
+    record: Answered
     vec: dict[str, Any]
     tenant: str | None
     prompt: str | None
