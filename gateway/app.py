@@ -87,12 +87,12 @@ def create_app(settings: Settings) -> web.Application:
     )
     if settings.learning.enabled:
         app[SERVICES].learning = build_learning(app[SERVICES], dispatcher.extractor.scorer)
-        app.cleanup_ctx.append(_learning)
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
     app.cleanup_ctx.append(_background)
     app.cleanup_ctx.append(_cache)
+    app.cleanup_ctx.append(_learning)  # last in, first out: judgements stop before the session
     app.on_shutdown.append(_draining)
     routes.add_routes(app)
     return app
@@ -137,7 +137,7 @@ def build_learning(services: Services, shipped: Scorer) -> Learning:
 
 async def _learning(app: web.Application) -> AsyncIterator[None]:
     yield
-    learning = app[SERVICES].learning
+    learning = app[SERVICES].learning  # None unless learning.enabled
     if learning is not None:
         await learning.close()  # cancels shadow judgements, then closes the store
 

@@ -345,6 +345,24 @@ async def test_feedback_only_for_the_tenants_own_recent_requests(
     assert fake_cloud.chat_calls == 0  # shadow_rate 0: nothing left the box
 
 
+async def test_shutdown_cancels_running_judgements(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    await fake_cloud.set_mode("hang")  # the shadow call never gets an answer
+    policy = write_policy(tmp_path / "policy.yaml")
+    gw = await gateway_factory(**learning_settings(fake_cloud, tmp_path, policy))
+    route, _ = await ask(client(gw), "Give me two quick tips about chess.")
+    assert route == "local"  # the client's answer did not wait for the judge
+    learning = gw.app[SERVICES].learning
+    assert learning is not None
+    await until(lambda: fake_cloud.chat_calls == 1)
+    (task,) = learning.shadow.tasks
+    async with asyncio.timeout(10):
+        await gw.runner.cleanup()
+    assert task.cancelled()
+    assert len(learning.store) == 0
+
+
 async def test_learning_off_stores_nothing(
     gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
 ) -> None:
