@@ -85,6 +85,7 @@ _FEEDBACK: dict[str, Any] = {
         "good": {"type": "boolean", "description": "instead of score"},
     },
     "additionalProperties": False,
+    "oneOf": [{"required": ["score"]}, {"required": ["good"]}],  # exactly one of them
 }
 
 
