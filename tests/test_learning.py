@@ -342,6 +342,22 @@ async def test_feedback_only_for_the_tenants_own_recent_requests(
     assert status == 200 and body["label"] == 0.75
     assert (await post("sk-tenant-a", {"request_id": rid, "good": True}))[0] == 409
     assert metric(gw, "edge_gateway_learning_labels_total", source="feedback") == 1
+
+    # Feedback sent while its answer is still streaming waits for the answer to finish.
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-tenant-a"}) as s:
+        body = {
+            "model": "auto",
+            "stream": True,
+            "max_tokens": 12,
+            "messages": [{"role": "user", "content": "Count from one to twenty."}],
+        }
+        async with s.post(f"{gw.base_url}/chat/completions", json=body) as stream:
+            sid = stream.headers["x-request-id"]
+            await stream.content.readline()  # the stream has started
+            early = asyncio.create_task(post("sk-tenant-a", {"request_id": sid, "good": False}))
+            await stream.read()
+        status, body = await early
+        assert status == 200 and body["label"] == 1.0
     assert fake_cloud.chat_calls == 0  # shadow_rate 0: nothing left the box
 
 

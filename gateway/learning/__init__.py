@@ -10,6 +10,7 @@ stored, nothing is shadowed and POST /v1/feedback answers 404. The pieces:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -28,14 +29,15 @@ from .shadow import Answered, Job, Shadower
 from .store import LabelStore
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ..backends.base import Endpoint
     from ..costs import Prices
     from ..dispatch import Dispatcher, Outcome
     from ..settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How long feedback waits for the answer it scores to finish (a stream still running).
+FEEDBACK_WAIT_S = 10.0
 
 __all__ = ["AlreadyLabelled", "LabelStore", "Learning"]
 
@@ -72,6 +74,8 @@ class Learning:
         )
         self.metrics.stored.set_function(lambda: len(self.store))
         self.recent = RecentRequests(conf.feedback_window, conf.feedback_ttl_s)
+        # Requests answered but not yet finished, by (tenant, request id): a few, briefly.
+        self._pending: dict[tuple[str | None, str], asyncio.Task[Any]] = {}
         self.shadow = Shadower(
             settings, dispatcher=dispatcher, store=self.store, metrics=self.metrics, prices=prices
         )
@@ -118,17 +122,37 @@ class Learning:
     ) -> None:
         """A request got its answer (or is about to): remember it for feedback, maybe shadow it.
 
-        Called from the handler once the outcome is known; the shadow job itself waits for
-        `answered` (the request's task) to finish before it sends anything anywhere.
+        Called from the handler once the outcome is known. The feature vector (up to 0.3 ms
+        for a long prompt) is computed once `answered`, the request's task, has finished, so
+        it never adds to the request's latency; the shadow job waits for the same before it
+        sends anything anywhere.
         """
         tenant = outcome.features.tenant
         private = self.private(outcome)
         asked = asked_text(req)
-        vec = vector(asked)
         prompt = asked if self.conf.keep_prompts and not private else None
-        self.recent.put(
-            tenant, request_id, vec, route=outcome.route, private=private, prompt=prompt
-        )
+
+        key = (tenant, request_id)
+
+        def remember(task: asyncio.Task[Any] | None = None) -> None:
+            if self._pending.get(key) is task:
+                del self._pending[key]
+            if task is not None and task.cancelled():
+                return  # the client went away: it has no answer to score
+            self.recent.put(
+                tenant,
+                request_id,
+                vector(asked),
+                route=outcome.route,
+                private=private,
+                prompt=prompt,
+            )
+
+        if answered is None:
+            remember()
+        else:
+            self._pending[key] = answered  # feedback racing the end of the answer waits
+            answered.add_done_callback(remember)
         if outcome.route != LOCAL or not self.shadow.sampled():
             return
         why = self.shadow.why_not(req, outcome, private)
@@ -138,11 +162,17 @@ class Learning:
         if req.stream and record.answer_parts is None:
             record.answer_parts = []  # collect the streamed text for the judge
         self.shadow.start(
-            Job(request_id, req, endpoint, outcome, record, vec, tenant, prompt, answered)
+            Job(request_id, req, endpoint, outcome, record, asked, tenant, prompt, answered)
         )
 
     async def feedback(self, tenant: str | None, request_id: str, score: float) -> float:
         """Store the client's score (-1 bad .. 1 good) of its own request; the label stored."""
+        pending = self._pending.get((tenant, request_id))
+        if pending is not None:
+            # The id is out but the answer is still being written (or its last bytes just
+            # left): feedback is about a whole answer, so wait for it, boundedly.
+            await asyncio.wait([pending], timeout=FEEDBACK_WAIT_S)
+            await asyncio.sleep(0)  # let the done callback file it
         issued = self.recent.get(tenant, request_id)
         if issued is None:
             raise NotFound(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.base import BackendUnavailable, Endpoint
 from ..errors import GatewayError
+from ..routing.learned import vector
 from ..schemas import AnyRequest, ChatRequest
 from . import judge
 from .metrics import LearningMetrics
@@ -51,7 +52,7 @@ class Job:
     endpoint: Endpoint
     outcome: Outcome
     record: Answered
-    vec: dict[str, Any]
+    asked: str  # what the router scores (the user turns); turned into its vector here
     tenant: str | None
     prompt: str | None
     answered: asyncio.Task[Any] | None  # the request's task: done once the client has it all
@@ -184,7 +185,7 @@ class Shadower:
                 label=judge.label_of(verdict, pair.local_is_a),
                 tenant=job.tenant,
                 route="local",
-                vec=job.vec,
+                vec=vector(job.asked),
                 prompt=job.prompt,
                 request_id=job.request_id,
                 detail={"verdict": verdict, "local_is_a": pair.local_is_a},
