@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from gateway.durable import Record
+from gateway.http.auth import tenant_id
 from gateway.learning import judge
 from gateway.learning.recent import RecentRequests
 from gateway.learning.retrain import evaluate, held_out
@@ -245,6 +246,23 @@ async def test_private_prompts_are_never_shadowed(
         ("feedback", 0.0, False)
     ]
     assert b"bob@example.com" not in (tmp_path / "labels.sqlite3").read_bytes()
+
+    # A privacy route without private data in the text: a tenant the policy keeps local.
+    rule = f"  - {{name: tenant-stays-local, when: {{tenant: [{tenant_id('sk-secret-tenant')}]}}"
+    rule += ", route: local}\n"
+    policy.write_text(
+        POLICY.format(scorer="").replace("rules:\n", "rules:\n" + rule), encoding="utf-8"
+    )
+    gw.app[SERVICES].policies.reload()
+    route, _ = await ask(client(gw, "sk-secret-tenant"), "Give me two quick tips about chess.")
+    assert route == "local"
+    await settle(gw)
+    assert fake_cloud.chat_calls == 0
+    assert metric(gw, "edge_gateway_learning_shadow_skipped_total", reason="private") == 3
+    # ... while the same question from another tenant is shadowed.
+    await ask(client(gw), "Give me two quick tips about chess.")
+    await settle(gw)
+    assert fake_cloud.judge_calls == 1
 
 
 async def test_hourly_cap_offline_and_rate_limit_pauses(

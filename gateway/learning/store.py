@@ -81,6 +81,10 @@ class LabelStore:
         if self.keep_prompts and not private and prompt is not None:
             body["prompt"] = prompt
         dropped = await self.log.append(source, [body])
+        log.info(
+            "label stored",
+            extra={"source": source, "label": label, "route": route, "request_id": request_id},
+        )
         if dropped:
             log.info("label store full: oldest labels dropped", extra={"dropped": dropped})
         if self._on_added is not None:
