@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +26,7 @@ from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .metrics import Metrics
 from .models.fleet import Fleet
 from .responses.store import ResponseStore
-from .routing.complexity import ComplexityScorer
+from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor
 from .routing.policy import Router
 from .routing.store import PolicyStore
@@ -34,6 +35,9 @@ from .services import SERVICES, Services
 from .settings import Settings
 from .status import StatusBoard
 from .telemetry import Outbox
+
+if TYPE_CHECKING:
+    from .learning import Learning
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +92,15 @@ def create_app(settings: Settings) -> web.Application:
         outbox=build_outbox(settings, metrics, breakers),
     )
     app[RESPONSE_STORE] = ResponseStore(settings.responses)  # /v1/responses' stored answers
+    if settings.learning.enabled:
+        app[SERVICES].learning = build_learning(app[SERVICES], dispatcher.extractor.scorer)
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
     app.cleanup_ctx.append(_background)
     app.cleanup_ctx.append(_cache)
     app.cleanup_ctx.append(_telemetry)
+    app.cleanup_ctx.append(_learning)  # last in, first out: judgements stop before the session
     app.on_shutdown.append(_draining)
     routes.add_routes(app)
     return app
@@ -134,6 +141,27 @@ def build_outbox(
         metrics,
         reachable=lambda: not breakers or any(b.reachable for b in breakers.values()),
     )
+
+
+def build_learning(services: Services, shipped: Scorer) -> Learning:
+    """The label store and its loop (gateway/learning/); only when learning.enabled."""
+    from .learning import Learning
+
+    return Learning(
+        services.settings,
+        dispatcher=services.dispatcher,
+        policies=services.policies,
+        registry=services.metrics.registry,
+        prices=services.prices,
+        shipped=shipped,
+    )
+
+
+async def _learning(app: web.Application) -> AsyncIterator[None]:
+    yield
+    learning = app[SERVICES].learning  # None unless learning.enabled
+    if learning is not None:
+        await learning.close()  # cancels shadow judgements, then closes the store
 
 
 def _watch_local(metrics: Metrics, local: Fleet, settings: Settings) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .routing.policy import Thresholds
@@ -100,6 +100,9 @@ class CascadeRecord:
     cloud_answer: bool = False  # a cloud answer exists (the one the client got)
     local_prompt_tokens: int = 0
     local_completion_tokens: int = 0
+    # The discarded local text, kept only in memory for the learning loop's judge (never
+    # logged: as_dict leaves it out).
+    local_text: str | None = field(default=None, repr=False)
 
     @property
     def local_tokens(self) -> int:
@@ -116,4 +119,6 @@ class CascadeRecord:
         return h
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["local_text"]
+        return d

@@ -325,6 +325,7 @@ class Dispatcher:
             return _keep_unsure(local, record, f"{cascade.to} failed ({cause})")
         breaker.success()
         record.escalated, record.outcome, record.cloud_answer = True, "escalated", True
+        record.local_text = _first_text(obj)
         cloud.cascade = record
         cloud.reason = f"{local.reason}; escalated: {record.why}"
         cloud.backend_seconds += local.backend_seconds
@@ -385,6 +386,17 @@ class Dispatcher:
             backend_seconds=time.perf_counter() - started,
             first_chunk_seconds=time.perf_counter() - started,
         )
+
+
+def _first_text(obj: dict[str, object]) -> str:
+    """The first choice's text, chat or completions shape."""
+    choices = obj.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else {}
+    msg = first.get("message") or {} if isinstance(first, dict) else {}
+    text = msg.get("content") if isinstance(msg, dict) else None
+    if text is None and isinstance(first, dict):
+        text = first.get("text")
+    return str(text or "")
 
 
 def _keep_unsure(local: Outcome, record: CascadeRecord, cause: str) -> Outcome:

@@ -21,6 +21,7 @@ from .status import StatusBoard
 
 if TYPE_CHECKING:
     from .dispatch import Outcome
+    from .learning import Learning
     from .telemetry import Outbox
 
 
@@ -42,6 +43,7 @@ class Services:
     stopping: bool = False
     in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
     outbox: Outbox | None = None  # telemetry records on their way out; None without endpoint
+    learning: Learning | None = None  # the label store and its loop, when learning.enabled
 
     async def drain(self, grace_s: float) -> None:
         """Stop looking ready, let in-flight requests finish, cut the rest after the grace."""

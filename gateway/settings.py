@@ -421,6 +421,82 @@ class ResponsesSettings(_Section):
     )
 
 
+class LearningSettings(_Section):
+    """The box labels its own traffic (shadow judging, client feedback) and retrains its router."""
+
+    enabled: bool = Field(
+        False, description="Keep labels, accept POST /v1/feedback, shadow and retrain; off: none."
+    )
+    store: Path = Field(
+        Path("data/labels.sqlite3"),
+        description="Label store file (SQLite, WAL), relative to the working directory.",
+    )
+    max_labels: int = Field(
+        50_000, ge=10, description="Most labels kept; the oldest are dropped first (counted)."
+    )
+    keep_prompts: bool = Field(
+        False,
+        description=(
+            "Also store the prompt text with each label (never for private requests); off:"
+            " hashed features only."
+        ),
+    )
+    shadow_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Share of local answers (model auto, no private data) also sent to the cloud and"
+            " judged; 0: nothing leaves the box for learning."
+        ),
+    )
+    judge_model: str | None = Field(
+        None, description="Cloud model (a cloud.models name) that judges; empty: the first one."
+    )
+    judge_max_tokens: int = Field(
+        400, ge=16, description="Longest verdict the judge may write, in tokens."
+    )
+    shadow_max_per_hour: int = Field(
+        60, ge=0, description="Most shadowed requests in any hour (each costs two cloud calls)."
+    )
+    shadow_concurrency: int = Field(
+        2, ge=1, description="Shadow judgements running at once; more are skipped, not queued."
+    )
+    pause_s: float = Field(
+        60.0,
+        gt=0,
+        description="Shadowing pauses this long after the cloud refuses (429) or is unreachable.",
+    )
+    feedback_window: int = Field(
+        10_000,
+        ge=1,
+        description="Recent request ids remembered for POST /v1/feedback (older ones: 404).",
+    )
+    feedback_ttl_s: float = Field(
+        86_400.0, gt=0, description="How long a request id stays open to feedback."
+    )
+    retrain_every: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Retrain the router after this many new labels (0: never on the box); needs a"
+            " policy with scorer.weights."
+        ),
+    )
+    retrain_min_labels: int = Field(
+        50, ge=10, description="Labels the store must hold before a retrain is tried."
+    )
+    canary_share: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description=(
+            "Share of the store held back from training; new weights go live only if they rank"
+            " it at least as well as the current ones."
+        ),
+    )
+
+
 class Settings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -440,6 +516,7 @@ class Settings(BaseSettings):
     ui: UiSettings = Field(default_factory=UiSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
+    learning: LearningSettings = Field(default_factory=LearningSettings)
 
     @field_validator("cloud")
     @classmethod
@@ -450,6 +527,15 @@ class Settings(BaseSettings):
             raise ValueError(f"cloud model name {sorted(reserved)[0]!r} is reserved")
         if len(names) != len(set(names)):
             raise ValueError("cloud model names must be unique")
+        return v
+
+    @field_validator("learning")
+    @classmethod
+    def _judge_is_a_cloud_model(cls, v: LearningSettings, info: Any) -> LearningSettings:
+        cloud = info.data.get("cloud")
+        names = [m.name for m in cloud.models] if cloud is not None else []
+        if v.judge_model is not None and v.judge_model not in names:
+            raise ValueError(f"judge_model {v.judge_model!r} is not one of cloud.models")
         return v
 
     @classmethod

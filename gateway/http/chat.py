@@ -63,6 +63,10 @@ async def _serve(
     if services.settings.server.log_bodies or services.settings.ui.show_prompts:
         record.prompt_text = req.prompt_text()
         record.answer_parts = []
+    if services.learning is not None:  # remember it for feedback; maybe shadow-judge it later
+        services.learning.answered(
+            request[REQUEST_ID], req, endpoint, outcome, record, asyncio.current_task()
+        )
     headers = outcome.headers()
     if outcome.completion is not None:
         record.usage_from(outcome.completion.obj)

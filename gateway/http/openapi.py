@@ -77,6 +77,19 @@ def _stream_or_json(object_name: str) -> dict[str, Any]:
     }
 
 
+_FEEDBACK: dict[str, Any] = {
+    "type": "object",
+    "required": ["request_id"],
+    "properties": {
+        "request_id": {"type": "string", "description": "x-request-id of the answer"},
+        "score": {"type": "number", "minimum": -1, "maximum": 1, "description": "-1 bad, 1 good"},
+        "good": {"type": "boolean", "description": "instead of score"},
+    },
+    "additionalProperties": False,
+    "oneOf": [{"required": ["score"]}, {"required": ["good"]}],  # exactly one of them
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     return {
         str(s): {
@@ -166,6 +179,26 @@ def document() -> dict[str, Any]:
                             "The routing decision and the features behind it",
                         ),
                         **_errors(400, 401, 404, 413, 429),
+                    },
+                }
+            },
+            "/v1/feedback": {
+                "post": {
+                    "operationId": "createFeedback",
+                    "description": "Score an answer this key received (learning.enabled).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _FEEDBACK}},
+                    },
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["object", "request_id", "score", "label"],
+                            },
+                            "The label stored",
+                        ),
+                        **_errors(400, 401, 404, 409, 413),
                     },
                 }
             },

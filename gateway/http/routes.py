@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import chat, models, ops, responses, ui
+from . import chat, feedback, models, ops, responses, ui
 
 
 def add_routes(app: web.Application) -> None:
@@ -16,6 +16,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", ops.list_models)
     app.router.add_get("/v1/models/{model_id:.+}", ops.retrieve_model)
     app.router.add_post("/v1/route", ops.explain_route)
+    app.router.add_post("/v1/feedback", feedback.feedback)
     app.router.add_post("/admin/reload", ops.admin_reload)
     app.router.add_get("/admin/models", models.list_local_models)
     app.router.add_post("/admin/models", models.swap_model)

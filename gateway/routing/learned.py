@@ -10,7 +10,9 @@ Features, computed over at most `SCAN_CHARS` characters (head and tail):
 - terms: word unigrams and bigrams (numbers folded to "0") of the first 1,100 and last 400
   characters, present or not, scaled by 1/sqrt(number of distinct terms), looked up in the
   file's vocabulary (no hashing: a dict look-up per term is faster than any stable hash in
-  Python).
+  Python). Weights trained from the label store (format version 2, `"term_hash": "crc32"`)
+  key their terms by the CRC-32 of the term instead: the store keeps those hashes, never the
+  text, so the scorer hashes the prompt's terms the same way (zlib, C speed).
 
 The raw score is bias + dense . w + terms . v; a logistic maps the training median to 0.5 and
 the 90th percentile to about 0.75, like the shipped scorer, so policy thresholds keep their
@@ -25,6 +27,8 @@ import itertools
 import json
 import math
 import re
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,9 @@ from .complexity import REASONS, Complexity, count_signals, scan
 
 FORMAT = "edge-gateway-router-weights"
 FORMAT_VERSION = 1
+# Version 2: the same model, its terms keyed by their CRC-32 (TERM_HASH) instead of the text.
+HASHED_FORMAT_VERSION = 2
+TERM_HASH = "crc32"
 # Bump when dense_features() or terms() change what a weight means.
 FEATURE_VERSION = 1
 CAP = 3
@@ -91,6 +98,24 @@ def terms(lowered: str) -> set[str]:
     return out
 
 
+def hash_terms(found: Iterable[str]) -> set[int]:
+    """The terms as the label store keeps them: CRC-32 of their UTF-8 bytes."""
+    return set(map(zlib.crc32, map(str.encode, found)))
+
+
+def vector(text: str) -> dict[str, Any]:
+    """What the label store keeps of a prompt: dense features and hashed terms, no text.
+
+    JSON-ready; `train-router --from-store` fits on exactly these, and a scorer with hashed
+    weights computes the same from the prompt it routes.
+    """
+    lowered = scan(text).lower()
+    return {
+        "dense": {k: round(v, 6) for k, v in dense_features(text, lowered).items()},
+        "terms": sorted(hash_terms(terms(lowered))),
+    }
+
+
 def read_weights(path: Path) -> dict[str, Any]:
     """The JSON document of a weights file (gzip when it ends in .gz); WeightsError if unusable."""
     try:
@@ -104,10 +129,10 @@ def read_weights(path: Path) -> dict[str, Any]:
         raise WeightsError(f"{path}: not a weights file: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise WeightsError(f'{path}: not a weights file (no "format": {FORMAT!r})')
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format_version") not in (FORMAT_VERSION, HASHED_FORMAT_VERSION):
         raise WeightsError(
             f"{path}: format version {doc.get('format_version')!r}, this gateway reads "
-            f"{FORMAT_VERSION}"
+            f"{FORMAT_VERSION} and {HASHED_FORMAT_VERSION}"
         )
     if doc.get("feature_version") != FEATURE_VERSION:
         raise WeightsError(
@@ -126,7 +151,12 @@ class LearnedScorer:
             self.center = float(doc["center"])
             self.scale = float(doc["scale"])
             self.dense = {str(k): float(v) for k, v in doc["dense"].items()}
+            self.hashed = doc.get("format_version") == HASHED_FORMAT_VERSION
+            if self.hashed and doc.get("term_hash") != TERM_HASH:
+                raise ValueError(f"term_hash must be {TERM_HASH!r}")
             self.terms = {str(k): float(v) for k, v in doc.get("terms", {}).items()}
+            # Hashed files key terms by their CRC-32 written as a decimal string.
+            self.hashed_terms = {int(k): v for k, v in self.terms.items()} if self.hashed else {}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise WeightsError(f"{source}: malformed weights: {exc!r}") from None
         unknown = set(self.dense) - set(DENSE)
@@ -150,12 +180,30 @@ class LearnedScorer:
             for k, v in dense_features(text, lowered, max_tokens=max_tokens).items()
             if k in w
         }
-        if self.terms:
+        if self.hashed_terms:
+            hashed = hash_terms(terms(lowered))
+            total = sum(map(self.hashed_terms.get, hashed, itertools.repeat(0.0)))
+            if total:
+                parts["terms"] = total / math.sqrt(len(hashed))
+        elif self.terms:
             found = terms(lowered)
             total = sum(map(self.terms.get, found, itertools.repeat(0.0)))
             if total:
                 parts["terms"] = total / math.sqrt(len(found))
         return self.bias + sum(parts.values()), parts
+
+    def raw_vector(self, vec: dict[str, Any]) -> float | None:
+        """The linear score of a stored vector (see `vector`); None when this file keys its
+        terms by text, which a vector cannot be matched against."""
+        if self.terms and not self.hashed:
+            return None
+        w = self.dense
+        total = self.bias + sum(w[k] * v for k, v in vec["dense"].items() if k in w)
+        found = vec["terms"]
+        if found and self.hashed_terms:
+            hit = sum(self.hashed_terms.get(t, 0.0) for t in found)
+            total += hit / math.sqrt(len(found))
+        return total
 
     def score(self, text: str, *, max_tokens: int | None = None) -> Complexity:
         total, parts = self.raw(text, max_tokens=max_tokens)

@@ -7,6 +7,9 @@ Input files:
 - JSONL, one object per line, `{"prompt": ..., "local_ok": true|false}` (the local answer was
   good enough or not) or `{"prompt": ..., "score": x}` with x in [0, 1], 1 = only the cloud
   will do. Operators can write this from their own traffic.
+- `--from-store STORE`: the box's own label store (gateway/learning/), which keeps hashed
+  feature vectors, not text. Training from it writes hashed weights (format version 2) and
+  hashes the terms of any files given with it the same way.
 
 The model is an L2-regularised logistic regression (numpy, L-BFGS, deterministic) over the
 features of learned.py. Unless `--l2` is given, the penalty on the word terms is chosen from a
@@ -35,7 +38,17 @@ from typing import TYPE_CHECKING, Any
 
 from .complexity import scan
 from .evaluate import STRONG, WEAK, read_csv
-from .learned import DENSE, FEATURE_VERSION, FORMAT, FORMAT_VERSION, dense_features, terms
+from .learned import (
+    DENSE,
+    FEATURE_VERSION,
+    FORMAT,
+    FORMAT_VERSION,
+    HASHED_FORMAT_VERSION,
+    TERM_HASH,
+    dense_features,
+    terms,
+    vector,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +68,8 @@ class Example:
     prompt: str
     target: float  # what the model fits: 1 = send to the cloud
     gain: float  # what routing it to the cloud gains: strong - weak, or the target
+    # Hashed features (learned.vector) when the text is not kept: label-store rows.
+    vector: dict[str, Any] | None = None
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -121,16 +136,32 @@ class Design:
     """Feature matrices of a set of prompts: dense (n x d) and the terms in CSR-like arrays."""
 
     def __init__(self, prompts: Sequence[str], vocab: dict[str, int] | None = None) -> None:
+        lowered = [scan(p).lower() for p in prompts]
+        rows = [dense_features(p, low) for p, low in zip(prompts, lowered, strict=True)]
+        self._build(rows, [terms(low) for low in lowered], vocab)
+
+    @classmethod
+    def from_vectors(
+        cls, vectors: Sequence[dict[str, Any]], vocab: dict[Any, int] | None = None
+    ) -> Design:
+        """The design of stored vectors (learned.vector): hashed terms, no text needed."""
+        new = object.__new__(cls)
+        new._build([v["dense"] for v in vectors], [set(v["terms"]) for v in vectors], vocab)
+        return new
+
+    def _build(
+        self,
+        dense_rows: Sequence[dict[str, float]],
+        bags: Sequence[set[Any]],
+        vocab: dict[Any, int] | None,
+    ) -> None:
         import numpy as np
 
-        lowered = [scan(p).lower() for p in prompts]
         index = {k: i for i, k in enumerate(DENSE)}
-        dense = np.zeros((len(prompts), len(DENSE)))
-        bags = []
-        for r, (p, low) in enumerate(zip(prompts, lowered, strict=True)):
-            for k, v in dense_features(p, low).items():
+        dense = np.zeros((len(dense_rows), len(DENSE)))
+        for r, row in enumerate(dense_rows):
+            for k, v in row.items():
                 dense[r, index[k]] = v
-            bags.append(terms(low))
         if vocab is None:
             df: dict[str, int] = {}
             for bag in bags:
@@ -146,7 +177,7 @@ class Design:
             rows += [r] * len(hit)
             cols += hit
             vals += [norm] * len(hit)
-        self.n = len(prompts)
+        self.n = len(dense_rows)
         self.vocab = vocab
         self.dense = dense
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -324,14 +355,21 @@ def train(
     l2: float | None = None,
     use_terms: bool = True,
     sources: Sequence[str] = (),
+    hashed: bool = False,
 ) -> dict[str, Any]:
-    """The weights document for `examples` (JSON-ready, deterministic)."""
+    """The weights document for `examples` (JSON-ready, deterministic).
+
+    `hashed` (implied by any example without text) fits on hashed terms and writes a
+    format-version-2 file, the kind the label store can be scored against.
+    """
     if len(examples) < 10:
         raise ValueError(f"need at least 10 labelled prompts, got {len(examples)}")
     targets = [e.target for e in examples]
     if not 0 < sum(targets) < len(targets):
         raise ValueError("every prompt has the same label: nothing to learn")
-    d = Design([e.prompt for e in examples])
+    hashed = hashed or any(e.vector is not None for e in examples)
+    vectors = [e.vector or vector(e.prompt) for e in examples] if hashed else []
+    d = Design.from_vectors(vectors) if hashed else Design([e.prompt for e in examples])
     tried: dict[str, float] = {}
     if not use_terms:
         chosen = math.inf
@@ -344,14 +382,19 @@ def train(
     center, scale = calibrate(raw)
     inverse = sorted(d.vocab, key=d.vocab.__getitem__)
     term_weights = {
-        t: _round(float(v)) for t, v in zip(inverse, model.terms, strict=False) if abs(v) >= 1e-4
+        str(t): _round(float(v))
+        for t, v in zip(inverse, model.terms, strict=False)
+        if abs(v) >= 1e-4
     }
     digest = hashlib.sha256()
-    for e in examples:
-        digest.update(f"{e.target}\t{e.prompt}\n".encode())
+    for i, e in enumerate(examples):
+        seen = json.dumps(vectors[i], sort_keys=True) if hashed else e.prompt
+        digest.update(f"{e.target}\t{seen}\n".encode())
+    hashing = {"term_hash": TERM_HASH} if hashed else {}
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": HASHED_FORMAT_VERSION if hashed else FORMAT_VERSION,
+        **hashing,
         "feature_version": FEATURE_VERSION,
         "trained_on": {
             "files": [Path(s).name for s in sources],
@@ -386,7 +429,18 @@ def dumps(doc: dict[str, Any], path: Path) -> bytes:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds train-router's arguments to `parser`."""
     parser.add_argument(
-        "files", nargs="+", type=Path, help="RouteLLM-format CSVs and/or JSONL (prompt, local_ok)"
+        "files", nargs="*", type=Path, help="RouteLLM-format CSVs and/or JSONL (prompt, local_ok)"
+    )
+    parser.add_argument(
+        "--from-store",
+        type=Path,
+        metavar="STORE",
+        help="also the labels of the box's label store (learning.store); writes hashed weights",
+    )
+    parser.add_argument(
+        "--hashed",
+        action="store_true",
+        help="hashed terms (implied by --from-store): weights the on-box retrain can compare",
     )
     parser.add_argument("--out", type=Path, required=True, help="weights file (.json or .json.gz)")
     parser.add_argument("--weak", default=WEAK, help=f"weak model's CSV column (default {WEAK})")
@@ -404,16 +458,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Trains and writes the weights file; 2 on unreadable or unusable input."""
+    store = getattr(args, "from_store", None)
     try:
+        if not args.files and store is None:
+            raise ValueError("give labelled files, --from-store STORE, or both")
         examples: list[Example] = []
         for path in args.files:
             examples += read_examples(path, args.weak, args.strong)
+        if store is not None:
+            from ..learning.store import read_store_examples
+
+            examples += read_store_examples(store)
         doc = train(
             examples,
             seed=args.seed,
             l2=args.l2,
             use_terms=not args.no_terms,
-            sources=[str(p) for p in args.files],
+            sources=[str(p) for p in [*args.files, *([store] if store else [])]],
+            hashed=store is not None or getattr(args, "hashed", False),
         )
         data = dumps(doc, args.out)
         args.out.write_bytes(data)

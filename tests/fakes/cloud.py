@@ -4,7 +4,9 @@ Modes: ok, slow (late first byte and slow chunks), fail500, fail429, hang (accep
 answers), drop (streams a few chunks then cuts the connection), flaky (every other request
 500), refuse (nothing listens: connections are refused), hang_chat (completions hang while the
 model list still answers), echo400 (a 400 whose message echoes the Authorization header, as
-some upstreams do), echo_stream (streams the Authorization header back as content).
+some upstreams do), echo_stream (streams the Authorization header back as content), judge
+(answers like ok, but a pairwise judge prompt gets a verdict: the local answer loses when the
+question mentions `judge_topic`, and wins otherwise; `judge_reply` overrides the verdict text).
 A chat request that forces a tool call (`tool_choice` required or a named function) gets one.
 
 Every request, to any path, is recorded in `hits` (method, path, headers): a fake started as
@@ -34,7 +36,9 @@ MODES = (
     "hang_chat",
     "echo400",
     "echo_stream",
+    "judge",
 )
+JUDGE_MARKER = "impartial judge"
 
 
 def _free_port() -> int:
@@ -53,6 +57,9 @@ class FakeCloud:
         self.probes = 0
         self.hits: list[tuple[str, str, dict[str, str]]] = []
         self._counter = 0
+        self.judge_topic = "tax"
+        self.judge_reply: str | None = None
+        self.judge_calls = 0
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._thread: threading.Thread | None = None
@@ -140,6 +147,23 @@ class FakeCloud:
             )
         return None
 
+    def _verdict(self, body: dict[str, Any]) -> str | None:
+        """judge mode: the verdict for a pairwise judge prompt; None for any other request."""
+        msgs = body.get("messages") or []
+        system = msgs[0].get("content") if msgs and isinstance(msgs[0], dict) else ""
+        if self.mode != "judge" or not isinstance(system, str) or JUDGE_MARKER not in system:
+            return None
+        self.judge_calls += 1
+        if self.judge_reply is not None:
+            return self.judge_reply
+        user = str(msgs[-1].get("content") or "")
+        question = user.split("[The start of assistant A's answer]")[0]
+        a = user.split("[The start of assistant A's answer]\n", 1)[-1]
+        local_is_a = not a.startswith("cloud answer to:")
+        local_bad = self.judge_topic in question.lower()
+        a_wins = local_is_a != local_bad
+        return f"Compared both.\n[[{'A' if a_wins else 'B'}]]"
+
     def _answer(self, body: dict[str, Any]) -> str:
         msgs = body.get("messages") or [{"content": body.get("prompt", "")}]
         last = msgs[-1].get("content") if isinstance(msgs[-1], dict) else ""
@@ -170,7 +194,7 @@ class FakeCloud:
         gated = await self._gate(request)
         if gated is not None:
             return gated
-        text = self._answer(body)
+        text = self._verdict(body) or self._answer(body)
         if self.mode == "echo_stream":
             text = "you sent " + request.headers.get("Authorization", "")
         model = body.get("model", "gpt-fake")

@@ -1,0 +1,224 @@
+"""The box labels its own traffic and retrains its router (issue 15).
+
+`Learning` is built by create_app only when `learning.enabled`; with it off nothing is
+stored, nothing is shadowed and POST /v1/feedback answers 404. The pieces:
+- store.py: the bounded, durable label store (`add` is the way in for every source);
+- recent.py: request ids recently issued per tenant, for client feedback;
+- shadow.py and judge.py: shadow judging of a share of local answers by a cloud judge;
+- retrain.py: periodic retraining with a canary, applied by policy reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from ..errors import GatewayError, NotFound
+from ..routing.complexity import Scorer
+from ..routing.learned import vector
+from ..routing.policy import LOCAL
+from ..routing.store import PolicyStore
+from ..schemas import AnyRequest, ChatRequest
+from .metrics import LearningMetrics
+from .recent import RecentRequests
+from .retrain import Retrainer
+from .shadow import Answered, Job, Shadower
+from .store import LabelStore
+
+if TYPE_CHECKING:
+    from ..backends.base import Endpoint
+    from ..costs import Prices
+    from ..dispatch import Dispatcher, Outcome
+    from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How long feedback waits for the answer it scores to finish (a stream still running).
+FEEDBACK_WAIT_S = 10.0
+
+__all__ = ["AlreadyLabelled", "LabelStore", "Learning"]
+
+
+class AlreadyLabelled(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "already_labelled"
+
+
+def asked_text(req: AnyRequest) -> str:
+    """What the router scores: the user turns of a chat (as FeatureExtractor does)."""
+    if isinstance(req, ChatRequest):
+        return "\n".join(m.text() for m in req.messages if m.role == "user") or req.prompt_text()
+    return req.prompt_text()
+
+
+class Learning:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dispatcher: Dispatcher,
+        policies: PolicyStore,
+        registry: CollectorRegistry,
+        prices: Prices,
+        shipped: Scorer,
+    ) -> None:
+        conf = self.conf = settings.learning
+        self.policies = policies
+        self.metrics = LearningMetrics(registry)
+        self.store = LabelStore(
+            conf.store, conf.max_labels, keep_prompts=conf.keep_prompts, on_added=self._added
+        )
+        self.metrics.stored.set_function(lambda: len(self.store))
+        self.recent = RecentRequests(conf.feedback_window, conf.feedback_ttl_s)
+        # Requests answered but not yet finished, by (tenant, request id): a few, briefly.
+        self._pending: dict[tuple[str | None, str], asyncio.Task[Any]] = {}
+        self.shadow = Shadower(
+            settings, dispatcher=dispatcher, store=self.store, metrics=self.metrics, prices=prices
+        )
+        self.retrainer = Retrainer(
+            every=conf.retrain_every,
+            min_labels=conf.retrain_min_labels,
+            share=conf.canary_share,
+            store=self.store,
+            policies=policies,
+            shipped=shipped,
+            metrics=self.metrics,
+        )
+
+    def _added(self, source: str, dropped: int) -> None:
+        self.metrics.labels.labels(source).inc()
+        if dropped:
+            self.metrics.dropped.inc(dropped)
+        self.retrainer.noted()
+
+    def private(self, outcome: Outcome) -> bool:
+        """Private data, or answered by a privacy rule: such a request never leaves the box.
+
+        A privacy rule is one that routes local and is enforced, or matches on private data
+        or on the tenant.
+        """
+        if outcome.features.pii:
+            return True
+        rule = next(
+            (r for r in self.policies.current.rules if r.name == outcome.decision.rule), None
+        )
+        if rule is None or rule.route != LOCAL:
+            return False
+        w = rule.when
+        return rule.enforce or bool(w.pii) or w.tenant is not None
+
+    def answered(
+        self,
+        request_id: str,
+        req: AnyRequest,
+        endpoint: Endpoint,
+        outcome: Outcome,
+        record: Answered,
+        answered: asyncio.Task[Any] | None,
+    ) -> None:
+        """A request got its answer (or is about to): remember it for feedback, maybe shadow it.
+
+        Called from the handler once the outcome is known. The feature vector (up to 0.3 ms
+        for a long prompt) is computed once `answered`, the request's task, has finished, so
+        it never adds to the request's latency; the shadow job waits for the same before it
+        sends anything anywhere.
+        """
+        tenant = outcome.features.tenant
+        private = self.private(outcome)
+        asked = asked_text(req)
+        prompt = asked if self.conf.keep_prompts and not private else None
+
+        key = (tenant, request_id)
+
+        def remember(task: asyncio.Task[Any] | None = None) -> None:
+            if self._pending.get(key) is task:
+                del self._pending[key]
+            if task is not None and task.cancelled():
+                return  # the client went away: it has no answer to score
+            self.recent.put(
+                tenant,
+                request_id,
+                vector(asked),
+                route=outcome.route,
+                private=private,
+                prompt=prompt,
+            )
+
+        if answered is None:
+            remember()
+        else:
+            self._pending[key] = answered  # feedback racing the end of the answer waits
+            answered.add_done_callback(remember)
+        c = outcome.cascade
+        if c is not None and c.escalated and c.local_text and outcome.completion is not None:
+            # An escalation holds both answers: one judge call turns it into a label.
+            if private:  # the cascade never escalates private prompts; belt and braces
+                return
+            why = self.shadow.escalated(
+                Job(request_id, req, endpoint, outcome, record, asked, tenant, prompt, answered),
+                c.local_text,
+                outcome.completion.obj,
+            )
+            if why is not None:
+                self.metrics.skipped.labels(why).inc()
+            return
+        if outcome.route != LOCAL or not self.shadow.sampled():
+            return
+        why = self.shadow.why_not(req, outcome, private)
+        if why is not None:
+            self.metrics.skipped.labels(why).inc()
+            return
+        if req.stream and record.answer_parts is None:
+            record.answer_parts = []  # collect the streamed text for the judge
+        self.shadow.start(
+            Job(request_id, req, endpoint, outcome, record, asked, tenant, prompt, answered)
+        )
+
+    async def feedback(self, tenant: str | None, request_id: str, score: float) -> float:
+        """Store the client's score (-1 bad .. 1 good) of its own request; the label stored."""
+        pending = self._pending.get((tenant, request_id))
+        if pending is not None:
+            # The id is out but the answer is still being written (or its last bytes just
+            # left): feedback is about a whole answer, so wait for it, boundedly.
+            await asyncio.wait([pending], timeout=FEEDBACK_WAIT_S)
+            await asyncio.sleep(0)  # let the done callback file it
+        issued = self.recent.get(tenant, request_id)
+        if issued is None:
+            raise NotFound(
+                f"No request '{request_id}' was answered for this API key recently.",
+                param="request_id",
+                code="request_not_found",
+            )
+        if issued.labelled:
+            raise AlreadyLabelled(
+                f"Request '{request_id}' already has feedback.", param="request_id"
+            )
+        issued.labelled = True  # before the await: a concurrent duplicate gets the 409
+        label = round((1.0 - score) / 2.0, 6)
+        try:
+            await self.store.add(
+                "feedback",
+                label=label,
+                tenant=tenant,
+                route=issued.route,
+                vec=issued.vec(),
+                prompt=issued.prompt,
+                private=issued.private,
+                request_id=request_id,
+                detail={"score": score},
+            )
+        except BaseException:
+            issued.labelled = False
+            raise
+        return label
+
+    async def close(self) -> None:
+        await self.shadow.close()
+        task = self.retrainer.task
+        if task is not None:
+            task.cancel()
+        await self.store.close()
