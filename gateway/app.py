@@ -16,6 +16,7 @@ from .backends.local import LocalBackend
 from .cache import LRUStore, RedisStore, ResponseCache, Store
 from .costs import Prices
 from .dispatch import Dispatcher
+from .embeddings.service import EmbeddingService, embeddings_ctx
 from .http import routes
 from .http.auth import auth_middleware
 from .http.keyring import KeyRing
@@ -55,7 +56,10 @@ def create_app(settings: Settings) -> web.Application:
         metrics.policy_reloads.labels(result).inc()
         status.policy_reloaded(result)
 
-    policies = PolicyStore(settings.policy.file, cloud_names=cloud_names, on_reload=reloaded)
+    embedding_names = [m.name for m in settings.cloud.embedding_models]
+    policies = PolicyStore(
+        settings.policy.file, cloud_names=cloud_names + embedding_names, on_reload=reloaded
+    )
     breakers = build_breakers(settings, metrics)
     cache = build_cache(settings, metrics) if cloud_names else None
     clouds: dict[str, Backend] = {}  # filled on startup: needs the session (and maybe litellm)
@@ -81,11 +85,13 @@ def create_app(settings: Settings) -> web.Application:
         limiter=build_limiter(settings, metrics, keyed=keyring.enforced),
         status=status,
     )
+    app[SERVICES].embeddings = build_embeddings(settings, policies, metrics)
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
     app.cleanup_ctx.append(_background)
     app.cleanup_ctx.append(_cache)
+    app.cleanup_ctx.append(embeddings_ctx)
     app.on_shutdown.append(_draining)
     routes.add_routes(app)
     return app
@@ -140,6 +146,15 @@ def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
         c,
         on_error=lambda op: metrics.cache_errors.labels(op).inc(),
         on_state=lambda up: metrics.cache_up.set(1 if up else 0),
+    )
+
+
+def build_embeddings(
+    settings: Settings, policies: PolicyStore, metrics: Metrics
+) -> EmbeddingService:
+    """POST /v1/embeddings: its own local model (built on first use), cloud models and cache."""
+    return EmbeddingService(
+        settings, policies=policies, metrics=metrics, cache=build_cache(settings, metrics)
     )
 
 

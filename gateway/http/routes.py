@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import chat, ops, ui
+from . import chat, embeddings, ops, ui
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/completions", chat.completions)
+    app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
     app.router.add_get("/v1/models", ops.list_models)
     app.router.add_get("/v1/models/{model_id:.+}", ops.retrieve_model)
     app.router.add_post("/v1/route", ops.explain_route)
