@@ -23,7 +23,7 @@ class EmbeddingRequest(BaseModel):
     """Unknown fields are kept: passed on to a cloud model, refused by the local one."""
 
     model_config = ConfigDict(extra="allow")
-    model: StrictStr = Field(min_length=1)
+    model: StrictStr = Field(min_length=1, examples=["auto", "local"])
     input: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: StrictInt | None = Field(None, ge=1, le=65536)

@@ -279,15 +279,22 @@ class EmbeddingService:
     ) -> _Computed:
         if not items:
             return _Computed([], [], 0.0)
+        # Each distinct input is computed once: repeats get the very same vector (a batch's
+        # composition moves llama.cpp's float results in the 4th decimal) and cost nothing.
+        slot: dict[str | tuple[int, ...], int] = {}
+        order = [slot.setdefault(i if isinstance(i, str) else tuple(i), len(slot)) for i in items]
+        unique = [items[order.index(k)] for k in range(len(slot))]
         started = time.perf_counter()
         if isinstance(backend, LocalEmbedder):
-            vectors, tokens = await backend.embed(items)
+            vectors, tokens = await backend.embed(unique)
             vectors = self._local_dimensions(req, vectors)
         else:
-            vectors, total = await backend.embed(req, items)
+            vectors, total = await backend.embed(req, unique)
             vectors = list(normalise(np.stack(vectors))) if _same_width(vectors) else vectors
-            tokens = _share(total, items)
-        return _Computed(vectors, tokens, time.perf_counter() - started)
+            tokens = _share(total, unique)
+        return _Computed(
+            [vectors[k] for k in order], [tokens[k] for k in order], time.perf_counter() - started
+        )
 
     def _local_dimensions(
         self, req: EmbeddingRequest, vectors: list[np.ndarray]
