@@ -3,6 +3,7 @@ through llama.cpp, a real redis-server for the cache, the fake cloud as the only
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import openai
 import pytest
 
 from gateway.services import SERVICES
+from gateway.settings import SettingsError, load_settings
 from tests.conftest import RedisServer, RunningGateway, cloud_settings
 from tests.fakes.cloud import EMBEDDING_WIDTH, FakeCloud
 
@@ -19,6 +21,7 @@ SMOLLM2_WIDTH = 576  # SmolLM2-135M's hidden size
 DOCS = [
     f"Work order {i}: replace the seal on pump P-{100 + i} and log the pressure." for i in range(16)
 ]
+FRESH = {"Cache-Control": "no-cache, no-store"}
 
 
 def client(gw: RunningGateway) -> openai.AsyncOpenAI:
@@ -275,3 +278,53 @@ async def test_litellm_path_reaches_the_cloud(gateway_factory: Any, fake_cloud: 
     assert sent["input"] == ["x", "y"]
     # A client field never becomes a litellm call option: it reached the configured host.
     assert sent.get("base_url") == "http://127.0.0.2:9/"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (
+            {"local": {"embedding": {"model_path": "/nonexistent.gguf"}}},
+            "local.embedding.model_path",
+        ),
+        ({"local": {"embedding": {"n_batch": 4096}}}, "local.embedding"),
+        ({"local": {"embedding": {"pooling": "max"}}}, "local.embedding.pooling"),
+        ({"cloud": {"embedding_models": [{"name": "auto", "model": "openai/x"}]}}, "cloud"),
+    ],
+)
+def test_bad_embedding_setting_is_refused_naming_it(overrides: dict[str, Any], named: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(**overrides)
+    assert named in str(err.value)
+
+
+async def test_name_and_pooling_settings(gateway_factory: Any) -> None:
+    mean = await gateway_factory(local={"embedding": {"name": "smol-embed", "pooling": "mean"}})
+    last = await gateway_factory(local={"embedding": {"pooling": "last"}})
+    a = await client(mean).embeddings.create(model="smol-embed", input=DOCS[0])
+    assert a.model == "smol-embed"
+    assert mean.app[SERVICES].embeddings.local.pooling == "mean"  # type: ignore[union-attr]
+    b = await client(last).embeddings.create(model="local", input=DOCS[0])
+    assert last.app[SERVICES].embeddings.local.pooling == "last"  # type: ignore[union-attr]
+    assert float(vec(a.data[0]) @ vec(b.data[0])) < 0.99  # another pooling, another vector
+
+
+async def test_a_full_queue_is_429_not_a_wait(gateway_factory: Any) -> None:
+    gw = await gateway_factory(local={"embedding": {"max_queue": 1}})
+    c = client(gw)
+    await c.embeddings.create(model="local", input="load the model first")
+    big = [f"{d} (copy {k})" for k in range(4) for d in DOCS]  # 64 inputs: a busy worker
+
+    async def one(i: int) -> int:
+        try:
+            await c.embeddings.create(
+                model="local", input=[f"{i} {t}" for t in big], extra_headers=FRESH
+            )
+        except openai.RateLimitError as exc:
+            assert exc.response.headers["Retry-After"]
+            return 429
+        return 200
+
+    codes = await asyncio.gather(*(one(i) for i in range(5)))
+    # One running, one waiting (max_queue 1): the rest are refused at once.
+    assert codes.count(200) == 2 and codes.count(429) == 3, codes
