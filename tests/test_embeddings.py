@@ -59,7 +59,11 @@ async def test_local_embeddings_with_no_cloud(gateway: RunningGateway) -> None:
     assert gateway.app[SERVICES].embeddings.local.width == SMOLLM2_WIDTH  # type: ignore[union-attr]
     assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
 
+    local = gateway.app[SERVICES].embeddings.local  # type: ignore[union-attr]
+    decodes = local.decode_calls
     many = await c.embeddings.create(model="local", input=DOCS, encoding_format="float")
+    # 16 inputs of ~25 tokens fit local.embedding.n_batch (512): one decode call, not 16.
+    assert local.decode_calls == decodes + 1
     assert [d.index for d in many.data] == list(range(16))
     vs = np.stack([vec(d) for d in many.data])
     assert vs.shape == (16, SMOLLM2_WIDTH)

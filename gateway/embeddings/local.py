@@ -47,6 +47,7 @@ class LocalEmbedder:
         self.pooling: str | None = None
         self.n_seq_max = 1
         self.pending = 0  # requests submitted and not finished (waiting or running)
+        self.decode_calls = 0  # llama_decode calls so far (inputs are packed, not one by one)
 
     # -- state the policy and the status page read ------------------------------------------
 
@@ -150,6 +151,7 @@ class LocalEmbedder:
         if mem:  # non-causal (BERT) models keep no KV cache
             lib.llama_memory_clear(mem, True)
         rc = lib.llama_decode(ctx, batch)
+        self.decode_calls += 1
         if rc != 0:
             raise NoRouteAvailable(f"the local embedding model failed to decode (code {rc})")
         width = self.width or 0
