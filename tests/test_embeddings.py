@@ -265,6 +265,11 @@ async def test_offline_auto_falls_back_to_local_and_named_fails(
     assert down.headers["x-gateway-route"] == "local"
     assert down.headers["x-gateway-degraded"] == "true"
     assert down.parse().model == "smollm2-135m-instruct"  # says whose vectors these are
+    # The breaker is open now: the cloud's cached vectors are still served, not local ones.
+    assert not gw.app[SERVICES].embeddings.breakers["embed-fake"].reachable  # type: ignore[union-attr]
+    still = await c.embeddings.with_raw_response.create(model="auto", input="spare parts list")
+    assert still.headers["x-gateway-route"] == "cache"
+    assert len(still.parse().data[0].embedding) == EMBEDDING_WIDTH
     # A named model never silently becomes another vector space.
     with pytest.raises(openai.InternalServerError) as err:
         await c.embeddings.create(model="embed-fake", input="another new text")

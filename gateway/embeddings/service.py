@@ -216,11 +216,6 @@ class EmbeddingService:
                 backend = self.local  # type: ignore[assignment]
                 model_id = self.local_id
             else:
-                if not self.breakers[target].allow():
-                    why = self.breakers[target].last_cause or "breaker open"
-                    attempt.causes.append(f"{target} unreachable ({why})")
-                    attempt.failovers.append((target, nxt, "breaker_open"))
-                    continue
                 backend = self.clouds[target]
                 model_id = f"cloud:{target}:{self.models[target].model}"
             keys: list[str] | None = None
@@ -232,10 +227,18 @@ class EmbeddingService:
                 if not no_cache:
                     cached = await self.cache.get_many(keys)
             missing = [j for j, c in enumerate(cached) if c is None]
+            # What this model embedded before is served with its uplink gone; only inputs it
+            # never saw need it reachable.
+            breaker = self.breakers.get(target)
+            if missing and breaker is not None and not breaker.allow():
+                attempt.causes.append(f"{target} unreachable ({breaker.last_cause or 'open'})")
+                attempt.failovers.append((target, nxt, "breaker_open"))
+                continue
             try:
                 computed = await self._compute(backend, req, [items[j] for j in missing])
             except BackendUnavailable as exc:
-                self.breakers[target].failure(exc.cause, unreachable=exc.unreachable)
+                if breaker is not None:
+                    breaker.failure(exc.cause, unreachable=exc.unreachable)
                 attempt.causes.append(f"{target} failed ({exc.cause})")
                 attempt.failovers.append((target, nxt, exc.cause))
                 continue
@@ -245,8 +248,8 @@ class EmbeddingService:
                 attempt.causes.append("local queue full")
                 attempt.failovers.append((target, nxt, "queue_full"))
                 continue
-            if target in self.breakers and missing:
-                self.breakers[target].success()
+            if breaker is not None and missing:
+                breaker.success()
             return self._answer(
                 req,
                 f,
