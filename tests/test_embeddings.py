@@ -337,3 +337,36 @@ async def test_a_full_queue_is_429_not_a_wait(gateway_factory: Any) -> None:
     codes = await asyncio.gather(*(one(i) for i in range(5)))
     # One running, one waiting (max_queue 1): the rest are refused at once.
     assert codes.count(200) == 2 and codes.count(429) == 3, codes
+
+
+def test_policy_check_knows_embedding_models(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\ndefault: local\nrules:\n  - {name: long, when: {prompt_tokens: {gt: 400}},"
+        " route: embed-cloud}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_CLOUD__MODELS"] = '[{"name": "chat-cloud", "model": "openai/gpt-4o-mini"}]'
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "policy", "check", str(policy)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert check().returncode != 0  # an unknown target
+    env["GATEWAY_CLOUD__EMBEDDING_MODELS"] = (
+        '[{"name": "embed-cloud", "model": "openai/text-embedding-3-small"}]'
+    )
+    done = check()
+    assert done.returncode == 0, done.stdout + done.stderr
