@@ -376,7 +376,14 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     if args.only is None:
-        args.out.write_text(render(results, args))
+        # Sections 7 onward come from their own benches (overhead_ab, model_memory, embeddings),
+        # each with its command: kept as they are, not dropped by this rewrite.
+        kept = ""
+        if args.out.exists():
+            old = args.out.read_text()
+            at = old.find("\n## 7.")
+            kept = old[at:] if at >= 0 else ""
+        args.out.write_text(render(results, args).rstrip() + "\n" + kept)
         print(f"wrote {args.out}", file=sys.stderr)
     print(json.dumps(results, indent=2, default=str))
 

@@ -113,6 +113,7 @@ def _policy_check(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(args.config)
     assert isinstance(settings, Settings)
     names = [m.name for m in settings.cloud.models]
+    names += [m.name for m in settings.cloud.embedding_models]  # routes of /v1/embeddings
     failed = 0
     for path in args.files:
         try:

@@ -16,6 +16,7 @@ from .backends.health import Breaker, State
 from .cache import LRUStore, RedisStore, ResponseCache, Store
 from .costs import Prices
 from .dispatch import Dispatcher
+from .embeddings.service import EmbeddingService, embeddings_ctx
 from .http import routes
 from .http.auth import auth_middleware
 from .http.keyring import KeyRing
@@ -62,8 +63,12 @@ def create_app(settings: Settings) -> web.Application:
         metrics.policy_reloads.labels(result).inc()
         status.policy_reloaded(result)
 
+    embedding_names = [m.name for m in settings.cloud.embedding_models]
     policies = PolicyStore(
-        settings.policy.file, cloud_names=cloud_names, on_reload=reloaded, local_models=local.names
+        settings.policy.file,
+        cloud_names=cloud_names + embedding_names,
+        on_reload=reloaded,
+        local_models=local.names,
     )
     breakers = build_breakers(settings, metrics)
     cache = build_cache(settings, metrics) if cloud_names else None
@@ -94,6 +99,7 @@ def create_app(settings: Settings) -> web.Application:
     app[RESPONSE_STORE] = ResponseStore(settings.responses)  # /v1/responses' stored answers
     if settings.learning.enabled:
         app[SERVICES].learning = build_learning(app[SERVICES], dispatcher.extractor.scorer)
+    app[SERVICES].embeddings = build_embeddings(settings, policies, metrics)
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
@@ -101,6 +107,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_cache)
     app.cleanup_ctx.append(_telemetry)
     app.cleanup_ctx.append(_learning)  # last in, first out: judgements stop before the session
+    app.cleanup_ctx.append(embeddings_ctx)
     app.on_shutdown.append(_draining)
     routes.add_routes(app)
     return app
@@ -191,6 +198,15 @@ def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
         c,
         on_error=lambda op: metrics.cache_errors.labels(op).inc(),
         on_state=lambda up: metrics.cache_up.set(1 if up else 0),
+    )
+
+
+def build_embeddings(
+    settings: Settings, policies: PolicyStore, metrics: Metrics
+) -> EmbeddingService:
+    """POST /v1/embeddings: its own local model (built on first use), cloud models and cache."""
+    return EmbeddingService(
+        settings, policies=policies, metrics=metrics, cache=build_cache(settings, metrics)
     )
 
 

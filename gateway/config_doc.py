@@ -44,8 +44,19 @@ def render() -> str:
         model: BaseModel = getattr(defaults, section)
         out.append(f"\n# {type(model).__doc__}")
         out.append(f"{section}:")
-        for name, info in type(model).model_fields.items():
-            env = f"GATEWAY_{section.upper()}__{name.upper()}"
-            out.append(f"  # {info.description} (env {env})")
-            out.append(f"  {name}: {_value(getattr(model, name))}")
+        _fields(out, model, f"GATEWAY_{section.upper()}", "  ")
     return "\n".join(out) + "\n"
+
+
+def _fields(out: list[str], model: BaseModel, env_prefix: str, indent: str) -> None:
+    """One section's settings; a nested section (local.embedding) indented under its name."""
+    for name, info in type(model).model_fields.items():
+        env = f"{env_prefix}__{name.upper()}"
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out.append(f"{indent}# {type(value).__doc__}")
+            out.append(f"{indent}{name}:")
+            _fields(out, value, env, indent + "  ")
+            continue
+        out.append(f"{indent}# {info.description} (env {env})")
+        out.append(f"{indent}{name}: {_value(value)}")

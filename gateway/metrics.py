@@ -206,6 +206,21 @@ class Metrics:
             ["why"],
             registry=r,
         )
+        self.embedding_requests = Counter(
+            p + "embedding_requests",
+            "Embedding requests answered, by route (local, cloud, or cache for all inputs).",
+            ["route"],
+            registry=r,
+        )
+        self.embedding_inputs = Counter(
+            p + "embedding_inputs",
+            "Inputs embedded, by route (cache: served from the per-input cache).",
+            ["route"],
+            registry=r,
+        )
+        self.embedding_tokens = Counter(
+            p + "embedding_tokens", "Tokens of embedded inputs, by route.", ["route"], registry=r
+        )
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
         for result in ("hit", "miss", "skip"):

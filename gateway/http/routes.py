@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import chat, feedback, models, ops, responses, ui
+from . import chat, embeddings, feedback, models, ops, responses, ui
 
 
 def add_routes(app: web.Application) -> None:
@@ -13,6 +13,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/responses", responses.create_response)
     app.router.add_get("/v1/responses/{response_id}", responses.retrieve_response)
     app.router.add_delete("/v1/responses/{response_id}", responses.delete_response)
+    app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
     app.router.add_get("/v1/models", ops.list_models)
     app.router.add_get("/v1/models/{model_id:.+}", ops.retrieve_model)
     app.router.add_post("/v1/route", ops.explain_route)

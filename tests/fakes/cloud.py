@@ -16,13 +16,18 @@ an attacker's host proves that nothing reached it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import socket
+import struct
 import threading
 import time
 from typing import Any
 
 from aiohttp import web
+
+EMBEDDING_WIDTH = 8  # of the fake's embedding vectors (not unit length: the gateway normalises)
 
 MODES = (
     "ok",
@@ -56,6 +61,7 @@ class FakeCloud:
         self.headers: list[dict[str, str]] = []
         self.probes = 0
         self.hits: list[tuple[str, str, dict[str, str]]] = []
+        self.embedding_requests: list[dict[str, Any]] = []  # bodies sent to /v1/embeddings
         self._counter = 0
         self.judge_topic = "tax"
         self.judge_reply: str | None = None
@@ -95,6 +101,7 @@ class FakeCloud:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         return app
 
     async def _gate(self, request: web.Request) -> web.Response | None:
@@ -322,6 +329,34 @@ class FakeCloud:
                 "model": body.get("model"),
                 "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+            }
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Deterministic 8-wide vectors from each input's hash (or `dimensions` wide)."""
+        body = await request.json()
+        self.embedding_requests.append(body)
+        gated = await self._gate(request)
+        if gated is not None:
+            return gated
+        raw = body.get("input")
+        items = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else raw
+        width = int(body.get("dimensions") or EMBEDDING_WIDTH)
+        data = []
+        for i, item in enumerate(items or []):
+            digest = hashlib.sha256(json.dumps(item).encode()).digest()
+            vec = [(digest[j % 32] - 127.5) / 127.5 for j in range(width)]
+            emb: Any = vec
+            if body.get("encoding_format") == "base64":
+                emb = base64.b64encode(struct.pack(f"<{width}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = sum(len(str(x).split()) for x in items or [])
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
 

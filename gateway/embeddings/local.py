@@ -1,0 +1,248 @@
+"""The local embedding model: one llama.cpp context in embedding mode, on one worker thread.
+
+Built once, on the first embedding request (a gateway that never embeds spends no memory on
+it), by the worker thread itself; every decode runs on that thread, so the context is never
+used by two requests at once and the event loop never waits on llama.cpp.
+
+The inputs of a request are packed into as few `llama_decode` calls as fit `n_batch` tokens
+(and the context's sequence limit), one sequence id each, and read back pooled per sequence.
+llama-cpp-python's `Llama.embed` does the same packing but takes text only and silently cuts
+inputs longer than the batch; token-id inputs and a 400 for an over-long input need the loop
+here, on the context that `Llama` built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..backends.local.model import embedded_model_path, llama_lib
+from ..errors import ContextLengthExceeded, InvalidRequest, NoRouteAvailable, QueueFull
+from ..settings import LocalEmbeddingSettings
+from .request import Item, normalise
+
+log = logging.getLogger(__name__)
+
+_POOLING = {"mean": 1, "cls": 2, "last": 3}  # llama_pooling_type
+
+
+class LocalEmbedder:
+    kind = "local"
+
+    def __init__(self, settings: LocalEmbeddingSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.path = settings.model_path or None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._llm: Any = None
+        self._batch: Any = None
+        self.width: int | None = None
+        self.pooling: str | None = None
+        self.n_seq_max = 1
+        self.pending = 0  # requests submitted and not finished (waiting or running)
+        self.decode_calls = 0  # llama_decode calls so far (inputs are packed, not one by one)
+
+    # -- state the policy and the status page read ------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return max(0, self.pending - 1)
+
+    def has_room(self) -> bool:
+        return self.pending < self.settings.max_queue + 1
+
+    # -- embedding --------------------------------------------------------------------------
+
+    async def embed(self, items: list[Item]) -> tuple[list[np.ndarray], list[int]]:
+        """Unit-length vectors and token counts, one per input, in order."""
+        if not self.has_room():
+            raise QueueFull(
+                "The local embedding model is busy; retry shortly.",
+                retry_after=1,
+            )
+        loop = asyncio.get_running_loop()
+        self.pending += 1
+        fut: Future[tuple[list[np.ndarray], list[int]]] = self._pool.submit(self._embed, items)
+
+        def done(_: Future[Any]) -> None:
+            # Runs on the worker thread: the count belongs to the loop.
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(self._finished)
+
+        fut.add_done_callback(done)
+        # A cancelled wait (client gone) cancels a job that has not started yet.
+        return await asyncio.wrap_future(fut)
+
+    def _finished(self) -> None:
+        self.pending -= 1
+
+    def _embed(self, items: list[Item]) -> tuple[list[np.ndarray], list[int]]:
+        self._ensure_loaded()
+        seqs = [self._tokens(i, item) for i, item in enumerate(items)]
+        out: list[np.ndarray | None] = [None] * len(seqs)
+        group: list[int] = []
+        used = 0
+        for i, toks in enumerate(seqs):
+            if group and (used + len(toks) > self.settings.n_batch or len(group) >= self.n_seq_max):
+                self._decode(group, seqs, out)
+                group, used = [], 0
+            group.append(i)
+            used += len(toks)
+        if group:
+            self._decode(group, seqs, out)
+        vectors = normalise(np.stack([v for v in out if v is not None]))
+        return list(vectors), [len(s) for s in seqs]
+
+    def _tokens(self, i: int, item: Item) -> list[int]:
+        llm = self._llm
+        if isinstance(item, str):
+            # Special tokens as the model adds them (BOS, or CLS/SEP for BERT models); text
+            # that looks like a control token stays text.
+            toks = list(llm.tokenize(item.encode("utf-8"), add_bos=True, special=False))
+        else:
+            n_vocab = llm.n_vocab()
+            bad = next((t for t in item if t >= n_vocab), None)
+            if bad is not None:
+                raise InvalidRequest(
+                    f"input[{i}] holds token id {bad}; the local embedding model's vocabulary "
+                    f"has {n_vocab} tokens.",
+                    param="input",
+                    code="invalid_value",
+                )
+            toks = list(item)
+        if not toks:
+            raise InvalidRequest(
+                f"input[{i}] has no tokens to embed.", param="input", code="invalid_value"
+            )
+        if len(toks) > self.settings.n_batch:
+            raise ContextLengthExceeded(
+                f"input[{i}] has {len(toks)} tokens; the local embedding model takes at most "
+                f"{self.settings.n_batch} per input (local.embedding.n_batch).",
+                param="input",
+            )
+        return toks
+
+    def _decode(
+        self, group: list[int], seqs: list[list[int]], out: list[np.ndarray | None]
+    ) -> None:
+        lib = llama_lib()
+        ctx = self._llm.ctx
+        batch = self._batch
+        n = 0
+        for seq, i in enumerate(group):
+            toks = seqs[i]
+            for pos, tok in enumerate(toks):
+                batch.token[n] = tok
+                batch.pos[n] = pos
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq
+                # Every token is an output in embedding mode; pooling reads them per sequence.
+                batch.logits[n] = True
+                n += 1
+        batch.n_tokens = n
+        mem = lib.llama_get_memory(ctx)
+        if mem:  # non-causal (BERT) models keep no KV cache
+            lib.llama_memory_clear(mem, True)
+        rc = lib.llama_decode(ctx, batch)
+        self.decode_calls += 1
+        if rc != 0:
+            raise NoRouteAvailable(f"the local embedding model failed to decode (code {rc})")
+        width = self.width or 0
+        for seq, i in enumerate(group):
+            ptr = lib.llama_get_embeddings_seq(ctx, seq)
+            if not ptr:
+                raise NoRouteAvailable("the local embedding model returned no pooled embedding")
+            out[i] = np.ctypeslib.as_array(ptr, shape=(width,)).astype(np.float32)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        if self._llm is not None:
+            return
+        try:
+            self._load()
+        except Exception as exc:
+            log.exception("loading the local embedding model failed")
+            raise NoRouteAvailable(
+                f"The local embedding model could not be loaded ({type(exc).__name__}).",
+                code="local_model_unavailable",
+            ) from None
+
+    def _load(self) -> None:
+        lib = llama_lib()  # also quiets llama.cpp's logging
+        import llama_cpp
+
+        s = self.settings
+        path = str(s.model_path or embedded_model_path())
+        started = time.perf_counter()
+        pooling: str = s.pooling
+        if pooling == "auto":
+            # The GGUF says how it was trained to pool; a chat model says nothing: mean.
+            raw = _pooling_metadata(lib, path)
+            names = {v: k for k, v in _POOLING.items()}
+            pooling = names.get(int(raw), "mean") if raw and raw.isdigit() else "mean"
+        llm = llama_cpp.Llama(
+            path,
+            embedding=True,
+            pooling_type=_POOLING[pooling],
+            n_ctx=s.n_ctx,
+            n_batch=s.n_batch,
+            # A pooled sequence must sit in one micro-batch: the physical batch is the logical.
+            n_ubatch=s.n_batch,
+            n_threads=s.n_threads,
+            n_threads_batch=s.n_threads,
+            verbose=False,
+        )
+        self.n_seq_max = int(lib.llama_n_seq_max(llm.ctx))
+        self._batch = lib.llama_batch_init(s.n_batch, 0, 1)
+        self.width = int(llm.n_embd())
+        self.pooling = pooling
+        self._llm = llm
+        log.info(
+            "local embedding model loaded",
+            extra={
+                "model": path.rsplit("/", 1)[-1],
+                "width": self.width,
+                "pooling": pooling,
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        )
+
+    async def close(self) -> None:
+        def free() -> None:
+            if self._batch is not None:
+                llama_lib().llama_batch_free(self._batch)
+                self._batch = None
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
+
+        # On the worker, after any running job: the context is never freed under a decode.
+        await asyncio.wrap_future(self._pool.submit(free))
+        self._pool.shutdown(wait=False)
+
+
+def _pooling_metadata(lib: Any, path: str) -> str | None:
+    """`{arch}.pooling_type` of a GGUF, read with a vocabulary-only load (no weights)."""
+    params = lib.llama_model_default_params()
+    params.vocab_only = True
+    model = lib.llama_model_load_from_file(path.encode("utf-8"), params)
+    if not model:
+        return None
+    try:
+
+        def meta(key: str) -> str | None:
+            buf = ctypes.create_string_buffer(256)
+            n = lib.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+            return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+        return meta(f"{meta('general.architecture') or ''}.pooling_type")
+    finally:
+        lib.llama_model_free(model)

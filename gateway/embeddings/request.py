@@ -1,0 +1,118 @@
+"""The embeddings request as OpenAI defines it, its bounds, and the response shapes."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from ..errors import InvalidRequest
+from ..http.requests import validation_error
+from ..settings import ServerSettings
+
+# OpenAI's own bound on the inputs of one request.
+MAX_INPUTS = 2048
+# Token ids are 32-bit in every tokenizer we could pass them to.
+TokenId = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+Item = str | list[int]  # one input: text, or token ids
+
+
+class EmbeddingRequest(BaseModel):
+    """Unknown fields are kept: passed on to a cloud model, refused by the local one."""
+
+    model_config = ConfigDict(extra="allow")
+    model: StrictStr = Field(min_length=1, examples=["auto", "local"])
+    input: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: StrictInt | None = Field(None, ge=1, le=65536)
+    user: StrictStr | None = None
+
+    def items(self) -> list[Item]:
+        """Every input: a string, a list of strings, one token list or a list of token lists."""
+        v = self.input
+        if isinstance(v, str):
+            return [v]
+        if v and isinstance(v[0], int):
+            return [list(v)]
+        return list(v)  # type: ignore[arg-type]
+
+    def texts(self) -> list[str]:
+        return [i for i in self.items() if isinstance(i, str)]
+
+    def extra_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+    def upstream_body(self) -> dict[str, Any]:
+        """What a cloud embedding model gets: the client's fields, unknown ones included."""
+        return self.model_dump(exclude_none=True, exclude_unset=True)
+
+
+def _check(req: EmbeddingRequest, server: ServerSettings) -> None:
+    items = req.items()
+    if not items:
+        raise InvalidRequest(
+            "'input' must not be an empty list.", param="input", code="invalid_value"
+        )
+    for i, item in enumerate(items):
+        if len(item) == 0:
+            what = "string" if isinstance(item, str) else "token list"
+            raise InvalidRequest(
+                f"input[{i}] is an empty {what}; every input needs some content.",
+                param="input",
+                code="invalid_value",
+            )
+    # Text characters plus token ids: the same bound as a chat request's text.
+    size = sum(len(i) for i in items)
+    if size > server.max_content_chars:
+        raise InvalidRequest(
+            f"The request has {size} characters and token ids of input; this gateway accepts "
+            f"at most {server.max_content_chars} (server.max_content_chars).",
+            param="input",
+            code="content_too_long",
+        )
+
+
+def parse_embedding_request(body: dict[str, Any], server: ServerSettings) -> EmbeddingRequest:
+    """A validated request within the server's bounds, or a 400 naming what is wrong."""
+    raw = body.get("input")
+    if isinstance(raw, list) and len(raw) > MAX_INPUTS:
+        # Checked on the raw JSON, before validation spends time on a hostile list.
+        raise InvalidRequest(
+            f"Too many inputs: {len(raw)} > {MAX_INPUTS}.", param="input", code="too_many_inputs"
+        )
+    try:
+        req = EmbeddingRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    _check(req, server)
+    return req
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 length, as OpenAI's embeddings are; a zero row stays zero."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (vectors / norms).astype(np.float32)
+
+
+def encode(vector: np.ndarray, encoding_format: str | None) -> list[float] | str:
+    """float: a JSON list; base64: the little-endian float32 bytes, as OpenAI sends them."""
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+def response(
+    vectors: list[np.ndarray], *, model: str, tokens: int, encoding_format: str | None
+) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(v, encoding_format)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

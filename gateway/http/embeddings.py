@@ -1,0 +1,53 @@
+"""POST /v1/embeddings: parse, route through the embeddings service, render OpenAI's JSON."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..cache import CacheControl
+from ..embeddings.request import parse_embedding_request
+from ..errors import NotFound
+from ..services import SERVICES
+from .auth import tenant_of
+from .chat import _deadline, _timed_out
+from .observe import RECORD
+from .requests import read_json
+
+
+async def create_embeddings(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    service = services.embeddings
+    if service is None:
+        raise NotFound("This gateway serves no embeddings.", code="not_found")
+    req = parse_embedding_request(await read_json(request), services.settings.server)
+    tenant = tenant_of(request)
+    budget_spent = await services.limiter.admit(tenant)
+    cc = CacheControl.parse(request.headers.get("Cache-Control"))
+    record = request[RECORD]
+    deadline = _deadline(record.started, services.settings.server)
+    try:
+        async with asyncio.timeout_at(deadline):
+            outcome, hits = await service.handle(
+                req, tenant, no_cache=cc.no_cache, no_store=cc.no_store, force_local=budget_spent
+            )
+    except TimeoutError:
+        if asyncio.get_running_loop().time() < deadline:
+            raise
+        raise _timed_out(services.settings.server) from None
+    record.outcome = outcome
+    record.backend_s = outcome.backend_seconds
+    assert outcome.completion is not None
+    obj = outcome.completion.obj
+    tokens = int(obj["usage"]["prompt_tokens"])
+    cost = service.cost(outcome, tokens)
+    if cost:
+        services.metrics.cloud_spend.inc(cost)
+    # Tokens count towards the key's tokens-per-minute limit and its cloud budget, as chat's.
+    services.limiter.record(tenant, tokens, cost)
+    headers = outcome.headers()
+    headers["x-gateway-cache-inputs"] = f"{hits}/{len(obj['data'])}"
+    return web.Response(
+        body=outcome.completion.body(), content_type="application/json", headers=headers
+    )
