@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,65 @@ def test_schemathesis_finds_no_server_errors(tmp_path: Path) -> None:
     ours = [json.loads(line) for line in log.splitlines() if line.startswith('{"ts"')]
     errors = [e for e in ours if e["logger"].startswith("gateway") and e["level"] == "error"]
     assert not errors, errors[:3]
+
+
+ENDPOINTS = ("/v1/responses", "/v1/embeddings")
+
+
+def test_schemathesis_on_responses_and_embeddings_with_a_served_model(tmp_path: Path) -> None:
+    """The document lets `model` be any string, so most fuzzed bodies above end in a 404
+    before any generation; here the model is pinned to ones the gateway serves, so the
+    generated inputs, formats, tools and dimensions reach the local model (issue 17)."""
+    exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    assert exe, "schemathesis is a dev dependency: `make test` installs it"
+    gp = GatewayProcess(
+        env={"GATEWAY_LOCAL__MAX_TOKENS_LIMIT": "4", "GATEWAY_LOCAL__MAX_QUEUE": "64"}
+    )
+    try:
+        gp.wait_ready()
+        with urllib.request.urlopen(f"{gp.url}/openapi.json", timeout=30) as r:
+            doc = json.load(r)
+        served = {"type": "string", "enum": ["local", "auto"]}
+        body = doc["paths"]["/v1/responses"]["post"]["requestBody"]["content"]
+        body["application/json"]["schema"]["properties"]["model"] = served
+        doc["components"]["schemas"]["EmbeddingRequest"]["properties"]["model"] = served
+        doc["paths"] = {p: {"post": doc["paths"][p]["post"]} for p in ENDPOINTS}
+        spec = tmp_path / "openapi.json"
+        spec.write_text(json.dumps(doc))
+        proc = subprocess.run(
+            [
+                exe,
+                "run",
+                str(spec),
+                "--url",
+                gp.url,
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance",
+                "--max-examples",
+                "100",
+                "--seed",
+                "1",
+                "--request-timeout",
+                "60",
+                "--suppress-health-check",
+                "all",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-6000:]
+    finally:
+        log = gp.stop()
+    ours = [json.loads(line) for line in log.splitlines() if line.startswith('{"ts"')]
+    errors = [e for e in ours if e["logger"].startswith("gateway") and e["level"] == "error"]
+    assert not errors, errors[:3]
+    for path in ENDPOINTS:
+        answered = [
+            e
+            for e in ours
+            if e.get("msg") == "request" and e.get("path") == path and e.get("status") == 200
+        ]
+        assert answered, f"no fuzzed request to {path} was answered"
