@@ -47,7 +47,7 @@ async def _serve(
     budget_spent = await services.limiter.admit(tenant)
     cc = CacheControl.parse(request.headers.get("Cache-Control"))
     record = request[RECORD]
-    deadline = _deadline(record.started, services.settings.server)
+    deadline = deadline_of(record.started, services.settings.server)
     try:
         async with asyncio.timeout_at(deadline):
             outcome = await services.dispatcher.handle(
@@ -56,7 +56,7 @@ async def _serve(
     except TimeoutError:
         if asyncio.get_running_loop().time() < deadline:
             raise  # not our bound: someone else's timeout
-        raise _timed_out(services.settings.server) from None
+        raise timed_out(services.settings.server) from None
     record.outcome = outcome
     record.backend_s = outcome.backend_seconds
     # Text is captured only on opt-in: the log (server.log_bodies) or the status page.
@@ -80,13 +80,29 @@ async def _serve(
     )
 
 
-def _deadline(started: float, server: ServerSettings) -> float:
+async def open_event_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """Send the headers of a server-sent event stream (chat chunks or Responses events)."""
+    resp = web.StreamResponse(
+        headers={
+            **headers,
+            # prepare() sends the headers now, before the request-id middleware sees the response.
+            REQUEST_ID_HEADER: request[REQUEST_ID],
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await resp.prepare(request)
+    return resp
+
+
+def deadline_of(started: float, server: ServerSettings) -> float:
     """`server.request_timeout_s` after the request arrived, on the event loop's clock."""
     elapsed = time.perf_counter() - started
     return asyncio.get_running_loop().time() + server.request_timeout_s - elapsed
 
 
-def _timed_out(server: ServerSettings) -> RequestTimeout:
+def timed_out(server: ServerSettings) -> RequestTimeout:
     return RequestTimeout(
         f"The request took longer than {server.request_timeout_s:g} s (server.request_timeout_s)."
     )
@@ -111,17 +127,7 @@ async def _write_stream(
     assert outcome.chunks is not None
     services = request.app[SERVICES]
     record = request[RECORD]
-    resp = web.StreamResponse(
-        headers={
-            **headers,
-            # prepare() sends the headers now, before the request-id middleware sees the response.
-            REQUEST_ID_HEADER: request[REQUEST_ID],
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await resp.prepare(request)
+    resp = await open_event_stream(request, headers)
     chunks = outcome.chunks
     bound = asyncio.timeout_at(deadline)
     try:
@@ -131,8 +137,8 @@ async def _write_stream(
     except TimeoutError:
         if not bound.expired():
             raise
-        _stream_failed(record, _timed_out(services.settings.server))
-        await resp.write(sse.error_frame(_timed_out(services.settings.server)))
+        _stream_failed(record, timed_out(services.settings.server))
+        await resp.write(sse.error_frame(timed_out(services.settings.server)))
     except GatewayError as exc:
         # Bytes already went out, so the status is spent: say it in-band, never end silently.
         _stream_failed(record, exc)

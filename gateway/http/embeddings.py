@@ -11,7 +11,7 @@ from ..embeddings.request import parse_embedding_request
 from ..errors import NotFound
 from ..services import SERVICES
 from .auth import tenant_of
-from .chat import _deadline, _timed_out
+from .chat import deadline_of, timed_out
 from .observe import RECORD
 from .requests import read_json
 
@@ -26,7 +26,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     budget_spent = await services.limiter.admit(tenant)
     cc = CacheControl.parse(request.headers.get("Cache-Control"))
     record = request[RECORD]
-    deadline = _deadline(record.started, services.settings.server)
+    deadline = deadline_of(record.started, services.settings.server)
     try:
         async with asyncio.timeout_at(deadline):
             outcome, hits = await service.handle(
@@ -35,7 +35,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     except TimeoutError:
         if asyncio.get_running_loop().time() < deadline:
             raise
-        raise _timed_out(services.settings.server) from None
+        raise timed_out(services.settings.server) from None
     record.outcome = outcome
     record.backend_s = outcome.backend_seconds
     assert outcome.completion is not None

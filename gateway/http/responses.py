@@ -30,8 +30,7 @@ from ..schemas import ChatRequest
 from ..services import SERVICES
 from ..settings import ServerSettings
 from .auth import tenant_of
-from .chat import _deadline, _timed_out
-from .middlewares import REQUEST_ID, REQUEST_ID_HEADER
+from .chat import deadline_of, open_event_stream, timed_out
 from .observe import RECORD, RequestRecord
 from .requests import parse_request, read_json, validation_error
 
@@ -100,7 +99,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         budget_spent = await services.limiter.admit(tenant)
         cc = CacheControl.parse(request.headers.get("Cache-Control"))
         record = request[RECORD]
-        deadline = _deadline(record.started, server)
+        deadline = deadline_of(record.started, server)
         try:
             async with asyncio.timeout_at(deadline):
                 outcome = await services.dispatcher.handle(
@@ -109,7 +108,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         except TimeoutError:
             if asyncio.get_running_loop().time() < deadline:
                 raise
-            raise _timed_out(server) from None
+            raise timed_out(server) from None
     except GatewayError as exc:
         raise names.fix(exc) from None
     record.outcome = outcome
@@ -170,16 +169,7 @@ async def _write_stream(
     assert outcome.chunks is not None
     services = request.app[SERVICES]
     record = request[RECORD]
-    resp = web.StreamResponse(
-        headers={
-            **outcome.headers(),
-            REQUEST_ID_HEADER: request[REQUEST_ID],
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await resp.prepare(request)
+    resp = await open_event_stream(request, outcome.headers())
     chunks = outcome.chunks
     bound = asyncio.timeout_at(deadline)
     try:
@@ -194,7 +184,7 @@ async def _write_stream(
     except TimeoutError:
         if not bound.expired():
             raise
-        await _fail(resp, events, record, _timed_out(services.settings.server))
+        await _fail(resp, events, record, timed_out(services.settings.server))
     except GatewayError as exc:
         await _fail(resp, events, record, exc)
     except asyncio.CancelledError:

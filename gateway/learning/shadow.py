@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -118,12 +118,16 @@ class Shadower:
             return "needs"  # tools, JSON schemas, n > 1, logprobs: not a text comparison
         if outcome.degraded:
             return "offline"  # answered locally because the cloud could not
+        return self._no_room({self.cloud, self.judge})
+
+    def _no_room(self, targets: set[str | None]) -> str | None:
+        """Pause, uplink, hourly cap and concurrency: why no judgement may start now, or None."""
         now = self._clock()
         if now < self.paused_until:
             return "rate_limited"
         self.metrics.paused.set(0)
         breakers = self.dispatcher.breakers
-        if not all(breakers[n].reachable for n in {self.cloud, self.judge} if n in breakers):
+        if not all(breakers[n].reachable for n in targets if n in breakers):
             return "offline"
         while self._started and self._started[0] <= now - HOUR_S:
             self._started.popleft()
@@ -134,8 +138,11 @@ class Shadower:
         return None
 
     def start(self, job: Job) -> None:
-        self._started.append(self._clock())
-        task = asyncio.create_task(self._run(job), name=f"shadow-{job.request_id}")
+        self._launch(self._run(job), f"shadow-{job.request_id}")
+
+    def _launch(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._started.append(self._clock())  # counts toward the hourly cap
+        task = asyncio.create_task(work, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -157,26 +164,13 @@ class Shadower:
         Returns why it is not judged, or None when it is."""
         if self.judge is None:
             return "no_judge"
-        now = self._clock()
-        if now < self.paused_until:
-            return "rate_limited"
-        breaker = self.dispatcher.breakers.get(self.judge)
-        if breaker is not None and not breaker.reachable:
-            return "offline"
-        while self._started and self._started[0] <= now - HOUR_S:
-            self._started.popleft()
-        if len(self._started) >= self.conf.shadow_max_per_hour:
-            return "hourly_cap"
-        if len(self.tasks) >= self.conf.shadow_concurrency:
-            return "busy"
-        self._started.append(now)
-        task = asyncio.create_task(
-            self._run(job, source="cascade", local=local, cloud_obj=cloud_obj),
-            name=f"cascade-judge-{job.request_id}",
-        )
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return None
+        why = self._no_room({self.judge})
+        if why is None:
+            self._launch(
+                self._run(job, source="cascade", local=local, cloud_obj=cloud_obj),
+                f"cascade-judge-{job.request_id}",
+            )
+        return why
 
     async def _run(
         self,
