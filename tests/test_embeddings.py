@@ -221,6 +221,9 @@ async def test_named_cloud_model_reaches_the_cloud(
     assert sent["user"] == "u1" and sent["input_type"] == "query"  # passed on as body fields
     headers = [h for m, p, h in fake_cloud.hits if p == "/v1/embeddings"][-1]
     assert headers["Authorization"] == "Bearer sk-fake-cloud-secret-123"
+    # Discoverable: the cloud embedding model is in /v1/models and retrievable.
+    assert "embed-fake" in [m.id for m in (await c.models.list()).data]
+    assert (await c.models.retrieve("embed-fake")).id == "embed-fake"
 
     # base64 from the gateway decodes to its floats.
     b64 = await c.embeddings.with_raw_response.create(

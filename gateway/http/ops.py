@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..errors import InvalidRequest, ModelNotFound, Unauthorized
 from ..routing.policy import PolicyError
 from ..schemas import ChatRequest
-from ..services import SERVICES
+from ..services import SERVICES, Services
 from . import openapi
 from .auth import bearer, tenant_of
 from .requests import parse_request, read_json
@@ -22,16 +22,26 @@ async def list_models(request: web.Request) -> web.Response:
     created = int(services.started_at)
     data = [
         {"id": mid, "object": "model", "created": created, "owned_by": owner}
-        for mid, owner in services.dispatcher.model_ids()
+        for mid, owner in _model_ids(services)
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+def _model_ids(services: Services) -> list[tuple[str, str]]:
+    """Chat models, then embedding models not listed already (clients discover both here)."""
+    ids = services.dispatcher.model_ids()
+    if services.embeddings is not None:
+        seen = {mid for mid, _ in ids}
+        extra = [services.embeddings.local.name, *services.embeddings.models]
+        ids += [(m, "edge-gateway") for m in dict.fromkeys(extra) if m not in seen]
+    return ids
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """One model in OpenAI's shape (`client.models.retrieve`), or 404 model_not_found."""
     services = request.app[SERVICES]
     wanted = request.match_info["model_id"]
-    for mid, owner in services.dispatcher.model_ids():
+    for mid, owner in _model_ids(services):
         if mid == wanted:
             created = int(services.started_at)
             return web.json_response(
