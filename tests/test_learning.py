@@ -376,6 +376,13 @@ async def test_feedback_only_for_the_tenants_own_recent_requests(
             await stream.read()
         status, body = await early
         assert status == 200 and body["label"] == 1.0
+    # A Responses API answer takes feedback by its request id as well.
+    raw = await client(gw, "sk-tenant-a").responses.with_raw_response.create(
+        model="auto", input="Name a colour.", max_output_tokens=4
+    )
+    fid = raw.headers["x-request-id"]
+    assert (await post("sk-tenant-b", {"request_id": fid, "good": True}))[0] == 404
+    assert (await post("sk-tenant-a", {"request_id": fid, "good": True}))[0] == 200
     assert fake_cloud.chat_calls == 0  # shadow_rate 0: nothing left the box
 
 

@@ -31,6 +31,7 @@ from ..services import SERVICES
 from ..settings import ServerSettings
 from .auth import tenant_of
 from .chat import deadline_of, open_event_stream, timed_out
+from .middlewares import REQUEST_ID
 from .observe import RECORD, RequestRecord
 from .requests import parse_request, read_json, validation_error
 
@@ -116,6 +117,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if server.log_bodies or services.settings.ui.show_prompts:
         record.prompt_text = chat.prompt_text()
         record.answer_parts = []
+    if services.learning is not None:  # as on chat: feedback by request id, maybe shadowed
+        services.learning.answered(
+            request[REQUEST_ID], chat, "chat", outcome, record, asyncio.current_task()
+        )
     shell = Shell(req, model=req.model)
     if outcome.completion is not None:
         record.usage_from(outcome.completion.obj)
