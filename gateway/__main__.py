@@ -114,10 +114,12 @@ def _policy_check(args: argparse.Namespace) -> int:
     assert isinstance(settings, Settings)
     names = [m.name for m in settings.cloud.models]
     names += [m.name for m in settings.cloud.embedding_models]  # routes of /v1/embeddings
+    # The same names the gateway checks a rule's `model:` against at start.
+    local = [settings.local.model_name, *(m.name for m in settings.local.models)]
     failed = 0
     for path in args.files:
         try:
-            policy = load_policy(path, cloud_names=names if names else None)
+            policy = load_policy(path, cloud_names=names if names else None, local_models=local)
         except PolicyError as exc:
             print(f"FAIL {exc}")
             failed += 1

@@ -245,6 +245,48 @@ async def test_named_cloud_model_reaches_the_cloud(
     assert "sk-fake-cloud-secret-123" not in str(br.value.body)
 
 
+async def test_privacy_rules_hold_for_token_ids_and_rules_naming_a_chat_model(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    import tiktoken
+
+    from gateway.embeddings.service import _vocabularies
+
+    policy = tmp_path / "cloud-first.yaml"
+    policy.write_text(
+        "version: 1\ndefault: cloud\nrules:\n"
+        "  - {name: private-data-stays-local, enforce: true, when: {pii: true}, route: local}\n"
+        # A rule picking a chat model by name still means local for embeddings, never skipped.
+        "  - {name: long-stays-local, enforce: true, when: {prompt_tokens: {gte: 40}},"
+        " route: local, model: smollm2-135m-instruct}\n"
+    )
+    gw = await gateway_factory(
+        **embedding_cloud(fake_cloud),
+        policy={"file": str(policy)},
+        local={"embedding": {"name": "embed-local"}},
+    )
+    c = client(gw)
+    _vocabularies()  # points tiktoken at the vocabularies shipped with litellm: no download
+    secret = "Contact john.doe@example.com about the pump"
+    for vocabulary in ("cl100k_base", "o200k_base"):
+        ids = tiktoken.get_encoding(vocabulary).encode(secret)
+        # Kept local: answered there, or refused there when an id is past the local model's
+        # vocabulary (the refusal names it); nothing reaches the cloud (checked below).
+        try:
+            raw = await c.embeddings.with_raw_response.create(model="auto", input=[ids])
+            assert raw.headers["x-gateway-route"] == "local", vocabulary
+        except openai.BadRequestError as exc:
+            assert "local embedding model" in str(exc), vocabulary
+    with pytest.raises(openai.BadRequestError, match="local embedding model"):
+        await c.embeddings.create(model="auto", input=[[10**7, 1]])  # nobody can read these
+    raw = await c.embeddings.with_raw_response.create(model="auto", input="valve " * 60)
+    assert raw.headers["x-gateway-route"] == "local"
+    assert "long-stays-local" in raw.headers["x-gateway-reason"]
+    assert fake_cloud.embedding_requests == []
+    ok = await c.embeddings.with_raw_response.create(model="auto", input="a plain sentence")
+    assert ok.headers["x-gateway-route"] == "cloud"
+
+
 async def test_offline_auto_falls_back_to_local_and_named_fails(
     gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
 ) -> None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
@@ -37,7 +38,7 @@ from ..routing.features import Features
 from ..routing.pii import detect_pii
 from ..routing.policy import CACHE, LOCAL, Decision, Router
 from ..routing.store import PolicyStore
-from ..routing.tokens import count_tokens
+from ..routing.tokens import count_tokens, encoder
 from ..settings import CloudModel, Settings
 from .cache import EmbeddingCache
 from .local import LocalEmbedder
@@ -131,6 +132,7 @@ class EmbeddingService:
     # -- deciding -----------------------------------------------------------------------------
 
     def features(self, req: EmbeddingRequest, tenant: str | None) -> Features:
+        """The chat router's features of an embedding request (off the loop when large)."""
         items = req.items()
         longest = max(count_tokens(i) if isinstance(i, str) else len(i) for i in items)
         return Features(
@@ -139,7 +141,7 @@ class EmbeddingService:
             complexity=0.0,
             complexity_reasons=(),
             needs=(),
-            pii=detect_pii("\n".join(req.texts())),
+            pii=_pii(req.texts(), [i for i in items if not isinstance(i, str)]),
             tenant=tenant,
             cloud_reachable=any(b.reachable for b in self.breakers.values()),
             local_queue_depth=self.local.queue_depth,
@@ -407,3 +409,34 @@ async def embeddings_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     with contextlib.suppress(Exception):
         await service.close()
+
+
+@functools.cache
+def _vocabularies() -> tuple[Any, ...]:
+    import tiktoken
+
+    return (encoder(), tiktoken.get_encoding("cl100k_base"))  # encoder() sets the offline cache
+
+
+def _pii(texts: list[str], token_inputs: list[list[int]]) -> tuple[str, ...]:
+    """Private data in the inputs, token-id inputs included.
+
+    Token ids are text in disguise: a client could send an e-mail address as OpenAI token ids
+    and slip past a scan of the text inputs. They are decoded with both OpenAI vocabularies
+    an embedding model may use (o200k, cl100k; shipped with litellm, nothing downloaded) and
+    scanned like text; ids neither can decode cannot be scanned and count as private
+    (`token_ids`), so a privacy rule keeps them on the box.
+    """
+    decoded = list(texts)
+    unscanned = False
+    for ids in token_inputs:
+        readable = False
+        for vocabulary in _vocabularies():
+            try:
+                decoded.append(vocabulary.decode(ids))
+                readable = True
+            except (KeyError, ValueError, OverflowError):  # ids outside this vocabulary
+                pass
+        unscanned = unscanned or not readable
+    found = detect_pii("\n".join(decoded))
+    return (*found, "token_ids") if unscanned else found

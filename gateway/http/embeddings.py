@@ -44,8 +44,10 @@ async def create_embeddings(request: web.Request) -> web.Response:
     cost = service.cost(outcome, tokens)
     if cost:
         services.metrics.cloud_spend.inc(cost)
-    # Tokens count towards the key's tokens-per-minute limit and its cloud budget, as chat's.
+    # Tokens count towards the key's tokens-per-minute limit and its cloud budget, as chat's;
+    # charged here at the embedding model's price, so the shared accounting skips it.
     services.limiter.record(tenant, tokens, cost)
+    record.prompt_tokens, record.accounted = tokens, True
     headers = outcome.headers()
     headers["x-gateway-cache-inputs"] = f"{hits}/{len(obj['data'])}"
     return web.Response(

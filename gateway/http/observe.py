@@ -38,6 +38,8 @@ class RequestRecord:
     # Only filled when the operator opts in (server.log_bodies): privacy by default.
     prompt_text: str | None = None
     answer_parts: list[str] | None = None
+    # The handler already charged spend and usage limits (embeddings price their own model).
+    accounted: bool = False
 
     def usage_from(self, obj: dict[str, Any]) -> None:
         u = obj.get("usage") or {}
@@ -156,6 +158,8 @@ def _answered(
         if o.cascade.escalated:
             m.cascade_escalations.labels(o.cascade.signal).inc()
             m.cascade_escalated_local_tokens.inc(o.cascade.local_tokens)
+    if record.accounted:
+        return
     cost = services.prices.cost(
         services.price_model(o), record.prompt_tokens, record.completion_tokens
     )

@@ -159,13 +159,15 @@ class Rule(_Strict):
         return self
 
     model: str | None = Field(
-        None, min_length=1, description="with route local: which local model (local.models)"
+        None,
+        min_length=1,
+        description="with route local or cascade: which local model answers (local.models)",
     )
 
     @model_validator(mode="after")
     def _model_needs_local(self) -> Rule:
-        if self.model is not None and self.route != LOCAL:
-            raise ValueError("`model` picks a local model: it needs `route: local`")
+        if self.model is not None and self.route not in (LOCAL, CASCADE):
+            raise ValueError("`model` picks a local model: it needs `route: local` or `cascade`")
         return self
 
 
@@ -390,7 +392,7 @@ class Router:
                 continue
             why = rule.when.match(f)
             if why is not None and rule.cascade is not None:
-                cascaded = self._cascade(policy, rule, rule.cascade, why)
+                cascaded = self._cascade(policy, rule, rule.cascade, why, f)
                 if cascaded is not None:
                     return cascaded
             elif why is not None:
@@ -398,9 +400,10 @@ class Router:
                 if target is None:  # e.g. a cloud rule on a box with no cloud models
                     continue
                 if rule.model is not None and target == LOCAL:
-                    if rule.model not in self.local_models:
-                        continue  # a model this box does not have, like a cloud rule above
-                    return self._decision(policy, target, rule.name, why, model=rule.model)
+                    # A model this router does not serve (the embeddings router knows only its
+                    # embedding model) still means local: a privacy rule must never be skipped.
+                    model = rule.model if rule.model in self.local_models else None
+                    return self._decision(policy, target, rule.name, why, model=model)
                 return self._decision(policy, target, rule.name, why, model=self._named(f))
         if explicit:
             target = self.resolve(f.model)
@@ -413,7 +416,7 @@ class Router:
         return self._decision(policy, target, "default", [])
 
     def _cascade(
-        self, policy: Policy, rule: Rule, config: CascadeConfig, why: list[str]
+        self, policy: Policy, rule: Rule, config: CascadeConfig, why: list[str], f: Features
     ) -> Decision | None:
         """Local first, `config.to` for unsure answers; None when no such cloud model exists."""
         to = self.resolve(config.to)
@@ -422,7 +425,8 @@ class Router:
         streams = None
         if config.stream == CLOUD:
             streams = self._decision(policy, to, rule.name, [*why, "stream: cascade.stream=cloud"])
-        local = self._decision(policy, LOCAL, rule.name, [*why, f"cascade to {to}"])
+        model = rule.model if rule.model in self.local_models else self._named(f)
+        local = self._decision(policy, LOCAL, rule.name, [*why, f"cascade to {to}"], model=model)
         return replace(local, cascade=CascadeRoute(to, config.threshold, streams))
 
     def _named(self, f: Features) -> str | None:
