@@ -247,6 +247,8 @@ async def _local_model(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(encoder)
     yield
     task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task  # a load still running is cut before the models it made are closed
     await local.close()
 
 

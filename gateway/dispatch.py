@@ -28,10 +28,11 @@ from .errors import (
     GatewayError,
     ModelNotFound,
     NoRouteAvailable,
+    NotReady,
     QueueFull,
     RateLimited,
 )
-from .models.fleet import Fleet
+from .models.fleet import Fleet, ModelUnavailable
 from .routing.features import FeatureExtractor, Features
 from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
 from .routing.store import PolicyStore
@@ -260,6 +261,13 @@ class Dispatcher:
             if not any(t in self.clouds or t == CACHE for t in attempt.targets[i + 1 :]):
                 raise
             attempt.failed(target, i, exc, "queue_full", cause="local queue full")
+            return None
+        except (NotReady, ModelUnavailable) as exc:
+            # The local model is loading, evicted and not reloadable in time, or will not fit:
+            # like a full queue, the next target answers when the policy lists one.
+            if not any(t in self.clouds or t == CACHE for t in attempt.targets[i + 1 :]):
+                raise
+            attempt.failed(target, i, exc, "local_unavailable", cause=f"local: {exc.message}")
             return None
         outcome.model_file = getattr(backend, "served_by", None)
         if target in self.breakers:

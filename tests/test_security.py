@@ -508,3 +508,24 @@ async def test_policy_caught_mid_write_is_never_loaded(tmp_path: Any) -> None:
     finally:
         watcher.cancel()
     assert 1 not in seen, "a truncated policy was loaded"
+
+
+async def test_admin_api_refuses_other_sites_even_on_an_open_box(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    # No keys set: loopback is trusted, but a web page in a browser on the box is not.
+    hostile = (
+        {"Origin": "http://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+    )
+    for headers in hostile:
+        for method, path in (("POST", "/admin/reload"), ("GET", "/admin/models")):
+            async with http.request(method, f"{gateway.url}{path}", headers=headers) as r:
+                assert r.status == 403, (headers, path)
+                assert (await r.json())["error"]["code"] == "cross_site_request"
+    same = {"Origin": gateway.url, "Sec-Fetch-Site": "same-origin"}  # the status page itself
+    async with http.get(f"{gateway.url}/admin/status", headers=same) as r:
+        assert r.status == 200
+    async with http.get(f"{gateway.url}/admin/models") as r:  # curl, scripts: no Origin
+        assert r.status == 200

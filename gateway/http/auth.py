@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -49,6 +50,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ring: KeyRing = request.app[SERVICES].keyring
     key = bearer(request)
     if path.startswith("/admin/"):
+        if _cross_site(request):
+            # A web page open on the box can reach loopback; with no keys set (an open box)
+            # it must still not swap models or reload the policy on the visitor's behalf.
+            raise Forbidden(
+                "The admin API does not take requests from other sites (Origin / Sec-Fetch-Site).",
+                code="cross_site_request",
+            )
         if ring.is_admin(key):
             return await handler(request)
         if ring.admin_digest is None and not ring.enforced:
@@ -66,3 +74,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise Unauthorized("Incorrect API key provided.")
     request[TENANT] = tenant_id(key) if key else None
     return await handler(request)
+
+
+def _cross_site(request: web.Request) -> bool:
+    """A browser sent this on behalf of another site (what browsers say; curl says nothing)."""
+    if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    if origin == "null":  # sandboxed frames, file:// pages
+        return True
+    return urlsplit(origin).netloc.lower() != (request.host or "").lower()

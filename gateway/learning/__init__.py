@@ -11,6 +11,7 @@ stored, nothing is shadowed and POST /v1/feedback answers 404. The pieces:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -221,4 +222,7 @@ class Learning:
         task = self.retrainer.task
         if task is not None:
             task.cancel()
+            # Waited for: a retrain cut inside its file swap must not outlive the store.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await self.store.close()

@@ -162,6 +162,7 @@ class Retrainer:
         if path is None:
             return Outcome(False, "no_weights_file")  # the policy reads no weights to replace
         current: Scorer = getattr(policy.scorer, "_model", None) or self.shipped
+        before = await asyncio.to_thread(_read_or_none, path)
         rows = await self.store.rows()
         result = await asyncio.to_thread(
             evaluate, rows, current, share=self.share, min_labels=self.min_labels
@@ -169,6 +170,14 @@ class Retrainer:
         if not result.accepted:
             return result
         assert result.doc is not None
+        # The candidate beat the weights in force when it started; if the operator reloaded
+        # the policy or replaced the weights file since, it was compared with the wrong ones.
+        if (
+            self.policies.current is not policy
+            or (await asyncio.to_thread(_read_or_none, path)) != before
+        ):
+            result.accepted, result.reason = False, "policy_changed"
+            return result
         old = await asyncio.to_thread(_swap, path, dumps(result.doc, path))
         try:
             self.policies.reload()
@@ -176,6 +185,13 @@ class Retrainer:
             await asyncio.to_thread(_swap, path, old)
             result.accepted, result.reason = False, "reload_failed"
         return result
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _swap(path: Path, data: bytes) -> bytes:

@@ -122,8 +122,12 @@ class Outbox:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await t
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a task that died must not keep the store and session open
+                log.exception("telemetry outbox: a background task had failed")
         self._tasks = []
         try:
             await self._write_pending()  # nothing accounted is lost: it waits on disk
@@ -194,7 +198,9 @@ class Outbox:
             if result in ("ok", "rejected"):
                 failures = 0
                 continue
-            delay = min(s.backoff_max_s, s.backoff_base_s * 2**failures)
+            # The exponent stops growing once the cap is reached: 2.0**1024 would overflow and
+            # end the shipper after a long enough outage.
+            delay = min(s.backoff_max_s, s.backoff_base_s * 2.0 ** min(failures, 60))
             failures += 1
             # Equal jitter: at least half the delay, so boxes that lost the same uplink at
             # the same moment do not all come back at once.
