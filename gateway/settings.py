@@ -423,6 +423,20 @@ class ResponsesSettings(_Section):
     store_max_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Bytes of stored responses kept in all."
     )
+    store_max_bytes_per_tenant: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Bytes of stored responses kept per API key: over it, that key's own least recently"
+            " used go, not another key's; one larger response is not kept. <= store_max_bytes."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _tenant_fits(self) -> ResponsesSettings:
+        if self.store_max_bytes_per_tenant > self.store_max_bytes:
+            raise ValueError("store_max_bytes_per_tenant must not exceed store_max_bytes")
+        return self
 
 
 class LearningSettings(_Section):

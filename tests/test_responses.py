@@ -511,6 +511,40 @@ async def test_bounds_name_the_setting(gateway_factory: Any, http: aiohttp.Clien
         assert r.status == 200
 
 
+async def test_metadata_and_identifiers_have_openais_length_bounds(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """Unbounded, one key's metadata (echoed and stored with each response) filled the store."""
+    url = f"{gateway.base_url}/responses"
+    long_key = "k" * 1000
+    for extra, param in (
+        ({"metadata": {"note": "x" * 513}}, "metadata.note"),
+        ({"metadata": {long_key: "x"}}, "metadata"),
+        ({"metadata": {f"k{i}": "x" for i in range(17)}}, "metadata"),
+        ({"user": "u" * 257}, "user"),
+        ({"safety_identifier": "s" * 65}, "safety_identifier"),
+        ({"prompt_cache_key": "p" * 65}, "prompt_cache_key"),
+    ):
+        async with http.post(url, json={"model": "local", "input": "hi", **extra}) as r:
+            err = (await r.json())["error"]
+            assert r.status == 400, (param, err)
+            assert err["param"] == param and f"'{param}'" in err["message"], err
+            assert err["type"] == "invalid_request_error", err
+            assert long_key not in err["message"], err  # a long key is not echoed back
+    async with http.post(url, json={"model": "local", "input": "hi", "metadata": "no"}) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "metadata"
+    at_bounds = {
+        "metadata": {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)},
+        "user": "u" * 256,
+        "safety_identifier": "s" * 64,
+        "prompt_cache_key": "p" * 64,
+    }
+    body = {"model": "local", "input": "hi", "max_output_tokens": 2, **at_bounds}
+    async with http.post(url, json=body) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["metadata"] == at_bounds["metadata"]
+
+
 # -- the store's bounds (no model needed) -------------------------------------------------------
 
 
@@ -524,6 +558,12 @@ class _Clock:
 
 def _entry(n: int = 0) -> Stored:
     return Stored({"id": f"resp_{n}", "pad": "x" * n}, [{"role": "user", "content": "hi"}])
+
+
+def _size(entry: Stored) -> int:
+    """The bytes the store counts for an entry (its compact JSON)."""
+    obj = {"response": entry.response, "history": entry.history}
+    return len(json.dumps(obj, separators=(",", ":")))
 
 
 def test_store_is_per_tenant_and_expires() -> None:
@@ -542,7 +582,12 @@ def test_store_is_per_tenant_and_expires() -> None:
 
 def test_store_bounds_entries_per_tenant_and_bytes() -> None:
     store = ResponseStore(
-        ResponsesSettings(store_max_entries=5, store_max_per_tenant=2, store_max_bytes=2000)
+        ResponsesSettings(
+            store_max_entries=5,
+            store_max_per_tenant=2,
+            store_max_bytes=2000,
+            store_max_bytes_per_tenant=2000,
+        )
     )
     for i in range(3):
         store.put("a", f"resp_{i}", _entry())
@@ -557,6 +602,50 @@ def test_store_bounds_entries_per_tenant_and_bytes() -> None:
     for i in range(10):
         store.put(f"t{i}", "resp_y", _entry(500))
     assert store.bytes <= 2000
+
+
+def test_a_tenant_filling_its_quota_evicts_only_its_own() -> None:
+    size = _size(_entry(400))
+    store = ResponseStore(
+        ResponsesSettings(store_max_bytes=10 * size, store_max_bytes_per_tenant=3 * size)
+    )
+    assert store.put("victim", "resp_v", _entry(400))
+    for i in range(50):  # the reported attack: one key storing response after response
+        assert store.put("attacker", f"resp_{i}", _entry(400))
+        assert store.tenant_bytes("attacker") <= 3 * size
+        assert store.get("victim", "resp_v") is not None  # never pushed out
+    # The attacker lost its own least recently used: its three newest are what it keeps.
+    assert [i for i in range(50) if store.get("attacker", f"resp_{i}")] == [47, 48, 49]
+    assert store.bytes == 4 * size and len(store) == 4
+    # Reading an entry makes it the tenant's most recently used: the next put drops another.
+    assert store.get("attacker", "resp_47") is not None
+    store.put("attacker", "resp_50", _entry(400))
+    assert store.get("attacker", "resp_47") and not store.get("attacker", "resp_48")
+    # One response larger than a tenant's quota is not kept, and drops nothing to make room.
+    assert not store.put("attacker", "resp_huge", _entry(4 * size))
+    assert store.get("attacker", "resp_huge") is None
+    assert store.tenant_bytes("attacker") == 3 * size
+    # A deleted entry frees its tenant's bytes.
+    assert store.delete("victim", "resp_v") and store.tenant_bytes("victim") == 0
+    assert store.bytes == 3 * size
+
+
+def test_the_whole_store_stays_bounded_when_every_tenant_is_within_its_quota() -> None:
+    size = _size(_entry(400))
+    store = ResponseStore(
+        ResponsesSettings(store_max_bytes=5 * size, store_max_bytes_per_tenant=2 * size)
+    )
+    for t in "abc":
+        for i in range(2):
+            store.put(t, f"resp_{i}", _entry(400))
+    # Six entries, each tenant at its quota, five fit: the least recently used overall went.
+    assert store.bytes == 5 * size and store.get("a", "resp_0") is None
+    assert all(store.get(t, f"resp_{i}") for t, i in (("a", 1), ("b", 0), ("c", 1)))
+
+
+def test_a_tenant_quota_above_the_whole_store_is_refused() -> None:
+    with pytest.raises(pydantic.ValidationError, match="store_max_bytes_per_tenant"):
+        ResponsesSettings(store_max_bytes=1000, store_max_bytes_per_tenant=2000)
 
 
 async def test_cloud_through_litellm(gateway_factory: Any, fake_cloud: FakeCloud) -> None:

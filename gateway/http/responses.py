@@ -25,7 +25,7 @@ from ..dispatch import Outcome
 from ..errors import GatewayError, InvalidRequest, NotFound, ShuttingDown
 from ..responses.render import Events, Shell, history_of, whole
 from ..responses.store import ResponseStore, Stored
-from ..responses.translate import ChatPlan, ErrorNames, ResponsesRequest, to_chat
+from ..responses.translate import ChatPlan, ErrorNames, ResponsesRequest, check_lengths, to_chat
 from ..schemas import ChatRequest
 from ..services import SERVICES
 from ..settings import ServerSettings
@@ -71,6 +71,7 @@ def _check_shape(body: dict[str, Any], server: ServerSettings) -> None:
 
 def _parse(body: dict[str, Any], server: ServerSettings) -> ResponsesRequest:
     _check_shape(body, server)
+    check_lengths(body)
     try:
         return ResponsesRequest.model_validate(body)
     except ValidationError as exc:
@@ -153,7 +154,11 @@ async def _keep(
         history = plan.history + history_of(response["output"])
         entry = Stored(response, history)
         if not await asyncio.to_thread(store.put, tenant, response["id"], entry):
-            log.warning("response too large to store", extra={"response_id": response["id"]})
+            # Larger than one key may keep: answered, not kept (a follow-up or GET is a 404).
+            log.warning(
+                "response too large to store (responses.store_max_bytes_per_tenant)",
+                extra={"response_id": response["id"]},
+            )
 
 
 def _objs(chunk: Chunk) -> list[dict[str, Any]]:

@@ -1,8 +1,11 @@
 """Stored responses (`store`), so `previous_response_id` continues a conversation on the box.
 
-In process memory: bounded in entries (in all and per tenant) and bytes, each entry expiring
-`responses.store_ttl_s` after it was stored. A tenant sees only its own entries: another
-tenant's id is as unknown as a made-up one. Several gateway processes do not share entries
+In process memory: bounded in entries and bytes, in all and per tenant, each entry expiring
+`responses.store_ttl_s` after it was stored. A tenant over its own bound loses its own least
+recently used entries, never another tenant's: one API key filling its share (say with long
+conversations) pushes out nothing of anyone else. Only when the store as a whole is over its
+bound does the least recently used entry overall go. A tenant sees only its own entries:
+another tenant's id is as unknown as a made-up one. Several gateway processes do not share entries
 (a follow-up must reach the process that answered; README says so).
 
 Entries are JSON bytes: their size is known exactly, and what comes back is a copy nobody
@@ -39,22 +42,29 @@ class ResponseStore:
         self.max_entries = settings.store_max_entries
         self.max_per_tenant = settings.store_max_per_tenant
         self.max_bytes = settings.store_max_bytes
+        self.max_bytes_per_tenant = settings.store_max_bytes_per_tenant
         self.bytes = 0
         self._clock = clock
         # Least recently used first; the value is (expiry, JSON bytes).
         self._data: OrderedDict[_Key, tuple[float, bytes]] = OrderedDict()
+        # Per tenant: its ids, least recently used first, and the bytes they hold.
         self._per_tenant: dict[str, OrderedDict[str, None]] = {}
+        self._tenant_bytes: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._data)
 
+    def tenant_bytes(self, tenant: str | None) -> int:
+        return self._tenant_bytes.get(tenant or "", 0)
+
     def put(self, tenant: str | None, rid: str, entry: Stored) -> bool:
-        """Keep an entry; False when it alone is larger than the whole store may hold."""
+        """Keep an entry; False (nothing kept, nothing dropped) when it alone is larger than one
+        tenant may hold: storing it would push out all of the tenant's other entries."""
         raw = json.dumps(
             {"response": entry.response, "history": entry.history}, separators=(",", ":")
         ).encode()
-        if len(raw) > self.max_bytes:
+        if len(raw) > self.max_bytes_per_tenant:  # <= max_bytes (settings check it)
             return False
         key = (tenant or "", rid)
         with self._lock:
@@ -62,14 +72,21 @@ class ResponseStore:
         return True
 
     def _put(self, key: _Key, raw: bytes) -> None:
-        rid = key[1]
+        tenant, rid = key
         self._drop(key)
         self._data[key] = (self._clock() + self.ttl_s, raw)
         self.bytes += len(raw)
-        mine = self._per_tenant.setdefault(key[0], OrderedDict())
+        mine = self._per_tenant.setdefault(tenant, OrderedDict())
         mine[rid] = None
-        while len(mine) > self.max_per_tenant:
-            self._drop((key[0], next(iter(mine))))
+        self._tenant_bytes[tenant] = self._tenant_bytes.get(tenant, 0) + len(raw)
+        # Over its own bounds, the tenant pays from its own least recently used entries (never
+        # the new one: it fits alone, put() made sure).
+        while len(mine) > self.max_per_tenant or (
+            self._tenant_bytes[tenant] > self.max_bytes_per_tenant
+        ):
+            self._drop((tenant, next(iter(mine))))
+        # The store as a whole stays bounded too (every tenant within its share, and yet too
+        # many of them): then the least recently used overall goes.
         while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._data)))
 
@@ -104,9 +121,11 @@ class ResponseStore:
         if item is None:
             return False
         self.bytes -= len(item[1])
-        mine = self._per_tenant.get(key[0])
-        if mine is not None:
-            mine.pop(key[1], None)
-            if not mine:
-                del self._per_tenant[key[0]]
+        tenant = key[0]
+        self._tenant_bytes[tenant] -= len(item[1])
+        mine = self._per_tenant[tenant]
+        del mine[key[1]]
+        if not mine:
+            del self._per_tenant[tenant]
+            del self._tenant_bytes[tenant]
         return True

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -24,13 +24,23 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    StringConstraints,
 )
 
 from ..errors import GatewayError, InvalidRequest
 from ..schemas import ABSURD_MAX_TOKENS
 
-# OpenAI's bounds on `metadata`: 16 pairs, keys up to 64 characters, values up to 512.
+# OpenAI's bounds. Documented in its API reference: `metadata` holds at most 16 pairs, keys up
+# to 64 characters, values up to 512; `safety_identifier` up to 64. Enforced by OpenAI (its 400
+# `string_above_max_length`) though not in the reference: `prompt_cache_key` up to 64. OpenAI
+# states none for `user` (deprecated, replaced by those two): 256 is this gateway's own figure.
+# Unbounded, one API key's metadata (echoed and stored with the response) would fill the store.
 _METADATA_PAIRS = 16
+_METADATA_KEY_CHARS = 64
+_METADATA_VALUE_CHARS = 512
+_STRING_CHARS = {"user": 256, "safety_identifier": 64, "prompt_cache_key": 64}
+_MetadataKey = Annotated[str, StringConstraints(max_length=_METADATA_KEY_CHARS)]
+_MetadataValue = Annotated[StrictStr, StringConstraints(max_length=_METADATA_VALUE_CHARS)]
 
 
 class ResponsesRequest(BaseModel):
@@ -47,17 +57,51 @@ class ResponsesRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
-    metadata: dict[str, StrictStr] | None = Field(None, max_length=_METADATA_PAIRS)
+    metadata: dict[_MetadataKey, _MetadataValue] | None = Field(None, max_length=_METADATA_PAIRS)
     store: StrictBool | None = None
     previous_response_id: StrictStr | None = Field(None, min_length=1, max_length=128)
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
-    user: StrictStr | None = None
+    user: StrictStr | None = Field(None, max_length=_STRING_CHARS["user"])
+    safety_identifier: StrictStr | None = Field(None, max_length=_STRING_CHARS["safety_identifier"])
+    prompt_cache_key: StrictStr | None = Field(None, max_length=_STRING_CHARS["prompt_cache_key"])
 
     def stores(self) -> bool:
         """OpenAI's default: a response is stored unless `store` is false."""
         return self.store is not False
+
+
+def check_lengths(body: dict[str, Any]) -> None:
+    """OpenAI's length bounds (above) on the raw body, as OpenAI words them: a 400 naming the
+    field, and never echoing a long key back. Types are left to the model's validation."""
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        if len(metadata) > _METADATA_PAIRS:
+            raise _bad(
+                f"Invalid 'metadata': too many properties. Expected an object with at most "
+                f"{_METADATA_PAIRS} properties, but got an object with {len(metadata)} instead.",
+                "metadata",
+                "object_above_max_properties",
+            )
+        for key, value in metadata.items():
+            if len(key) > _METADATA_KEY_CHARS:
+                raise _too_long("metadata", _METADATA_KEY_CHARS, len(key), "key")
+            if isinstance(value, str) and len(value) > _METADATA_VALUE_CHARS:
+                raise _too_long(f"metadata.{key}", _METADATA_VALUE_CHARS, len(value))
+    for name, bound in _STRING_CHARS.items():
+        value = body.get(name)
+        if isinstance(value, str) and len(value) > bound:
+            raise _too_long(name, bound, len(value))
+
+
+def _too_long(param: str, bound: int, n: int, what: str = "string") -> InvalidRequest:
+    return _bad(
+        f"Invalid '{param}': {what} too long. Expected a {what} with maximum length {bound}, "
+        f"but got a {what} with length {n} instead.",
+        param,
+        "string_above_max_length",
+    )
 
 
 # Fields read here and never forwarded as they are; everything else unknown to this model
