@@ -101,7 +101,7 @@ def encode(vector: np.ndarray, encoding_format: str | None) -> list[float] | str
     """float: a JSON list; base64: the little-endian float32 bytes, as OpenAI sends them."""
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return [float(x) for x in vector]
+    return vector.astype(np.float64).tolist()  # in C: a million floats in milliseconds
 
 
 def response(

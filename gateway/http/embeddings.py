@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from aiohttp import web
 
 from ..cache import CacheControl
@@ -50,6 +51,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     record.prompt_tokens, record.accounted = tokens, True
     headers = outcome.headers()
     headers["x-gateway-cache-inputs"] = f"{hits}/{len(obj['data'])}"
-    return web.Response(
-        body=outcome.completion.body(), content_type="application/json", headers=headers
-    )
+    # 2048 one-character inputs ask for 25 MB of float JSON: the standard encoder takes half
+    # a second holding the GIL (a thread would not help); orjson takes 30 ms, same numbers.
+    body = orjson.dumps(obj)
+    return web.Response(body=body, content_type="application/json", headers=headers)
