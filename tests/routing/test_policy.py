@@ -134,3 +134,27 @@ def test_explain_cli() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert '"route": "local"' in out.stdout and '"complexity"' in out.stdout
+
+
+def test_named_local_models_survive_cascade_and_unknown_names_stay_local() -> None:
+    router = Router(cloud_names=["gpt"], local_names=["smol", "gemma"])
+    policy = parse_policy(
+        "version: 1\ndefault: cloud\nrules:\n"
+        "  - {name: c, enforce: true, when: {complexity: {lte: 0.5}}, route: cascade,"
+        " cascade: {to: gpt, threshold: {mean_logprob: -1}}}\n"
+        "  - {name: pinned, enforce: true, when: {complexity: {gt: 0.5}}, route: cascade,"
+        " model: gemma, cascade: {to: gpt, threshold: {mean_logprob: -1}}}\n",
+        cloud_names=["gpt"],
+    )
+    asked = router.decide(policy, feats(model="gemma"))  # the client's named model is kept
+    assert asked.cascade is not None and asked.model == "gemma"
+    pinned = router.decide(policy, feats(complexity=0.9))  # the rule's model
+    assert pinned.cascade is not None and pinned.model == "gemma"
+    # A router that does not serve the rule's model (the embeddings router) still goes local.
+    privacy = parse_policy(
+        "version: 1\ndefault: cloud\nrules:\n"
+        "  - {name: p, enforce: true, when: {pii: true}, route: local, model: big}\n",
+        cloud_names=["gpt"],
+    )
+    d = Router(cloud_names=["gpt"], local_names=["embedder"]).decide(privacy, feats(pii=("email",)))
+    assert d.target == "local" and d.rule == "p" and d.model is None
