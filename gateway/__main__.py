@@ -188,9 +188,10 @@ def _eval_router(args: argparse.Namespace) -> int:
 
 
 def _train_router(args: argparse.Namespace) -> int:
+    from .learning.store import read_store_examples
     from .routing.train import run
 
-    return run(args)
+    return run(args, store_reader=read_store_examples)
 
 
 def _calibrate(args: argparse.Namespace) -> int:

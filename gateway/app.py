@@ -16,7 +16,7 @@ from .backends.health import Breaker, State
 from .cache import LRUStore, RedisStore, ResponseCache, Store
 from .costs import Prices
 from .dispatch import Dispatcher
-from .embeddings.service import EmbeddingService, embeddings_ctx
+from .embeddings.service import EmbeddingService
 from .http import routes
 from .http.auth import auth_middleware
 from .http.keyring import KeyRing
@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_cache)
     app.cleanup_ctx.append(_telemetry)
     app.cleanup_ctx.append(_learning)  # last in, first out: judgements stop before the session
-    app.cleanup_ctx.append(embeddings_ctx)
+    app.cleanup_ctx.append(_embeddings)
     app.on_shutdown.append(_draining)
     routes.add_routes(app)
     return app
@@ -199,6 +199,18 @@ def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
         on_error=lambda op: metrics.cache_errors.labels(op).inc(),
         on_state=lambda up: metrics.cache_up.set(1 if up else 0),
     )
+
+
+async def _embeddings(app: web.Application) -> AsyncIterator[None]:
+    """Cloud embedders on start; the embedding model and its sessions freed on stop."""
+    service = app[SERVICES].embeddings
+    if service is None:
+        yield
+        return
+    await service.start()
+    yield
+    with contextlib.suppress(Exception):
+        await service.close()
 
 
 def build_embeddings(

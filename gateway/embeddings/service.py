@@ -15,17 +15,14 @@ a request naming a model gets that model's vectors or an error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
-from aiohttp import web
 
 from ..backends.base import BackendUnavailable, Completion
 from ..backends.health import Breaker
@@ -395,20 +392,6 @@ def _share(total: int, items: list[Item]) -> list[int]:
     sizes = [max(1, len(i)) for i in items]
     whole = sum(sizes)
     return [round(total * s / whole) for s in sizes]
-
-
-async def embeddings_ctx(app: web.Application) -> AsyncIterator[None]:
-    """App cleanup context: cloud embedders on start; the model and sessions freed on stop."""
-    from ..services import SERVICES
-
-    service = app[SERVICES].embeddings
-    if service is None:
-        yield
-        return
-    await service.start()
-    yield
-    with contextlib.suppress(Exception):
-        await service.close()
 
 
 @functools.cache

@@ -31,7 +31,7 @@ import json
 import math
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -456,8 +456,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Trains and writes the weights file; 2 on unreadable or unusable input."""
+def run(
+    args: argparse.Namespace, store_reader: Callable[[Path], list[Example]] | None = None
+) -> int:
+    """Trains and writes the weights file; 2 on unreadable or unusable input.
+
+    `store_reader` reads a label store (gateway/learning/) for --from-store: handed in by the
+    CLI so the router never imports the learning loop that builds on it.
+    """
     store = getattr(args, "from_store", None)
     try:
         if not args.files and store is None:
@@ -466,9 +472,9 @@ def run(args: argparse.Namespace) -> int:
         for path in args.files:
             examples += read_examples(path, args.weak, args.strong)
         if store is not None:
-            from ..learning.store import read_store_examples
-
-            examples += read_store_examples(store)
+            if store_reader is None:
+                raise ValueError("--from-store needs the label store reader")
+            examples += store_reader(store)
         doc = train(
             examples,
             seed=args.seed,
