@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import openai
@@ -22,10 +25,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.backends.local import embedded_model_path
+from gateway.errors import GatewayError
+from gateway.models import fleet as fleet_module
+from gateway.models import memory
+from gateway.models.fleet import Fleet, Loaded, ModelConflict, ModelRefused, ModelUnavailable
+from gateway.settings import LocalSettings
 from tests.conftest import GatewayProcess, RunningGateway
 
 ADMIN = "admin-key-models-test"
 HELLO = [{"role": "user", "content": "Count from one to twenty, in words."}]
+MIB = memory.MIB
 
 
 def _sha(path: Path) -> str:
@@ -229,7 +238,25 @@ async def test_wrong_hash_is_refused(
         {"name": "tiny", "path": str(gemma), "sha256": wrong, "signature": _sign(signer, wrong)},
         "hash_mismatch",
     )
-    assert _sha(gemma) in msg and wrong in msg
+    # The digest it was given, never the one the file has (that would hash any file for you).
+    assert wrong in msg and _sha(gemma) not in msg
+
+
+async def test_fifos_and_devices_are_refused_with_a_400(
+    fleet_process: GatewayProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)  # no writer ever comes: reading it would block a worker thread for good
+    for path in (fifo, Path("/dev/zero")):  # and this one never ends
+        before = await _entry(http, fleet_process, "tiny")
+        body = {"name": "tiny", "path": str(path), "sha256": "0" * 64}
+        status, answer = await asyncio.wait_for(
+            _admin(http, "POST", f"{fleet_process.url}/admin/models", body), 10
+        )
+        assert status == 400, answer
+        assert answer["error"]["code"] == "not_a_file" and answer["error"]["param"] == "path"
+        assert "not a regular file" in answer["error"]["message"]
+        assert (await _entry(http, fleet_process, "tiny"))["sha256"] == before["sha256"]
 
 
 async def test_bad_or_missing_signature_is_refused(
@@ -454,7 +481,10 @@ async def test_rules_pick_a_model_waits_are_bounded_and_unfit_models_refused(
             await c.chat.completions.create(model="fat", messages=HELLO, max_tokens=2)
         assert info.value.status_code == 503
         err = info.value.body
-        assert isinstance(err, dict) and err["code"] == "insufficient_memory"
+        # The fleet's own code, or dispatch's once it tried the next target (the cache) too:
+        # either way the fleet's reason, with both figures.
+        assert isinstance(err, dict)
+        assert err["code"] in ("insufficient_memory", "no_route_available"), err
         assert "needs about" in err["message"] and "budget is 10 MiB" in err["message"]
         assert sorted(fleet.resident()) == ["a", "smollm2-135m-instruct"]  # still serving
         assert (
@@ -466,7 +496,9 @@ async def test_rules_pick_a_model_waits_are_bounded_and_unfit_models_refused(
         with pytest.raises(openai.APIStatusError) as info:
             await c.chat.completions.create(model="b", messages=HELLO, max_tokens=2)
         assert info.value.status_code == 503
-        assert isinstance(info.value.body, dict) and info.value.body["code"] == "model_loading"
+        err = info.value.body
+        assert isinstance(err, dict) and err["code"] in ("model_loading", "no_route_available")
+        assert "'b' is still loading" in err["message"], err
         for loaded, entry in held:
             fleet.release(loaded, entry)
         # Room again: the least recently used idle model makes way and `b` answers.
@@ -480,3 +512,207 @@ async def test_rules_pick_a_model_waits_are_bounded_and_unfit_models_refused(
         assert r.status == 200
         states = {e["name"]: e for e in (await r.json())["data"]}
     assert states["fat"]["state"] == "failed" and "budget" in states["fat"]["last_error"]
+
+
+# -- The fleet's bookkeeping with stand-in engines: races no real model makes reproducible ----
+
+
+class _FakeEngine:
+    """Stands in for LocalBackend: loads in a thread (as the real one does), closes slowly."""
+
+    made: ClassVar[list[_FakeEngine]] = []
+    load_s: ClassVar[float] = 0.0
+
+    def __init__(self, settings: Any, *, metrics: Any = None) -> None:
+        self.model_name = settings.model_name
+        self.path = settings.model_path
+        self.queue_depth = self.in_flight = 0
+        self.loaded = self.closed = False
+        _FakeEngine.made.append(self)
+
+    async def load(self) -> None:
+        await asyncio.to_thread(time.sleep, self.load_s)
+        self.loaded = True
+
+    async def close(self) -> None:
+        await asyncio.sleep(0.2)  # long enough for a request to arrive meanwhile
+        self.closed = True
+
+
+class _Estimate:
+    total = 10 * MIB
+
+
+@pytest.fixture
+def fake_fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    """A fleet of tiny files on stand-in engines: the default `d` and the names a, b, c."""
+    _FakeEngine.made = []
+    monkeypatch.setattr(_FakeEngine, "load_s", 0.0)
+    monkeypatch.setattr(fleet_module, "LocalBackend", _FakeEngine)
+    monkeypatch.setattr(memory, "estimate", lambda *a, **k: _Estimate())
+    monkeypatch.setattr(memory, "available", lambda: (1 << 40, "MemAvailable"))
+
+    async def smoke(self: Fleet, loaded: Loaded) -> None:
+        return None
+
+    monkeypatch.setattr(Fleet, "_smoke", smoke)
+    paths = {}
+    for n in "dabcxy":
+        paths[n] = tmp_path / f"{n}.gguf"
+        paths[n].write_bytes(n.encode() * 64)
+
+    def make(**local: Any) -> Fleet:
+        settings = LocalSettings(
+            model_path=paths["d"],
+            model_name="d",
+            models=[{"name": n, "path": str(paths[n])} for n in "abc"],
+            **local,
+        )
+        return Fleet(settings)
+
+    make.paths = paths  # type: ignore[attr-defined]
+    yield make
+
+
+async def test_lru_never_closes_a_file_a_request_leased_meanwhile(
+    fake_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = fake_fleet(max_loaded=3)
+    await fleet.load()
+    for n in "ab":
+        fleet.release(await fleet.acquire(fleet.entries[n]), fleet.entries[n])
+    # Three resident, room for one: loading `c` must unload two idle models (d, then a).
+    fleet.settings.max_loaded = 1
+    closed_under_it: list[bool] = []
+
+    async def late_request() -> None:
+        await asyncio.sleep(0.05)  # while the first victim closes
+        got = await fleet.acquire(fleet.entries["a"])
+        await asyncio.sleep(0.5)  # generating
+        closed_under_it.append(got.backend.closed)
+        fleet.release(got, fleet.entries["a"])
+
+    request = asyncio.create_task(late_request())
+    c = await fleet.acquire(fleet.entries["c"])
+    fleet.release(c, fleet.entries["c"])
+    await request
+    # The request got a file that stayed open for its whole answer.
+    assert closed_under_it == [False]
+    assert len(fleet.resident()) <= 1
+    await fleet.close()
+
+
+async def test_swap_into_an_unloaded_name_makes_room(fake_fleet: Callable[..., Fleet]) -> None:
+    fleet = fake_fleet(max_loaded=2)
+    await fleet.load()
+    paths = fake_fleet.paths  # type: ignore[attr-defined]
+    for n in "ab":
+        await fleet.swap(n, paths[n], _sha(paths[n]))
+        assert len(fleet.resident()) <= 2
+    assert fleet.resident() == ["a", "b"]  # the default, least recently used, made room
+    await fleet.close()
+
+
+async def test_waiting_for_room_leaves_the_lock_free(fake_fleet: Callable[..., Fleet]) -> None:
+    fleet = fake_fleet(max_loaded=2, load_timeout_s=3.0)
+    await fleet.load()
+    a, d = fleet.entries["a"], fleet.entries["d"]
+    held = [(await fleet.acquire(e), e) for e in (a, d)]
+    waiting = asyncio.create_task(fleet.acquire(fleet.entries["b"]))
+    await asyncio.sleep(0.2)
+    # Every resident model is busy, so `b` waits for room; admin calls still answer at once.
+    with pytest.raises(ModelConflict):
+        await asyncio.wait_for(fleet.promote("a"), 0.5)
+    assert not waiting.done()
+    fleet.release(*held[0])
+    got = await asyncio.wait_for(waiting, 2.0)
+    assert sorted(fleet.resident()) == ["b", "d"]
+    fleet.release(got, fleet.entries["b"])
+    fleet.release(*held[1])
+    await fleet.close()
+
+
+async def test_a_canary_for_a_name_unloaded_meanwhile_is_a_conflict(
+    fake_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = fake_fleet(max_loaded=3)
+    await fleet.load()
+    a = fleet.entries["a"]
+    fleet.release(await fleet.acquire(a), a)
+    new = fake_fleet.paths["x"]  # type: ignore[attr-defined]
+    async with fleet._lock:  # the swap hashes, then waits here while `a` is unloaded
+        swap = asyncio.create_task(fleet.swap("a", new, _sha(new), canary_percent=50))
+        await asyncio.sleep(0.2)
+        await fleet._unload(a, why="test")
+    with pytest.raises(ModelConflict) as info:
+        await swap
+    assert info.value.code == "not_loaded" and "canary" in info.value.message
+    assert a.current is None and a.canary is None and a.path != new  # no silent full swap
+    await fleet.close()
+
+
+async def test_close_waits_for_a_load_and_closes_what_it_made(
+    fake_fleet: Callable[..., Fleet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet(max_loaded=3)
+    await fleet.load()
+    monkeypatch.setattr(_FakeEngine, "load_s", 0.5)
+    request = asyncio.create_task(fleet.acquire(fleet.entries["a"]))
+    await asyncio.sleep(0.1)  # `a` is loading in its thread
+    await fleet.close()
+    engine = _FakeEngine.made[-1]
+    assert engine.loaded and engine.closed  # the load ran to its end, and its engine was closed
+    assert all(e.closed for e in _FakeEngine.made)
+    with contextlib.suppress(asyncio.CancelledError, GatewayError):
+        await request
+
+
+async def test_a_failed_model_is_not_reparsed_on_every_request(
+    fake_fleet: Callable[..., Fleet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet(max_loaded=3)
+    await fleet.load()
+    calls = []
+
+    def broken(path: Path, **kw: Any) -> Any:
+        calls.append(path)
+        raise memory.ModelFileError(f"{path.name} is not a valid GGUF")
+
+    monkeypatch.setattr(memory, "estimate", broken)
+    answers = []
+    for _ in range(3):
+        with pytest.raises(ModelUnavailable) as info:
+            await fleet.acquire(fleet.entries["a"])
+        answers.append((info.value.status, info.value.code, info.value.message))
+    assert len(calls) == 1  # parsed once; the next requests get the same answer
+    assert len(set(answers)) == 1 and answers[0][0] == 503 and "not a valid GGUF" in answers[0][2]
+    assert fleet.entries["a"].state == "failed"
+    # Once the pause is over, a request tries again (and a fixed file loads).
+    monkeypatch.setattr(fleet_module, "FAILED_RETRY_S", 0.0)
+    monkeypatch.setattr(memory, "estimate", lambda *a, **k: _Estimate())
+    fleet.entries["a"].retry_at = 0.0
+    got = await fleet.acquire(fleet.entries["a"])
+    fleet.release(got, fleet.entries["a"])
+    assert fleet.entries["a"].state == "loaded"
+    await fleet.close()
+
+
+async def test_swaps_refuse_fifos_and_devices_quickly(
+    fake_fleet: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    fleet = fake_fleet(max_loaded=3)
+    await fleet.load()
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(ModelRefused) as info:
+            await asyncio.wait_for(fleet.swap("d", path, "0" * 64), 5)
+        assert info.value.status == 400 and info.value.code == "not_a_file"
+        assert "regular file" in info.value.message
+    # A mismatch names the digest it was given, never the one the file has.
+    x = fake_fleet.paths["x"]  # type: ignore[attr-defined]
+    with pytest.raises(ModelRefused) as info:
+        await fleet.swap("d", x, "0" * 64)
+    assert info.value.code == "hash_mismatch" and _sha(x) not in info.value.message
+    assert "0" * 64 in info.value.message
+    await fleet.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.backends.local import embedded_model_path
 from gateway.models import memory
 from gateway.models.verify import (
+    NotARegularFile,
     SignatureError,
     file_sha256,
     load_public_key,
@@ -142,6 +144,21 @@ def test_signatures_over_the_digest(tmp_path: Path) -> None:
         verify_signature(digest, "!!", trusted)
     with pytest.raises(ValueError):
         load_public_key("c2hvcnQ=")
+
+
+def test_only_regular_files_are_hashed(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    for path in (fifo, Path("/dev/zero"), tmp_path):  # /dev/zero never ends
+        with pytest.raises(NotARegularFile, match="not a regular file"):
+            file_sha256(path)
+    link = tmp_path / "link.gguf"
+    link.symlink_to(fifo)
+    with pytest.raises(NotARegularFile):
+        file_sha256(link, cached=True)
+    real = tmp_path / "m.gguf"
+    real.write_bytes(b"weights")
+    assert file_sha256(real) == file_sha256(real, cached=True)
 
 
 def test_local_model_names_are_unique_and_not_reserved(smol: Path) -> None:

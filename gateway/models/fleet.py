@@ -4,7 +4,9 @@ The fleet is what the dispatcher calls "local". Every request leases the file no
 its model name for as long as it runs; a swap only moves the name to a new, already loaded
 and smoke-tested file, so requests running on the old one finish there and the old engine is
 closed when its last lease ends. Loads, unloads and swaps go one at a time (one lock), which
-also keeps the memory check honest: nothing else allocates while it measures.
+also keeps the memory check honest: nothing else allocates while it measures. Waiting for a
+busy model to go idle happens without the lock, so admin calls and the reaper never queue
+behind a request that cannot be served yet.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncGenerator
@@ -27,12 +30,23 @@ from ..schemas import AnyRequest, ChatRequest
 from ..settings import LocalSettings
 from . import memory
 from .memory import InsufficientMemory, ModelFileError
-from .verify import SignatureError, file_sha256, load_public_key, verify_signature
+from .verify import (
+    NotARegularFile,
+    SignatureError,
+    file_sha256,
+    load_public_key,
+    verify_signature,
+)
 
 log = logging.getLogger(__name__)
 
 MIB = memory.MIB
 State = Literal["unloaded", "loading", "loaded", "failed"]
+
+# After a load fails, requests for that model get the same 503 for this long instead of each
+# one re-parsing the GGUF (under the fleet's lock) only to fail again. Short, and no setting:
+# a file fixed on disk is picked up within half a minute, an admin swap at once.
+FAILED_RETRY_S = 30.0
 
 
 class ModelRefused(GatewayError):
@@ -41,6 +55,12 @@ class ModelRefused(GatewayError):
     status = 422
     type = "invalid_request_error"
     default_code = "model_refused"
+
+
+class ModelPathRefused(ModelRefused):
+    """The path is no file a model could be read from (a FIFO, a device, a directory)."""
+
+    status = 400
 
 
 class ModelConflict(GatewayError):
@@ -87,6 +107,8 @@ class Entry:
     previous: tuple[Path, str] | None = None  # what rollback returns to
     state: State = "unloaded"
     last_error: str | None = None
+    failure: Exception | None = None  # why the last load failed, answered until retry_at
+    retry_at: float = 0.0  # time.monotonic() after which a failed load is tried again
     last_used: float = field(default_factory=time.monotonic)
     loading: asyncio.Task[Loaded] | None = None
     swapping: bool = False
@@ -236,9 +258,15 @@ class Fleet:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        # A load in its thread cannot be stopped: cancelling lets it run to its end and close
+        # the engine it made (see _open); a load that finished first left it in `current`.
+        loads = [e.loading for e in self.entries.values() if e.loading is not None]
+        for task in loads:
+            task.cancel()
+        for task in loads:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for entry in self.entries.values():
-            if entry.loading is not None:
-                entry.loading.cancel()
             for f in (entry.current, entry.canary):
                 if f is not None:
                     await f.backend.close()
@@ -294,6 +322,10 @@ class Fleet:
     async def _ensure(self, entry: Entry, *, deadline: float | None) -> None:
         """Make `entry` resident; many waiters share one load."""
         task = entry.loading
+        if task is None and entry.failure is not None:
+            left = entry.retry_at - time.monotonic()
+            if left > 0:  # failed a moment ago: the same answer, without trying again yet
+                raise _unavailable(entry.name, entry.failure, retry_after=left)
         if task is None:
             task = entry.loading = asyncio.create_task(self._load_entry(entry, deadline))
             task.add_done_callback(lambda t: _loaded(entry, t))
@@ -306,77 +338,94 @@ class Fleet:
             raise NotReady(
                 f"model {entry.name!r} is still loading; retry shortly", code="model_loading"
             ) from None
-        except InsufficientMemory as exc:
-            raise ModelUnavailable(str(exc), code="insufficient_memory") from None
-        except (ModelFileError, OSError, ValueError, RuntimeError) as exc:
-            raise ModelUnavailable(f"model {entry.name!r} could not be loaded: {exc}") from None
+        except (InsufficientMemory, ModelFileError, OSError, ValueError, RuntimeError) as exc:
+            pause = entry.retry_at - time.monotonic() if exc is entry.failure else None
+            raise _unavailable(entry.name, exc, retry_after=pause) from None
 
     async def _load_entry(self, entry: Entry, deadline: float | None) -> Loaded:
-        async with self._lock:
-            if entry.current is not None:
-                return entry.current
-            s = entry.settings
-            try:
-                # Every check comes before anything is unloaded or allocated: a model that
-                # cannot fit never costs the ones already serving.
-                est = await asyncio.to_thread(
-                    memory.estimate, entry.path, n_ctx=s.n_ctx, parallel=s.parallel
-                )
-                memory.check_budget(est, budget=entry.budget, name=entry.name)
-                await self._make_room(entry, est, deadline)
-                entry.state = "loading"
-                loaded = await self._open(entry, entry.path, expect=entry.sha256, est=est)
-            except TimeoutError:
-                raise  # busy, not broken: the state stays what it was
-            except Exception as exc:
-                entry.state = "failed"
-                entry.last_error = str(exc)
-                log.error("model load failed", extra={"model": entry.name, "error": str(exc)})
-                raise
-            entry.current, entry.sha256 = loaded, loaded.sha256
-            entry.state, entry.last_error = "loaded", None
-            entry.last_used = time.monotonic()
-            return loaded
-
-    async def _make_room(self, entry: Entry, est: memory.Estimate, deadline: float | None) -> None:
-        """Unload the least recently used idle models one more needs under max_loaded, once
-        the memory check (counting what those unloads free) says it will fit."""
-        loop = asyncio.get_running_loop()
+        sized: tuple[Path, memory.Estimate] | None = None
         while True:
-            excess = len(self.resident()) + 1 - self.settings.max_loaded
-            idle = sorted(
-                (
-                    e
-                    for e in self.entries.values()
-                    if e is not entry and e.current is not None and not e.busy
-                ),
-                key=lambda e: e.last_used,
-            )
-            if excess <= len(idle):
-                victims = idle[: max(0, excess)]
-                freed = sum(v.current.estimate.total for v in victims if v.current is not None)
-                memory.check_room(est, name=entry.name, freed=freed)
-                for victim in victims:
-                    await self._unload(victim, why="lru")
-                return
-            # Too many resident models are busy: wait for one to go idle, within the bound.
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                raise TimeoutError
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), min(left or 1.0, 1.0))
+            async with self._lock:
+                if entry.current is not None:
+                    return entry.current
+                s = entry.settings
+                try:
+                    # Every check comes before anything is unloaded or allocated: a model that
+                    # cannot fit never costs the ones already serving.
+                    if sized is None or sized[0] != entry.path:
+                        est = await asyncio.to_thread(
+                            memory.estimate, entry.path, n_ctx=s.n_ctx, parallel=s.parallel
+                        )
+                        memory.check_budget(est, budget=entry.budget, name=entry.name)
+                        sized = (entry.path, est)
+                    est = sized[1]
+                    if await self._make_room(entry, est):
+                        entry.state = "loading"
+                        loaded = await self._open(entry, entry.path, expect=entry.sha256, est=est)
+                        entry.current, entry.sha256 = loaded, loaded.sha256
+                        entry.state, entry.last_error = "loaded", None
+                        entry.failure, entry.retry_at = None, 0.0
+                        entry.last_used = time.monotonic()
+                        return loaded
+                except Exception as exc:
+                    entry.state = "failed"
+                    entry.last_error = str(exc)
+                    entry.failure, entry.retry_at = exc, time.monotonic() + FAILED_RETRY_S
+                    log.error("model load failed", extra={"model": entry.name, "error": str(exc)})
+                    raise
+                released = self._idle
+            # Busy, not broken (the state stays what it was): TimeoutError past the deadline.
+            await self._wait_for_release(released, deadline)
 
-    async def _unload(self, entry: Entry, *, why: str) -> None:
+    async def _make_room(self, entry: Entry, est: memory.Estimate) -> bool:
+        """Under the lock, for `entry` to become resident: unload the least recently used idle
+        models one more needs under max_loaded, once the memory check (counting what those
+        unloads free) says it will fit. False when too many resident models are busy: the
+        caller waits for a lease to end, without the lock, and asks again."""
+        excess = len(self.resident()) + 1 - self.settings.max_loaded
+        idle = sorted(
+            (
+                e
+                for e in self.entries.values()
+                if e is not entry and e.current is not None and not e.busy
+            ),
+            key=lambda e: e.last_used,
+        )
+        if excess > len(idle):
+            return False
+        victims = idle[: max(0, excess)]
+        freed = sum(v.current.estimate.total for v in victims if v.current is not None)
+        memory.check_room(est, name=entry.name, freed=freed)
+        # Every victim leaves before the first await: a request arriving while they close
+        # finds its name unloaded and queues for a reload, never leasing a file being closed.
+        closing = [f for v in victims for f in self._detach(v, why="lru")]
+        for f in closing:
+            await f.backend.close()
+        return True
+
+    async def _wait_for_release(self, released: asyncio.Event, deadline: float | None) -> None:
+        """Until a lease ends (`released`, taken under the lock) or a second passes; raise
+        TimeoutError once `deadline` is past."""
+        left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+        if left is not None and left <= 0:
+            raise TimeoutError
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(released.wait(), 1.0 if left is None else min(left, 1.0))
+
+    def _detach(self, entry: Entry, *, why: str) -> list[Loaded]:
+        """Take `entry` out of memory's bookkeeping at once; the files to close after."""
         cur, entry.current = entry.current, None
         entry.state = "unloaded"
         can, entry.canary = entry.canary, None  # a trial ends when its model leaves memory
-        if can is not None:
-            await can.backend.close()
         if cur is not None:
             log.info("model unloaded", extra={"model": entry.name, "why": why})
             if self._metrics is not None:
                 self._metrics.model_unloads.labels(why).inc()
-            await cur.backend.close()
+        return [f for f in (can, cur) if f is not None]
+
+    async def _unload(self, entry: Entry, *, why: str) -> None:
+        for f in self._detach(entry, why=why):
+            await f.backend.close()
 
     async def _open(
         self, entry: Entry, path: Path, *, expect: str | None, est: memory.Estimate | None = None
@@ -390,11 +439,20 @@ class Fleet:
         digest = await asyncio.to_thread(file_sha256, path, cached=True)
         if expect is not None and digest != expect:
             raise ModelFileError(
-                f"{path.name} changed on disk: sha256 {digest[:12]}, expected {expect[:12]}"
+                f"{path.name} changed on disk: it no longer matches sha256 {expect[:12]}"
             )
         backend = LocalBackend(s, metrics=self._metrics)
         backend.model_name = entry.name
-        await backend.load()
+        load = asyncio.ensure_future(backend.load())
+        try:
+            await asyncio.shield(load)
+        except asyncio.CancelledError:
+            # Cancelled (shutdown, or a swap's client gone): the load in its thread goes on
+            # regardless, so let it finish and close the engine it made, then stop.
+            with contextlib.suppress(Exception):
+                await load
+            await backend.close()
+            raise
         return Loaded(backend=backend, path=path, sha256=digest, estimate=est)
 
     async def _reap(self) -> None:
@@ -484,6 +542,7 @@ class Fleet:
             entry.previous = (entry.path, entry.sha256)
         entry.path, entry.sha256 = new.path, new.sha256
         entry.state, entry.last_error = "loaded", None
+        entry.failure, entry.retry_at = None, 0.0
         entry.last_used = time.monotonic()
         if old is not None:
             self._retire(old)
@@ -522,14 +581,23 @@ class Fleet:
         canary_percent: int | None = None,
     ) -> None:
         try:
+            # A regular file only (checked in the thread too: a FIFO or /dev/zero would hold
+            # it forever).
             digest = await asyncio.to_thread(file_sha256, path)
+        except NotARegularFile:
+            raise ModelPathRefused(
+                f"{path} is not a regular file: a model is read from a file",
+                code="not_a_file",
+                param="path",
+            ) from None
         except OSError as exc:
             raise ModelRefused(
                 f"cannot read {path}: {exc.strerror}", code="file_not_found", param="path"
             ) from None
         if digest != sha256:
+            # Never the digest the file has: that would hash any readable file for the caller.
             raise ModelRefused(
-                f"sha256 mismatch: the file hashes to {digest}, the request says {sha256}",
+                f"sha256 mismatch: {path.name} does not match the given sha256 {sha256}",
                 code="hash_mismatch",
                 param="sha256",
             )
@@ -553,35 +621,74 @@ class Fleet:
                     raise ModelRefused(
                         str(exc), code="signature_invalid", param="signature"
                     ) from None
-        async with self._lock:
+        deadline = asyncio.get_running_loop().time() + self.settings.load_timeout_s
+        sized: memory.Estimate | None = None
+        while True:
+            async with self._lock:
+                if canary_percent and entry.current is None:
+                    # Unloaded while the file was hashed: a trial needs a file beside it.
+                    raise ModelConflict(
+                        f"{entry.name!r} was unloaded before its canary could start: a canary "
+                        "runs beside a loaded file; load the model and try again",
+                        code="not_loaded",
+                    )
+                new: Loaded | None = None
+                try:
+                    if entry.current is not None:
+                        # Beside the file it replaces: no more models resident than before.
+                        new = await self._open(entry, path, expect=digest)
+                    else:
+                        # Not resident: the new file takes a place under max_loaded, as any
+                        # load does.
+                        if sized is None:
+                            s = entry.settings
+                            sized = await asyncio.to_thread(
+                                memory.estimate, path, n_ctx=s.n_ctx, parallel=s.parallel
+                            )
+                            memory.check_budget(sized, budget=entry.budget, name=entry.name)
+                        if await self._make_room(entry, sized):
+                            new = await self._open(entry, path, expect=digest, est=sized)
+                except InsufficientMemory as exc:
+                    raise ModelRefused(str(exc), code="insufficient_memory") from None
+                except (ModelFileError, ValueError, RuntimeError, OSError) as exc:
+                    raise ModelRefused(
+                        f"{path.name} could not be loaded: {exc}", code="invalid_model_file"
+                    ) from None
+                if new is not None:
+                    await self._put_in_service(entry, new, canary_percent)
+                    break
+                released = self._idle
             try:
-                new = await self._open(entry, path, expect=digest)
-            except InsufficientMemory as exc:
-                raise ModelRefused(str(exc), code="insufficient_memory") from None
-            except (ModelFileError, ValueError, RuntimeError, OSError) as exc:
-                raise ModelRefused(
-                    f"{path.name} could not be loaded: {exc}", code="invalid_model_file"
+                await self._wait_for_release(released, deadline)
+            except TimeoutError:
+                raise ModelUnavailable(
+                    f"every resident model is busy: no room to load {entry.name!r} "
+                    f"(local.max_loaded is {self.settings.max_loaded}); retry shortly",
+                    code="no_room",
                 ) from None
-            try:
-                await self._smoke(new)
-            except Exception as exc:
-                await new.backend.close()
-                raise ModelRefused(
-                    f"{path.name} failed its smoke generation: {exc}", code="smoke_failed"
-                ) from None
-            if canary_percent and entry.current is not None:
-                old_trial = entry.canary
-                entry.canary, entry.canary_percent = new, canary_percent
-                if old_trial is not None:
-                    self._retire(old_trial)
-            else:
-                entry.canary, old_trial = None, entry.canary
-                if old_trial is not None:
-                    self._retire(old_trial)
-                self._install(entry, new)
         log.info(
             "model swapped", extra={"model": entry.name, "file": path.name, "sha": digest[:12]}
         )
+
+    async def _put_in_service(self, entry: Entry, new: Loaded, canary_percent: int | None) -> None:
+        """Under the lock: smoke-test the new file, then make it the canary or the current."""
+        try:
+            await self._smoke(new)
+        except Exception as exc:
+            await new.backend.close()
+            raise ModelRefused(
+                f"{new.path.name} failed its smoke generation: {exc}", code="smoke_failed"
+            ) from None
+        if canary_percent and entry.current is not None:
+            old_trial = entry.canary
+            entry.canary, entry.canary_percent = new, canary_percent
+            if old_trial is not None:
+                self._retire(old_trial)
+        else:
+            entry.canary, old_trial = None, entry.canary
+            if old_trial is not None:
+                self._retire(old_trial)
+            self._install(entry, new)
 
     async def _smoke(self, loaded: Loaded) -> None:
         req = ChatRequest.model_validate(
@@ -601,6 +708,14 @@ def _loaded(entry: Entry, task: asyncio.Task[Loaded]) -> None:
     entry.loading = None
     if not task.cancelled():
         task.exception()  # retrieved here: waiters that timed out never read it
+
+
+def _unavailable(name: str, exc: Exception, *, retry_after: float | None) -> ModelUnavailable:
+    """The 503 a request gets when its model could not be loaded."""
+    headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after else None
+    if isinstance(exc, InsufficientMemory):
+        return ModelUnavailable(str(exc), code="insufficient_memory", headers=headers)
+    return ModelUnavailable(f"model {name!r} could not be loaded: {exc}", headers=headers)
 
 
 # A sentinel for rollback: the file was verified when it first came in.

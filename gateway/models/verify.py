@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -19,21 +21,34 @@ _digests: dict[tuple[str, int, int], str] = {}
 _lock = threading.Lock()
 
 
+class NotARegularFile(ValueError):
+    """A FIFO, a device, a directory: nothing a model is read from, and some never end."""
+
+
 def file_sha256(path: Path, *, cached: bool = False) -> str:
     """Hex SHA-256 of the file. Blocking: run it off the event loop.
 
     `cached`: reuse the digest of an unchanged file (same size and mtime), for reloads of a
     file already verified; a verification itself always reads the bytes again.
+
+    Only a regular file is read: a FIFO would block the thread until a writer came, and
+    /dev/zero never ends. Checked before opening (a device is never opened) and again on the
+    open descriptor (O_NONBLOCK, so a FIFO put in its place meanwhile cannot block the open).
     """
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if cached:
-        with _lock:
-            hit = _digests.get(key)
-        if hit is not None:
-            return hit
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotARegularFile(f"{path} is not a regular file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile(f"{path} is not a regular file")
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if cached:
+            with _lock:
+                hit = _digests.get(key)
+            if hit is not None:
+                return hit
+        digest = hashlib.sha256()
         while block := f.read(_CHUNK):
             digest.update(block)
     hexed = digest.hexdigest()
