@@ -19,13 +19,13 @@ import asyncio
 import base64
 import hashlib
 import json
-import socket
 import struct
-import threading
 import time
 from typing import Any
 
 from aiohttp import web
+
+from .server import LoopbackServer
 
 EMBEDDING_WIDTH = 8  # of the fake's embedding vectors (not unit length: the gateway normalises)
 
@@ -46,16 +46,12 @@ MODES = (
 JUDGE_MARKER = "impartial judge"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class FakeCloud(LoopbackServer):
+    MODES = MODES
+    OFFLINE = "refuse"
 
-
-class FakeCloud:
     def __init__(self, *, port: int | None = None, slow_s: float = 0.5) -> None:
-        self.port = port or _free_port()
-        self.mode = "ok"
+        super().__init__(port=port, mode="ok")
         self.slow_s = slow_s
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -66,10 +62,6 @@ class FakeCloud:
         self.judge_topic = "tax"
         self.judge_reply: str | None = None
         self.judge_calls = 0
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def base_url(self) -> str:
@@ -369,62 +361,3 @@ class FakeCloud:
         return web.json_response(
             {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}
         )
-
-    # -- lifecycle (in the caller's loop) --------------------------------------------------
-
-    async def start(self) -> FakeCloud:
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await self._listen()
-        return self
-
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await self._site.start()
-
-    async def set_mode(self, mode: str) -> None:
-        """Switch modes; `refuse` closes the listening socket, leaving it closes reopens it."""
-        assert mode in MODES, mode
-        if mode == "refuse" and self.mode != "refuse" and self._site is not None:
-            await self._site.stop()
-            self._site = None
-            # Stopping the listener leaves keep-alive connections open; a dead uplink has none.
-            assert self._runner is not None and self._runner.server is not None
-            for conn in list(self._runner.server.connections):
-                conn.force_close()
-        elif mode != "refuse" and self._site is None:
-            await self._listen()
-        self.mode = mode
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    # -- lifecycle (own thread, for sync tests and gateway processes) ----------------------
-
-    def start_in_thread(self) -> FakeCloud:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def set_mode_threadsafe(self, mode: str) -> None:
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self.set_mode(mode), self._loop).result(10)
-
-    def stop_thread(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
