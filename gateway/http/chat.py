@@ -164,6 +164,19 @@ def _stream_failed(record: RequestRecord, exc: GatewayError) -> None:
     log.warning("stream failed mid-way", extra={"code": exc.code})
 
 
+async def timed_chunks(chunks: AsyncIterator[Chunk], record: RequestRecord) -> AsyncIterator[Chunk]:
+    """The backend's chunks, each wait for the next one added to the stream's backend time
+    (until its first chunk, plus every wait after it)."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        record.stream_wait_s += time.perf_counter() - t0
+        yield chunk
+
+
 async def _relay(
     resp: web.StreamResponse,
     chunks: AsyncIterator[Chunk],
@@ -171,14 +184,7 @@ async def _relay(
     include_usage: bool,
 ) -> None:
     """Write the backend's chunks as SSE frames, counting backend time and usage."""
-    while True:
-        t0 = time.perf_counter()
-        try:
-            chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        # Backend time of a stream: until its first chunk, plus every wait for the next one.
-        record.stream_wait_s += time.perf_counter() - t0
+    async for chunk in timed_chunks(chunks, record):
         if chunk.plain:
             payload = chunk.sse or sse.frame(chunk.data)
             await resp.write(payload)

@@ -30,7 +30,7 @@ from ..schemas import ChatRequest
 from ..services import SERVICES
 from ..settings import ServerSettings
 from .auth import tenant_of
-from .chat import deadline_of, open_event_stream, timed_out
+from .chat import deadline_of, open_event_stream, timed_chunks, timed_out
 from .middlewares import REQUEST_ID
 from .observe import RECORD, RequestRecord
 from .requests import parse_request, read_json, validation_error
@@ -223,13 +223,7 @@ async def _fail(
 async def _relay(
     resp: web.StreamResponse, chunks: AsyncIterator[Chunk], events: Events, record: RequestRecord
 ) -> None:
-    while True:
-        t0 = time.perf_counter()
-        try:
-            chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        record.stream_wait_s += time.perf_counter() - t0
+    async for chunk in timed_chunks(chunks, record):
         out = b""
         for obj in _objs(chunk):
             if obj.get("usage"):
