@@ -92,6 +92,15 @@ class BackendUnavailable(GatewayError):
             unreachable=True,
         )
 
+    @classmethod
+    def connect_failed(cls, name: str, exc: BaseException) -> BackendUnavailable:
+        """The connection failed or broke (refused, reset, DNS): the uplink counts as gone."""
+        return cls(
+            f"cloud model '{name}' is unreachable ({type(exc).__name__})",
+            cause="connect",
+            unreachable=True,
+        )
+
 
 class Backend(Protocol):
     """A place answers come from. Errors before the first chunk are failover-able."""

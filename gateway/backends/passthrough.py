@@ -82,11 +82,7 @@ class PassthroughBackend:
                 self.name, self.settings.first_byte_timeout_s
             ) from None
         except aiohttp.ClientError as exc:
-            raise BackendUnavailable(
-                f"cloud model '{self.name}' is unreachable ({type(exc).__name__})",
-                cause="connect",
-                unreachable=True,
-            ) from None
+            raise BackendUnavailable.connect_failed(self.name, exc) from None
 
     def _status_error(self, status: int, payload: bytes) -> GatewayError:
         if status >= 500 or status in _PROVIDER_FAULT:

@@ -94,11 +94,7 @@ class PassthroughEmbedder:
                 self.name, self.settings.first_byte_timeout_s
             ) from None
         except aiohttp.ClientError as exc:
-            raise BackendUnavailable(
-                f"cloud model '{self.name}' is unreachable ({type(exc).__name__})",
-                cause="connect",
-                unreachable=True,
-            ) from None
+            raise BackendUnavailable.connect_failed(self.name, exc) from None
         try:
             obj = json.loads(raw)
         except ValueError:
