@@ -11,6 +11,7 @@ from ..errors import Forbidden, Unauthorized
 from ..services import SERVICES
 from .keyring import KeyRing
 from .middlewares import Handler
+from .ui import over_loopback
 
 # Always open: orchestrators probe these without credentials.
 _OPEN = ("/healthz", "/readyz", "/openapi.json")
@@ -60,7 +61,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if ring.is_admin(key):
             return await handler(request)
         if ring.admin_digest is None and not ring.enforced:
-            return await handler(request)  # an open box (no keys at all): admin is open too
+            # An open box (no keys at all): admin is open to the box itself, as the status
+            # page is, never to the LAN or a rebound DNS name (a foreign Host whose page sends
+            # a matching Origin passes the cross-site check above).
+            if not over_loopback(request):
+                raise Forbidden(
+                    "The admin API of a gateway without keys is served only on loopback; "
+                    "set GATEWAY_SERVER__ADMIN_KEY to use it from elsewhere.",
+                    code="admin_loopback_only",
+                )
+            return await handler(request)
         if ring.is_client(key):
             raise Forbidden("This key may not use the admin API.")
         raise Unauthorized("A valid admin key is required.")

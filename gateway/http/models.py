@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import Forbidden
 from ..services import SERVICES
@@ -26,6 +26,14 @@ class SwapRequest(BaseModel):
     canary_percent: int | None = Field(
         None, ge=1, le=99, description="send this share of the name's requests to the new file"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, v: Path) -> Path:
+        # No file system path holds a NUL; os.stat would raise ValueError deep in the swap.
+        if "\x00" in str(v):
+            raise ValueError("a path must not contain a NUL byte")
+        return v
 
 
 def _guard(request: web.Request) -> None:

@@ -436,7 +436,9 @@ class Fleet:
         if est is None:
             est = await asyncio.to_thread(memory.estimate, path, n_ctx=s.n_ctx, parallel=s.parallel)
             memory.check(est, budget=entry.budget, name=entry.name)
-        digest = await asyncio.to_thread(file_sha256, path, cached=True)
+        # Hashed at every load, reloads after a keep-alive unload too: the digest reported
+        # for this file (x-gateway-model-file, /admin/models) is of the bytes read now.
+        digest = await asyncio.to_thread(file_sha256, path)
         if expect is not None and digest != expect:
             raise ModelFileError(
                 f"{path.name} changed on disk: it no longer matches sha256 {expect[:12]}"

@@ -13,23 +13,21 @@ import binascii
 import hashlib
 import os
 import stat
-import threading
 from pathlib import Path
 
 _CHUNK = 1 << 20
-_digests: dict[tuple[str, int, int], str] = {}
-_lock = threading.Lock()
 
 
 class NotARegularFile(ValueError):
     """A FIFO, a device, a directory: nothing a model is read from, and some never end."""
 
 
-def file_sha256(path: Path, *, cached: bool = False) -> str:
-    """Hex SHA-256 of the file. Blocking: run it off the event loop.
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file's bytes, read now. Blocking: run it off the event loop.
 
-    `cached`: reuse the digest of an unchanged file (same size and mtime), for reloads of a
-    file already verified; a verification itself always reads the bytes again.
+    Never cached: size and mtime do not prove a file unchanged (an in-place edit can keep
+    both, `touch -r` restores mtime), and a digest reported for a load must be of what that
+    load read.
 
     Only a regular file is read: a FIFO would block the thread until a writer came, and
     /dev/zero never ends. Checked before opening (a device is never opened) and again on the
@@ -42,19 +40,10 @@ def file_sha256(path: Path, *, cached: bool = False) -> str:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise NotARegularFile(f"{path} is not a regular file")
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        if cached:
-            with _lock:
-                hit = _digests.get(key)
-            if hit is not None:
-                return hit
         digest = hashlib.sha256()
         while block := f.read(_CHUNK):
             digest.update(block)
-    hexed = digest.hexdigest()
-    with _lock:
-        _digests[key] = hexed
-    return hexed
+    return digest.hexdigest()
 
 
 class SignatureError(Exception):
