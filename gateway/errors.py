@@ -130,6 +130,14 @@ class RequestTimeout(GatewayError):
     default_code = "request_timeout"
 
 
+class BodyTimeout(GatewayError):
+    """The client did not send its whole body within `server.body_timeout_s`."""
+
+    status = 408
+    type = "timeout_error"
+    default_code = "body_timeout"
+
+
 class ShuttingDown(GatewayError):
     """The gateway is stopping and this stream outlived the shutdown grace."""
 

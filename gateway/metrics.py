@@ -221,6 +221,16 @@ class Metrics:
         self.embedding_tokens = Counter(
             p + "embedding_tokens", "Tokens of embedded inputs, by route.", ["route"], registry=r
         )
+        self.connections_open = Gauge(
+            p + "connections_open", "Client HTTP connections open now.", registry=r
+        )
+        self.connections_dropped = Counter(
+            p + "connections_dropped",
+            "Connections refused at a cap (connection_limit, address_limit) or closed for a"
+            " slow client (header_timeout, body_timeout), by reason.",
+            ["reason"],
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
         for result in ("hit", "miss", "skip"):

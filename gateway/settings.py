@@ -80,6 +80,41 @@ class ServerSettings(_Section):
     shutdown_grace_s: float = Field(
         20.0, ge=0, description="How long SIGTERM waits for in-flight requests."
     )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description=(
+            "Most client connections open at once; past it a new one gets a minimal 503 and"
+            " is closed unread (lowered to fit the open-file limit, with a warning)."
+        ),
+    )
+    max_connections_per_address: int = Field(
+        256,
+        ge=1,
+        description=(
+            "Most connections open at once from one client address (behind a reverse proxy on"
+            " the box every client is its address: raise it to max_connections)."
+        ),
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "A request's line and headers must arrive within this long of the connection"
+            " opening or of its first byte (else the connection is closed)."
+        ),
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "A request's whole body must arrive within this long of its headers (else 408"
+            " and the connection is closed)."
+        ),
+    )
+    keepalive_timeout_s: float = Field(
+        75.0, gt=0, description="An idle kept-alive connection is closed after this long."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_bodies: bool = Field(False, description="Log prompt and answer text (off: privacy).")
 

@@ -128,3 +128,159 @@ async def test_a_model_edited_in_place_is_hashed_again_on_reload(
     status, file_id, _ = await ask()
     assert (status, file_id) == (200, edited[:12])
     assert (await listed())["sha256"] == edited
+
+
+# -- connections: caps and slow clients ---------------------------------------------------------
+
+HALF_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: box\r\nContent-Ty"
+HALF_BODY = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: box\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 4000\r\n\r\n" + b'{"model": "local", "messages": [' + b" " * 200
+)
+
+
+def _raise_fd_limit(need: int) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        top = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < need:
+        pytest.skip(f"needs {need} open files, the hard limit is {hard}")
+
+
+async def test_half_sent_requests_cannot_exhaust_the_server() -> None:
+    """1,500 half-sent requests from one address against `python -m gateway serve`.
+
+    The per-address cap holds 1,000 of them and refuses the rest at once; /healthz is probed
+    from 127.0.0.2 (Linux routes all of 127/8 to lo), another client address, as an
+    orchestrator's probe comes from its own address rather than the attacker's. Every
+    connection is closed by the server within its timeout, and the log says so in a few
+    lines, not a traceback per connection.
+    """
+    import asyncio
+    import json
+    import time
+
+    from tests.conftest import GatewayProcess
+
+    _raise_fd_limit(8192)  # 1,500 sockets here; the gateway inherits the limit too
+    header_s, body_s = 2.0, 3.0
+    gp = GatewayProcess(
+        env={
+            "GATEWAY_SERVER__MAX_CONNECTIONS": "1200",
+            "GATEWAY_SERVER__MAX_CONNECTIONS_PER_ADDRESS": "1000",
+            "GATEWAY_SERVER__HEADER_TIMEOUT_S": str(header_s),
+            "GATEWAY_SERVER__BODY_TIMEOUT_S": str(body_s),
+        }
+    )
+    try:
+        gp.wait_ready(timeout=120)
+        before = len(gp.output().splitlines())
+        worst = 0.0
+        probes = 0
+        stop = asyncio.Event()
+
+        async def probe() -> None:
+            nonlocal worst, probes
+            conn = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), force_close=True)
+            async with aiohttp.ClientSession(connector=conn) as s:
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    async with s.get(
+                        gp.url + "/healthz", timeout=aiohttp.ClientTimeout(total=10)
+                    ) as r:
+                        assert r.status == 200
+                    worst = max(worst, time.monotonic() - t0)
+                    probes += 1
+                    await asyncio.sleep(0.05)
+
+        async def attack(i: int) -> tuple[float, bytes]:
+            """Send half a request; how long until the server closed, and what it said."""
+            reader, writer = await asyncio.open_connection("127.0.0.1", gp.port)
+            opened = time.monotonic()
+            writer.write(HALF_HEAD if i % 2 else HALF_BODY)
+            said = b""
+            try:
+                async with asyncio.timeout(max(header_s, body_s) + 30):
+                    while chunk := await reader.read(65536):
+                        said += chunk
+            except ConnectionResetError:
+                pass
+            closed = time.monotonic() - opened
+            writer.close()
+            return closed, said
+
+        prober = asyncio.create_task(probe())
+        tasks = []
+        for i in range(1500):
+            tasks.append(asyncio.create_task(attack(i)))
+            if i % 100 == 99:
+                await asyncio.sleep(0.05)  # the listen backlog is 128: no SYN retransmits
+        results = await asyncio.gather(*tasks)
+        stop.set()
+        await prober
+    finally:
+        out = gp.stop()
+    lines = out.splitlines()[before:]
+    assert probes >= 5
+    assert worst < 0.5, f"/healthz took {worst:.2f} s under the flood"
+    refused = [r for r in results if r[1].startswith(b"HTTP/1.1 503")]
+    timed_out = [r for r in results if b" 408 " in r[1][:20]]
+    assert len(refused) >= 300, len(refused)  # past the per-address cap of 1,000
+    assert len(refused) + len(timed_out) + sum(1 for r in results if not r[1]) == 1500
+    for closed, said in results:
+        # The server closed every one: half a header within header_timeout_s, half a body
+        # within body_timeout_s (the 408 is JSON naming the setting), the rest at once.
+        assert closed < max(header_s, body_s) + 5.0, (closed, said[:80])
+    assert any(b"body_timeout" in said for _, said in timed_out)
+    assert any(b"header_timeout" in said for _, said in timed_out)
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert not [r for r in records if "exc" in r or r["level"] in ("error", "critical")]
+    assert not [line for line in lines if "Traceback" in line]
+    server = [r for r in records if r["logger"] == "gateway.http.server"]
+    assert 3 <= len(server) <= 12, server  # one line per burst of each kind, not per connection
+    # The app logs one request line for each half-sent body that reached it (a 408), no more.
+    assert len(records) <= len(server) + sum(1 for r in records if r["msg"] == "request") + 5
+    assert sum(1 for r in records if r["msg"] == "request") <= 1000
+
+
+async def test_caps_and_timeouts_hold_in_process_too(
+    gateway_factory: Any, http: aiohttp.ClientSession
+) -> None:
+    import asyncio
+
+    gw: RunningGateway = await gateway_factory(
+        server={
+            "max_connections_per_address": 2,
+            "header_timeout_s": 0.5,
+            "keepalive_timeout_s": 1.5,
+        }
+    )
+
+    async def read_all(reader: asyncio.StreamReader) -> bytes:
+        async with asyncio.timeout(10):
+            return await reader.read()
+
+    # A kept-alive connection, idle after its answer, is closed after keepalive_timeout_s.
+    r1, w1 = await asyncio.open_connection("127.0.0.1", gw.port)
+    w1.write(b"GET /healthz HTTP/1.1\r\nHost: box\r\n\r\n")
+    # One that sends half a request line holds the second place of this address.
+    r2, w2 = await asyncio.open_connection("127.0.0.1", gw.port)
+    w2.write(b"GET /hea")
+    await asyncio.sleep(0.1)
+    r3, w3 = await asyncio.open_connection("127.0.0.1", gw.port)
+    refused = await read_all(r3)
+    assert refused.startswith(b"HTTP/1.1 503") and b"too_many_connections" in refused
+    idle = await read_all(r2)
+    assert idle.startswith(b"HTTP/1.1 408") and b"header_timeout" in idle
+    kept = await read_all(r1)
+    assert kept.startswith(b"HTTP/1.1 200") and kept.count(b"HTTP/1.1") == 1
+    for w in (w1, w2, w3):
+        w.close()
+    async with http.get(gw.url + "/metrics") as r:
+        text = await r.text()
+    assert 'edge_gateway_connections_dropped_total{reason="address_limit"} 1.0' in text
+    assert 'edge_gateway_connections_dropped_total{reason="header_timeout"} 1.0' in text
