@@ -295,6 +295,14 @@ class CloudSettings(_Section):
         True,
         description="Talk to openai/ models with an api_base directly, skipping litellm.",
     )
+    max_embedding_response_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest embeddings answer read from a pass-through upstream (a 502 above it);"
+            " 2,048 inputs of 3,072 floats are about 120 MB of JSON."
+        ),
+    )
     embedding_models: list[CloudModel] = Field(
         default_factory=list, description="Cloud embedding models, for POST /v1/embeddings."
     )
@@ -574,6 +582,14 @@ class LocalEmbeddingSettings(_Section):
     n_threads: int = Field(2, ge=1, description="CPU threads for embedding.")
     max_queue: int = Field(
         16, ge=1, description="Embedding requests that may wait for the model; beyond this, 429."
+    )
+    max_request_tokens: int = Field(
+        32768,
+        ge=1,
+        description=(
+            "Most tokens of input in one request to the local embedding model (400 above it):"
+            " one request must not hold the single embedding worker for minutes."
+        ),
     )
     truncate_dimensions: bool = Field(
         False,

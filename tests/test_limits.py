@@ -284,3 +284,211 @@ async def test_caps_and_timeouts_hold_in_process_too(
         text = await r.text()
     assert 'edge_gateway_connections_dropped_total{reason="address_limit"} 1.0' in text
     assert 'edge_gateway_connections_dropped_total{reason="header_timeout"} 1.0' in text
+
+
+# -- the Redis embedding cache ------------------------------------------------------------------
+
+
+async def test_a_2048_input_batch_is_cached_in_batched_redis_calls(
+    gateway_factory: Any, fake_cloud: Any, redis_server: Any
+) -> None:
+    import openai
+
+    from tests.conftest import cloud_settings
+
+    settings = cloud_settings(fake_cloud)
+    settings["cloud"]["embedding_models"] = [
+        fake_cloud.model_entry(name="embed-fake", model="openai/text-embedding-3-small")
+    ]
+    gw: RunningGateway = await gateway_factory(
+        cache={"redis_url": redis_server.url, "key_prefix": "egw:batch:"}, **settings
+    )
+    inputs = [f"catalogue entry number {i}" for i in range(2048)]
+    c = openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-batch", max_retries=0, timeout=120)
+    first = await c.embeddings.with_raw_response.create(model="embed-fake", input=inputs)
+    assert first.headers["x-gateway-cache-inputs"] == "0/2048"
+    service = gw.app[SERVICES].embeddings
+    assert service is not None and service.cache is not None
+    await service.cache.cache.drain()
+    assert len(redis_server.client().keys("egw:batch:emb:*")) == 2048
+    second = await c.embeddings.with_raw_response.create(model="embed-fake", input=inputs)
+    assert second.headers["x-gateway-cache-inputs"] == "2048/2048"
+    assert second.headers["x-gateway-route"] == "cache"
+    assert service.cache.cache.up
+    async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+        text = await r.text()
+    assert "edge_gateway_cache_up 1.0" in text
+    assert "edge_gateway_cache_errors_total{" not in text or all(
+        line.endswith(" 0.0")
+        for line in text.splitlines()
+        if line.startswith("edge_gateway_cache_errors_total{")
+    )
+    await c.close()
+
+
+# -- the local embedding worker -----------------------------------------------------------------
+
+
+async def test_an_abandoned_local_embedding_job_frees_the_worker(
+    gateway_factory: Any,
+) -> None:
+    import asyncio
+    import random
+    import time
+
+    timeout_s = 3.0
+    gw: RunningGateway = await gateway_factory(
+        server={"request_timeout_s": timeout_s},
+        local={"embedding": {"max_request_tokens": 40_000}},
+    )
+    service = gw.app[SERVICES].embeddings
+    assert service is not None
+    local = service.local
+    await local.embed(["warm up"])  # the model loads on first use: not on the clock below
+    rng = random.Random(7)
+    big = [[rng.randrange(100, 40_000) for _ in range(500)] for _ in range(64)]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+        headers_a = {"Authorization": "Bearer sk-key-a"}
+        async with s.post(
+            gw.base_url + "/embeddings", json={"model": "local", "input": big}, headers=headers_a
+        ) as r:
+            assert r.status == 504
+            assert (await r.json())["error"]["code"] == "request_timeout"
+        timed_out = time.monotonic()
+        # Key B's small request, sent as A's deadline passes: it gets the worker.
+        headers_b = {"Authorization": "Bearer sk-key-b"}
+        async with s.post(
+            gw.base_url + "/embeddings",
+            json={"model": "local", "input": "a small question"},
+            headers=headers_b,
+        ) as r:
+            assert r.status == 200, await r.text()
+            assert len((await r.json())["data"]) == 1
+    waited = time.monotonic() - timed_out
+    assert waited < timeout_s  # B was answered within its own deadline, not after A's job
+    for _ in range(100):
+        if local.pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert local.pending == 0 and local.abandoned == 1
+    assert local.decode_calls < 1 + 64  # the warm-up, part of A, B: never all of A
+
+
+async def test_local_embedding_requests_are_capped_in_tokens(
+    gateway_factory: Any, http: aiohttp.ClientSession
+) -> None:
+    gw: RunningGateway = await gateway_factory(local={"embedding": {"max_request_tokens": 1000}})
+    ids = [[1000 + 400 * j + i for i in range(400)] for j in range(3)]
+    async with http.post(gw.base_url + "/embeddings", json={"model": "local", "input": ids}) as r:
+        assert r.status == 400
+        err = (await r.json())["error"]
+    assert err["code"] == "too_many_tokens" and err["param"] == "input"
+    assert "local.embedding.max_request_tokens" in err["message"] and "1200" in err["message"]
+    async with http.post(
+        gw.base_url + "/embeddings", json={"model": "local", "input": ids[:2]}
+    ) as r:
+        assert r.status == 200
+
+
+# -- cloud embedding bodies ---------------------------------------------------------------------
+
+
+async def _big_upstream(width: int, n_vectors: int) -> tuple[Any, str]:
+    """An OpenAI-compatible /embeddings upstream answering `n_vectors` of `width` floats."""
+    import json
+
+    from aiohttp import web
+
+    from tests.conftest import free_port
+
+    row = json.dumps([round(0.001 * (k % 997) - 0.5, 9) for k in range(width)])
+    body = (
+        '{"object":"list","data":['
+        + ",".join(
+            f'{{"object":"embedding","index":{i},"embedding":{row}}}' for i in range(n_vectors)
+        )
+        + '],"model":"big","usage":{"prompt_tokens":7,"total_tokens":7}}'
+    ).encode()
+
+    async def embeddings(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/v1"
+
+
+async def test_cloud_embedding_bodies_are_bounded_and_parsed_off_the_loop(
+    gateway_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import json
+    import threading
+    import time
+
+    from gateway.embeddings import cloud as cloud_module
+
+    monkeypatch.setenv("BIG_KEY", "sk-big-upstream")
+    n = 512
+    upstream, base = await _big_upstream(width=3072, n_vectors=n)  # ~40 MB of floats
+    entry = {"model": "openai/text-embedding-3-large", "api_base": base, "api_key_env": "BIG_KEY"}
+    try:
+        gw: RunningGateway = await gateway_factory(
+            cloud={
+                "embedding_models": [{"name": "big", **entry}],
+                "max_embedding_response_bytes": 64 * 1024 * 1024,
+            }
+        )
+        threads: list[str] = []
+        real = cloud_module.parse_large
+
+        def spy(*args: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return real(*args)
+
+        monkeypatch.setattr(cloud_module, "parse_large", spy)
+        worst = 0.0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal worst
+            while not done.is_set():
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.01)
+                worst = max(worst, time.perf_counter() - t0 - 0.01)
+
+        tick = asyncio.create_task(ticker())
+        inputs = [f"text {i}" for i in range(n)]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+            async with s.post(
+                gw.base_url + "/embeddings", json={"model": "big", "input": inputs}
+            ) as r:
+                assert r.status == 200, await r.text()
+                raw = await r.read()
+            done.set()  # before this test's own json.loads of the answer, on this loop
+            await tick
+            body = json.loads(raw)
+            assert len(body["data"]) == n and len(body["data"][0]["embedding"]) == 3072
+            assert threads and threads[0] != threading.main_thread().name
+            assert worst < 0.5, f"the event loop stalled {worst:.2f} s"
+            # Past the cap: a 502 naming the setting, nothing parsed.
+            gw2: RunningGateway = await gateway_factory(
+                cloud={
+                    "embedding_models": [{"name": "big", **entry}],
+                    "max_embedding_response_bytes": 1024 * 1024,
+                }
+            )
+            async with s.post(
+                gw2.base_url + "/embeddings", json={"model": "big", "input": inputs}
+            ) as r:
+                assert r.status == 502
+                err = (await r.json())["error"]
+            assert err["code"] == "upstream_response_too_large"
+            assert "cloud.max_embedding_response_bytes" in err["message"]
+    finally:
+        await upstream.cleanup()

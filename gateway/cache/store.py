@@ -60,6 +60,10 @@ class Store(Protocol):
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    async def set_many(self, items: list[tuple[str, bytes]], ttl_s: int) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -99,6 +103,13 @@ class LRUStore:
         while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._data)))
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [await self.get(k) for k in keys]
+
+    async def set_many(self, items: list[tuple[str, bytes]], ttl_s: int) -> None:
+        for key, value in items:
+            await self.set(key, value, ttl_s)
+
     def _drop(self, key: str) -> None:
         _, value = self._data.pop(key)
         self.bytes -= len(value)
@@ -106,6 +117,11 @@ class LRUStore:
     async def close(self) -> None:
         self._data.clear()
         self.bytes = 0
+
+
+# Keys per MGET or pipeline of a batch: one request's many entries take one pooled connection
+# at a time, a few round trips, never one connection (and one GET) per entry.
+BATCH = 128
 
 
 class RedisStore:
@@ -134,6 +150,31 @@ class RedisStore:
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         async with asyncio.timeout(self.timeout_s):
             await self.client.set(key, value, ex=ttl_s)
+
+    def _batch_timeout(self, n: int) -> float:
+        # One round trip carries up to BATCH entries: the per-operation bound per 32 of them.
+        return self.timeout_s * max(1, -(-n // 32))
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for i in range(0, len(keys), BATCH):
+            part = keys[i : i + BATCH]
+            async with asyncio.timeout(self._batch_timeout(len(part))):
+                values = await self.client.mget(part)
+            out.extend(
+                None if v is None else (v.encode() if isinstance(v, str) else bytes(v))
+                for v in values
+            )
+        return out
+
+    async def set_many(self, items: list[tuple[str, bytes]], ttl_s: int) -> None:
+        for i in range(0, len(items), BATCH):
+            part = items[i : i + BATCH]
+            async with asyncio.timeout(self._batch_timeout(len(part))):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key, value in part:
+                        pipe.set(key, value, ex=ttl_s)
+                    await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -193,22 +234,51 @@ class ResponseCache:
             self._failed("get", exc)
             return None
         self._worked()
-        if raw is None:
-            return None
+        return _decode(raw)
+
+    async def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        """Several entries in as few store calls as the store batches them into."""
+        if not keys or not self._usable():
+            return [None] * len(keys)
         try:
-            obj = json.loads(raw)
-        except ValueError:
-            return None
-        return obj if isinstance(obj, dict) else None
+            raws = await self.store.get_many(keys)
+        except Exception as exc:  # as get: bypass, never fail the request
+            self._failed("get", exc)
+            return [None] * len(keys)
+        self._worked()
+        return [_decode(raw) for raw in raws]
+
+    def put_many(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Store several entries in the background, in one task and batched store calls."""
+        if not entries or not self._usable():
+            return
+        items = []
+        for key, obj in entries:
+            raw = json.dumps(obj, separators=(",", ":")).encode()
+            if len(raw) <= self.settings.max_entry_bytes:
+                items.append((key, raw))
+        if items:
+            self._spawn(self._put_many(items))
+
+    async def _put_many(self, items: list[tuple[str, bytes]]) -> None:
+        try:
+            await self.store.set_many(items, self.settings.ttl_s)
+        except Exception as exc:
+            self._failed("set", exc)
+            return
+        self._worked()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def put(self, key: str, obj: dict[str, Any]) -> None:
         """Store in the background: the client never waits for the cache."""
         raw = json.dumps(obj, separators=(",", ":")).encode()
         if len(raw) > self.settings.max_entry_bytes or not self._usable():
             return
-        task = asyncio.create_task(self._put(key, raw))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._spawn(self._put(key, raw))
 
     async def _put(self, key: str, raw: bytes) -> None:
         try:
@@ -225,3 +295,13 @@ class ResponseCache:
     async def close(self) -> None:
         await self.drain()
         await self.store.close()
+
+
+def _decode(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None

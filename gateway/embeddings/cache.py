@@ -8,7 +8,6 @@ in-process LRU) under their own prefix; the store's failures bypass the cache as
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -40,7 +39,9 @@ class EmbeddingCache:
         return out
 
     async def get_many(self, keys: list[str]) -> list[tuple[np.ndarray, int] | None]:
-        found = await asyncio.gather(*(self.cache.get(k) for k in keys))
+        # One batched look-up (MGET on Redis): a 2,048-input request must not take a pooled
+        # connection per input, nor starve the chat cache that shares the pool.
+        found = await self.cache.get_many(keys)
         out: list[tuple[np.ndarray, int] | None] = []
         for obj in found:
             if obj is None:
@@ -53,7 +54,11 @@ class EmbeddingCache:
                 out.append(None)  # an entry of another shape is a miss, never an error
         return out
 
-    def put(self, key: str, vector: np.ndarray, tokens: int) -> None:
-        """In the background, as for chat: the client never waits for the store."""
-        v = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-        self.cache.put(key, {"v": v, "t": tokens})
+    def put_many(self, entries: list[tuple[str, np.ndarray, int]]) -> None:
+        """In the background, as for chat (the client never waits), in batched store calls."""
+        self.cache.put_many(
+            [
+                (key, {"v": base64.b64encode(v.astype("<f4").tobytes()).decode("ascii"), "t": t})
+                for key, v, t in entries
+            ]
+        )

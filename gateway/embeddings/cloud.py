@@ -5,6 +5,11 @@ on the litellm path only OpenAI's documented embedding parameters become keyword
 and every other client field travels as a JSON body field (`extra_body`); what comes back
 (answers and error messages) is scrubbed of the key. Errors map as for chat: a dead or failing
 provider is `BackendUnavailable` (failover, breaker), a refused request a 4xx naming why.
+
+A full batch of floats is tens of megabytes of JSON. The body is read up to
+`cloud.max_embedding_response_bytes` (a 502 past it) and a large one is parsed off the loop,
+one vector at a time: `json.loads` in a thread would hold the GIL for the whole body (a
+second or more), while ijson's incremental parser lets the loop run between vectors.
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ from ..backends.base import BackendUnavailable
 from ..backends.cloud import LiteLLMBackend
 from ..backends.passthrough import PassthroughBackend
 from ..backends.upstream import bearer_headers, scrub_bytes
+from ..errors import UpstreamError
 from ..settings import CloudModel, CloudSettings
 from .request import EmbeddingRequest, Item
 
 # OpenAI's embedding request parameters, minus `model` (set by the gateway).
 EMBEDDING_PARAMS = frozenset({"input", "dimensions", "encoding_format", "user"})
+# Bodies above this are parsed in a thread, incrementally; below, on the loop in microseconds.
+LARGE_BODY = 1 << 20
+# Floats above this many (inputs x width) are turned into arrays in a thread (litellm path).
+LARGE_FLOATS = 1 << 18
 
 
 def upstream_body(req: EmbeddingRequest, items: list[Item], upstream_model: str) -> dict[str, Any]:
@@ -60,6 +70,57 @@ def vectors_of(obj: Any, n: int, name: str) -> tuple[list[np.ndarray], int]:
     return vectors, tokens
 
 
+def too_large(name: str, cap: int) -> UpstreamError:
+    return UpstreamError(
+        f"cloud model '{name}' sent an embeddings answer larger than {cap} bytes "
+        "(cloud.max_embedding_response_bytes).",
+        code="upstream_response_too_large",
+    )
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int, name: str) -> bytes:
+    """The whole body, or a 502 as soon as it is past `cap` (never held in memory whole)."""
+    if resp.content_length is not None and resp.content_length > cap:
+        raise too_large(name, cap)
+    buf = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        buf += chunk
+        if len(buf) > cap:
+            raise too_large(name, cap)
+    return bytes(buf)
+
+
+class _Chunks:
+    """`raw` read 64 KiB at a time by Python code: each read lets other threads (the loop)
+    take the GIL, which a C-level read of the whole buffer would not."""
+
+    def __init__(self, raw: bytes) -> None:
+        self._view = memoryview(raw)
+        self._at = 0
+
+    def read(self, n: int = 1 << 16) -> bytes:
+        part = self._view[self._at : self._at + n]
+        self._at += len(part)
+        return bytes(part)
+
+
+def parse_large(raw: bytes, n: int, name: str) -> tuple[list[np.ndarray], int]:
+    """`vectors_of` for a large body, incrementally. Blocking: run it in a thread."""
+    import ijson
+
+    data: list[dict[str, Any]] = []
+    usage: Any = None
+    try:
+        for item in ijson.items(_Chunks(raw), "data.item", use_float=True):
+            if isinstance(item, dict) and isinstance(item.get("embedding"), list):
+                item["embedding"] = np.asarray(item["embedding"], dtype=np.float32)
+            data.append(item)
+        usage = next(ijson.items(_Chunks(raw), "usage", use_float=True), None)
+    except (ijson.JSONError, ValueError, TypeError):
+        return vectors_of(None, n, name)
+    return vectors_of({"data": data, "usage": usage}, n, name)
+
+
 class PassthroughEmbedder:
     """An OpenAI-compatible upstream: JSON through a pooled session, the key in one header."""
 
@@ -86,15 +147,19 @@ class PassthroughEmbedder:
                     headers=bearer_headers(self.model),
                     timeout=chat._timeout,
                 ) as resp:
-                    raw = scrub_bytes(await resp.read(), self.model)
+                    raw = await read_capped(
+                        resp, self.settings.max_embedding_response_bytes, self.name
+                    )
                     if resp.status >= 400:
-                        raise chat._status_error(resp.status, raw)
+                        raise chat._status_error(resp.status, scrub_bytes(raw, self.model))
         except TimeoutError:
             raise BackendUnavailable.timed_out(
                 self.name, self.settings.first_byte_timeout_s
             ) from None
         except aiohttp.ClientError as exc:
             raise BackendUnavailable.connect_failed(self.name, exc) from None
+        if len(raw) > LARGE_BODY:
+            return await asyncio.to_thread(parse_large, raw, len(items), self.name)
         try:
             obj = json.loads(raw)
         except ValueError:
@@ -147,5 +212,14 @@ class LiteLLMEmbedder:
             ) from None
         except Exception as exc:
             raise self._chat._map(exc) from None
-        obj = resp.model_dump() if hasattr(resp, "model_dump") else resp
-        return vectors_of(obj, len(items), self.name)
+
+        # litellm has parsed the body already (on the loop, inside litellm); turning millions
+        # of floats into arrays is pure Python again, so large answers go to a thread.
+        def convert() -> tuple[list[np.ndarray], int]:
+            obj = resp.model_dump() if hasattr(resp, "model_dump") else resp
+            return vectors_of(obj, len(items), self.name)
+
+        width = req.dimensions or 1536
+        if len(items) * width > LARGE_FLOATS:
+            return await asyncio.to_thread(convert)
+        return convert()

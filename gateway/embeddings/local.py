@@ -9,6 +9,12 @@ The inputs of a request are packed into as few `llama_decode` calls as fit `n_ba
 llama-cpp-python's `Llama.embed` does the same packing but takes text only and silently cuts
 inputs longer than the batch; token-id inputs and a 400 for an over-long input need the loop
 here, on the context that `Llama` built.
+
+A job nobody waits for any more (its deadline passed, its client left) stops at once: the
+waiting side sets the job's stop flag, which llama.cpp's abort callback reads between the
+graph nodes of a decode (a 512-token decode can take many seconds on a busy box) and the loop
+reads between decode groups, so the next request gets the worker within moments instead of
+after the abandoned job's minutes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,6 +38,11 @@ from .request import Item, normalise
 log = logging.getLogger(__name__)
 
 _POOLING = {"mean": 1, "cls": 2, "last": 3}  # llama_pooling_type
+_ABORTED = 2  # llama_decode's return code when the abort callback said stop
+
+
+class _Abandoned(Exception):
+    """The job's waiter is gone (deadline, disconnect): nobody reads its vectors."""
 
 
 class LocalEmbedder:
@@ -48,6 +60,10 @@ class LocalEmbedder:
         self.n_seq_max = 1
         self.pending = 0  # requests submitted and not finished (waiting or running)
         self.decode_calls = 0  # llama_decode calls so far (inputs are packed, not one by one)
+        self.abandoned = 0  # jobs stopped part-way because nobody waited for them any more
+        # The running job's stop flag, read by llama.cpp's abort callback on the worker.
+        self._stop = threading.Event()
+        self._abort_cb: Any = None  # the ctypes callback, kept alive: llama.cpp holds a pointer
 
     # -- state the policy and the status page read ------------------------------------------
 
@@ -69,7 +85,10 @@ class LocalEmbedder:
             )
         loop = asyncio.get_running_loop()
         self.pending += 1
-        fut: Future[tuple[list[np.ndarray], list[int]]] = self._pool.submit(self._embed, items)
+        stop = threading.Event()
+        fut: Future[tuple[list[np.ndarray], list[int]]] = self._pool.submit(
+            self._embed, items, stop
+        )
 
         def done(_: Future[Any]) -> None:
             # Runs on the worker thread: the count belongs to the loop.
@@ -77,26 +96,55 @@ class LocalEmbedder:
                 loop.call_soon_threadsafe(self._finished)
 
         fut.add_done_callback(done)
-        # A cancelled wait (client gone) cancels a job that has not started yet.
-        return await asyncio.wrap_future(fut)
+        try:
+            # A cancelled wait cancels a job that has not started yet...
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            stop.set()  # ...and stops a running one within a decode step.
+            raise
 
     def _finished(self) -> None:
         self.pending -= 1
 
-    def _embed(self, items: list[Item]) -> tuple[list[np.ndarray], list[int]]:
+    def _embed(
+        self, items: list[Item], stop: threading.Event
+    ) -> tuple[list[np.ndarray], list[int]]:
         self._ensure_loaded()
+        self._stop = stop
         seqs = [self._tokens(i, item) for i, item in enumerate(items)]
+        total = sum(len(s) for s in seqs)
+        cap = self.settings.max_request_tokens
+        if total > cap:
+            raise InvalidRequest(
+                f"The request has {total} tokens of input; the local embedding model takes at "
+                f"most {cap} per request (local.embedding.max_request_tokens).",
+                param="input",
+                code="too_many_tokens",
+            )
         out: list[np.ndarray | None] = [None] * len(seqs)
+        groups: list[list[int]] = []
         group: list[int] = []
         used = 0
         for i, toks in enumerate(seqs):
             if group and (used + len(toks) > self.settings.n_batch or len(group) >= self.n_seq_max):
-                self._decode(group, seqs, out)
+                groups.append(group)
                 group, used = [], 0
             group.append(i)
             used += len(toks)
         if group:
-            self._decode(group, seqs, out)
+            groups.append(group)
+        try:
+            for group in groups:
+                if stop.is_set():
+                    raise _Abandoned
+                self._decode(group, seqs, out)
+        except _Abandoned:
+            self.abandoned += 1
+            log.info(
+                "embedding job abandoned by its waiter",
+                extra={"inputs": len(seqs), "tokens": total},
+            )
+            raise
         vectors = normalise(np.stack([v for v in out if v is not None]))
         return list(vectors), [len(s) for s in seqs]
 
@@ -152,6 +200,8 @@ class LocalEmbedder:
             lib.llama_memory_clear(mem, True)
         rc = lib.llama_decode(ctx, batch)
         self.decode_calls += 1
+        if rc == _ABORTED and self._stop.is_set():
+            raise _Abandoned
         if rc != 0:
             raise NoRouteAvailable(f"the local embedding model failed to decode (code {rc})")
         width = self.width or 0
@@ -200,6 +250,10 @@ class LocalEmbedder:
             n_threads_batch=s.n_threads,
             verbose=False,
         )
+        # Read between graph nodes on the worker: a decode stops part-way once its job is
+        # abandoned (llama_decode then returns 2, and the next decode clears the memory).
+        self._abort_cb = lib.ggml_abort_callback(lambda _data: self._stop.is_set())
+        lib.llama_set_abort_callback(llm.ctx, self._abort_cb, None)
         self.n_seq_max = int(lib.llama_n_seq_max(llm.ctx))
         self._batch = lib.llama_batch_init(s.n_batch, 0, 1)
         self.width = int(llm.n_embd())

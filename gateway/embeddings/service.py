@@ -338,10 +338,13 @@ class EmbeddingService:
     ) -> tuple[Outcome, int]:
         vectors: list[np.ndarray] = [c[0] if c is not None else np.empty(0) for c in cached]
         tokens = [c[1] if c is not None else 0 for c in cached]
+        fresh: list[tuple[str, np.ndarray, int]] = []
         for j, v, t in zip(missing, computed.vectors, computed.tokens, strict=True):
             vectors[j], tokens[j] = v, t
             if keys is not None and store:
-                self.cache.put(keys[j], v, t)  # type: ignore[union-attr]
+                fresh.append((keys[j], v, t))
+        if fresh and self.cache is not None:
+            self.cache.put_many(fresh)
         hits = len(items) - len(missing)
         route = "cache" if not missing else ("local" if backend.kind == "local" else "cloud")
         m = self.metrics
