@@ -336,7 +336,9 @@ async def test_an_abandoned_local_embedding_job_frees_the_worker(
     import random
     import time
 
-    timeout_s = 3.0
+    # Long enough for B's tiny embedding on a busy CI box (seconds), short against A's job
+    # (64 decodes of 500 tokens: minutes).
+    timeout_s = 15.0
     gw: RunningGateway = await gateway_factory(
         server={"request_timeout_s": timeout_s},
         local={"embedding": {"max_request_tokens": 40_000}},
@@ -372,6 +374,15 @@ async def test_an_abandoned_local_embedding_job_frees_the_worker(
         await asyncio.sleep(0.05)
     assert local.pending == 0 and local.abandoned == 1
     assert local.decode_calls < 1 + 64  # the warm-up, part of A, B: never all of A
+    # A client that walks away stops its job the same way.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as s:
+        with pytest.raises(TimeoutError):
+            await s.post(gw.base_url + "/embeddings", json={"model": "local", "input": big})
+    for _ in range(100):
+        if local.pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert local.pending == 0 and local.abandoned == 2
 
 
 async def test_local_embedding_requests_are_capped_in_tokens(
@@ -474,8 +485,8 @@ async def test_cloud_embedding_bodies_are_bounded_and_parsed_off_the_loop(
             await tick
             body = json.loads(raw)
             assert len(body["data"]) == n and len(body["data"][0]["embedding"]) == 3072
-            assert threads and threads[0] != threading.main_thread().name
             assert worst < 0.5, f"the event loop stalled {worst:.2f} s"
+            assert threads and threads[0] != threading.main_thread().name
             # Past the cap: a 502 naming the setting, nothing parsed.
             gw2: RunningGateway = await gateway_factory(
                 cloud={
