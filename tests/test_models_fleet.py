@@ -395,7 +395,9 @@ async def test_lru_unloads_and_reloads_on_demand(
             "n_ctx": 256,
             "parallel": 1,
             "max_loaded": 2,
-            "keep_alive_s": 1.0,
+            # Every (re)load hashes its file again: on a busy box that takes seconds, and a
+            # shorter keep-alive unloads `g` while `a` reloads, before the LRU check below.
+            "keep_alive_s": 4.0,
             "models": [
                 {"name": "a", "path": str(smol), "n_ctx": 256, "parallel": 1},
                 {"name": "g", "path": str(gemma), "n_ctx": 256, "parallel": 1},
