@@ -120,7 +120,7 @@ def key_weights(counts: dict[str, int], share: float) -> dict[str, float]:
             capped = set(live)
             break
         level = cap * free / rest  # the capped keys' total: cap x (free + capped totals)
-        over = {k for k, n in live.items() if k not in capped and n > level}
+        over = {k for k, n in live.items() if k not in capped and n > level * (1 + 1e-9)}
         if not over:
             break
         capped |= over
@@ -158,14 +158,15 @@ def evaluate(
     rows = [r for r in rows if trains_router(r)]
     if len(rows) < min_labels:
         return Outcome(False, "too_few_labels")
+    by_key = Counter(key_of(r) for r in rows)
+    top_key, top_n = by_key.most_common(1)[0]
+    who = Outcome(False, "", keys=len(by_key), top_key=top_key, top_share=top_n / len(rows))
     judged = [r for r in rows if r.kind != "feedback"]
     if not rules.feedback_alone and len(judged) < min_labels:
         # Clients' own scores are theirs to choose: without the opt-in they never decide a
         # retrain by themselves.
-        return Outcome(False, "feedback_only")
-    by_key = Counter(key_of(r) for r in rows)
-    top_key, top_n = by_key.most_common(1)[0]
-    who = Outcome(False, "", keys=len(by_key), top_key=top_key, top_share=top_n / len(rows))
+        who.reason = "feedback_only"
+        return who
     if rules.tenants and top_n / len(rows) > rules.max_key_share + 1e-12:
         who.reason = "one_key"
         return who
