@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway.app import create_app
 from gateway.durable import DurableLog, Record
 from gateway.http.auth import tenant_id
 from gateway.learning.retrain import Rules, evaluate, held_out, key_weights
@@ -25,6 +26,7 @@ from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.learned import LearnedScorer, vector
 from gateway.routing.train import Example, gain_apgr, train
 from gateway.services import SERVICES
+from gateway.settings import load_settings
 from tests.fakes.cloud import FakeCloud
 from tests.test_learning import (
     FORMS,
@@ -267,3 +269,38 @@ def test_new_weights_must_not_rank_any_keys_labels_worse() -> None:
     assert result.candidate > result.current  # the mixed slice alone would have accepted it
     # On a one-tenant box the same labels would be accepted: there is no one else to protect.
     assert evaluate(rows, current, share=0.25, min_labels=50, rules=Rules()).accepted
+
+
+@pytest.mark.parametrize(
+    ("keys", "tenants"),
+    [
+        ([], False),
+        (["sk-operator"], False),
+        (["sk-operator", "sk-operator"], False),
+        (["sk-a", "sk-b"], True),
+    ],
+    ids=["open_box", "one_key", "one_key_twice", "two_keys"],
+)
+async def test_the_per_key_retrain_rules_need_two_keys(
+    tmp_path: Path, keys: list[str], tenants: bool
+) -> None:
+    # An open box or a box with one key is one tenant: its operator retrains it as before.
+    settings = load_settings(
+        server={"api_keys": keys},
+        learning={"enabled": True, "store": str(tmp_path / "labels.sqlite3")},
+    )
+    app = create_app(settings)
+    learning = app[SERVICES].learning
+    assert learning is not None
+    try:
+        rules = learning.retrainer.rules
+        assert rules.tenants is tenants
+        assert rules.feedback_alone is False  # the default: feedback never retrains alone
+        assert (rules.max_key_share, rules.key_weight_share, rules.canary_min_keys) == (
+            0.5,
+            0.25,
+            2,
+        )
+        assert learning.store.per_key == 10_000
+    finally:
+        await learning.close()
