@@ -161,6 +161,9 @@ def build_learning(services: Services, shipped: Scorer) -> Learning:
         registry=services.metrics.registry,
         prices=services.prices,
         shipped=shipped,
+        # Distinct client keys: with two or more, labels come from tenants who must not
+        # steer the router for one another (learning/retrain.py).
+        keys=len(set(services.keyring.client_digests)),
     )
 
 

@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_kind ON records (kind);
 """
+# Added later (a migration: files written before it have no such column and are upgraded in
+# place when opened; older code ignores it). A row's optional tag groups rows for a per-tag
+# cap: the label store tags each label with its tenant, so one API key's labels push out only
+# its own oldest ones.
+_TAG_INDEX = "CREATE INDEX IF NOT EXISTS records_tag ON records (tag, id)"
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class DurableLog:
         # NORMAL in WAL mode: a power cut may lose the last commits, never corrupt the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        if "tag" not in columns:
+            self._db.execute("ALTER TABLE records ADD COLUMN tag TEXT")
+        self._db.execute(_TAG_INDEX)
         self._count: int = self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
 
     # -- sync ---------------------------------------------------------------------------
@@ -71,14 +80,40 @@ class DurableLog:
     def __len__(self) -> int:
         return self._count
 
-    def append_sync(self, kind: str, bodies: Sequence[dict[str, Any]]) -> int:
-        """Add rows; returns how many old rows the cap pushed out."""
+    def append_sync(
+        self,
+        kind: str,
+        bodies: Sequence[dict[str, Any]],
+        *,
+        tag: str | None = None,
+        tag_cap: int | None = None,
+    ) -> int:
+        """Add rows; returns how many old rows the caps pushed out.
+
+        With `tag` and `tag_cap`, the oldest rows of that tag beyond `tag_cap` go first, so
+        one tag never pushes out another's rows; then the whole log's cap applies.
+        """
         now = time.time()
-        rows = [(now, kind, json.dumps(b, separators=(",", ":"))) for b in bodies]
+        rows = [(now, kind, json.dumps(b, separators=(",", ":")), tag) for b in bodies]
+        evicted = 0
         with self._db:  # one transaction: the rows and the eviction land together
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO records (at, kind, body) VALUES (?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT INTO records (at, kind, body, tag) VALUES (?, ?, ?, ?)", rows
+            )
             self._count += len(rows)
+            if tag is not None and tag_cap is not None:
+                (mine,) = self._db.execute(
+                    "SELECT COUNT(*) FROM records WHERE tag = ?", (tag,)
+                ).fetchone()
+                if mine > tag_cap:
+                    cur = self._db.execute(
+                        "DELETE FROM records WHERE id IN "
+                        "(SELECT id FROM records WHERE tag = ? ORDER BY id LIMIT ?)",
+                        (tag, mine - tag_cap),
+                    )
+                    evicted += cur.rowcount
+                    self._count -= cur.rowcount
             over = self._count - self.cap
             if over > 0:
                 self._db.execute(
@@ -86,8 +121,25 @@ class DurableLog:
                     (over,),
                 )
                 self._count -= over
-                self.dropped += over
-        return max(over, 0)
+                evicted += over
+        self.dropped += evicted
+        return evicted
+
+    def tag_untagged_sync(self, field: str, default: str) -> int:
+        """Tag the rows without one (written before tags existed) from a top-level JSON field."""
+        if not field.isidentifier():
+            raise ValueError(f"not a field name: {field!r}")
+        with self._db:
+            self._db.execute("BEGIN")
+            cur = self._db.execute(
+                "UPDATE records SET tag = COALESCE(json_extract(body, ?), ?) WHERE tag IS NULL",
+                (f"$.{field}", default),
+            )
+        return int(cur.rowcount)
+
+    def counts_by_tag_sync(self) -> dict[str | None, int]:
+        cur = self._db.execute("SELECT tag, COUNT(*) FROM records GROUP BY tag")
+        return {t: n for t, n in cur.fetchall()}
 
     def head_sync(self, n: int, kind: str | None = None) -> list[Record]:
         """The `n` oldest rows (of one kind, if given), oldest first."""
@@ -145,8 +197,16 @@ class DurableLog:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
 
-    async def append(self, kind: str, bodies: Sequence[dict[str, Any]]) -> int:
-        dropped: int = await self._run(self.append_sync, kind, list(bodies))
+    async def append(
+        self,
+        kind: str,
+        bodies: Sequence[dict[str, Any]],
+        *,
+        tag: str | None = None,
+        tag_cap: int | None = None,
+    ) -> int:
+        fn = partial(self.append_sync, tag=tag, tag_cap=tag_cap)
+        dropped: int = await self._run(fn, kind, list(bodies))
         return dropped
 
     async def head(self, n: int, kind: str | None = None) -> list[Record]:
@@ -158,6 +218,10 @@ class DurableLog:
 
     async def counts_by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = await self._run(self.counts_by_kind_sync)
+        return counts
+
+    async def counts_by_tag(self) -> dict[str | None, int]:
+        counts: dict[str | None, int] = await self._run(self.counts_by_tag_sync)
         return counts
 
     async def close(self) -> None:

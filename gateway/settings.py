@@ -556,6 +556,53 @@ class LearningSettings(_Section):
             " it at least as well as the current ones."
         ),
     )
+    max_labels_per_key: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Most labels one API key keeps in the store; past it that key's own oldest are"
+            " dropped, never another key's."
+        ),
+    )
+    feedback_per_key_per_hour: int = Field(
+        120,
+        ge=1,
+        description="Most feedback scores one API key may store in any hour; more get 429.",
+    )
+    retrain_on_feedback: bool = Field(
+        False,
+        description=(
+            "Let client feedback alone retrain the router and vouch for new weights; off: a"
+            " retrain needs retrain_min_labels judge labels (shadow, cascade), feedback only"
+            " joins their fit."
+        ),
+    )
+    retrain_max_key_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "With two or more API keys: refuse a retrain when one key supplies more than this"
+            " share of the labels it would use (1: never refuse)."
+        ),
+    )
+    key_weight_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description=(
+            "With two or more API keys: most of a retrain's fit one key's labels may weigh (an"
+            " equal share when fewer keys have labels); 1: every label weighs the same."
+        ),
+    )
+    canary_min_keys: int = Field(
+        2,
+        ge=1,
+        description=(
+            "With two or more API keys: keys whose labels the held-back slice must hold; the"
+            " new weights must then rank no key's held-back labels worse."
+        ),
+    )
 
 
 class LocalEmbeddingSettings(_Section):

@@ -35,6 +35,19 @@ def snapshot(services: Services) -> dict[str, Any]:
         "recent": [asdict(d) for d in reversed(board.recent)],
         "recent_bound": board.recent.maxlen,
         "requests_total": board.total_requests,
+        "learning": _learning(services),
+    }
+
+
+def _learning(services: Services) -> dict[str, Any] | None:
+    """The label store's size and the last on-box retrain (None with learning off)."""
+    learning = services.learning
+    if learning is None:
+        return None
+    last = learning.retrainer.last
+    return {
+        "labels": len(learning.store),
+        "last_retrain": last.summary() if last is not None else None,
     }
 
 

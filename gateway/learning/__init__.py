@@ -6,6 +6,10 @@ stored, nothing is shadowed and POST /v1/feedback answers 404. The pieces:
 - recent.py: request ids recently issued per tenant, for client feedback;
 - shadow.py and judge.py: shadow judging of a share of local answers by a cloud judge;
 - retrain.py: periodic retraining with a canary, applied by policy reload.
+
+Labels come from clients, so each API key is bounded (issue 21): its labels in the store
+(`learning.max_labels_per_key`), its feedback per hour (`learning.feedback_per_key_per_hour`),
+and, on a box with two or more keys, its share and weight in a retrain (retrain.Rules).
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from ..errors import GatewayError, NotFound
+from ..errors import GatewayError, NotFound, RateLimited
+from ..limits import MemoryCounters
 from ..routing.complexity import Scorer
 from ..routing.learned import vector
 from ..routing.policy import LOCAL
@@ -25,7 +32,7 @@ from ..routing.store import PolicyStore
 from ..schemas import AnyRequest, ChatRequest
 from .metrics import LearningMetrics
 from .recent import RecentRequests
-from .retrain import Retrainer
+from .retrain import Retrainer, Rules
 from .shadow import Answered, Job, Shadower
 from .store import LabelStore
 
@@ -39,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # How long feedback waits for the answer it scores to finish (a stream still running).
 FEEDBACK_WAIT_S = 10.0
+# Keys whose feedback count for the hour is tracked: every key of a keyed box; on an open box
+# (any bearer token is its own "key") the oldest are forgotten first.
+_QUOTA_KEYS = 4096
 
 __all__ = ["AlreadyLabelled", "LabelStore", "Learning"]
 
@@ -66,13 +76,21 @@ class Learning:
         registry: CollectorRegistry,
         prices: Prices,
         shipped: Scorer,
+        keys: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         conf = self.conf = settings.learning
         self.policies = policies
         self.metrics = LearningMetrics(registry)
         self.store = LabelStore(
-            conf.store, conf.max_labels, keep_prompts=conf.keep_prompts, on_added=self._added
+            conf.store,
+            conf.max_labels,
+            keep_prompts=conf.keep_prompts,
+            per_key=conf.max_labels_per_key,
+            on_added=self._added,
         )
+        self._clock = clock
+        self._feedback_counts = MemoryCounters(max_keys=_QUOTA_KEYS, clock=clock)
         self.metrics.stored.set_function(lambda: len(self.store))
         self.recent = RecentRequests(conf.feedback_window, conf.feedback_ttl_s)
         # Requests answered but not yet finished, by (tenant, request id): a few, briefly.
@@ -88,6 +106,13 @@ class Learning:
             policies=policies,
             shipped=shipped,
             metrics=self.metrics,
+            rules=Rules(
+                feedback_alone=conf.retrain_on_feedback,
+                tenants=keys >= 2,
+                max_key_share=conf.retrain_max_key_share,
+                key_weight_share=conf.key_weight_share,
+                canary_min_keys=conf.canary_min_keys,
+            ),
         )
 
     def _added(self, source: str, dropped: int) -> None:
@@ -200,6 +225,21 @@ class Learning:
             )
         issued.labelled = True  # before the await: a concurrent duplicate gets the 409
         label = round((1.0 - score) / 2.0, 6)
+        # Counted before the store is written (and given back if it is not), so concurrent
+        # scores of one key cannot all slip under the cap.
+        now = self._clock()
+        hour = f"{tenant or ''}:{int(now // 3600)}"
+        limit = self.conf.feedback_per_key_per_hour
+        if await self._feedback_counts.add(hour, 1, 3600) > limit:
+            await self._feedback_counts.add(hour, -1, 3600)
+            issued.labelled = False  # it may be scored next hour
+            self.metrics.feedback_refused.inc()
+            raise RateLimited(
+                f"This API key has sent {limit} feedback scores this hour "
+                "(learning.feedback_per_key_per_hour); try again later.",
+                retry_after=3600 - now % 3600,
+                code="feedback_rate_limited",
+            )
         try:
             await self.store.add(
                 "feedback",
@@ -214,6 +254,7 @@ class Learning:
             )
         except BaseException:
             issued.labelled = False
+            await self._feedback_counts.add(hour, -1, 3600)
             raise
         return label
 

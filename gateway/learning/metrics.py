@@ -66,6 +66,16 @@ class LearningMetrics:
             ["result", "reason"],
             registry=registry,
         )
+        self.top_key_share = Gauge(
+            p + "retrain_top_key_share",
+            "Share of the last retrain's labels that came from its largest API key (tenant).",
+            registry=registry,
+        )
+        self.feedback_refused = Counter(
+            p + "feedback_refused",
+            "Feedback scores refused by learning.feedback_per_key_per_hour (429).",
+            registry=registry,
+        )
         for s in SOURCES:
             self.labels.labels(s)
         for r in SKIP_REASONS:

@@ -7,14 +7,29 @@ of the local-to-cloud gap recovered when the highest scores go to the cloud firs
 Accepted weights replace the file the policy's `scorer.weights` names (a new file renamed
 over it) and the policy is reloaded, as `POST /admin/reload` would: never a restart. Refused
 ones are logged with both figures and counted by reason.
+
+Labels come from clients, so one client must not be able to steer the router for the others
+(issue 21). `Rules` holds what a retrain then demands:
+- client feedback alone never retrains (nor vouches for new weights in the held-back slice)
+  unless the operator opts in: `retrain_min_labels` judge labels (shadow, cascade) are needed,
+  feedback only joins their fit;
+- on a box with two or more API keys (tenants that are not one operator): no key may supply
+  more than `retrain_max_key_share` of the labels; each key's labels weigh at most
+  `key_weight_share` of the fit; the held-back slice must hold labels of `canary_min_keys`
+  keys, and the new weights must rank no key's held-back labels worse than the current ones.
+A box without keys, or with one, is one tenant: whoever calls it is its operator, and any
+bearer token would do on an open box, so counting "keys" there would measure nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +42,29 @@ from ..routing.policy import PolicyError
 from ..routing.store import PolicyStore
 from ..routing.train import dumps, gain_apgr, train
 from .metrics import LearningMetrics
-from .store import LabelStore, example_of, trains_router
+from .store import LabelStore, example_of, key_of, trains_router
 
 log = logging.getLogger(__name__)
+
+# Refusals about whose labels these are (issue 21), logged as warnings.
+_TENANT_REASONS = frozenset({"feedback_only", "one_key", "holdout_few_keys", "worse_for_a_key"})
 
 _GOLDEN = 2654435761  # Knuth's multiplicative hash: ids spread evenly over [0, 2^32)
 
 
 def held_out(row_id: int, share: float) -> bool:
     return (row_id * _GOLDEN % 2**32) / 2**32 < share
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a retrain demands beyond "at least as good" (see the module's docstring)."""
+
+    feedback_alone: bool = False  # learning.retrain_on_feedback
+    tenants: bool = False  # two or more API keys: the per-key rules below apply
+    max_key_share: float = 0.5
+    key_weight_share: float = 0.25
+    canary_min_keys: int = 2
 
 
 @dataclass
@@ -47,6 +76,55 @@ class Outcome:
     trained_on: int = 0
     held_back: int = 0
     doc: dict[str, Any] | None = None
+    keys: int = 0  # tenants among the labels used
+    top_key: str | None = None  # the tenant id supplying the most of them, and its share
+    top_share: float | None = None
+    worse_for: str | None = None  # a tenant whose held-back labels the candidate ranks worse
+    at: float = 0.0  # when it ran (unix time)
+
+    def summary(self) -> dict[str, Any]:
+        """What the status page shows of it (tenant ids are hashes, never keys)."""
+        return {
+            "result": "accepted" if self.accepted else "refused",
+            "reason": self.reason,
+            "at": self.at or None,
+            "apgr_current": self.current,
+            "apgr_candidate": self.candidate,
+            "trained_on": self.trained_on,
+            "held_back": self.held_back,
+            "keys": self.keys,
+            "top_key": self.top_key,
+            "top_key_share": self.top_share,
+            "worse_for_key": self.worse_for,
+        }
+
+
+def key_weights(counts: dict[str, int], share: float) -> dict[str, float]:
+    """Per-label weight of each key's labels so that no key's total is over `share` of all.
+
+    Water-filling: keys over the cap are brought down to it, which lowers the total, so the
+    cap is recomputed until no further key is over it. Keys under it keep weight 1. With
+    fewer than 1/share keys the cap is an equal share (it cannot be lower).
+    """
+    live = {k: n for k, n in counts.items() if n > 0}
+    if not live:
+        return {}
+    cap = max(share, 1.0 / len(live))
+    capped: set[str] = set()
+    level = 0.0
+    while True:
+        free = sum(n for k, n in live.items() if k not in capped)
+        rest = 1.0 - cap * len(capped)
+        if rest <= 1e-12 or free == 0:  # every key at the cap: equal totals
+            level = float(max(live.values()))
+            capped = set(live)
+            break
+        level = cap * free / rest  # the capped keys' total: cap x (free + capped totals)
+        over = {k for k, n in live.items() if k not in capped and n > level * (1 + 1e-9)}
+        if not over:
+            break
+        capped |= over
+    return {k: (level / n if k in capped else 1.0) for k, n in live.items()}
 
 
 def current_raw(scorer: Scorer, rec: Record) -> float | None:
@@ -67,40 +145,89 @@ def current_raw(scorer: Scorer, rec: Record) -> float | None:
 
 
 def evaluate(
-    rows: Sequence[Record], current: Scorer, *, share: float, min_labels: int, seed: int = 0
+    rows: Sequence[Record],
+    current: Scorer,
+    *,
+    share: float,
+    min_labels: int,
+    seed: int = 0,
+    rules: Rules | None = None,
 ) -> Outcome:
     """Fit on the rows not held back and compare with `current` on those held back (CPU)."""
+    rules = rules or Rules()
     rows = [r for r in rows if trains_router(r)]
     if len(rows) < min_labels:
         return Outcome(False, "too_few_labels")
+    by_key = Counter(key_of(r) for r in rows)
+    top_key, top_n = by_key.most_common(1)[0]
+    who = Outcome(False, "", keys=len(by_key), top_key=top_key, top_share=top_n / len(rows))
+    judged = [r for r in rows if r.kind != "feedback"]
+    if not rules.feedback_alone and len(judged) < min_labels:
+        # Clients' own scores are theirs to choose: without the opt-in they never decide a
+        # retrain by themselves.
+        who.reason = "feedback_only"
+        return who
+    if rules.tenants and top_n / len(rows) > rules.max_key_share + 1e-12:
+        who.reason = "one_key"
+        return who
     hold = [r for r in rows if held_out(r.id, share)]
+    if not rules.feedback_alone:
+        hold = [r for r in hold if r.kind != "feedback"]  # only judges vouch for new weights
     fit_rows = [r for r in rows if not held_out(r.id, share)]
     gains = [float(r.body["label"]) for r in hold]
+    who.held_back = len(hold)
     if not hold or not 0 < sum(gains) < len(gains):
-        return Outcome(False, "holdout_one_label", held_back=len(hold))
+        who.reason = "holdout_one_label"
+        return who
+    if rules.tenants and len({key_of(r) for r in hold}) < rules.canary_min_keys:
+        who.reason = "holdout_few_keys"
+        return who
+    examples = [example_of(r) for r in fit_rows]
+    if rules.tenants:
+        weight = key_weights(Counter(key_of(r) for r in fit_rows), rules.key_weight_share)
+        examples = [
+            dataclasses.replace(e, weight=weight[key_of(r)])
+            for e, r in zip(examples, fit_rows, strict=True)
+        ]
+    who.trained_on = len(fit_rows)
     try:
-        doc = train([example_of(r) for r in fit_rows], seed=seed, hashed=True)
+        doc = train(examples, seed=seed, hashed=True)
         candidate = LearnedScorer(doc, source="<retrain>")
     except (ValueError, WeightsError) as exc:
         log.info("retrain: cannot fit", extra={"error": str(exc)})
-        return Outcome(False, "cannot_fit", trained_on=len(fit_rows), held_back=len(hold))
-    cand = [candidate.raw_vector(r.body["v"]) for r in hold]
-    cur = [current_raw(current, r) for r in hold]
-    base = Outcome(False, "", trained_on=len(fit_rows), held_back=len(hold), doc=doc)
-    if any(c is None for c in cur):
-        base.reason = "current_unscorable"  # text-term weights and no kept prompts
-        return base
-    base.candidate = gain_apgr([c or 0.0 for c in cand], gains)
-    base.current = gain_apgr([c or 0.0 for c in cur], gains)
-    if math.isnan(base.candidate) or math.isnan(base.current):
-        base.reason = "holdout_one_label"
-        return base
-    if base.candidate + 1e-9 < base.current:
-        base.reason = "worse"
-        return base
-    base.accepted = True
-    base.reason = "better" if base.candidate > base.current + 1e-9 else "as_good"
-    return base
+        who.reason = "cannot_fit"
+        return who
+    cand = [candidate.raw_vector(r.body["v"]) or 0.0 for r in hold]
+    cur_or_none = [current_raw(current, r) for r in hold]
+    who.doc = doc
+    if any(c is None for c in cur_or_none):
+        who.reason = "current_unscorable"  # text-term weights and no kept prompts
+        return who
+    cur = [c or 0.0 for c in cur_or_none]
+    who.candidate = gain_apgr(cand, gains)
+    who.current = gain_apgr(cur, gains)
+    if math.isnan(who.candidate) or math.isnan(who.current):
+        who.reason = "holdout_one_label"
+        return who
+    if who.candidate + 1e-9 < who.current:
+        who.reason = "worse"
+        return who
+    if rules.tenants:
+        # A mix can hide one tenant's loss behind another's gain: each key's own held-back
+        # labels (where they hold both kinds) must be ranked at least as well.
+        for key in sorted({key_of(r) for r in hold}):
+            idx = [i for i, r in enumerate(hold) if key_of(r) == key]
+            g = [gains[i] for i in idx]
+            if not 0 < sum(g) < len(g):
+                continue
+            mine_cand = gain_apgr([cand[i] for i in idx], g)
+            mine_cur = gain_apgr([cur[i] for i in idx], g)
+            if mine_cand + 1e-9 < mine_cur:
+                who.reason, who.worse_for = "worse_for_a_key", key
+                return who
+    who.accepted = True
+    who.reason = "better" if who.candidate > who.current + 1e-9 else "as_good"
+    return who
 
 
 class Retrainer:
@@ -114,7 +241,9 @@ class Retrainer:
         policies: PolicyStore,
         shipped: Scorer,
         metrics: LearningMetrics,
+        rules: Rules | None = None,
     ) -> None:
+        self.rules = rules or Rules()
         self.every = every
         self.min_labels = min_labels
         self.share = share
@@ -141,10 +270,16 @@ class Retrainer:
     async def run_once(self) -> Outcome:
         self.new_labels = 0
         result = await self._run()
+        result.at = time.time()
         self.last = result
         state = "accepted" if result.accepted else "refused"
         self.metrics.retrains.labels(state, result.reason).inc()
-        log.info(
+        if result.top_share is not None:
+            self.metrics.top_key_share.set(result.top_share)
+        # A refusal for who supplied the labels is what an operator must see: a warning.
+        level = logging.WARNING if result.reason in _TENANT_REASONS else logging.INFO
+        log.log(
+            level,
             f"router retrain {state}",
             extra={
                 "reason": result.reason,
@@ -152,6 +287,10 @@ class Retrainer:
                 "apgr_candidate": result.candidate,
                 "trained_on": result.trained_on,
                 "held_back": result.held_back,
+                "keys": result.keys,
+                "top_key": result.top_key,
+                "top_key_share": result.top_share,
+                "worse_for_key": result.worse_for,
             },
         )
         return result
@@ -165,7 +304,7 @@ class Retrainer:
         before = await asyncio.to_thread(_read_or_none, path)
         rows = await self.store.rows()
         result = await asyncio.to_thread(
-            evaluate, rows, current, share=self.share, min_labels=self.min_labels
+            evaluate, rows, current, share=self.share, min_labels=self.min_labels, rules=self.rules
         )
         if not result.accepted:
             return result

@@ -7,6 +7,12 @@ answered instead). A row keeps the router's feature vector of the prompt (dense 
 CRC-32 hashed word terms, learned.vector), never the text unless `learning.keep_prompts`,
 and never the text of a private request.
 
+Each row is also tagged (a column of its own, indexed) with its tenant: the 12-hex sha256
+prefix of the API key (http/auth.tenant_id), "" for requests without one; never the key. One
+tenant holds at most `learning.max_labels_per_key` rows: past that, its own oldest go, so a
+busy or hostile key never pushes out another's labels. Stores written before the tag existed
+are tagged from the rows' `tenant` field when opened.
+
 Label: 1.0 = the local answer was not good enough (the cloud should have answered), 0.0 = it
 was; feedback scores in between are kept as given. That is the target `train-router` fits.
 """
@@ -26,6 +32,13 @@ log = logging.getLogger(__name__)
 
 Source = Literal["shadow", "feedback", "cascade"]
 SOURCES: tuple[Source, ...] = ("shadow", "feedback", "cascade")
+NO_KEY = ""  # the tag of labels from requests without an API key
+
+
+def key_of(rec: Record) -> str:
+    """Whose label a row is: its tenant id, or NO_KEY."""
+    tenant = rec.body.get("tenant")
+    return tenant if isinstance(tenant, str) else NO_KEY
 
 
 class LabelStore:
@@ -35,10 +48,13 @@ class LabelStore:
         cap: int,
         *,
         keep_prompts: bool = False,
+        per_key: int | None = None,
         on_added: Callable[[str, int], None] | None = None,
     ) -> None:
         self.log = DurableLog(path, cap)
+        self.log.tag_untagged_sync("tenant", NO_KEY)  # a store from before per-key tags
         self.keep_prompts = keep_prompts
+        self.per_key = per_key
         self._on_added = on_added  # (source, rows dropped by the cap)
 
     def __len__(self) -> int:
@@ -80,7 +96,8 @@ class LabelStore:
             body["detail"] = detail
         if self.keep_prompts and not private and prompt is not None:
             body["prompt"] = prompt
-        dropped = await self.log.append(source, [body])
+        tag = tenant if tenant is not None else NO_KEY
+        dropped = await self.log.append(source, [body], tag=tag, tag_cap=self.per_key)
         log.info(
             "label stored",
             extra={"source": source, "label": label, "route": route, "request_id": request_id},
@@ -89,6 +106,11 @@ class LabelStore:
             log.info("label store full: oldest labels dropped", extra={"dropped": dropped})
         if self._on_added is not None:
             self._on_added(source, dropped)
+
+    async def counts_by_key(self) -> dict[str, int]:
+        """Labels held per tenant id (NO_KEY for requests without a key)."""
+        counts = await self.log.counts_by_tag()
+        return {k if k is not None else NO_KEY: n for k, n in counts.items()}
 
     async def rows(self) -> list[Record]:
         """Every row, oldest first (on the store's own thread)."""

@@ -70,6 +70,9 @@ class Example:
     gain: float  # what routing it to the cloud gains: strong - weak, or the target
     # Hashed features (learned.vector) when the text is not kept: label-store rows.
     vector: dict[str, Any] | None = None
+    # How much this example counts in the fit, relative to the others (the on-box retrain
+    # caps each API key's total so no key dominates); 1 for every example of a file.
+    weight: float = 1.0
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -224,12 +227,19 @@ def fit(
     l2_dense: float = DENSE_L2,
     use_terms: bool = True,
     max_iter: int = 300,
+    weights: Sequence[float] | None = None,
 ) -> Fitted:
-    """L2 logistic regression on standardised dense features plus the terms, by L-BFGS."""
+    """L2 logistic regression on standardised dense features plus the terms, by L-BFGS.
+
+    `weights` scale each example's share of the loss (rescaled to mean 1, so the penalty
+    means the same with or without them).
+    """
     import numpy as np
 
     y = np.asarray(targets, dtype=np.float64)
     n = d.n
+    sw = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    sw = sw * (n / sw.sum())
     mean = d.dense.mean(axis=0)
     std = d.dense.std(axis=0)
     live = std > 1e-12
@@ -252,8 +262,8 @@ def fit(
     def loss_grad(w: Array) -> tuple[float, Array]:
         z = margin(w)
         # log(1 + e^z) - y z, stable for large |z|
-        loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * float(pen @ (w * w))
-        r = (1.0 / (1.0 + np.exp(-z)) - y) / n
+        loss = float(np.mean(sw * (np.logaddexp(0.0, z) - y * z))) + 0.5 * float(pen @ (w * w))
+        r = sw * (1.0 / (1.0 + np.exp(-z)) - y) / n
         g = np.empty_like(w)
         g[0] = r.sum()
         g[1 : 1 + nd] = xd.T @ r
@@ -337,7 +347,12 @@ def choose_l2(d: Design, examples: Sequence[Example], seed: int) -> tuple[float,
         dt, dv = d.subset(tr), d.subset(va)
         gains = [examples[i].gain for i in va]
         for l2 in L2_GRID:
-            m = fit(dt, [examples[i].target for i in tr], l2_terms=l2)
+            m = fit(
+                dt,
+                [examples[i].target for i in tr],
+                l2_terms=l2,
+                weights=[examples[i].weight for i in tr],
+            )
             a = gain_apgr(list(m.raw(dv)), gains)
             if not math.isnan(a):
                 found[f"{l2:g}"].append(a)
@@ -377,7 +392,16 @@ def train(
         chosen, tried = choose_l2(d, examples, seed)
     else:
         chosen = l2
-    model = fit(d, targets, l2_terms=chosen if use_terms else 1.0, use_terms=use_terms)
+    weights = [e.weight for e in examples]
+    if any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise ValueError("example weights must be positive")
+    model = fit(
+        d,
+        targets,
+        l2_terms=chosen if use_terms else 1.0,
+        use_terms=use_terms,
+        weights=weights,
+    )
     raw = list(model.raw(d))
     center, scale = calibrate(raw)
     inverse = sorted(d.vocab, key=d.vocab.__getitem__)
@@ -389,7 +413,8 @@ def train(
     digest = hashlib.sha256()
     for i, e in enumerate(examples):
         seen = json.dumps(vectors[i], sort_keys=True) if hashed else e.prompt
-        digest.update(f"{e.target}\t{seen}\n".encode())
+        weighed = "" if e.weight == 1.0 else f"\t{e.weight:.6g}"  # unweighted: as before
+        digest.update(f"{e.target}{weighed}\t{seen}\n".encode())
     hashing = {"term_hash": TERM_HASH} if hashed else {}
     return {
         "format": FORMAT,
