@@ -108,7 +108,8 @@ def strings(root: Any, allowed: dict[str, Any], *, budget: int | None = None) ->
     """Every string `root` holds that is not an allow-listed identifier: values and keys.
 
     Iterative (a deeply nested body cannot exhaust the stack). `budget` counts characters
-    plus NODE_COST per node; past it, TooLarge.
+    plus NODE_COST per node (an object's or list's members are charged before they are
+    gone through, so one wide object cannot overrun it); past it, TooLarge.
     """
     out: list[str] = []
     size = 0
@@ -122,6 +123,9 @@ def strings(root: Any, allowed: dict[str, Any], *, budget: int | None = None) ->
             out.append(node)
             size += len(node)
         elif isinstance(node, (dict, BaseModel)):
+            if isinstance(node, dict):
+                size += NODE_COST * len(node)  # charged before a wide object is gone through
+                _check(size, budget)
             for key, value in _items(node):
                 if value is None:
                     continue
@@ -130,12 +134,18 @@ def strings(root: Any, allowed: dict[str, Any], *, budget: int | None = None) ->
                 size += len(key)
                 stack.append((value, trie.get(key) if trie is not None else None))
         elif isinstance(node, (list, tuple)):
+            size += NODE_COST * len(node)
+            _check(size, budget)
             sub = trie.get(_ANY) if trie is not None else None
             stack.extend((v, sub) for v in node)
         # numbers, booleans, None: nothing a detector could read
-        if budget is not None and size > budget:
-            raise TooLarge
+        _check(size, budget)
     return out
+
+
+def _check(size: int, budget: int | None) -> None:
+    if budget is not None and size > budget:
+        raise TooLarge
 
 
 def scan(root: Any, allowed: dict[str, Any], *, budget: int | None = None) -> tuple[str, ...]:
