@@ -7,6 +7,7 @@ targets in order (backends/), and returns an `Outcome` for the HTTP layer to ren
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ from .errors import (
 from .models.fleet import Fleet, ModelUnavailable
 from .routing.features import FeatureExtractor, Features
 from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
+from .routing.privacy import TooLarge
 from .routing.store import PolicyStore
 from .schemas import AnyRequest
 
@@ -117,7 +119,9 @@ class Dispatcher:
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def features(self, req: AnyRequest, tenant: str | None) -> Features:
+    def features(
+        self, req: AnyRequest, tenant: str | None, *, scan_budget: int | None = None
+    ) -> Features:
         return self.extractor.extract(
             req,
             tenant=tenant,
@@ -125,6 +129,7 @@ class Dispatcher:
             local_queue_depth=self.local.queue_depth,
             local_queue_full=not self.local.has_room(),
             scorer=self.policies.current.scorer,
+            scan_budget=scan_budget,
         )
 
     async def decide(self, req: AnyRequest, tenant: str | None) -> tuple[Features, Decision]:
@@ -135,11 +140,15 @@ class Dispatcher:
                 f"The model '{req.model}' does not exist or you do not have access to it.",
                 param="model",
             )
-        if req.content_chars() > OFF_LOOP_CHARS:
+        f = None
+        if req.content_chars() <= OFF_LOOP_CHARS:
+            # The privacy scan reads every field; many or long ones besides the text (tool
+            # schemas, metadata) send the extraction off the loop too.
+            with contextlib.suppress(TooLarge):
+                f = self.features(req, tenant, scan_budget=OFF_LOOP_CHARS)
+        if f is None:
             # Linear, but tens of milliseconds on a long prompt: not on the event loop.
             f = await asyncio.to_thread(self.features, req, tenant)
-        else:
-            f = self.features(req, tenant)
         return f, self.router.decide(self.policies.current, f)
 
     # -- answering --------------------------------------------------------------------------

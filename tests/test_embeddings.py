@@ -185,13 +185,22 @@ async def test_private_input_stays_local_with_the_cloud_up(
 ) -> None:
     gw = await gateway_factory(**embedding_cloud(fake_cloud))
     c = client(gw)
-    raw = await c.embeddings.with_raw_response.create(
-        model="embed-fake", input=["Contact jane.doe@example.com about the pump", "fine"]
-    )
+    private = ["Contact jane.doe@example.com about the pump", "fine"]
+    raw = await c.embeddings.with_raw_response.create(model="auto", input=private)
     assert raw.headers["x-gateway-route"] == "local"
     assert "private-data-stays-local" in raw.headers["x-gateway-reason"]
     assert raw.parse().model == "smollm2-135m-instruct"
     assert len(raw.parse().data[0].embedding) == SMOLLM2_WIDTH
+    # A named cloud model cannot be given the local model's vectors instead: a clear 400.
+    with pytest.raises(openai.BadRequestError) as named:
+        await c.embeddings.create(model="embed-fake", input=private)
+    err = named.value.body
+    assert isinstance(err, dict) and err["code"] == "private_data" and err["param"] == "model"
+    assert "private-data-stays-local" in err["message"] and "email" in err["message"]
+    assert named.value.response.headers["x-gateway-route"] == "local"
+    # Private data in `user` (or any other field) is private data too.
+    with pytest.raises(openai.BadRequestError, match="private data"):
+        await c.embeddings.create(model="embed-fake", input="fine", user="jane.doe@example.com")
     assert fake_cloud.embedding_requests == []
     assert not [h for h in fake_cloud.hits if h[1].endswith("/embeddings")]
 

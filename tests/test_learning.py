@@ -448,11 +448,15 @@ def test_judge_prompt_and_verdicts() -> None:
     req = ChatRequest.model_validate(
         {"model": "auto", "messages": [{"role": "user", "content": "What is 2+2?"}]}
     )
-    firsts = {judge.local_first(f"req_{i}") for i in range(20)}
+    firsts = {judge.local_first() for _ in range(64)}
     assert firsts == {True, False}  # the local answer is shown in both positions
-    p = judge.pair(req, "four", "4", "req_1")
-    user = p.messages[1]["content"]
-    assert "What is 2+2?" in user and "four" in user
+    for local_is_a in (True, False):
+        p = judge.pair(req, "four", "4", local_is_a=local_is_a)
+        user = p.messages[1]["content"]
+        assert p.local_is_a is local_is_a
+        assert "What is 2+2?" in user and "four" in user
+        a = user.split("[The start of assistant A's answer]\n", 1)[1]
+        assert a.startswith("four" if local_is_a else "4")
     assert judge.verdict("reasons...\n[[A]]") == "A"
     assert judge.verdict("[[C]]") == "C"
     assert judge.verdict("no verdict") is None

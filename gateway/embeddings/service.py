@@ -15,6 +15,7 @@ a request naming a model gets that model's vectors or an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -29,11 +30,19 @@ from ..backends.health import Breaker
 from ..cache import ResponseCache
 from ..costs import Prices
 from ..dispatch import OFF_LOOP_CHARS, Outcome
-from ..errors import GatewayError, InvalidRequest, ModelNotFound, NoRouteAvailable, QueueFull
+from ..errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NoRouteAvailable,
+    QueueFull,
+    RateLimited,
+)
 from ..metrics import Metrics
 from ..routing.features import Features
 from ..routing.pii import detect_pii
 from ..routing.policy import CACHE, LOCAL, Decision, Router
+from ..routing.privacy import TooLarge, embedding_strings
 from ..routing.store import PolicyStore
 from ..routing.tokens import count_tokens, encoder
 from ..settings import CloudModel, Settings
@@ -128,8 +137,14 @@ class EmbeddingService:
 
     # -- deciding -----------------------------------------------------------------------------
 
-    def features(self, req: EmbeddingRequest, tenant: str | None) -> Features:
-        """The chat router's features of an embedding request (off the loop when large)."""
+    def features(
+        self, req: EmbeddingRequest, tenant: str | None, *, scan_budget: int | None = None
+    ) -> Features:
+        """The chat router's features of an embedding request (off the loop when large).
+
+        Past `scan_budget`, the walk over the fields besides `input` raises TooLarge first.
+        """
+        others = embedding_strings(req, budget=scan_budget)
         items = req.items()
         longest = max(count_tokens(i) if isinstance(i, str) else len(i) for i in items)
         return Features(
@@ -138,7 +153,10 @@ class EmbeddingService:
             complexity=0.0,
             complexity_reasons=(),
             needs=(),
-            pii=_pii(req.texts(), [i for i in items if not isinstance(i, str)]),
+            pii=_pii(
+                [*req.texts(), *others],
+                [i for i in items if not isinstance(i, str)],
+            ),
             tenant=tenant,
             cloud_reachable=any(b.reachable for b in self.breakers.values()),
             local_queue_depth=self.local.queue_depth,
@@ -156,10 +174,12 @@ class EmbeddingService:
                 f"The model '{req.model}' does not exist or is not an embedding model.",
                 param="model",
             )
-        if sum(len(i) for i in req.items()) > OFF_LOOP_CHARS:
+        f = None
+        if sum(len(i) for i in req.items()) <= OFF_LOOP_CHARS:
+            with contextlib.suppress(TooLarge):  # long fields besides the input
+                f = self.features(req, tenant, scan_budget=OFF_LOOP_CHARS)
+        if f is None:
             f = await asyncio.to_thread(self.features, req, tenant)  # tiktoken, pii scans
-        else:
-            f = self.features(req, tenant)
         d = self.router.decide(self.policies.current, f)
         # The cache is looked up for every target anyway; only `auto` may change models.
         fallbacks = tuple(t for t in d.fallbacks if t != CACHE) if req.model == "auto" else ()
@@ -172,7 +192,50 @@ class EmbeddingService:
                 rule="budget-exceeded",
                 reason="rule=budget-exceeded; daily cloud budget spent",
             )
+        if req.model != "auto":
+            self._named_model_kept(req, f, d)
         return f, d
+
+    def _named_model_kept(self, req: EmbeddingRequest, f: Features, d: Decision) -> None:
+        """A request naming a model gets that model's vectors or an error, never another's.
+
+        Chat answers a privacy rule's route instead of the model named (any model's text
+        answers the question); vectors of two models share no space, so the same override
+        here would hand a client an index-breaking answer with a 200. A 400 when the policy
+        keeps the input on the box (as a private chat request the local model cannot serve
+        is a 400), a 429 when the daily cloud budget is spent (as chat's), headers saying why.
+        """
+        named = self.router.resolve(req.model)
+        if d.target == named:
+            return
+        why = {"x-gateway-route": d.route, "x-gateway-reason": d.reason}
+        if d.rule == "budget-exceeded":
+            err: GatewayError = RateLimited(
+                f"The daily cloud budget is spent, and '{req.model}' is a cloud model: the "
+                "local embedding model's vectors are not interchangeable with its. Retry "
+                "tomorrow, or name the local model.",
+                code="budget_exceeded",
+                retry_after=3600,
+            )
+        elif f.pii:
+            err = InvalidRequest(
+                f"The request holds private data ({', '.join(f.pii)}) and the policy rule "
+                f"'{d.rule}' keeps it on this box, so it is not sent to '{req.model}'; the "
+                "local embedding model's vectors are not interchangeable with that model's. "
+                "Name the local model (or `auto`) to embed it here.",
+                param="model",
+                code="private_data",
+            )
+        else:
+            err = InvalidRequest(
+                f"The policy rule '{d.rule}' routes this request to "
+                f"'{'local' if d.target == LOCAL else d.target}', not to '{req.model}', and "
+                "vectors of two models are not interchangeable.",
+                param="model",
+                code="model_overridden_by_policy",
+            )
+        err.headers.update(why)
+        raise err
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -405,7 +468,8 @@ def _vocabularies() -> tuple[Any, ...]:
 
 
 def _pii(texts: list[str], token_inputs: list[list[int]]) -> tuple[str, ...]:
-    """Private data in the inputs, token-id inputs included.
+    """Private data in the inputs, token-id inputs included, and in every other string of the
+    request (`user`, unknown fields: routing/privacy.py), all in one scan.
 
     Token ids are text in disguise: a client could send an e-mail address as OpenAI token ids
     and slip past a scan of the text inputs. They are decoded with both OpenAI vocabularies
@@ -424,5 +488,5 @@ def _pii(texts: list[str], token_inputs: list[list[int]]) -> tuple[str, ...]:
             except (KeyError, ValueError, OverflowError):  # ids outside this vocabulary
                 pass
         unscanned = unscanned or not readable
-    found = detect_pii("\n".join(decoded))
+    found = detect_pii("\x00".join(decoded))  # NUL: no match spans two strings (privacy.py)
     return (*found, "token_ids") if unscanned else found

@@ -2,15 +2,16 @@
 
 The judge sees the user's conversation and two answers, A and B, and must end with `[[A]]`,
 `[[B]]` or `[[C]]` (a tie), the format of the MT-Bench pairwise judge (Zheng et al., 2023).
-Which answer is the local one is decided per request from its id, so a judge that favours
-the first position does not favour the local model on average. Anything but exactly one
-distinct verdict is unparsable and gives no label.
+Which answer is the local one is a fair coin per judgement from the `secrets` module, so a
+judge that favours the first position does not favour the local model on average, and no
+client can predict (or choose, through its `x-request-id`) where its answer will sit.
+Anything but exactly one distinct verdict is unparsable and gives no label.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 
 from ..schemas import AnyRequest, ChatRequest
@@ -51,13 +52,13 @@ def conversation(req: AnyRequest) -> str:
     return req.prompt_text()
 
 
-def local_first(request_id: str) -> bool:
-    """A stable coin per request: half the local answers are shown as A, half as B."""
-    return hashlib.sha256(request_id.encode()).digest()[0] % 2 == 0
+def local_first() -> bool:
+    """An unpredictable coin: half the local answers are shown as A, half as B."""
+    return secrets.randbits(1) == 1
 
 
-def pair(req: AnyRequest, local: str, cloud: str, request_id: str) -> Pair:
-    a_local = local_first(request_id)
+def pair(req: AnyRequest, local: str, cloud: str, *, local_is_a: bool) -> Pair:
+    a_local = local_is_a
     a, b = (local, cloud) if a_local else (cloud, local)
     user = (
         f"[User request]\n{_clip(conversation(req), QUESTION_CHARS)}\n\n"

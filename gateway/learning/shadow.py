@@ -86,6 +86,7 @@ class Shadower:
         prices: Prices,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        coin: Callable[[], bool] = judge.local_first,
     ) -> None:
         self.conf: LearningSettings = settings.learning
         self.dispatcher = dispatcher
@@ -94,6 +95,7 @@ class Shadower:
         self.prices = prices
         self._clock = clock
         self._rng = rng
+        self._coin = coin  # where the local answer sits for the judge; tests fix it
         self.cloud = dispatcher.router.resolve("cloud")  # the policy's `cloud`: first model
         self.judge = self.conf.judge_model or self.cloud
         self._litellm = {m.name: m.model for m in settings.cloud.models}
@@ -195,7 +197,7 @@ class Shadower:
                     await self.dispatcher.clouds[self.cloud].complete(job.req, job.endpoint)
                 ).obj
                 self._spent("answer", self.cloud, cloud_obj)
-            pair = judge.pair(job.req, local, _text(cloud_obj), job.request_id)
+            pair = judge.pair(job.req, local, _text(cloud_obj), local_is_a=self._coin())
             judge_req = ChatRequest.model_validate(
                 {
                     "model": self.judge,

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..schemas import AnyRequest, ChatRequest
 from .complexity import ComplexityScorer, Scorer
-from .pii import detect_pii
+from .privacy import scan_chat, scan_completion
 from .tokens import count_tokens
 
 # What a request needs beyond plain text. Rules may match them (the default policy prefers the
@@ -73,8 +73,15 @@ class FeatureExtractor:
         local_queue_depth: int,
         local_queue_full: bool,
         scorer: Scorer | None = None,
+        scan_budget: int | None = None,
     ) -> Features:
-        """The request's features; `scorer` is the policy's own, if it has one."""
+        """The request's features; `scorer` is the policy's own, if it has one.
+
+        The privacy scan reads the whole request (routing/privacy.py), first: past
+        `scan_budget` it raises privacy.TooLarge before any other work is spent.
+        """
+        scan = scan_chat if isinstance(req, ChatRequest) else scan_completion
+        pii = scan(req, budget=scan_budget)
         text = req.prompt_text()
         tokens = count_tokens(text)
         if isinstance(req, ChatRequest):
@@ -91,7 +98,7 @@ class FeatureExtractor:
             complexity=round(complexity.score, 4),
             complexity_reasons=complexity.reasons,
             needs=needs_of(req),
-            pii=detect_pii(text),
+            pii=pii,
             tenant=tenant,
             cloud_reachable=cloud_reachable,
             local_queue_depth=local_queue_depth,

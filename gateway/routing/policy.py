@@ -399,12 +399,19 @@ class Router:
                 target = self.resolve(rule.route)
                 if target is None:  # e.g. a cloud rule on a box with no cloud models
                     continue
+                # A local rule on private data keeps it on the box when the local model fails
+                # too: no cloud target of `offline.order` is tried after it.
+                on_box = target == LOCAL and bool(rule.when.pii)
                 if rule.model is not None and target == LOCAL:
                     # A model this router does not serve (the embeddings router knows only its
                     # embedding model) still means local: a privacy rule must never be skipped.
                     model = rule.model if rule.model in self.local_models else None
-                    return self._decision(policy, target, rule.name, why, model=model)
-                return self._decision(policy, target, rule.name, why, model=self._named(f))
+                    return self._decision(
+                        policy, target, rule.name, why, model=model, on_box=on_box
+                    )
+                return self._decision(
+                    policy, target, rule.name, why, model=self._named(f), on_box=on_box
+                )
         if explicit:
             target = self.resolve(f.model)
             if target is None:
@@ -434,11 +441,21 @@ class Router:
         return f.model if f.model in self.local_models else None
 
     def _decision(
-        self, policy: Policy, target: str, rule: str, why: list[str], *, model: str | None = None
+        self,
+        policy: Policy,
+        target: str,
+        rule: str,
+        why: list[str],
+        *,
+        model: str | None = None,
+        on_box: bool = False,
     ) -> Decision:
+        """`on_box`: fall back to the cache and the local model only, never a cloud model."""
         fallbacks: list[str] = []
         for t in policy.offline.order:
             resolved = CACHE if t == CACHE else self.resolve(t)
+            if on_box and resolved not in (CACHE, LOCAL):
+                continue
             if resolved and resolved != target and resolved not in fallbacks:
                 fallbacks.append(resolved)
         reason = f"rule={rule}" + (f"; {'; '.join(why)}" if why else "")

@@ -9,8 +9,9 @@ some upstreams do), echo_stream (streams the Authorization header back as conten
 question mentions `judge_topic`, and wins otherwise; `judge_reply` overrides the verdict text).
 A chat request that forces a tool call (`tool_choice` required or a named function) gets one.
 
-Every request, to any path, is recorded in `hits` (method, path, headers): a fake started as
-an attacker's host proves that nothing reached it.
+Every request, to any path, is recorded in `hits` (method, path, headers) and, byte for byte
+(request line, headers and body as received), in `received`: a fake started as an attacker's
+host proves that nothing reached it, and a privacy test that no marker did.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class FakeCloud(LoopbackServer):
         self.headers: list[dict[str, str]] = []
         self.probes = 0
         self.hits: list[tuple[str, str, dict[str, str]]] = []
+        self.received: list[bytes] = []  # every request as it arrived: line, headers, body
         self.embedding_requests: list[dict[str, Any]] = []  # bodies sent to /v1/embeddings
         self._counter = 0
         self.judge_topic = "tax"
@@ -87,6 +89,9 @@ class FakeCloud(LoopbackServer):
         @web.middleware
         async def record(request: web.Request, handler: Any) -> web.StreamResponse:
             self.hits.append((request.method, request.path, dict(request.headers)))
+            line = f"{request.method} {request.path_qs}\n".encode()
+            head = b"".join(k + b": " + v + b"\n" for k, v in request.raw_headers)
+            self.received.append(line + head + b"\n" + await request.read())
             return await handler(request)
 
         app = web.Application(middlewares=[record])

@@ -65,6 +65,21 @@ def test_fallbacks_follow_offline_order() -> None:
     assert "prompt_tokens=5000 >2000" in d.reason
 
 
+def test_a_privacy_rule_never_falls_back_to_the_cloud() -> None:
+    """Whatever `offline.order` says, a private request the local model cannot answer is not
+    handed to a cloud model (the cache holds answers already on the box: it may serve)."""
+    policy = parse_policy(
+        "version: 1\ndefault: local\nrules:\n"
+        "  - {name: private, enforce: true, when: {pii: true}, route: local}\n"
+        "offline: {order: [claude, cache, local]}\n",
+        cloud_names=["gpt", "claude"],
+    )
+    for model in ("auto", "gpt"):
+        d = ROUTER.decide(policy, feats(model=model, pii=("email",)))
+        assert (d.target, d.rule, d.fallbacks) == ("local", "private", ("cache",))
+    assert ROUTER.decide(policy, feats()).fallbacks == ("claude", "cache")
+
+
 def test_unknown_model_raises_key_error() -> None:
     with pytest.raises(KeyError):
         ROUTER.decide(DEFAULT, feats(model="nope"))
