@@ -135,7 +135,7 @@ function routeCell(d) {
   const td = el("td", { class: "route route-" + d.route }, d.route + (d.cache ? " (" + d.cache + ")" : ""));
   const u = d.upstream;
   if (u) {
-    const hop = u.tier + ": " + u.route + (u.cache ? " (" + u.cache + ")" : "") + (u.degraded ? " (degraded)" : "");
+    const hop = u.tier + ": " + u.route + (u.degraded ? " (degraded)" : "");
     const chain = el("div", { class: "chain route-" + u.route, "data-tier": u.tier,
       "data-upstream-route": u.route, "data-upstream-degraded": String(u.degraded) }, "→ " + hop);
     if (u.via) chain.append(el("span", { class: "muted" }, " → " + u.via));
