@@ -348,8 +348,11 @@ class Dispatcher:
             log.warning("cascade escalation failed", extra={"target": cascade.to, "cause": cause})
             return _keep_unsure(local, record, f"{cascade.to} failed ({cause})")
         breaker.success()
-        record.escalated, record.outcome, record.cloud_answer = True, "escalated", True
-        record.local_text = _first_text(obj)
+        record.escalated, record.outcome = True, "escalated"
+        # A tier that answered degraded gave its own local model's answer, not the cloud's:
+        # no cloud answer to judge the local one against (learning pairs need one).
+        record.cloud_answer = cloud.tier is None or not cloud.tier.degraded
+        record.local_text = _first_text(obj) if record.cloud_answer else None
         cloud.cascade = record
         cloud.reason = f"{local.reason}; escalated: {record.why}"
         cloud.mark_tier()

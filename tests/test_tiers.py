@@ -14,10 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import jsonschema
 import openai
 import pytest
 
 from gateway.backends.tier import TierReport
+from gateway.http import openapi
 from gateway.services import SERVICES
 from gateway.settings import CloudModel, SettingsError, load_settings
 from tests.conftest import ROOT, RunningGateway, cloud_settings
@@ -384,6 +387,31 @@ async def test_the_litellm_path_reads_a_tiers_report(
         assert h["x-gateway-degraded"] == "true"
 
 
+async def test_a_cascade_to_a_degraded_tier_is_no_cloud_answer(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, caplog: Any
+) -> None:
+    """Escalated to a tier that answered from its own local model: degraded, and no cloud
+    answer for learning to judge the local one against."""
+    from tests.test_cascade import ALWAYS, policy_file
+
+    caplog.set_level(logging.INFO, logger="gateway.request")
+    fake_cloud.response_headers = {"x-gateway-route": "local", "x-gateway-degraded": "true"}
+    entry = {**fake_cloud.model_entry("near"), "tier": True}
+    gw = await gateway_factory(
+        cloud={"models": [entry], "probe_interval_s": 0.2},
+        policy={"file": str(policy_file(tmp_path, ALWAYS, to="near"))},
+    )
+    raw = await client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=ask("Say hello in French."), max_tokens=12, temperature=0
+    )
+    h = raw.headers
+    assert h["x-gateway-escalated"] == "true" and h["x-gateway-upstream-route"] == "local"
+    assert h["x-gateway-degraded"] == "true"
+    assert "tier near answered degraded" in h["x-gateway-reason"]
+    [event] = [r.cascade for r in caplog.records if r.getMessage() == "request"]
+    assert event["escalated"] is True and event["cloud_answer"] is False
+
+
 # -- settings and the report itself ------------------------------------------------------------
 
 
@@ -433,6 +461,16 @@ async def test_status_page_shows_the_chain_of_two_tiers(
     await c.chat.completions.create(model="cloud", messages=ask("Say hi."), max_tokens=4)
     await fake_cloud.set_mode("fail500")
     await c.chat.completions.create(model="cloud", messages=ask("Say bye."), max_tokens=4)
+
+    # The JSON behind the page holds the hop, as /openapi.json describes it.
+    async with aiohttp.ClientSession() as http, http.get(edge.url + "/admin/status") as r:
+        assert r.status == 200
+        status = await r.json()
+    schema = openapi.document()["paths"]["/admin/status"]["get"]["responses"]["200"]
+    jsonschema.validate(status, schema["content"]["application/json"]["schema"])
+    assert [d["upstream"]["route"] for d in status["recent"]] == ["local", "cloud"]
+    tiers = {t["name"]: t["tier"] for t in status["uplink"]["targets"]}
+    assert tiers == {"regional": True, "direct": False}
 
     browser = await asyncio.to_thread(Browser)
     try:
