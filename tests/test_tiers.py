@@ -187,6 +187,7 @@ async def _walk_the_tiers(
     assert "tier regional answered degraded" in h["x-gateway-reason"]
     assert "degraded" in h["x-gateway-upstream-reason"]
     assert len(h["x-gateway-upstream-model-file"]) == 12  # the regional's GGUF
+    assert not any(SECRET in v or EDGE_KEY in v for v in h.values())  # no key of either box
     assert fake_cloud.chat_calls > calls  # the regional box did try its cloud
     text = raw.parse().choices[0].message.content
     assert text and not text.startswith("cloud answer")

@@ -1,9 +1,9 @@
 """Fast path for upstreams that already speak the OpenAI API: pooled aiohttp, bytes through.
 
 Used for `openai/...` models with an `api_base` (vLLM, llama.cpp servers, another gateway, a
-nearer tier). No translation is needed, so litellm's per-call
-cost (about 4 ms) is skipped. From a tier it also reads the tier's report on its answer (its
-`x-gateway-*` headers, see tier.py); from any other upstream no response header is read.
+nearer tier). No translation is needed, so litellm's per-call cost (about 4 ms) is skipped.
+From a `tier: true` upstream it also reads the tier's report on its answer (its `x-gateway-*`
+headers, see tier.py); from any other upstream no response header is read.
 """
 
 from __future__ import annotations

@@ -81,10 +81,6 @@ class TierReport:
         """For the request log, the telemetry record and the status page."""
         return asdict(self)
 
-    def chain(self) -> str:
-        """The hop in words, e.g. `regional: local (degraded)`."""
-        return f"{self.tier}: {self.route}" + (" (degraded)" if self.degraded else "")
-
 
 def _text(value: str | None, model: CloudModel) -> str | None:
     if not value:
