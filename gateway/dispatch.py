@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from .backends.base import Backend, BackendUnavailable, Chunk, Completion, Endpoint
 from .backends.health import Breaker, retry_after
+from .backends.tier import TierReport
 from .cache import CacheControl, CacheHit, CachePlan, ResponseCache
 from .cascade import (
     CascadeRecord,
@@ -65,6 +66,7 @@ class Outcome:
     failovers: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, cause)
     cascade: CascadeRecord | None = None  # `route: cascade`: confidence and escalation
     model_file: str | None = None  # sha256 prefix of the local GGUF that answered
+    tier: TierReport | None = None  # a tier answered: what it said about its own answer
 
     def headers(self) -> dict[str, str]:
         h = {"x-gateway-route": self.route, "x-gateway-reason": self.reason}
@@ -76,7 +78,18 @@ class Outcome:
             h.update(self.cascade.headers())
         if self.model_file:
             h["x-gateway-model-file"] = self.model_file
+        if self.tier is not None:
+            h.update(self.tier.headers())
         return h
+
+    def mark_tier(self) -> None:
+        """A tier's degraded answer is this box's degraded answer too, and says why."""
+        if self.tier is not None and self.tier.degraded:
+            self.degraded = True
+            self.reason += (
+                f"; degraded: tier {self.tier.tier} answered degraded (its route: "
+                f"{self.tier.route})"
+            )
 
 
 class Dispatcher:
@@ -296,7 +309,10 @@ class Dispatcher:
         outcome.model_file = getattr(backend, "served_by", None)
         if target in self.breakers:
             self.breakers[target].success()
-            outcome.chunks = plan.keep(outcome.completion, outcome.chunks)
+            if outcome.tier is None or not outcome.tier.degraded:
+                # A tier's degraded answer (its local model standing in for the cloud) is not
+                # the cloud's: kept, it would be served as one long after the uplink is back.
+                outcome.chunks = plan.keep(outcome.completion, outcome.chunks)
         outcome.cache = plan.state
         return outcome
 
@@ -356,10 +372,14 @@ class Dispatcher:
             log.warning("cascade escalation failed", extra={"target": cascade.to, "cause": cause})
             return _keep_unsure(local, record, f"{cascade.to} failed ({cause})")
         breaker.success()
-        record.escalated, record.outcome, record.cloud_answer = True, "escalated", True
-        record.local_text = _first_text(obj)
+        record.escalated, record.outcome = True, "escalated"
+        # A tier that answered degraded gave its own local model's answer, not the cloud's:
+        # no cloud answer to judge the local one against (learning pairs need one).
+        record.cloud_answer = cloud.tier is None or not cloud.tier.degraded
+        record.local_text = _first_text(obj) if record.cloud_answer else None
         cloud.cascade = record
         cloud.reason = f"{local.reason}; escalated: {record.why}"
+        cloud.mark_tier()
         cloud.backend_seconds += local.backend_seconds
         log.info("cascade escalation", extra={"cascade": record.as_dict()})
         return cloud
@@ -399,6 +419,7 @@ class Dispatcher:
                 f,
                 completion=completion,
                 backend_seconds=time.perf_counter() - started,
+                tier=completion.tier,
             )
         chunks = backend.stream(req, endpoint)
         # The first chunk comes before any byte is sent: errors still get a real status and
@@ -417,6 +438,7 @@ class Dispatcher:
             chunks=_prepend(first, chunks),
             backend_seconds=time.perf_counter() - started,
             first_chunk_seconds=time.perf_counter() - started,
+            tier=first.tier,
         )
 
 
@@ -518,6 +540,7 @@ class _Attempt:
         if self.causes:
             outcome.reason += f"; degraded: {'; '.join(self.causes)}"
         outcome.failovers = self.failovers
+        outcome.mark_tier()
         return outcome
 
     def nothing_left(self, breakers: dict[str, Breaker]) -> GatewayError:

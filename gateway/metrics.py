@@ -94,6 +94,13 @@ class Metrics:
             ["from_target", "to_target", "cause"],
             registry=r,
         )
+        self.tier_answers = Counter(
+            p + "tier_answers",
+            "Answers a tier (a `tier: true` cloud model, another edge-gateway) gave, by tier, "
+            "the route the tier took (local, cloud, cache, other) and whether it was degraded.",
+            ["tier", "upstream_route", "degraded"],
+            registry=r,
+        )
         self.policy_reloads = Counter(
             p + "policy_reloads", "Policy reload attempts, by result.", ["result"], registry=r
         )

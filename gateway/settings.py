@@ -270,6 +270,20 @@ class CloudModel(_Section):
     api_key_env: str | None = Field(None, description="Environment variable holding the key.")
     max_output_tokens: int = Field(16384, ge=1, description="Clamp for max_tokens.")
     context_window: int = Field(128000, ge=1, description="Prompt tokens the model accepts.")
+    tier: bool = Field(
+        False,
+        description=(
+            "The upstream is another edge-gateway (a nearer tier): its x-gateway-* decision "
+            "headers are trusted and relayed as x-gateway-upstream-*, and its degraded answers "
+            "make ours degraded. Needs an api_base. Chat models only."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _tier_needs_api_base(self) -> CloudModel:
+        if self.tier and not self.api_base:
+            raise ValueError(f"cloud model {self.name!r}: tier: true needs an api_base")
+        return self
 
     def api_key(self) -> str | None:
         """The key, read from the environment at call time so it never sits in settings."""
@@ -689,6 +703,10 @@ class Settings(BaseSettings):
         if len(names) != len(set(names)):
             raise ValueError("cloud model names must be unique")
         embed = [m.name for m in v.embedding_models]
+        tiers = [m.name for m in v.embedding_models if m.tier]
+        if tiers:
+            # Embeddings relay no routing headers: a tier there would promise what it cannot.
+            raise ValueError(f"embedding model {tiers[0]!r}: tier applies to cloud.models only")
         if {"auto", "local", "cloud"} & set(embed) or len(embed) != len(set(embed)):
             raise ValueError("embedding model names must be unique and not auto, local or cloud")
         return v

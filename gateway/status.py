@@ -46,6 +46,8 @@ class Decision:
     completion_tokens: int
     prompt: str | None = None
     answer: str | None = None
+    # The hop below when a tier answered: its name, route, degraded mark, reason, cache, file.
+    upstream: dict[str, Any] | None = None
 
 
 @dataclass
@@ -106,6 +108,7 @@ class StatusBoard:
                 completion_tokens=line["completion_tokens"],
                 prompt=text[0] if text else None,
                 answer=text[1] if text else None,
+                upstream=line.get("upstream"),
             )
         )
 

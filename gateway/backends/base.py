@@ -15,6 +15,7 @@ from ..schemas import AnyRequest
 
 if TYPE_CHECKING:
     from ..settings import CloudSettings
+    from .tier import TierReport
 
 Kind = Literal["local", "cloud"]
 Endpoint = Literal["chat", "completion"]
@@ -23,7 +24,7 @@ Endpoint = Literal["chat", "completion"]
 class Chunk:
     """One streamed OpenAI chunk, kept as bytes or dict and converted only when asked."""
 
-    __slots__ = ("_data", "_obj", "plain", "sse")
+    __slots__ = ("_data", "_obj", "plain", "sse", "tier")
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class Chunk:
         obj: dict[str, Any] | None = None,
         plain: bool = False,
         sse: bytes | None = None,
+        tier: TierReport | None = None,
     ) -> None:
         self._data = data
         self._obj = obj
@@ -40,6 +42,8 @@ class Chunk:
         # A plain content chunk carries no usage and nothing else to inspect: the writer can
         # send its bytes without parsing them (the local model's per-token hot path).
         self.plain = plain
+        # A tier's report on its answer, known from its response headers: on the first chunk.
+        self.tier = tier
 
     @property
     def data(self) -> bytes:
@@ -60,6 +64,7 @@ class Completion:
 
     obj: dict[str, Any]
     raw: bytes | None = None
+    tier: TierReport | None = None  # what the tier that gave this answer said about it
 
     def body(self) -> bytes:
         if self.raw is None:

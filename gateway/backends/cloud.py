@@ -22,9 +22,13 @@ from .base import (
     Kind,
     http_probe,
 )
+from .tier import TierReport
 from .upstream import bearer_headers, openai_body, scrub, split_params
 
 log = logging.getLogger(__name__)
+
+# litellm hands the provider's response headers back under this prefix, on `_hidden_params`.
+_PROVIDER_HEADER = "llm_provider-"
 
 
 def import_litellm() -> Any:
@@ -122,12 +126,29 @@ class LiteLLMBackend:
     def _scrub(self, text: str) -> str:
         return scrub(text, self.model)[:2000]
 
+    def _report(self, resp: Any) -> TierReport | None:
+        """A tier's account of its answer, from the response headers litellm kept; never read
+        from an upstream not marked as a tier."""
+        if not self.model.tier:
+            return None
+        hidden = getattr(resp, "_hidden_params", None) or {}
+        kept = hidden.get("additional_headers") if isinstance(hidden, dict) else None
+        if not isinstance(kept, dict):
+            return None
+        headers = {
+            k.removeprefix(_PROVIDER_HEADER).lower(): str(v)
+            for k, v in kept.items()
+            if isinstance(k, str) and k.startswith(_PROVIDER_HEADER)
+        }
+        return TierReport.from_headers(self.name, headers, self.model)
+
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
         resp = await self._call(req, endpoint, stream=False)
-        return Completion(resp.model_dump(exclude_none=True))
+        return Completion(resp.model_dump(exclude_none=True), tier=self._report(resp))
 
     async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
         wrapper = await self._call(req, endpoint, stream=True)
+        tier = self._report(wrapper)  # the headers came with the stream: on the first chunk
         it = wrapper.__aiter__()
         try:
             while True:
@@ -136,7 +157,8 @@ class LiteLLMBackend:
                     chunk = await asyncio.wait_for(anext(it), self.settings.read_timeout_s)
                 except StopAsyncIteration:
                     return
-                yield Chunk(obj=chunk.model_dump(exclude_none=True))
+                yield Chunk(obj=chunk.model_dump(exclude_none=True), tier=tier)
+                tier = None
         except TimeoutError:
             raise UpstreamError(
                 f"cloud model '{self.name}' stream stalled", code="upstream_stream_interrupted"

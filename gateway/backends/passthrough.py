@@ -2,6 +2,8 @@
 
 Used for `openai/...` models with an `api_base` (vLLM, llama.cpp servers, another gateway, a
 nearer tier). No translation is needed, so litellm's per-call cost (about 4 ms) is skipped.
+From a `tier: true` upstream it also reads the tier's report on its answer (its `x-gateway-*`
+headers, see tier.py); from any other upstream no response header is read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .base import (
     completion_probe,
     http_probe,
 )
+from .tier import TierReport
 from .upstream import bearer_headers, openai_body, scrub, scrub_bytes
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,7 @@ class PassthroughBackend:
                 if not stream:
                     raw = await resp.read()
                     resp.release()
-                    return raw
+                    return raw, self._report(resp)
                 return resp
         except TimeoutError:
             raise BackendUnavailable.timed_out(
@@ -83,6 +86,14 @@ class PassthroughBackend:
             ) from None
         except aiohttp.ClientError as exc:
             raise BackendUnavailable.connect_failed(self.name, exc) from None
+
+    def _report(self, resp: aiohttp.ClientResponse) -> TierReport | None:
+        """A tier's account of its answer; never read from an upstream not marked as a tier."""
+        return (
+            TierReport.from_headers(self.name, resp.headers, self.model)
+            if self.model.tier
+            else None
+        )
 
     def _status_error(self, status: int, payload: bytes) -> GatewayError:
         if status >= 500 or status in _PROVIDER_FAULT:
@@ -106,7 +117,8 @@ class PassthroughBackend:
         return exc
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
-        raw: bytes = scrub_bytes(await self._post(req, endpoint, stream=False), self.model)
+        raw, tier = await self._post(req, endpoint, stream=False)
+        raw = scrub_bytes(raw, self.model)
         try:
             obj = json.loads(raw)
         except ValueError:
@@ -121,14 +133,16 @@ class PassthroughBackend:
                 cause="5xx",
                 unreachable=False,
             )
-        return Completion(obj, raw=raw)
+        return Completion(obj, raw=raw, tier=tier)
 
     async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
         resp: aiohttp.ClientResponse = await self._post(req, endpoint, stream=True)
         complete = False
+        tier = self._report(resp)  # rides on the first chunk: the answer's headers come first
         try:
             async for data in iter_sse_data(aiter(resp.content)):
-                yield Chunk(data=scrub_bytes(data, self.model))
+                yield Chunk(data=scrub_bytes(data, self.model), tier=tier)
+                tier = None
             complete = True
         except (aiohttp.ClientError, EOFError, TimeoutError) as exc:
             # Bytes may already be with the client: this becomes an in-band SSE error event.

@@ -132,6 +132,8 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
         line["stream_error"] = record.stream_error
     if o is not None and o.cascade is not None:  # the escalation event, for label joins
         line["cascade"] = o.cascade.as_dict()
+    if o is not None and o.tier is not None:  # the hop below: which tier, and what it did
+        line["upstream"] = o.tier.as_dict()
     if services.outbox is not None:  # before any text joins the line (allow-listed anyway)
         services.outbox.add(routing_record(line, o, local_model=services.local.model_name))
     text = None
@@ -164,6 +166,9 @@ def _answered(
         m.cache_requests.labels(o.cache).inc()
     for src, dst, cause in o.failovers:
         m.failovers.labels(src, dst, cause).inc()
+    if o.tier is not None:  # labels from config and a closed set, never from the request
+        t = o.tier
+        m.tier_answers.labels(t.tier, t.route, "true" if t.degraded else "false").inc()
     if o.cascade is not None:
         m.cascade_answers.labels(o.cascade.outcome).inc()
         if o.cascade.escalated:

@@ -283,6 +283,7 @@ _STATUS = _obj(
                 "state",
                 name={"type": "string"},
                 model={"type": ["string", "null"], "description": "litellm model string"},
+                tier={"type": "boolean", "description": "another edge-gateway (tier: true)"},
                 state={"type": "string", "enum": ["closed", "open", "half_open"]},
                 changed_at={**_NUM, "description": "last breaker transition (Unix time)"},
                 change_reason=_STR,
@@ -343,6 +344,20 @@ _STATUS = _obj(
             status={"type": "integer"},
             prompt=_STR,
             answer=_STR,
+            upstream={
+                "type": ["object", "null"],
+                "description": "the hop below, when a tier answered (null otherwise)",
+                "required": ["tier", "route", "degraded"],
+                "properties": {
+                    "tier": {"type": "string", "description": "this box's name for the tier"},
+                    "route": {"type": "string", "enum": ["local", "cloud", "cache", "other"]},
+                    "degraded": {"type": "boolean"},
+                    "reason": _STR,
+                    "cache": {"type": ["string", "null"], "enum": ["hit", "miss", "skip", None]},
+                    "model_file": _STR,
+                    "via": {**_STR, "description": "the tier's own tier, if any"},
+                },
+            },
         ),
     },
 )

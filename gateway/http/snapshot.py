@@ -61,6 +61,7 @@ def _uplink(services: Services) -> dict[str, Any]:
                 "name": name,
                 # litellm's model string names the provider; api_base may hold credentials.
                 "model": m.model if m else None,
+                "tier": bool(m and m.tier),  # another edge-gateway: answers report their hop
                 "state": b.state.name.lower(),
                 "reachable": b.reachable,
                 "changed_at": b.changed_at,

@@ -69,6 +69,8 @@ def routing_record(
             "model_sha256": model_sha256 or outcome.model_file,
             "escalated": outcome.cascade is not None and outcome.cascade.escalated,
             "failovers": [f"{src}>{dst}:{cause}" for src, dst, cause in outcome.failovers],
+            # the tier that answered and its own decision (routing words, no request text)
+            "upstream": outcome.tier.as_dict() if outcome.tier is not None else None,
             "features": {
                 "prompt_tokens": f.prompt_tokens,
                 "complexity": round(f.complexity, 4),

@@ -62,7 +62,7 @@ function renderUplink(up, now) {
     const tr = el("tr", { "data-target": t.name, "data-state": t.state },
       el("td", {}, t.name), el("td"), el("td", {}, ago(t.changed_at, now)),
       el("td", {}, t.change_reason || (t.last_failure ? "last failure: " + t.last_failure : "")));
-    tr.children[0].append(el("div", { class: "muted" }, t.model || ""));
+    tr.children[0].append(el("div", { class: "muted" }, (t.model || "") + (t.tier ? " · tier" : "")));
     tr.children[1].append(el("span", { class: "pill", "data-state": t.state }, t.state.replace("_", "-")));
     return tr;
   }));
@@ -130,12 +130,27 @@ function renderPolicy(p, now) {
   }));
 }
 
+// The route, and when a tier answered, the hop below: "cloud → regional: local (degraded)".
+function routeCell(d) {
+  const td = el("td", { class: "route route-" + d.route }, d.route + (d.cache ? " (" + d.cache + ")" : ""));
+  const u = d.upstream;
+  if (u) {
+    const hop = u.tier + ": " + u.route + (u.degraded ? " (degraded)" : "");
+    const chain = el("div", { class: "chain route-" + u.route, "data-tier": u.tier,
+      "data-upstream-route": u.route, "data-upstream-degraded": String(u.degraded) }, "→ " + hop);
+    if (u.via) chain.append(el("span", { class: "muted" }, " → " + u.via));
+    if (u.reason) chain.title = u.reason;
+    td.append(chain);
+  }
+  return td;
+}
+
 function renderRecent(list, showPrompts) {
   $("recent-empty").hidden = list.length > 0;
   fill($("recent").tBodies[0], list.map((d) => {
     const tr = el("tr", { "data-route": d.route, "data-status": d.status },
       el("td", {}, clock(d.time)), el("td", {}, d.model || d.path),
-      el("td", { class: "route route-" + d.route }, d.route + (d.cache ? " (" + d.cache + ")" : "")),
+      routeCell(d),
       el("td", {}, d.rule), el("td", {}, (d.reason || "") + (d.failover ? " [" + d.failover + "]" : "")),
       el("td", {}, d.degraded ? "yes" : ""), el("td", { class: "num" }, Math.round(d.latency_ms) + " ms"),
       el("td", { class: "num" }, d.status));

@@ -11,7 +11,8 @@ A chat request that forces a tool call (`tool_choice` required or a named functi
 
 Every request, to any path, is recorded in `hits` (method, path, headers) and, byte for byte
 (request line, headers and body as received), in `received`: a fake started as an attacker's
-host proves that nothing reached it, and a privacy test that no marker did.
+host proves that nothing reached it, and a privacy test that no marker did. `response_headers` go out on every answer
+(an upstream that claims to be an edge-gateway, or leaks what it should not).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class FakeCloud(LoopbackServer):
         self.judge_topic = "tax"
         self.judge_reply: str | None = None
         self.judge_calls = 0
+        self.response_headers: dict[str, str] = {}
 
     @property
     def base_url(self) -> str:
@@ -95,6 +97,11 @@ class FakeCloud(LoopbackServer):
             return await handler(request)
 
         app = web.Application(middlewares=[record])
+
+        async def extra_headers(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers.update(self.response_headers)
+
+        app.on_response_prepare.append(extra_headers)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
