@@ -11,8 +11,9 @@ A chat request that forces a tool call (`tool_choice` required or a named functi
 
 Every request, to any path, is recorded in `hits` (method, path, headers) and, byte for byte
 (request line, headers and body as received), in `received`: a fake started as an attacker's
-host proves that nothing reached it, and a privacy test that no marker did. `response_headers` go out on every answer
-(an upstream that claims to be an edge-gateway, or leaks what it should not).
+host proves that nothing reached it, and a privacy test that no marker did. `response_headers`
+go out on every answer (an upstream that claims to be an edge-gateway, or leaks what it should
+not).
 """
 
 from __future__ import annotations
