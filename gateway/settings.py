@@ -513,6 +513,14 @@ class LearningSettings(_Section):
             " it at least as well as the current ones."
         ),
     )
+    curve_min_labels: int = Field(
+        100,
+        ge=2,
+        description=(
+            "Labels (trainable ones) the store must hold before the status page draws the"
+            " routing curve of the scorer in force over them; fewer give a misleading curve."
+        ),
+    )
 
 
 class LocalEmbeddingSettings(_Section):

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     Array = npt.NDArray[np.float64]
 
 L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+OBJECTIVES = ("gain", "binary")
 FOLDS = 3
 DENSE_L2 = 1.0
 MIN_DF = 3
@@ -223,9 +224,14 @@ def fit(
     l2_terms: float,
     l2_dense: float = DENSE_L2,
     use_terms: bool = True,
+    objective: str = "gain",
     max_iter: int = 300,
 ) -> Fitted:
-    """L2 logistic regression on standardised dense features plus the terms, by L-BFGS."""
+    """A linear model on standardised dense features plus the terms, by L-BFGS.
+
+    `objective` "gain": ridge regression on the targets (strong minus weak correctness for
+    CSVs, in [-1, 1]); "binary": L2 logistic regression on targets in [0, 1].
+    """
     import numpy as np
 
     y = np.asarray(targets, dtype=np.float64)
@@ -249,11 +255,19 @@ def fit(
             z = z + np.bincount(d.rows, weights=d.vals * wt[d.cols], minlength=n)
         return z
 
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+    squared = objective == "gain"
+
     def loss_grad(w: Array) -> tuple[float, Array]:
         z = margin(w)
-        # log(1 + e^z) - y z, stable for large |z|
-        loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * float(pen @ (w * w))
-        r = (1.0 / (1.0 + np.exp(-z)) - y) / n
+        if squared:
+            loss = float(np.mean(0.5 * (z - y) ** 2)) + 0.5 * float(pen @ (w * w))
+            r = (z - y) / n
+        else:
+            # log(1 + e^z) - y z, stable for large |z|
+            loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * float(pen @ (w * w))
+            r = (1.0 / (1.0 + np.exp(-z)) - y) / n
         g = np.empty_like(w)
         g[0] = r.sum()
         g[1 : 1 + nd] = xd.T @ r
@@ -326,26 +340,45 @@ def calibrate(raw: Sequence[float]) -> tuple[float, float]:
     return center, max(1e-3, (p90 - center) / 1.1)
 
 
-def choose_l2(d: Design, examples: Sequence[Example], seed: int) -> tuple[float, dict[str, float]]:
-    """The terms penalty from L2_GRID with the best mean APGR over seeded folds of the prompts."""
+def fit_targets(examples: Sequence[Example], objective: str) -> list[float]:
+    """What the model fits: the gain (strong - weak) for "gain", the 0/1 target for "binary"."""
+    return [e.gain if objective == "gain" else e.target for e in examples]
+
+
+def choose(
+    d: Design,
+    examples: Sequence[Example],
+    seed: int,
+    objectives: Sequence[str] = OBJECTIVES,
+    grid: Sequence[float] = L2_GRID,
+) -> tuple[str, float, dict[str, float]]:
+    """The objective and terms penalty with the best mean APGR over seeded folds of the prompts.
+
+    Returns (objective, l2, {"objective l2": mean APGR}). Neither target wins everywhere: on
+    the shared MMLU subjects the 0/1 logistic ranks better, on other subjects the gain
+    regression did (docs/ROUTING.md), so the training data decides.
+    """
     idx = list(range(d.n))
     random.Random(seed).shuffle(idx)
     folds = [sorted(idx[k::FOLDS]) for k in range(FOLDS)]
-    found: dict[str, list[float]] = {f"{l2:g}": [] for l2 in L2_GRID}
+    found: dict[tuple[str, float], list[float]] = {(o, l2): [] for o in objectives for l2 in grid}
+    ys = {o: fit_targets(examples, o) for o in objectives}
     for k, va in enumerate(folds):
         tr = sorted(i for j, f in enumerate(folds) if j != k for i in f)
         dt, dv = d.subset(tr), d.subset(va)
         gains = [examples[i].gain for i in va]
-        for l2 in L2_GRID:
-            m = fit(dt, [examples[i].target for i in tr], l2_terms=l2)
+        for o, l2 in found:
+            m = fit(dt, [ys[o][i] for i in tr], l2_terms=l2, objective=o)
             a = gain_apgr(list(m.raw(dv)), gains)
             if not math.isnan(a):
-                found[f"{l2:g}"].append(a)
-    mean = {k: sum(v) / len(v) for k, v in found.items() if v}
+                found[(o, l2)].append(a)
+    mean = {key: sum(v) / len(v) for key, v in found.items() if v}
+    tried = {f"{o} {l2:g}": a for (o, l2), a in mean.items()}
     if not mean:
-        return L2_GRID[len(L2_GRID) // 2], {}
-    best = max(mean, key=lambda k: (mean[k], float(k)))  # ties: the stronger penalty
-    return float(best), mean
+        return objectives[0], grid[len(grid) // 2], {}
+    # Ties: the first objective listed, then the stronger penalty.
+    best = max(mean, key=lambda key: (mean[key], -objectives.index(key[0]), key[1]))
+    return best[0], best[1], tried
 
 
 def train(
@@ -356,8 +389,12 @@ def train(
     use_terms: bool = True,
     sources: Sequence[str] = (),
     hashed: bool = False,
+    objective: str | None = None,
 ) -> dict[str, Any]:
     """The weights document for `examples` (JSON-ready, deterministic).
+
+    `objective` "gain" or "binary" (see `fit`); None chooses it with the penalty by
+    cross-validation (with `l2` given and no objective: "gain").
 
     `hashed` (implied by any example without text) fits on hashed terms and writes a
     format-version-2 file, the kind the label store can be scored against.
@@ -371,13 +408,22 @@ def train(
     vectors = [e.vector or vector(e.prompt) for e in examples] if hashed else []
     d = Design.from_vectors(vectors) if hashed else Design([e.prompt for e in examples])
     tried: dict[str, float] = {}
-    if not use_terms:
-        chosen = math.inf
-    elif l2 is None:
-        chosen, tried = choose_l2(d, examples, seed)
+    if objective is not None and objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
+    if use_terms and l2 is None:
+        objective, chosen, tried = choose(
+            d, examples, seed, OBJECTIVES if objective is None else (objective,)
+        )
     else:
-        chosen = l2
-    model = fit(d, targets, l2_terms=chosen if use_terms else 1.0, use_terms=use_terms)
+        chosen = math.inf if not use_terms else float(l2 or 0.0)
+        objective = objective or OBJECTIVES[0]
+    model = fit(
+        d,
+        fit_targets(examples, objective),
+        l2_terms=chosen if use_terms else 1.0,
+        use_terms=use_terms,
+        objective=objective,
+    )
     raw = list(model.raw(d))
     center, scale = calibrate(raw)
     inverse = sorted(d.vocab, key=d.vocab.__getitem__)
@@ -403,12 +449,17 @@ def train(
             "sha256": digest.hexdigest(),
         },
         "training": {
-            "model": "logistic regression, L2",
+            "model": (
+                "ridge regression on strong minus weak"
+                if objective == "gain"
+                else "logistic regression, L2"
+            ),
+            "objective": objective,
             "seed": seed,
             "l2_terms": "none (no terms)" if not use_terms else _round(chosen),
             "l2_dense": DENSE_L2,
             "min_df": MIN_DF,
-            "l2_grid_apgr": {k: _round(v) for k, v in tried.items()},
+            "grid_apgr": {k: _round(v) for k, v in tried.items()},
         },
         "bias": _round(model.bias),
         "center": _round(center),
@@ -454,6 +505,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-terms", action="store_true", help="length, structure and hand-set signals only"
     )
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        help="gain: ridge on strong minus weak; binary: logistic on weak wrong and strong "
+        "right (default: chosen with the penalty on held-out thirds)",
+    )
 
 
 def run(
@@ -482,6 +539,7 @@ def run(
             use_terms=not args.no_terms,
             sources=[str(p) for p in [*args.files, *([store] if store else [])]],
             hashed=store is not None or getattr(args, "hashed", False),
+            objective=getattr(args, "objective", None),
         )
         data = dumps(doc, args.out)
         args.out.write_bytes(data)
@@ -490,6 +548,7 @@ def run(
         return 2
     print(
         f"wrote {args.out}: {len(examples)} prompts, {len(doc['terms'])} terms, "
-        f"l2_terms={doc['training']['l2_terms']}, {len(data) / 1024:.0f} KiB"
+        f"objective={doc['training']['objective']}, l2_terms={doc['training']['l2_terms']}, "
+        f"{len(data) / 1024:.0f} KiB"
     )
     return 0
