@@ -10,9 +10,10 @@ a file shows without looking at it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 Curve = Sequence[tuple[float, float]]
 
@@ -37,7 +38,7 @@ _REFERENCE = {"random", "prompt-length"}
 
 def plot_curves(
     path: Path,
-    series: dict[str, Curve],
+    series: Mapping[str, Curve],
     *,
     title: str,
     marker: Marker | None = None,
@@ -59,7 +60,9 @@ def plot_curves(
         for name in names:
             xs = [x for x, _ in series[name]]
             ys = [y for _, y in series[name]]
-            style = {"linestyle": "--", "color": "0.55"} if name in _REFERENCE else {}
+            style: dict[str, Any] = {}
+            if name in _REFERENCE:
+                style = {"linestyle": "--", "color": "0.55"}
             if name == "prompt-length":
                 style = {"linestyle": ":", "color": "0.35"}
             ax.plot(xs, ys, label=name, linewidth=1.6, **style)

@@ -207,6 +207,7 @@ class Fitted:
     bias: float
     dense: Array  # per DENSE feature, on raw (unstandardised) values
     terms: Array  # per vocabulary entry
+    solution: Array  # the optimiser's own (standardised) weights: a warm start for the next fit
 
     def raw(self, d: Design) -> Array:
         import numpy as np
@@ -226,6 +227,7 @@ def fit(
     use_terms: bool = True,
     objective: str = "gain",
     max_iter: int = 300,
+    warm: Fitted | None = None,
 ) -> Fitted:
     """A linear model on standardised dense features plus the terms, by L-BFGS.
 
@@ -275,12 +277,15 @@ def fit(
             g[1 + nd :] = np.bincount(d.cols, weights=d.vals * r[d.rows], minlength=nt)
         return loss, g + pen * w
 
-    w = _lbfgs(loss_grad, np.zeros(1 + nd + nt), max_iter=max_iter)
+    start = warm.solution if warm is not None and len(warm.solution) == 1 + nd + nt else None
+    w = _lbfgs(
+        loss_grad, np.zeros(1 + nd + nt) if start is None else start.copy(), max_iter=max_iter
+    )
     b, wd, wt = split(w)
     # Fold the standardisation into the weights: the file holds weights on raw features.
     raw_dense = np.where(live, wd / std, 0.0)
     bias = b - float(raw_dense @ mean)
-    return Fitted(bias=bias, dense=raw_dense, terms=wt if nt else np.zeros(0))
+    return Fitted(bias=bias, dense=raw_dense, terms=wt if nt else np.zeros(0), solution=w)
 
 
 def _lbfgs(f: Any, w: Array, *, max_iter: int, m: int = 10, tol: float = 1e-7) -> Array:
@@ -367,11 +372,15 @@ def choose(
         tr = sorted(i for j, f in enumerate(folds) if j != k for i in f)
         dt, dv = d.subset(tr), d.subset(va)
         gains = [examples[i].gain for i in va]
-        for o, l2 in found:
-            m = fit(dt, [ys[o][i] for i in tr], l2_terms=l2, objective=o)
-            a = gain_apgr(list(m.raw(dv)), gains)
-            if not math.isnan(a):
-                found[(o, l2)].append(a)
+        for o in objectives:
+            # Strongest penalty first, each fit warm-started from the last: the path of
+            # solutions is smooth in the penalty, so later fits take a few iterations.
+            prev: Fitted | None = None
+            for l2 in sorted(grid, reverse=True):
+                prev = fit(dt, [ys[o][i] for i in tr], l2_terms=l2, objective=o, warm=prev)
+                a = gain_apgr(list(prev.raw(dv)), gains)
+                if not math.isnan(a):
+                    found[(o, l2)].append(a)
     mean = {key: sum(v) / len(v) for key, v in found.items() if v}
     tried = {f"{o} {l2:g}": a for (o, l2), a in mean.items()}
     if not mean:
