@@ -125,3 +125,12 @@ def test_routing_curve_of_the_stored_labels() -> None:
     # Rows of an older feature version are not counted (their terms mean other words).
     old = [Record(r.id, r.at, r.kind, {**r.body, "v": {**r.body["v"], "fv": 1}}) for r in rows]
     assert routing_curve(old, shipped, threshold=0.55, min_labels=50)["labels"] == 0
+
+
+def test_curve_min_labels_is_a_setting_with_a_floor() -> None:
+    from gateway.settings import SettingsError, load_settings
+
+    assert load_settings().learning.curve_min_labels == 100
+    assert load_settings(learning={"curve_min_labels": 5}).learning.curve_min_labels == 5
+    with pytest.raises(SettingsError, match="curve_min_labels"):
+        load_settings(learning={"curve_min_labels": 1})
