@@ -11,10 +11,12 @@ Input files:
   feature vectors, not text. Training from it writes hashed weights (format version 2) and
   hashes the terms of any files given with it the same way.
 
-The model is an L2-regularised logistic regression (numpy, L-BFGS, deterministic) over the
-features of learned.py. Unless `--l2` is given, the penalty on the word terms is chosen from a
-small grid by 3-fold cross-validation over a seeded shuffle of the training prompts (mean
-APGR of the held-out folds), then the model is refitted on everything. Weights are rounded
+The model is linear over the features of learned.py (numpy, L-BFGS, deterministic), with one
+of two targets: ridge regression on the gain (strong minus weak correctness) or L2 logistic
+regression on "weak wrong and strong right". Unless `--objective` and `--l2` are given, the
+target and the penalty on the word terms are chosen from a small grid by 3-fold
+cross-validation over a seeded shuffle of the training prompts (mean APGR of the held-out
+folds), then the model is refitted on everything. Weights are rounded
 and written with sorted keys (gzip with a zero timestamp for .gz): the same data and seed
 give the same bytes.
 
