@@ -241,6 +241,10 @@ def run(args: argparse.Namespace) -> int:
         f"{chosen.quality:.3f}); AUC {auc(scores, good):.3f}",
     ]
     print(f"\nchosen: {args.signal}_logprob < {chosen.threshold:.{DIGITS}f} ({summary[1]})")
+    if args.plot is not None:
+        code = _plot(args, kept_items, signals, chosen)
+        if code:
+            return code
     if args.out is not None:
         args.out.write_text(
             policy_snippet(chosen.threshold, args.signal, args.to, summary), encoding="utf-8"
@@ -249,10 +253,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(
+    args: argparse.Namespace, items: list[Item], signals: dict[str, list[float]], chosen: Row
+) -> int:
+    """The --plot PNG: the gap recovered against the escalation share, for both signals
+    (least confident first), prompt length and random; the chosen threshold marked."""
+    from .routing.curves import gap_curve, random_curve, recovered_at
+    from .routing.plot import Marker, PlotError, plot_curves
+
+    gains = [float(int(it.cloud_ok) - int(it.local_ok)) for it in items]
+    series = {f"{name} logprob": gap_curve([-v for v in signals[name]], gains) for name in SIGNALS}
+    series["prompt-length"] = gap_curve([float(len(it.prompt)) for it in items], gains)
+    series["random"] = random_curve()
+    if not series["prompt-length"]:
+        print(
+            "calibrate: --plot: the cloud is not better than the local model here", file=sys.stderr
+        )
+        return 2
+    on = f"{args.signal} logprob"
+    key = "mean_logprob" if args.signal == "mean" else "min_logprob"
+    marker = Marker(
+        on,
+        chosen.rate,
+        recovered_at(series[on], chosen.rate),
+        f"{key} < {chosen.threshold:.{DIGITS}f}: {chosen.rate:.0%} escalated",
+    )
+    title = f"cascade: {', '.join(p.name for p in args.files[:3])} ({len(items)} prompts)"
+    try:
+        drawn = plot_curves(
+            args.plot, series, title=title, marker=marker, xlabel="share of answers escalated"
+        )
+    except PlotError as exc:
+        print(f"calibrate: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.plot}: {', '.join(drawn)}")
+    return 0
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", type=Path, help="labelled JSONL or RouteLLM CSV files")
     p.add_argument("--target-rate", type=float, default=0.2, help="share to escalate")
     p.add_argument("--out", type=Path, help="write a policy file with the chosen threshold")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="draw gap recovered against escalation share (needs the `plots` extra)",
+    )
     p.add_argument("--limit", type=int, default=200, help="prompts to run (a seeded sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=32, help="local answer length")

@@ -617,6 +617,14 @@ class LearningSettings(_Section):
             " new weights must then rank no key's held-back labels worse."
         ),
     )
+    curve_min_labels: int = Field(
+        100,
+        ge=2,
+        description=(
+            "Labels (trainable ones) the store must hold before the status page draws the"
+            " routing curve of the scorer in force over them; fewer give a misleading curve."
+        ),
+    )
 
 
 class LocalEmbeddingSettings(_Section):

@@ -22,6 +22,7 @@ import pytest
 from gateway.routing.policy import PolicyError, load_policy
 from tests.conftest import ROOT, RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud
+from tests.pngmeta import png_text
 
 HELLO = [{"role": "user", "content": "Say hello in French."}]
 NEVER = -1000.0  # no answer's mean token logprob is this low: stays local
@@ -324,6 +325,7 @@ def test_calibrate_writes_a_threshold_policy_check_accepts(tmp_path: Path) -> No
     ]
     data.write_text("".join(json.dumps({"prompt": p, "local_ok": ok}) + "\n" for p, ok in prompts))
     out = tmp_path / "cascade-policy.yaml"
+    png = tmp_path / "cascade.png"
     run = subprocess.run(
         [
             sys.executable,
@@ -339,6 +341,8 @@ def test_calibrate_writes_a_threshold_policy_check_accepts(tmp_path: Path) -> No
             "8",
             "--out",
             str(out),
+            "--plot",
+            str(png),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -348,6 +352,12 @@ def test_calibrate_writes_a_threshold_policy_check_accepts(tmp_path: Path) -> No
     assert run.returncode == 0, run.stderr
     assert "escalation rate" in run.stdout and "AUC" in run.stdout
     assert "6 prompts" in run.stdout
+    # The curve: both signals, length and random; the chosen threshold marked on `mean`.
+    meta = png_text(png)
+    assert json.loads(meta["Series"]) == ["mean logprob", "min logprob", "prompt-length", "random"]
+    marker = json.loads(meta["Threshold"])
+    assert marker["series"] == "mean logprob" and "mean_logprob <" in marker["label"]
+    assert 0.0 < marker["share"] <= 1.0  # about --target-rate, ties in the logprobs aside
     policy = load_policy(out, cloud_names=[])
     [rule] = [r for r in policy.rules if r.route == "cascade"]
     assert rule.cascade is not None and rule.cascade.threshold.mean_logprob is not None

@@ -14,12 +14,17 @@ from tests.conftest import RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud
 
 HELLO = [{"role": "user", "content": "Say hello in French."}]
+# A multi-part task, longer than typical chat: the shipped scorer is prompt length (issue 26),
+# so it is length, not the words "prove" or "Python", that sends this to the cloud.
 PROOF_AND_CODE = [
     {
         "role": "user",
         "content": (
             "Prove step by step that the sum of the first n odd numbers is n^2, then write a "
-            "Python function that verifies it for n up to 1000 and explain its time complexity."
+            "Python function that verifies it for n up to 1000 and explain its time complexity. "
+            "Then compare it with a closed-form check, discuss where floating-point arithmetic "
+            "would break such a check for very large n, and give the complexity of both "
+            "versions in big-O notation."
         ),
     }
 ]

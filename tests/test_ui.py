@@ -403,3 +403,62 @@ def test_status_board_shows_text_only_when_asked() -> None:
     board.add(_decision(clock, prompt="p" * 2000))
     d = board.recent[0]
     assert d.prompt == "p" * 500 and d.answer == "secret answer"
+
+
+CURVE_NOTE = "return document.getElementById('curve-note').textContent"
+CURVE_DRAWN = (
+    "const s = document.querySelector('#chart-curve svg');"
+    "const dot = document.getElementById('curve-threshold');"
+    "return s && dot && [s.dataset.series,"
+    " [...s.querySelectorAll('path[data-series]')].map(p => p.dataset.series),"
+    " Number(dot.dataset.share), Number(dot.dataset.complexity),"
+    " document.getElementById('curve-note').textContent]"
+)
+
+
+async def test_page_draws_the_routing_curve_of_the_box_labels(
+    gateway_factory: Any,
+    fake_cloud: FakeCloud,
+    browser: Browser,
+    http: aiohttp.ClientSession,
+    policy_file: Path,
+    tmp_path: Path,
+) -> None:
+    from gateway.services import SERVICES
+    from tests.routing.test_train import synthetic_rows
+
+    gw = await gateway_factory(
+        **cloud_settings(fake_cloud),
+        policy={"file": str(policy_file)},
+        learning={
+            "enabled": True,
+            "store": str(tmp_path / "labels.sqlite3"),
+            "shadow_rate": 0,
+            "curve_min_labels": 40,
+        },
+    )
+    await browser.run(browser.driver.get, gw.url + "/")
+    note = await browser.wait_js(
+        f"const t = (() => {{ {CURVE_NOTE} }})(); return t.includes('No curve yet') && t",
+        "the curve's note before there are labels",
+    )
+    assert "0 of the 40 labels" in note
+    learning = gw.app[SERVICES].learning
+    assert learning is not None
+    for prompt, weak_ok, _ in synthetic_rows(60, seed=8):
+        label = 0.0 if weak_ok else 1.0
+        await learning.store.add("shadow", label=label, tenant=None, route="local", prompt=prompt)
+    async with http.get(f"{gw.url}/admin/routing-curve") as r:
+        assert r.status == 200
+        body = await r.json()
+    schema = openapi.document()["paths"]["/admin/routing-curve"]["get"]["responses"]["200"]
+    jsonschema.validate(body, schema["content"]["application/json"]["schema"])
+    assert body["ready"] is True and body["labels"] == 60 and body["scorer"] == "shipped"
+    await browser.run(browser.driver.get, gw.url + "/")
+    series, paths, share, complexity, text = await browser.wait_js(
+        CURVE_DRAWN, "the routing curve with the policy's threshold"
+    )
+    assert series == "policy scorer,prompt-length,random" and paths == series.split(",")
+    assert complexity == 0.55  # policies/default.yaml: complexity >= 0.55 goes to the cloud
+    assert share == body["threshold"]["share"] and 0 <= share <= 1
+    assert "60 labels" in text and "complexity >= 0.55" in text

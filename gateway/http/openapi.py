@@ -241,6 +241,7 @@ def document() -> dict[str, Any]:
                 }
             },
             "/admin/status": _ADMIN_STATUS,
+            "/admin/routing-curve": _ADMIN_CURVE,
             **responses_openapi.paths(),
         },
     }
@@ -370,6 +371,55 @@ _ADMIN_STATUS = {
         ),
         "responses": {
             "200": _json(_STATUS, "The gateway's state now and over the last hour"),
+            **_errors(401, 403),
+        },
+    }
+}
+
+_POINTS = {
+    "type": "array",
+    "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+}
+_CURVE = _obj(
+    "enabled",
+    "ready",
+    enabled={"type": "boolean", "description": "learning.enabled"},
+    ready={"type": "boolean", "description": "true: `series` holds the curves"},
+    reason={"type": "string", "description": "why there is no curve yet"},
+    labels={"type": "integer", "description": "trainable labels in the store"},
+    min_labels={"type": "integer", "description": "learning.curve_min_labels"},
+    positives={"type": "number"},
+    scorer={"type": "string", "enum": ["shipped", "learned"]},
+    series={
+        "type": "object",
+        "description": (
+            "[share sent to the cloud, share of the cloud labels recovered] points: "
+            "`policy scorer`, `prompt-length`, `random`"
+        ),
+        "additionalProperties": _POINTS,
+    },
+    apgr={"type": "object", "additionalProperties": {"type": "number"}},
+    threshold={
+        "type": ["object", "null"],
+        "description": "where the policy's complexity threshold sits on the curve",
+        "properties": {
+            "complexity": {"type": "number"},
+            "share": {"type": "number"},
+            "recovered": {"type": "number"},
+        },
+    },
+)
+_ADMIN_CURVE = {
+    "get": {
+        "operationId": "adminRoutingCurve",
+        "description": (
+            "The routing curve of the box's own labels (the label store) for the scorer in "
+            "force, prompt length and random, and where the policy's threshold sits; drawn by "
+            "the status page once the store holds learning.curve_min_labels labels. Same "
+            "access as /admin/status."
+        ),
+        "responses": {
+            "200": _json(_CURVE, "The curve, or why there is none yet"),
             **_errors(401, 403),
         },
     }

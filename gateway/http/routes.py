@@ -30,3 +30,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", ui.page)
     app.router.add_get("/ui/{name}", ui.asset)
     app.router.add_get("/admin/status", ui.admin_status)
+    app.router.add_get("/admin/routing-curve", ui.routing_curve)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -94,6 +95,17 @@ async def asset(request: web.Request) -> web.Response:
     if name not in _ASSETS or not _allowed(request):
         raise NotFound("Unknown endpoint.", code="unknown_url")
     return _file(name)
+
+
+async def routing_curve(request: web.Request) -> web.Response:
+    """The routing curve of the box's own labels (learning.curve), or why there is none."""
+    if not _allowed(request):
+        raise Forbidden(_CLOSED)
+    learning = request.app[SERVICES].learning
+    body: dict[str, Any] = {"enabled": False, "ready": False, "reason": "learning is off"}
+    if learning is not None:
+        body = {"enabled": True, **(await learning.curve())}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def admin_status(request: web.Request) -> web.Response:

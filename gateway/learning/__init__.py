@@ -30,6 +30,7 @@ from ..routing.learned import vector
 from ..routing.policy import LOCAL
 from ..routing.store import PolicyStore
 from ..schemas import AnyRequest, ChatRequest
+from .curve import routing_curve
 from .metrics import LearningMetrics
 from .recent import RecentRequests
 from .retrain import Retrainer, Rules
@@ -93,6 +94,7 @@ class Learning:
         self._feedback_counts = MemoryCounters(max_keys=_QUOTA_KEYS, clock=clock)
         self.metrics.stored.set_function(lambda: len(self.store))
         self.recent = RecentRequests(conf.feedback_window, conf.feedback_ttl_s)
+        self._curve: tuple[tuple[int, int, int], dict[str, Any]] | None = None
         # Requests answered but not yet finished, by (tenant, request id): a few, briefly.
         self._pending: dict[tuple[str | None, str], asyncio.Task[Any]] = {}
         self.shadow = Shadower(
@@ -257,6 +259,29 @@ class Learning:
             await self._feedback_counts.add(hour, -1, 3600)
             raise
         return label
+
+    async def curve(self) -> dict[str, Any]:
+        """The routing curve over the stored labels (learning/curve.py), for the status page.
+
+        Recomputed only when the store or the policy changed since the last time: the page
+        polls it, and scoring every stored row is real work (off the event loop).
+        """
+        policy = self.policies.current
+        key = (len(self.store), self.store.dropped, id(policy))
+        if self._curve is not None and self._curve[0] == key:
+            return self._curve[1]
+        scorer: Scorer = getattr(policy.scorer, "_model", None) or self.retrainer.shipped
+        rows = await self.store.rows() if len(self.store) else []
+        result = await asyncio.to_thread(
+            routing_curve,
+            rows,
+            scorer,
+            threshold=policy.cloud_threshold(),
+            min_labels=self.conf.curve_min_labels,
+        )
+        result["scorer"] = "learned" if policy.scorer is not None else "shipped"
+        self._curve = (key, result)
+        return result
 
     async def close(self) -> None:
         await self.shadow.close()

@@ -138,7 +138,7 @@ def current_raw(scorer: Scorer, rec: Record) -> float | None:
         return raw
     if isinstance(scorer, ComplexityScorer):
         # The shipped scorer is linear in the same dense features (length, signals, lines).
-        return sum(scorer.weights.get(k, 0.0) * v for k, v in vec["dense"].items())
+        return scorer.raw_dense(vec["dense"])
     if prompt:
         return scorer.score(prompt).score
     return None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..durable import DurableLog, Record
-from ..routing.learned import vector
+from ..routing.learned import FEATURE_VERSION, vector, vector_version
 from ..routing.train import Example
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,11 @@ class LabelStore:
 
 
 def trains_router(rec: Record) -> bool:
-    """Feedback on a cloud answer says nothing about the local model: kept, not trained on."""
+    """Feedback on a cloud answer says nothing about the local model: kept, not trained on.
+    Nor is a row whose vector another feature version computed (its terms mean other words):
+    it stays until the cap ages it out."""
+    if vector_version(rec.body.get("v") or {}) != FEATURE_VERSION:
+        return False
     return rec.kind != "feedback" or rec.body.get("route") == "local"
 
 

@@ -226,10 +226,14 @@ class ComplexityScorer:
             "center": self.center,
             "scale": self.scale,
             "length_ref": self.length_ref,
+            "tie_break": self.tie_break,
         }
 
     def _load(self, data: dict[str, Any]) -> None:
         self.weights: dict[str, float] = {k: float(v) for k, v in data["weights"].items()}
+        # Every signal but length and a requested long output is multiplied by this: with
+        # 1e-8 they only order prompts of exactly the same length (docs/ROUTING.md says why).
+        self.tie_break = float(data.get("tie_break", 1.0))
         self.cap = int(data.get("cap", 3))
         self.center = float(data["center"])
         self.scale = float(data["scale"])
@@ -238,6 +242,7 @@ class ComplexityScorer:
     def raw(self, text: str, *, max_tokens: int | None = None) -> tuple[float, dict[str, float]]:
         """The linear score and each signal's contribution to it (contributions may be < 0)."""
         w = self.weights
+        tie = self.tie_break
         counts = count_signals(scan(text).lower())
         parts: dict[str, float] = {}
         # log length, relative to a short question, so small talk contributes nothing.
@@ -245,19 +250,33 @@ class ComplexityScorer:
         cap = self.cap
         for name, n in counts.items():
             if name == "number":
-                parts[name] = w["number"] * math.log1p(n)
+                parts[name] = tie * w["number"] * math.log1p(n)
             elif name in w:
-                parts[name] = w[name] * min(n, cap)
+                parts[name] = tie * w[name] * min(n, cap)
         if w.get("lines"):
             lines = text.count("\n")
             if lines:
-                parts["lines"] = w["lines"] * math.log1p(lines)
+                parts["lines"] = tie * w["lines"] * math.log1p(lines)
         questions = text.count("?")
         if questions > 1:
-            parts["questions"] = w["questions"] * min(questions - 1, cap)
+            parts["questions"] = tie * w["questions"] * min(questions - 1, cap)
         if max_tokens and max_tokens > 1024:
             parts["max_tokens"] = w["max_tokens"] * math.log2(max_tokens / 1024)
         return sum(parts.values()), parts
+
+    def raw_dense(self, dense: dict[str, float]) -> float:
+        """The linear score of a prompt from its dense features (learned.dense_features, as the
+        label store keeps them): the same value `raw` gives, without the text."""
+        w = self.weights
+        total = 0.0
+        for k, v in dense.items():
+            if k == "length" or k == "max_tokens":
+                total += w.get(k, 0.0) * v
+            elif k in ("number", "lines"):  # log counts, uncapped
+                total += self.tie_break * w.get(k, 0.0) * v
+            else:  # the stored counts are capped at CAP (3) like the scorer's
+                total += self.tie_break * w.get(k, 0.0) * min(v, self.cap)
+        return total
 
     def score(self, text: str, *, max_tokens: int | None = None) -> Complexity:
         total, parts = self.raw(text, max_tokens=max_tokens)

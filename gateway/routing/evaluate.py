@@ -190,6 +190,77 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--per-file", action="store_true", help="each file's figures too, not only the pooled ones"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="draw the pooled routing curve of each scorer (needs the `plots` extra)",
+    )
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        help="policy whose complexity threshold --plot marks (default: policies/default.yaml)",
+    )
+
+
+def curve_series(
+    prompts: Sequence[str],
+    weak: Sequence[bool],
+    strong: Sequence[bool],
+    scorers: dict[str, Scorer],
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, list[float]]]:
+    """Each scorer's routing curve, then prompt length's and random's; and the scores."""
+    from .curves import gap_curve, random_curve
+
+    gains = [float(int(bool(b)) - int(bool(a))) for a, b in zip(weak, strong, strict=True)]
+    scores = {name: [sc.score(p).score for p in prompts] for name, sc in scorers.items()}
+    series = {name: gap_curve(v, gains) for name, v in scores.items()}
+    series["prompt-length"] = gap_curve([float(len(p)) for p in prompts], gains)
+    series["random"] = random_curve()
+    return series, scores
+
+
+def policy_marker(
+    policy_path: Path | None,
+    series: dict[str, list[tuple[float, float]]],
+    scores: dict[str, list[float]],
+    on: str,
+) -> Any:
+    """Where the policy's complexity threshold sits on the `on` curve (None without one)."""
+    from ..settings import REPO_ROOT
+    from .curves import recovered_at, share_at
+    from .plot import Marker
+    from .policy import load_policy
+
+    path = policy_path or REPO_ROOT / "policies" / "default.yaml"
+    if policy_path is None and not path.is_file():
+        return None
+    threshold = load_policy(path).cloud_threshold()
+    if threshold is None:
+        return None
+    share = share_at(scores[on], threshold)
+    return Marker(
+        on,
+        share,
+        recovered_at(series[on], share),
+        f"{path.name}: complexity >= {threshold:g}, {share:.0%} to the cloud",
+    )
+
+
+def write_plot(
+    path: Path,
+    pooled: tuple[list[str], list[bool], list[bool]],
+    scorers: dict[str, Scorer],
+    policy_path: Path | None,
+    title: str,
+) -> list[str]:
+    """The --plot PNG of the pooled data; the names of the series drawn."""
+    from .plot import plot_curves
+
+    series, scores = curve_series(*pooled, scorers)
+    on = "weights" if "weights" in scorers else "scorer"
+    marker = policy_marker(policy_path, series, scores, on)
+    return plot_curves(path, series, title=title, marker=marker)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -236,6 +307,23 @@ def run(args: argparse.Namespace) -> int:
             notes["combined"] = why
         else:
             results["combined"] = evaluate(*pooled, scorer, learned)
+    if getattr(args, "plot", None) is not None and "combined" not in notes and results:
+        from .plot import PlotError
+        from .policy import PolicyError
+
+        scorers: dict[str, Scorer] = {"scorer": scorer}
+        if learned is not None:
+            scorers["weights"] = learned
+        n = len(pooled[0])
+        title = f"{', '.join(Path(x).name for x in names[:3])}{' ...' if len(names) > 3 else ''}"
+        try:
+            drawn = write_plot(args.plot, pooled, scorers, args.policy, f"{title} ({n} prompts)")
+        except (PlotError, PolicyError) as exc:
+            print(f"eval-router: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"wrote {args.plot}: {', '.join(drawn)}", file=sys.stderr if args.json else sys.stdout
+        )
     if args.json:
         out: dict[str, Any] = {}
         for name in [*order, *(n for n in notes if n not in order)]:

@@ -7,8 +7,9 @@ and the reasons that raised it), so `complexity:` conditions in the policy work 
 Features, computed over at most `SCAN_CHARS` characters (head and tail):
 - dense: log prompt length, newlines, several questions, a long requested output, and the
   counts of the hand-set signals of complexity.py (reasoning, code, maths, fractions, ...);
-- terms: word unigrams and bigrams (numbers folded to "0") of the first 1,100 and last 400
-  characters, present or not, scaled by 1/sqrt(number of distinct terms), looked up in the
+- terms: word unigrams and bigrams (runs of word characters, numbers as written) of the
+  first 1,100 and last 400 characters, present or not, scaled by 1/sqrt(number of distinct
+  terms), looked up in the
   file's vocabulary (no hashing: a dict look-up per term is faster than any stable hash in
   Python). Weights trained from the label store (format version 2, `"term_hash": "crc32"`)
   key their terms by the CRC-32 of the term instead: the store keeps those hashes, never the
@@ -39,8 +40,10 @@ FORMAT_VERSION = 1
 # Version 2: the same model, its terms keyed by their CRC-32 (TERM_HASH) instead of the text.
 HASHED_FORMAT_VERSION = 2
 TERM_HASH = "crc32"
-# Bump when dense_features() or terms() change what a weight means.
-FEATURE_VERSION = 1
+# Bump when dense_features() or terms() change what a weight means. 2: numbers are kept as
+# written (version 1 folded them to "0"), words are runs of word characters in any script.
+# Stored label vectors carry it as "fv" (absent: 1); rows of another version are not trained on.
+FEATURE_VERSION = 2
 CAP = 3
 DENSE = (
     "length",
@@ -60,9 +63,10 @@ DENSE = (
     "multiples",
     "small_talk",
 )
-_WORD = re.compile(r"[a-z]+|0")
-_DIGITS = re.compile(r"\d+")
-# Words are read from at most this many characters (head and tail): the latency budget.
+# Runs of word characters (any script, digits included): numbers are read as written.
+_WORD = re.compile(r"\w+")
+# Words are read from at most this many characters (head and tail): the latency budget. The
+# ablation in docs/ROUTING.md found the whole scanned window (3,000) no better.
 TERMS_CHARS = 1500
 TERMS_TAIL = 400
 _LEARNED_REASON = "learned terms"
@@ -89,10 +93,10 @@ def dense_features(text: str, lowered: str, *, max_tokens: int | None = None) ->
 
 
 def terms(lowered: str) -> set[str]:
-    """Word unigrams and bigrams of lower-cased text (head and tail); numbers read as "0"."""
+    """Word unigrams and bigrams of lower-cased text (its head and tail); numbers as written."""
     if len(lowered) > TERMS_CHARS:
         lowered = lowered[: TERMS_CHARS - TERMS_TAIL] + "\n" + lowered[-TERMS_TAIL:]
-    words = _WORD.findall(_DIGITS.sub("0", lowered))
+    words = _WORD.findall(lowered)
     out = set(words)
     out.update(map(" ".join, itertools.pairwise(words)))
     return out
@@ -111,9 +115,16 @@ def vector(text: str) -> dict[str, Any]:
     """
     lowered = scan(text).lower()
     return {
+        "fv": FEATURE_VERSION,
         "dense": {k: round(v, 6) for k, v in dense_features(text, lowered).items()},
         "terms": sorted(hash_terms(terms(lowered))),
     }
+
+
+def vector_version(vec: dict[str, Any]) -> int:
+    """The feature version a stored vector was computed with (rows before version 2: 1)."""
+    fv = vec.get("fv", 1)
+    return fv if isinstance(fv, int) else -1
 
 
 def read_weights(path: Path) -> dict[str, Any]:

@@ -218,6 +218,19 @@ class Policy(_Strict):
             raise ValueError(f"rule names must be unique: {sorted(dup)}")
         return self
 
+    def cloud_threshold(self) -> float | None:
+        """The complexity at and above which the first complexity rule sends `auto` traffic
+        away from the local model (its `gte` or `gt`), or None when no rule does: where the
+        policy sits on the routing curve."""
+        for r in self.rules:
+            c = r.when.complexity
+            if c is None or r.route == LOCAL:
+                continue
+            bound = c.gte if c.gte is not None else c.gt
+            if bound is not None:
+                return bound
+        return None
+
     def targets(self) -> Iterable[tuple[str, str]]:
         """(location, target) of every route the policy names, for checking them."""
         yield "default", self.default

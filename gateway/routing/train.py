@@ -11,10 +11,12 @@ Input files:
   feature vectors, not text. Training from it writes hashed weights (format version 2) and
   hashes the terms of any files given with it the same way.
 
-The model is an L2-regularised logistic regression (numpy, L-BFGS, deterministic) over the
-features of learned.py. Unless `--l2` is given, the penalty on the word terms is chosen from a
-small grid by 3-fold cross-validation over a seeded shuffle of the training prompts (mean
-APGR of the held-out folds), then the model is refitted on everything. Weights are rounded
+The model is linear over the features of learned.py (numpy, L-BFGS, deterministic), with one
+of two targets: ridge regression on the gain (strong minus weak correctness) or L2 logistic
+regression on "weak wrong and strong right". Unless `--objective` and `--l2` are given, the
+target and the penalty on the word terms are chosen from a small grid by 3-fold
+cross-validation over a seeded shuffle of the training prompts (mean APGR of the held-out
+folds), then the model is refitted on everything. Weights are rounded
 and written with sorted keys (gzip with a zero timestamp for .gz): the same data and seed
 give the same bytes.
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     Array = npt.NDArray[np.float64]
 
 L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+OBJECTIVES = ("gain", "binary")
 FOLDS = 3
 DENSE_L2 = 1.0
 MIN_DF = 3
@@ -209,6 +212,7 @@ class Fitted:
     bias: float
     dense: Array  # per DENSE feature, on raw (unstandardised) values
     terms: Array  # per vocabulary entry
+    solution: Array  # the optimiser's own (standardised) weights: a warm start for the next fit
 
     def raw(self, d: Design) -> Array:
         import numpy as np
@@ -226,13 +230,17 @@ def fit(
     l2_terms: float,
     l2_dense: float = DENSE_L2,
     use_terms: bool = True,
+    objective: str = "gain",
     max_iter: int = 300,
     weights: Sequence[float] | None = None,
+    warm: Fitted | None = None,
 ) -> Fitted:
-    """L2 logistic regression on standardised dense features plus the terms, by L-BFGS.
+    """A linear model on standardised dense features plus the terms, by L-BFGS.
 
-    `weights` scale each example's share of the loss (rescaled to mean 1, so the penalty
-    means the same with or without them).
+    `objective` "gain": ridge regression on the targets (strong minus weak correctness for
+    CSVs, in [-1, 1]); "binary": L2 logistic regression on targets in [0, 1]. `weights` scale
+    each example's share of the loss (rescaled to mean 1, so the penalty means the same with
+    or without them).
     """
     import numpy as np
 
@@ -259,11 +267,19 @@ def fit(
             z = z + np.bincount(d.rows, weights=d.vals * wt[d.cols], minlength=n)
         return z
 
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+    squared = objective == "gain"
+
     def loss_grad(w: Array) -> tuple[float, Array]:
         z = margin(w)
-        # log(1 + e^z) - y z, stable for large |z|
-        loss = float(np.mean(sw * (np.logaddexp(0.0, z) - y * z))) + 0.5 * float(pen @ (w * w))
-        r = sw * (1.0 / (1.0 + np.exp(-z)) - y) / n
+        if squared:
+            loss = float(np.mean(sw * 0.5 * (z - y) ** 2)) + 0.5 * float(pen @ (w * w))
+            r = sw * (z - y) / n
+        else:
+            # log(1 + e^z) - y z, stable for large |z|
+            loss = float(np.mean(sw * (np.logaddexp(0.0, z) - y * z))) + 0.5 * float(pen @ (w * w))
+            r = sw * (1.0 / (1.0 + np.exp(-z)) - y) / n
         g = np.empty_like(w)
         g[0] = r.sum()
         g[1 : 1 + nd] = xd.T @ r
@@ -271,12 +287,15 @@ def fit(
             g[1 + nd :] = np.bincount(d.cols, weights=d.vals * r[d.rows], minlength=nt)
         return loss, g + pen * w
 
-    w = _lbfgs(loss_grad, np.zeros(1 + nd + nt), max_iter=max_iter)
+    start = warm.solution if warm is not None and len(warm.solution) == 1 + nd + nt else None
+    w = _lbfgs(
+        loss_grad, np.zeros(1 + nd + nt) if start is None else start.copy(), max_iter=max_iter
+    )
     b, wd, wt = split(w)
     # Fold the standardisation into the weights: the file holds weights on raw features.
     raw_dense = np.where(live, wd / std, 0.0)
     bias = b - float(raw_dense @ mean)
-    return Fitted(bias=bias, dense=raw_dense, terms=wt if nt else np.zeros(0))
+    return Fitted(bias=bias, dense=raw_dense, terms=wt if nt else np.zeros(0), solution=w)
 
 
 def _lbfgs(f: Any, w: Array, *, max_iter: int, m: int = 10, tol: float = 1e-7) -> Array:
@@ -336,31 +355,57 @@ def calibrate(raw: Sequence[float]) -> tuple[float, float]:
     return center, max(1e-3, (p90 - center) / 1.1)
 
 
-def choose_l2(d: Design, examples: Sequence[Example], seed: int) -> tuple[float, dict[str, float]]:
-    """The terms penalty from L2_GRID with the best mean APGR over seeded folds of the prompts."""
+def fit_targets(examples: Sequence[Example], objective: str) -> list[float]:
+    """What the model fits: the gain (strong - weak) for "gain", the 0/1 target for "binary"."""
+    return [e.gain if objective == "gain" else e.target for e in examples]
+
+
+def choose(
+    d: Design,
+    examples: Sequence[Example],
+    seed: int,
+    objectives: Sequence[str] = OBJECTIVES,
+    grid: Sequence[float] = L2_GRID,
+) -> tuple[str, float, dict[str, float]]:
+    """The objective and terms penalty with the best mean APGR over seeded folds of the prompts.
+
+    Returns (objective, l2, {"objective l2": mean APGR}). Neither target wins everywhere: on
+    the shared MMLU subjects the 0/1 logistic ranks better, on other subjects the gain
+    regression did (docs/ROUTING.md), so the training data decides.
+    """
     idx = list(range(d.n))
     random.Random(seed).shuffle(idx)
     folds = [sorted(idx[k::FOLDS]) for k in range(FOLDS)]
-    found: dict[str, list[float]] = {f"{l2:g}": [] for l2 in L2_GRID}
+    found: dict[tuple[str, float], list[float]] = {(o, l2): [] for o in objectives for l2 in grid}
+    ys = {o: fit_targets(examples, o) for o in objectives}
     for k, va in enumerate(folds):
         tr = sorted(i for j, f in enumerate(folds) if j != k for i in f)
         dt, dv = d.subset(tr), d.subset(va)
         gains = [examples[i].gain for i in va]
-        for l2 in L2_GRID:
-            m = fit(
-                dt,
-                [examples[i].target for i in tr],
-                l2_terms=l2,
-                weights=[examples[i].weight for i in tr],
-            )
-            a = gain_apgr(list(m.raw(dv)), gains)
-            if not math.isnan(a):
-                found[f"{l2:g}"].append(a)
-    mean = {k: sum(v) / len(v) for k, v in found.items() if v}
+        wtr = [examples[i].weight for i in tr]
+        for o in objectives:
+            # Strongest penalty first, each fit warm-started from the last: the path of
+            # solutions is smooth in the penalty, so later fits take a few iterations.
+            prev: Fitted | None = None
+            for l2 in sorted(grid, reverse=True):
+                prev = fit(
+                    dt,
+                    [ys[o][i] for i in tr],
+                    l2_terms=l2,
+                    objective=o,
+                    weights=wtr,
+                    warm=prev,
+                )
+                a = gain_apgr(list(prev.raw(dv)), gains)
+                if not math.isnan(a):
+                    found[(o, l2)].append(a)
+    mean = {key: sum(v) / len(v) for key, v in found.items() if v}
+    tried = {f"{o} {l2:g}": a for (o, l2), a in mean.items()}
     if not mean:
-        return L2_GRID[len(L2_GRID) // 2], {}
-    best = max(mean, key=lambda k: (mean[k], float(k)))  # ties: the stronger penalty
-    return float(best), mean
+        return objectives[0], grid[len(grid) // 2], {}
+    # Ties: the first objective listed, then the stronger penalty.
+    best = max(mean, key=lambda key: (mean[key], -objectives.index(key[0]), key[1]))
+    return best[0], best[1], tried
 
 
 def train(
@@ -371,8 +416,12 @@ def train(
     use_terms: bool = True,
     sources: Sequence[str] = (),
     hashed: bool = False,
+    objective: str | None = None,
 ) -> dict[str, Any]:
     """The weights document for `examples` (JSON-ready, deterministic).
+
+    `objective` "gain" or "binary" (see `fit`); None chooses it with the penalty by
+    cross-validation (with `l2` given and no objective: "gain").
 
     `hashed` (implied by any example without text) fits on hashed terms and writes a
     format-version-2 file, the kind the label store can be scored against.
@@ -386,20 +435,24 @@ def train(
     vectors = [e.vector or vector(e.prompt) for e in examples] if hashed else []
     d = Design.from_vectors(vectors) if hashed else Design([e.prompt for e in examples])
     tried: dict[str, float] = {}
-    if not use_terms:
-        chosen = math.inf
-    elif l2 is None:
-        chosen, tried = choose_l2(d, examples, seed)
+    if objective is not None and objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
+    if use_terms and l2 is None:
+        objective, chosen, tried = choose(
+            d, examples, seed, OBJECTIVES if objective is None else (objective,)
+        )
     else:
-        chosen = l2
+        chosen = math.inf if not use_terms else float(l2 or 0.0)
+        objective = objective or OBJECTIVES[0]
     weights = [e.weight for e in examples]
     if any(not math.isfinite(w) or w <= 0 for w in weights):
         raise ValueError("example weights must be positive")
     model = fit(
         d,
-        targets,
+        fit_targets(examples, objective),
         l2_terms=chosen if use_terms else 1.0,
         use_terms=use_terms,
+        objective=objective,
         weights=weights,
     )
     raw = list(model.raw(d))
@@ -428,12 +481,17 @@ def train(
             "sha256": digest.hexdigest(),
         },
         "training": {
-            "model": "logistic regression, L2",
+            "model": (
+                "ridge regression on strong minus weak"
+                if objective == "gain"
+                else "logistic regression, L2"
+            ),
+            "objective": objective,
             "seed": seed,
             "l2_terms": "none (no terms)" if not use_terms else _round(chosen),
             "l2_dense": DENSE_L2,
             "min_df": MIN_DF,
-            "l2_grid_apgr": {k: _round(v) for k, v in tried.items()},
+            "grid_apgr": {k: _round(v) for k, v in tried.items()},
         },
         "bias": _round(model.bias),
         "center": _round(center),
@@ -479,6 +537,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-terms", action="store_true", help="length, structure and hand-set signals only"
     )
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        help="gain: ridge on strong minus weak; binary: logistic on weak wrong and strong "
+        "right (default: chosen with the penalty on held-out thirds)",
+    )
 
 
 def run(
@@ -507,6 +571,7 @@ def run(
             use_terms=not args.no_terms,
             sources=[str(p) for p in [*args.files, *([store] if store else [])]],
             hashed=store is not None or getattr(args, "hashed", False),
+            objective=getattr(args, "objective", None),
         )
         data = dumps(doc, args.out)
         args.out.write_bytes(data)
@@ -515,6 +580,7 @@ def run(
         return 2
     print(
         f"wrote {args.out}: {len(examples)} prompts, {len(doc['terms'])} terms, "
-        f"l2_terms={doc['training']['l2_terms']}, {len(data) / 1024:.0f} KiB"
+        f"objective={doc['training']['objective']}, l2_terms={doc['training']['l2_terms']}, "
+        f"{len(data) / 1024:.0f} KiB"
     )
     return 0

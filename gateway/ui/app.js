@@ -218,6 +218,83 @@ function drawLine(target, values) {
   target.replaceChildren(box);
 }
 
+// The routing curve of the box's own labels (/admin/routing-curve): quality against cloud share.
+const CURVE_COLORS = { "policy scorer": "#1c7ed6", "prompt-length": "#495057", random: "#adb5bd" };
+const CURVE_DASH = { "policy scorer": "", "prompt-length": "4 3", random: "2 3" };
+
+function drawCurve(target, c) {
+  const w = 300, h = 200, pad = 24;
+  const px = (x) => pad + x * (w - pad - 6), py = (y) => h - pad - y * (h - pad - 8);
+  const names = Object.keys(c.series);
+  const box = svg("svg", {
+    viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": "routing curve", "data-series": names.join(","),
+  });
+  box.append(svg("line", { x1: px(0), y1: py(0), x2: px(1), y2: py(0), stroke: "#ced4da" }));
+  box.append(svg("line", { x1: px(0), y1: py(0), x2: px(0), y2: py(1), stroke: "#ced4da" }));
+  for (const [x, y, text, anchor] of [[0, -0.09, "0", "middle"], [1, -0.09, "100% to cloud", "end"], [-0.02, 1, "1", "end"]]) {
+    const t = svg("text", { x: px(x), y: py(y) + 3, "font-size": 9, fill: "#6b7480", "text-anchor": anchor });
+    t.textContent = text;
+    box.append(t);
+  }
+  for (const name of names) {
+    const pts = c.series[name];
+    if (!pts.length) continue;
+    const d = pts.map(([x, y], i) => (i ? "L" : "M") + px(x).toFixed(1) + " " + py(y).toFixed(1)).join(" ");
+    const path = svg("path", {
+      d, fill: "none", stroke: CURVE_COLORS[name] || "#000", "stroke-width": name === "policy scorer" ? 2 : 1.2,
+      "stroke-dasharray": CURVE_DASH[name] || "", "data-series": name,
+    });
+    const tip = svg("title");
+    tip.textContent = name + (c.apgr && c.apgr[name] !== undefined ? " (APGR " + c.apgr[name] + ")" : "");
+    path.append(tip);
+    box.append(path);
+  }
+  if (c.threshold) {
+    const t = c.threshold;
+    const dot = svg("circle", {
+      id: "curve-threshold", cx: px(t.share), cy: py(t.recovered), r: 4, fill: "crimson",
+      "data-share": t.share, "data-complexity": t.complexity,
+    });
+    const tip = svg("title");
+    tip.textContent = `complexity >= ${t.complexity}: ${Math.round(t.share * 100)}% to the cloud`;
+    dot.append(tip);
+    box.append(dot);
+  }
+  target.replaceChildren(box);
+  $("curve-legend").replaceChildren(...names.map((n) => {
+    const s = el("span", { "data-series": n }, n + (c.apgr && c.apgr[n] !== undefined ? " " + c.apgr[n] : ""));
+    s.style.color = CURVE_COLORS[n] || "#000";
+    return s;
+  }));
+}
+
+function renderCurve(c) {
+  const note = $("curve-note");
+  if (!c.ready) {
+    $("chart-curve").replaceChildren();
+    $("curve-legend").replaceChildren();
+    note.textContent = c.enabled ? "No curve yet: " + c.reason + "." : "Learning is off: the box keeps no labels to draw a curve from.";
+    return;
+  }
+  drawCurve($("chart-curve"), c);
+  const t = c.threshold;
+  note.textContent = c.labels + " labels, scorer: " + c.scorer + ". " + (t
+    ? `The policy's complexity >= ${t.complexity} sends ${Math.round(t.share * 100)}% to the cloud and recovers ${Math.round(t.recovered * 100)}% of what the cloud would add.`
+    : "The policy has no complexity threshold.");
+}
+
+const CURVE_EVERY = 8; // polls: the curve changes only as labels arrive
+let curvePolls = 0;
+
+async function pollCurve() {
+  try {
+    const r = await fetch("/admin/routing-curve", { headers: authHeaders(KEY), cache: "no-store" });
+    if (r.ok) renderCurve(await r.json());
+  } catch (e) {
+    // The status poll reports an unreachable gateway; the curve just stays as it was.
+  }
+}
+
 // -- polling and the key prompt -------------------------------------------------------------------
 
 function showKeyPrompt(message) {
@@ -227,6 +304,8 @@ function showKeyPrompt(message) {
   $("key-message").textContent = message;
   // No data may linger from an earlier key.
   for (const id of ["uplink", "route-counts", "rule-counts", "recent"]) fill($(id).tBodies[0], []);
+  $("chart-curve").replaceChildren();
+  curvePolls = 0;
 }
 
 let timer = null;
@@ -250,6 +329,7 @@ async function poll() {
     if (!r.ok) throw new Error("status " + r.status);
     render(await r.json());
     $("error").hidden = true;
+    if (curvePolls++ % CURVE_EVERY === 0) await pollCurve();
   } catch (e) {
     $("error").hidden = false;
     $("error").textContent = "Cannot reach the gateway: " + e.message + " (retrying)";

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
 
-from bench.train_router import held_out
+from bench.router_validation import folds, load
 from gateway.routing.complexity import DEFAULT_WEIGHTS, ComplexityScorer
-from gateway.routing.evaluate import STRONG, WEAK, apgr
+from gateway.routing.evaluate import apgr
 from tests.conftest import ROOT
 
 DATA = ROOT.parent / "shared" / "data" / "routing"
@@ -71,16 +70,21 @@ def test_long_output_and_questions_raise_the_score() -> None:
     not (DATA / "gsm8k_responses.csv").is_file(),
     reason="shared routing data not present next to the repo",
 )
-def test_beats_prompt_length_on_the_held_out_half() -> None:
-    with (DATA / "gsm8k_responses.csv").open(newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if held_out(r["prompt"])]
-    prompts = [r["prompt"] for r in rows]
-    weak = [r[WEAK] == "True" for r in rows]
-    strong = [r[STRONG] == "True" for r in rows]
-    ours, _ = apgr([SCORER.score(p).score for p in prompts], weak, strong)
-    length, _ = apgr([float(len(p)) for p in prompts], weak, strong)
-    assert ours >= 0.66
-    assert ours > length + 0.03
+def test_never_below_prompt_length_on_any_shared_fold() -> None:
+    # Issue 26: the default a box ships with must not lose to prompt length on traffic nobody
+    # tuned it for. (This test used to ask for length + 0.03 on the GSM8K held-out half: the
+    # previous default's structure signals won there and lost on unseen MMLU subjects.)
+    sets = load(DATA)
+    checked = 0
+    for name in folds(sets):
+        prompts, weak, strong = sets[name]
+        if sum(strong) <= sum(weak):
+            continue
+        ours, _ = apgr([SCORER.score(p).score for p in prompts], weak, strong)
+        length, _ = apgr([float(len(p)) for p in prompts], weak, strong)
+        assert ours >= length - 1e-9, (name, ours, length)
+        checked += 1
+    assert checked == 29  # 27 MMLU subjects with a gap, GSM8K, MT-Bench
 
 
 def test_weights_file_records_its_training() -> None:
