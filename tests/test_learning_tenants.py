@@ -225,7 +225,7 @@ def flipped(rows: list[Record], poisoned: set[str]) -> list[Example]:
         Example(
             "",
             1.0 - r.body["label"] if key_of(r) in poisoned else float(r.body["label"]),
-            0.0,
+            1.0 - r.body["label"] if key_of(r) in poisoned else float(r.body["label"]),
             vector=r.body["v"],
         )
         for r in rows
@@ -245,7 +245,11 @@ def test_key_weights_keep_the_largest_key_from_deciding_the_fit() -> None:
     # outnumber theirs and the fit learns A's story; capped at an equal share, it learns theirs.
     rows = rows_from({"aaaa": (110, False), "bbbb": (45, True), "cccc": (45, True)})
     honest = rows_from({"bbbb": (60, True)}, start=5000, seed=11)  # unseen prompts of B
-    examples = [Example("", float(r.body["label"]), 0.0, vector=r.body["v"]) for r in rows]
+    # As the label store reads its rows: the gain is the label (learning/store.py).
+    examples = [
+        Example("", float(r.body["label"]), float(r.body["label"]), vector=r.body["v"])
+        for r in rows
+    ]
     weight = key_weights({"aaaa": 110, "bbbb": 45, "cccc": 45}, 0.25)
     weighted = [
         Example(e.prompt, e.target, e.gain, vector=e.vector, weight=weight[key_of(r)])
