@@ -201,7 +201,7 @@ def test_images_and_ignored_fields_are_refused(client: openai.OpenAI) -> None:
 
 
 def test_schema_keywords_the_grammar_cannot_enforce_are_refused(client: openai.OpenAI) -> None:
-    schema = {"type": "object", "properties": {"age": {"type": "integer", "maximum": 150}}}
+    schema = {"type": "object", "properties": {"age": {"type": "array", "uniqueItems": True}}}
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
             model="local",
@@ -211,7 +211,7 @@ def test_schema_keywords_the_grammar_cannot_enforce_are_refused(client: openai.O
         )
     body: Any = err.value.body
     assert body["code"] == "unsupported_schema"
-    assert body["param"].endswith("properties.age.maximum")
+    assert body["param"].endswith("properties.age.uniqueItems")
 
 
 def test_models_retrieve(client: openai.OpenAI) -> None:
