@@ -441,3 +441,28 @@ def test_tool_schema_errors_name_the_clients_field_on_chat_and_responses(
     assert body["param"] == "tools[1].parameters.properties.tags.uniqueItems"
     assert "tools[1].parameters.properties.tags.uniqueItems" in body["message"]
     assert "function" not in body["param"] and "arguments" not in body["message"]
+
+
+def test_a_tool_call_is_held_to_its_own_parameters(grammars: Grammars, smol: Model) -> None:
+    from gateway.backends.local.constraint import ConstraintError
+
+    bounded = _object(a={"type": "integer", "maximum": 5})
+    plan = tool_plan(_tools_request(bounded, ZOD_INT, tool_choice="required"))
+    assert plan is not None
+    grammar = grammars.compile(plan.grammar)
+
+    def takes(text: str) -> bool:
+        matcher = grammar.matcher()
+        try:
+            for token in smol.tokenize(text, add_bos=False):
+                matcher.advance(token)
+        except ConstraintError:
+            return False
+        return matcher.complete
+
+    assert takes('{"name": "f0", "arguments": {"a": 5}}')
+    assert takes('{"name": "f1", "arguments": {"count": -3}}')
+    assert not takes('{"name": "f0", "arguments": {"a": 6}}')
+    assert not takes('{"name": "f0", "arguments": {"count": 1}}')  # another tool's arguments
+    assert not takes('{"name": "f2", "arguments": {}}')
+    assert not takes('{"name": "f0", "arguments": {\n\n"a": 1}}')
