@@ -466,3 +466,12 @@ def test_a_tool_call_is_held_to_its_own_parameters(grammars: Grammars, smol: Mod
     assert not takes('{"name": "f0", "arguments": {"count": 1}}')  # another tool's arguments
     assert not takes('{"name": "f2", "arguments": {}}')
     assert not takes('{"name": "f0", "arguments": {\n\n"a": 1}}')
+
+
+def test_a_schema_nested_too_deeply_is_a_400() -> None:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(2000):
+        schema = {"type": "array", "items": schema}
+    with pytest.raises(InvalidRequest) as err:
+        schema_grammar(schema, "response_format.json_schema.schema")
+    assert err.value.code == "invalid_schema"

@@ -179,7 +179,14 @@ def _locate(schema: dict[str, Any], param: str, message: str) -> str:
 def compile_schema(schema: dict[str, Any], param: str) -> dict[str, Any]:
     """The schema as the compiler takes it; a schema it cannot enforce is the client's 400
     naming the keyword by the client's own path (`param` is where the schema sits)."""
-    doc = _compiler_input(schema)
+    try:
+        doc = _compiler_input(schema)
+    except RecursionError:
+        raise InvalidRequest(
+            f"The JSON schema in '{param}' is nested too deeply for the local model.",
+            param=param,
+            code="invalid_schema",
+        ) from None
     _, problem = _compiled(json.dumps(doc))  # key order kept: it is the order of generation
     if problem is not None:
         where = _locate(schema, param, problem)
