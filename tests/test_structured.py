@@ -255,6 +255,15 @@ def _takes(grammars: Grammars, schema: dict[str, Any], text: str, model: Model) 
     return matcher.complete
 
 
+OPEN = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
+MERGED = {
+    "allOf": [
+        {"properties": {"a": {"type": "integer"}}, "required": ["a"]},
+        {"properties": {"b": {"type": "integer"}}, "required": ["b"]},
+    ]
+}
+
+
 @pytest.mark.parametrize(
     ("schema", "good", "bad"),
     [
@@ -268,6 +277,10 @@ def _takes(grammars: Grammars, schema: dict[str, Any], text: str, model: Model) 
         (CASES["pattern"][0], '{"code": "ABC-123"}', '{"code": "AB-123"}'),
         (_object(s={"type": "string"}), '{"s": "a\\u0001"}', '{"s": "a\x01"}'),
         (_object(s={"type": "string"}), '{"s": "x"}', '{\n\n"s": "x"}'),  # whitespace is bounded
+        # Listed properties and nothing said of others: no invented keys (still an instance).
+        (OPEN, '{"a": 1, "b": 2}', '{"a": 1, "b": 2, "c": 3}'),
+        # ...but merged schemas are not closed against each other.
+        (MERGED, '{"a": 1, "b": 2}', '{"a": 1}'),
     ],
 )
 def test_the_matcher_holds_bounds_and_formats(

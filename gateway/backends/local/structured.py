@@ -103,31 +103,50 @@ def _subschemas(schema: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             stack.extend(reversed(list(_children(node, where))))
 
 
-def _strict_formats(node: Any) -> Any:
-    """The schema with `date` / `date-time` formats as the exact patterns above."""
+_MERGES = ("allOf", "anyOf", "oneOf", "$ref")
+_OPEN_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+
+
+def _prepared(node: Any, *, merged: bool = False) -> Any:
+    """The schema as it is generated from: still the client's, narrowed where an answer may
+    be narrower and still valid.
+
+    - `date` / `date-time` formats as the exact patterns above;
+    - an object schema that lists `properties` and says nothing about other keys gets none
+      (as llama.cpp's converter did): a small model otherwise invents keys until max_tokens.
+      Not where schemas are merged (`allOf` members, siblings of `$ref` or `*Of`): there,
+      closing one side could exclude the other's properties.
+    """
     if not isinstance(node, dict):
         return node
     out = dict(node)
+    merging = any(k in out for k in _MERGES)
+    # Members of an allOf, or of an anyOf / oneOf beside the node's own properties, are merged.
+    own = "properties" in out or "required" in out
     for key in _SCHEMA_MAPS:
         if isinstance(out.get(key), dict):
-            out[key] = {k: _strict_formats(v) for k, v in out[key].items()}
+            out[key] = {k: _prepared(v) for k, v in out[key].items()}
     for key in (*_SCHEMA_LISTS, *_SCHEMA_ONE):
         sub = out.get(key)
         if isinstance(sub, list):
-            out[key] = [_strict_formats(v) for v in sub]
+            members = key == "allOf" or (own and key in ("anyOf", "oneOf"))
+            out[key] = [_prepared(v, merged=members) for v in sub]
         elif isinstance(sub, dict):
-            out[key] = _strict_formats(sub)
+            out[key] = _prepared(sub)
     pattern = _STRICT_FORMATS.get(out["format"]) if isinstance(out.get("format"), str) else None
     if pattern is not None:
         # An extra pattern beside the client's own (a schema may hold both): the intersection.
         del out["format"]
         all_of = out.get("allOf")
         out["allOf"] = [*(all_of if isinstance(all_of, list) else []), {"pattern": pattern}]
+    closable = isinstance(out.get("properties"), dict) and not merged and not merging
+    if closable and not any(k in out for k in _OPEN_KEYS):
+        out["additionalProperties"] = False
     return out
 
 
 def _compiler_input(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**_strict_formats(schema), "x-guidance": _COMPILER_OPTIONS}
+    return {**_prepared(schema), "x-guidance": _COMPILER_OPTIONS}
 
 
 @lru_cache(maxsize=256)
