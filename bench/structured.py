@@ -168,9 +168,15 @@ def main() -> None:
 
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     run("none")  # warm-up: first decode, page faults
-    for _ in range(args.runs):
+    for i in range(args.runs):
         for variant in VARIANTS:
-            results[variant].append(run(variant))
+            row = run(variant)
+            results[variant].append(row)
+            print(  # as it goes: a contended box can take long
+                f"run {i + 1} {variant}: {row['tokens']} tokens, {row['tokens_per_s']:.1f} tok/s, "
+                f"pick {row['pick_ms_per_token']:.3f} ms/token",
+                flush=True,
+            )
 
     summary: dict[str, dict[str, Any]] = {}
     for variant, rows in results.items():
