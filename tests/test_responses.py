@@ -262,11 +262,11 @@ async def test_what_cannot_be_honoured_is_a_400_naming_it(gateway: RunningGatewa
                     "format": {
                         "type": "json_schema",
                         "name": "n",
-                        "schema": {"type": "integer", "minimum": 3},
+                        "schema": {"type": "array", "uniqueItems": True},
                     }
                 }
             },
-            "text.format.schema.minimum",
+            "text.format.schema.uniqueItems",
         ),
         (
             {

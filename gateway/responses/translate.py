@@ -506,6 +506,8 @@ _RENAMES = (
     ("verbosity", "text.verbosity"),
 )
 _MESSAGE = re.compile(r"messages\[(\d+)\]")
+# A Responses function tool is flat: chat's `tools[i].function.parameters` is `tools[i].parameters`.
+_TOOL_FUNCTION = re.compile(r"(?<![\w.])tools\[(\d+)\]\.function\.")
 
 
 class ErrorNames:
@@ -520,6 +522,7 @@ class ErrorNames:
             return self.origins[k] if k < len(self.origins) else "input"
 
         text = _MESSAGE.sub(origin, text)
+        text = _TOOL_FUNCTION.sub(r"tools[\1].", text)
         for old, new in _RENAMES:
             text = re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w])", new, text)
         return re.sub(r"(?<![\w.])messages(?![\w\[])", "input", text)

@@ -43,8 +43,8 @@ CHAT: dict[str, str] = {
     "max_completion_tokens": HONOURED,
     "logprobs": HONOURED,
     "top_logprobs": HONOURED,
-    "response_format": "honoured: text, json_object and json_schema by grammar",
-    "tools": "honoured: function tools, calls by grammar",
+    "response_format": "honoured: text, json_object and json_schema by grammar (llguidance)",
+    "tools": "honoured: function tools, calls by grammar (llguidance)",
     "tool_choice": "honoured: none, auto (see README), required, a named function",
     "parallel_tool_calls": "honoured: at most one call per answer",
 }
