@@ -314,7 +314,9 @@ async def test_pydantic_ai_nested_output_two_turns(
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
-async def test_pydantic_ai_streams_nested_output(async_client: openai.AsyncOpenAI, api: str) -> None:
+async def test_pydantic_ai_streams_nested_output(
+    async_client: openai.AsyncOpenAI, api: str
+) -> None:
     agent = pydantic_ai_agent(async_client, api, native=False)
     async with agent.run_stream(INVENT) as run:
         outputs = [o async for o in run.stream_output(debounce_by=None)]
