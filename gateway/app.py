@@ -127,6 +127,7 @@ def build_breakers(settings: Settings, metrics: Metrics) -> dict[str, Breaker]:
             # With a probe (an api_base to ask), only the probe closes an open breaker, so no
             # client waits on a dead uplink. Providers we cannot probe get a half-open trial.
             retry_after_s=float("inf") if m.api_base else 30.0,
+            probe_interval_s=settings.cloud.probe_interval_s if m.api_base else None,
             on_change=changed,
         )
         for m in settings.cloud.models

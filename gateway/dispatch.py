@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from .backends.base import Backend, BackendUnavailable, Chunk, Completion, Endpoint
-from .backends.health import Breaker
+from .backends.health import Breaker, retry_after
 from .cache import CacheControl, CacheHit, CachePlan, ResponseCache
 from .cascade import (
     CascadeRecord,
@@ -26,6 +26,7 @@ from .cascade import (
 from .errors import (
     ContextLengthExceeded,
     GatewayError,
+    InvalidRequest,
     ModelNotFound,
     NoRouteAvailable,
     NotReady,
@@ -152,8 +153,13 @@ class Dispatcher:
         cc: CacheControl | None = None,
         *,
         force_local: bool = False,
+        on_decision: Callable[[Features, Decision], None] | None = None,
     ) -> Outcome:
+        """The answer; `on_decision` hears the decision first (the request log keeps it for a
+        request that fails after it was routed, as the error's headers do)."""
         f, decision = await self.decide(req, tenant)
+        if on_decision is not None:
+            on_decision(f, decision)
         try:
             return await self._handle(req, endpoint, tenant, cc, f, decision, force_local)
         except GatewayError as exc:
@@ -215,7 +221,7 @@ class Dispatcher:
                 )
             if outcome is not None:
                 return attempt.finish(outcome, degraded=i > 0)
-        raise attempt.nothing_left()
+        raise attempt.nothing_left(self.breakers)
 
     async def _try(
         self,
@@ -268,6 +274,15 @@ class Dispatcher:
             if not any(t in self.clouds or t == CACHE for t in attempt.targets[i + 1 :]):
                 raise
             attempt.failed(target, i, exc, "local_unavailable", cause=f"local: {exc.message}")
+            return None
+        except InvalidRequest as exc:
+            if target != LOCAL:
+                raise
+            # What the local model refuses once it reads the request (a schema its grammar
+            # cannot enforce, a field it cannot honour, a prompt past its exact context) is
+            # the same kind of reason as those the features know beforehand (images, a long
+            # prompt): one rule decides for all of them.
+            attempt.local_refused(i, exc)
             return None
         outcome.model_file = getattr(backend, "served_by", None)
         if target in self.breakers:
@@ -416,20 +431,29 @@ def _keep_unsure(local: Outcome, record: CascadeRecord, cause: str) -> Outcome:
     return local
 
 
+BUDGET_RULE = "budget-exceeded"
+
+
+def _budget_refusal(why_not_local: str, param: str | None = None) -> RateLimited:
+    err = RateLimited(
+        "The daily cloud budget is spent and the local model cannot "
+        f"serve this request ({why_not_local}).",
+        code="budget_exceeded",
+        retry_after=3600,
+    )
+    err.param = param
+    return err
+
+
 def _budget_spent(decision: Decision, why_not_local: str | None) -> Decision:
     """The key's daily cloud budget is spent: the local model answers, or a 429 says why not."""
     if why_not_local:
-        raise RateLimited(
-            "The daily cloud budget is spent and the local model cannot "
-            f"serve this request ({why_not_local}).",
-            code="budget_exceeded",
-            retry_after=3600,
-        )
+        raise _budget_refusal(why_not_local)
     return replace(
         decision,
         target=LOCAL,
-        rule="budget-exceeded",
-        reason="rule=budget-exceeded; daily cloud budget spent",
+        rule=BUDGET_RULE,
+        reason=f"rule={BUDGET_RULE}; daily cloud budget spent",
     )
 
 
@@ -439,6 +463,7 @@ class _Attempt:
     def __init__(self, decision: Decision, why_not_local: str | None) -> None:
         self.decision = decision
         self.why_not_local = why_not_local
+        self.local_param: str | None = None  # the field the local model refused, if it named one
         self.targets = [decision.target, *decision.fallbacks]
         self.causes: list[str] = []
         self.failovers: list[tuple[str, str, str]] = []  # (from, to, cause)
@@ -458,6 +483,25 @@ class _Attempt:
         self.failovers.append((target, self._next(i), label))
         self.last_error = exc
 
+    def local_refused(self, i: int, exc: InvalidRequest) -> None:
+        """The local model refused the request (a 400 of its own): who should hear what.
+
+        The request needed the cloud (its budget spent, or the cloud was tried first and
+        could not answer) and cannot get it: that is not the client's mistake, whatever the
+        local model could not do, so it gets the same answer as a request the features
+        already showed the local model cannot serve. Only where the local model was the
+        choice itself (the client's `model`, or the policy's route with the cloud fine) does
+        its 400 stand.
+        """
+        if self.decision.rule == BUDGET_RULE:
+            raise _budget_refusal(exc.message, exc.param) from None
+        if i == 0:
+            raise exc
+        self.why_not_local = exc.message
+        self.local_param = exc.param
+        self.causes.append(f"local cannot serve: {exc.code or 'refused'}")
+        self.last_error = exc
+
     def finish(self, outcome: Outcome, *, degraded: bool) -> Outcome:
         outcome.degraded = degraded
         if outcome.route != "cache" or not outcome.reason:
@@ -467,23 +511,28 @@ class _Attempt:
         outcome.failovers = self.failovers
         return outcome
 
-    def nothing_left(self) -> GatewayError:
+    def nothing_left(self, breakers: dict[str, Breaker]) -> GatewayError:
         detail = "; ".join(self.causes) or "no target available"
+        err: GatewayError
         if not self.decision.allow_degraded:
-            return NoRouteAvailable(
+            err = NoRouteAvailable(
                 f"The chosen backend is unavailable and the policy forbids degraded answers: "
                 f"{detail}.",
                 code="cloud_unavailable",
             )
-        if self.why_not_local:
-            return NoRouteAvailable(
-                f"The cloud is unreachable and the local model cannot serve this request "
+        elif self.why_not_local:
+            err = NoRouteAvailable(
+                f"The cloud cannot answer now and the local model cannot serve this request "
                 f"({self.why_not_local}): {detail}.",
+                param=self.local_param,
                 code="local_cannot_serve",
             )
-        if isinstance(self.last_error, QueueFull):
+        elif isinstance(self.last_error, QueueFull):
             return self.last_error
-        return NoRouteAvailable(f"No backend could answer: {detail}.", code="no_route_available")
+        else:
+            err = NoRouteAvailable(f"No backend could answer: {detail}.", code="no_route_available")
+        err.headers.update(retry_after(breakers[t] for t in self.targets if t in breakers))
+        return err
 
 
 async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

@@ -157,8 +157,8 @@ def test_json_schema_validates_20_of_20(client: openai.OpenAI, strict: bool) -> 
             max_tokens=64,
         )
         if r.choices[0].finish_reason == "length":
-            # The grammar cannot bound an integer's digits (no maximum is enforceable), so a
-            # sampled answer may run out of tokens mid-number: cut, and said so, as OpenAI does.
+            # PERSON's age has no maximum, so the grammar cannot bound its digits: a sampled
+            # answer may run out of tokens mid-number: cut, and said so, as OpenAI does.
             cut += 1
             continue
         jsonschema.validate(json.loads(r.choices[0].message.content or ""), PERSON)
@@ -201,7 +201,7 @@ def test_images_and_ignored_fields_are_refused(client: openai.OpenAI) -> None:
 
 
 def test_schema_keywords_the_grammar_cannot_enforce_are_refused(client: openai.OpenAI) -> None:
-    schema = {"type": "object", "properties": {"age": {"type": "integer", "maximum": 150}}}
+    schema = {"type": "object", "properties": {"age": {"type": "array", "uniqueItems": True}}}
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
             model="local",
@@ -211,7 +211,7 @@ def test_schema_keywords_the_grammar_cannot_enforce_are_refused(client: openai.O
         )
     body: Any = err.value.body
     assert body["code"] == "unsupported_schema"
-    assert body["param"].endswith("properties.age.maximum")
+    assert body["param"].endswith("properties.age.uniqueItems")
 
 
 def test_models_retrieve(client: openai.OpenAI) -> None:
@@ -286,8 +286,22 @@ def test_litellm_client(gw: GatewayProcess) -> None:
 
 
 def test_json_grammars_keep_control_characters_out_of_strings() -> None:
-    from gateway.backends.local.structured import _gbnf
+    from gateway.backends.local.constraint import ConstraintError, Grammars
+    from gateway.backends.local.model import Model, embedded_model_path
+    from gateway.backends.local.structured import schema_grammar
 
-    grammar = _gbnf(json.dumps({"type": "object", "properties": {"a": {"type": "string"}}}))
-    char_rule = next(line for line in grammar.splitlines() if line.startswith("char ::="))
-    assert "\\x00-\\x1F" in char_rule  # raw control characters are not valid inside JSON strings
+    model = Model(embedded_model_path())
+    try:
+        schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+        grammar = Grammars(model).compile(schema_grammar(schema, "response_format"))
+        escaped = grammar.matcher()
+        for token in model.tokenize('{"a": "x\\u0001', add_bos=False):
+            escaped.advance(token)  # an escaped control character is JSON
+        raw = grammar.matcher()
+        with pytest.raises(
+            ConstraintError
+        ):  # raw control characters are not valid inside JSON strings
+            for token in model.tokenize('{"a": "x\x01', add_bos=False):
+                raw.advance(token)
+    finally:
+        model.close()

@@ -262,11 +262,11 @@ async def test_what_cannot_be_honoured_is_a_400_naming_it(gateway: RunningGatewa
                     "format": {
                         "type": "json_schema",
                         "name": "n",
-                        "schema": {"type": "integer", "minimum": 3},
+                        "schema": {"type": "array", "uniqueItems": True},
                     }
                 }
             },
-            "text.format.schema.minimum",
+            "text.format.schema.uniqueItems",
         ),
         (
             {
@@ -282,7 +282,7 @@ async def test_what_cannot_be_honoured_is_a_400_naming_it(gateway: RunningGatewa
             },
             "input[0].content[1].image_url",
         ),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0].type"),
         ({"input": []}, "input"),
     ]
     for extra, param in cases:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,15 @@ class Breaker:
         *,
         failures: int,
         retry_after_s: float,
+        probe_interval_s: float | None = None,
         on_change: Callable[[str, State], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = target
         self.failures = failures
         self.retry_after_s = retry_after_s
+        # How often a probe asks the target while the breaker is open (None: never probed).
+        self.probe_interval_s = probe_interval_s
         self.state = State.CLOSED
         self.consecutive = 0
         self.opened_at = 0.0
@@ -57,6 +61,14 @@ class Breaker:
             self._set(State.HALF_OPEN, f"trial request after {self.retry_after_s:g}s open")
             return True  # the trial request
         return False
+
+    def retry_in(self) -> float | None:
+        """Seconds until an open breaker may close (its next probe, or its next trial request);
+        None unless open."""
+        if self.state != State.OPEN:
+            return None
+        trial = max(0.0, self.retry_after_s - (self._clock() - self.opened_at))
+        return min(trial, self.probe_interval_s) if self.probe_interval_s else trial
 
     def success(self) -> None:
         self.consecutive = 0
@@ -81,3 +93,10 @@ class Breaker:
         self.change_reason = why
         if self._on_change:
             self._on_change(self.target, state)
+
+
+def retry_after(breakers: Iterable[Breaker]) -> dict[str, str]:
+    """`Retry-After` for a 503 while any of these breakers is open: its next trial is when the
+    cloud may answer again (SDKs retry a 503 and honour the header). Empty when none is open."""
+    waits = [w for b in breakers if (w := b.retry_in()) is not None and math.isfinite(w)]
+    return {"Retry-After": str(max(1, math.ceil(min(waits))))} if waits else {}

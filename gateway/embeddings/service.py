@@ -18,6 +18,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ import aiohttp
 import numpy as np
 
 from ..backends.base import BackendUnavailable, Completion
-from ..backends.health import Breaker
+from ..backends.health import Breaker, retry_after
 from ..cache import ResponseCache
 from ..costs import Prices
 from ..dispatch import OFF_LOOP_CHARS, Outcome
@@ -64,6 +65,15 @@ class _Computed:
 class _Attempt:
     causes: list[str] = field(default_factory=list)
     failovers: list[tuple[str, str, str]] = field(default_factory=list)
+    refused: InvalidRequest | None = None  # the local model's refusal, as a fallback
+
+    def local_refused(self, i: int, exc: InvalidRequest) -> None:
+        """As on chat (dispatch.py): the local model's 400 stands only where it was the
+        choice; as a fallback for a cloud that cannot answer, it makes the answer a 503."""
+        if i == 0:
+            raise exc
+        self.refused = exc
+        self.causes.append(f"local cannot serve: {exc.code or 'refused'}")
 
 
 class EmbeddingService:
@@ -184,9 +194,13 @@ class EmbeddingService:
         no_cache: bool = False,
         no_store: bool = False,
         force_local: bool = False,
+        on_decision: Callable[[Features, Decision], None] | None = None,
     ) -> tuple[Outcome, int]:
-        """The outcome for the HTTP layer, and how many inputs came from the cache."""
+        """The outcome for the HTTP layer, and how many inputs came from the cache;
+        `on_decision` hears the decision first (as on chat: for the request log)."""
         f, decision = await self.decide(req, tenant, force_local=force_local)
+        if on_decision is not None:
+            on_decision(f, decision)
         try:
             return await self._handle(req, tenant, f, decision, no_cache, no_store)
         except GatewayError as exc:
@@ -211,7 +225,11 @@ class EmbeddingService:
             nxt = targets[i + 1] if i + 1 < len(targets) else "none"
             backend: Embedder
             if target == LOCAL:
-                self._local_fields(req)  # what the local model cannot honour: a 400
+                try:
+                    self._local_fields(req)  # what the local model cannot honour: a 400
+                except InvalidRequest as exc:
+                    attempt.local_refused(i, exc)
+                    continue
                 backend = self.local  # type: ignore[assignment]
                 model_id = self.local_id
             else:
@@ -247,6 +265,11 @@ class EmbeddingService:
                 attempt.causes.append("local queue full")
                 attempt.failovers.append((target, nxt, "queue_full"))
                 continue
+            except InvalidRequest as exc:  # e.g. an input past the local model's context
+                if target != LOCAL:
+                    raise
+                attempt.local_refused(i, exc)
+                continue
             if breaker is not None and missing:
                 breaker.success()
             return self._answer(
@@ -264,7 +287,16 @@ class EmbeddingService:
                 store=not no_store,
             )
         detail = "; ".join(attempt.causes) or "no target available"
-        raise NoRouteAvailable(f"No embedding model could answer: {detail}.")
+        wait = retry_after(self.breakers[t] for t in targets if t in self.breakers)
+        if attempt.refused is not None:
+            raise NoRouteAvailable(
+                f"The cloud cannot answer now and the local embedding model cannot serve this "
+                f"request ({attempt.refused.message}): {detail}.",
+                param=attempt.refused.param,
+                code="local_cannot_serve",
+                headers=wait,
+            )
+        raise NoRouteAvailable(f"No embedding model could answer: {detail}.", headers=wait)
 
     def _local_fields(self, req: EmbeddingRequest) -> None:
         extra = req.extra_fields()

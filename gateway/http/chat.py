@@ -51,7 +51,7 @@ async def _serve(
     try:
         async with asyncio.timeout_at(deadline):
             outcome = await services.dispatcher.handle(
-                req, endpoint, tenant, cc, force_local=budget_spent
+                req, endpoint, tenant, cc, force_local=budget_spent, on_decision=record.decided
             )
     except TimeoutError:
         if asyncio.get_running_loop().time() < deadline:

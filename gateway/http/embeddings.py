@@ -31,7 +31,12 @@ async def create_embeddings(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout_at(deadline):
             outcome, hits = await service.handle(
-                req, tenant, no_cache=cc.no_cache, no_store=cc.no_store, force_local=budget_spent
+                req,
+                tenant,
+                no_cache=cc.no_cache,
+                no_store=cc.no_store,
+                force_local=budget_spent,
+                on_decision=record.decided,
             )
     except TimeoutError:
         if asyncio.get_running_loop().time() < deadline:

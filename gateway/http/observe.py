@@ -17,6 +17,8 @@ from .middlewares import CLIENT_CLOSED, REQUEST_ID, Handler
 if TYPE_CHECKING:
     from ..dispatch import Outcome
     from ..metrics import Metrics
+    from ..routing.features import Features
+    from ..routing.policy import Decision
     from ..services import Services
 
 log = logging.getLogger("gateway.request")
@@ -28,6 +30,10 @@ class RequestRecord:
 
     started: float = field(default_factory=time.perf_counter)
     outcome: Outcome | None = None
+    # The routing decision, known before the outcome: a request that fails after it was
+    # routed (a 4xx from the local model, a timeout) is logged with its route, rule and tenant.
+    decision: Decision | None = None
+    features: Features | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -40,6 +46,9 @@ class RequestRecord:
     answer_parts: list[str] | None = None
     # The handler already charged spend and usage limits (embeddings price their own model).
     accounted: bool = False
+
+    def decided(self, features: Features, decision: Decision) -> None:
+        self.features, self.decision = features, decision
 
     def usage_from(self, obj: dict[str, Any]) -> None:
         u = obj.get("usage") or {}
@@ -93,8 +102,10 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     m = services.metrics
     total = time.perf_counter() - record.started
     o = record.outcome
-    route = o.route if o else "none"
-    rule = o.decision.rule if o else "none"
+    decision = o.decision if o else record.decision
+    features = o.features if o else record.features
+    route = o.route if o else (decision.route if decision else "none")
+    rule = decision.rule if decision else "none"
     status_class = str(CLIENT_CLOSED) if status == CLIENT_CLOSED else f"{status // 100}xx"
     m.requests.labels(route, rule, status_class).inc()
     m.duration.labels(route).observe(total)
@@ -107,7 +118,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
         "status": status,
         "route": route,
         "rule": rule,
-        "reason": o.reason if o else None,
+        "reason": o.reason if o else (decision.reason if decision else None),
         "degraded": o.degraded if o else False,
         "cache": o.cache if o else None,
         "prompt_tokens": record.prompt_tokens,
@@ -115,7 +126,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
         "tokens_reused": record.cached_tokens,
         "latency_ms": round(total * 1000, 2),
         "ttft_ms": round(record.ttft_s * 1000, 2) if record.ttft_s is not None else None,
-        "tenant": o.features.tenant if o else None,
+        "tenant": features.tenant if features else None,
     }
     if record.stream_error:
         line["stream_error"] = record.stream_error
@@ -130,7 +141,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
         line["prompt"], line["answer"] = text
     log.info("request", extra=line)
     services.status.record(
-        line, model=o.features.model if o else None, failovers=o and o.failovers, text=text
+        line, model=features.model if features else None, failovers=o and o.failovers, text=text
     )
 
 

@@ -25,7 +25,16 @@ from ..dispatch import Outcome
 from ..errors import GatewayError, InvalidRequest, NotFound, ShuttingDown
 from ..responses.render import Events, Shell, history_of, whole
 from ..responses.store import ResponseStore, Stored
-from ..responses.translate import ChatPlan, ErrorNames, ResponsesRequest, check_lengths, to_chat
+from ..responses.translate import (
+    ChatPlan,
+    ErrorNames,
+    ResponsesRequest,
+    check_lengths,
+    referable,
+    references,
+    to_chat,
+    with_references,
+)
 from ..schemas import ChatRequest
 from ..services import SERVICES
 from ..settings import ServerSettings
@@ -94,6 +103,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                 code="previous_response_not_found",
             )
         previous = stored.history
+    refs = references(req.input)
+    if refs:
+        # What the Vercel AI SDK sends for earlier turns when storing (its default): resolved
+        # here, so every route (local, cloud, cache) gets the conversation as chat messages.
+        found = await asyncio.to_thread(store.items, tenant, refs)
+        req.input = with_references(req.input, found)
     plan = to_chat(req, previous)
     names = ErrorNames(plan.origins)
     try:
@@ -105,7 +120,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         try:
             async with asyncio.timeout_at(deadline):
                 outcome = await services.dispatcher.handle(
-                    chat, "chat", tenant, cc, force_local=budget_spent
+                    chat, "chat", tenant, cc, force_local=budget_spent, on_decision=record.decided
                 )
         except TimeoutError:
             if asyncio.get_running_loop().time() < deadline:
@@ -152,7 +167,11 @@ async def _keep(
     """Store the response (unless `store: false`), encoded off the loop: it may be long."""
     if req.stores():
         history = plan.history + history_of(response["output"])
-        entry = Stored(response, history)
+        # Referable later: the output items, and the input items with an id (a referenced
+        # item is one of those: it lives on with this response, as on OpenAI).
+        items = referable(req.input)
+        items.update((item["id"], item) for item in response["output"])
+        entry = Stored(response, history, items)
         if not await asyncio.to_thread(store.put, tenant, response["id"], entry):
             # Larger than one key may keep: answered, not kept (a follow-up or GET is a 404).
             log.warning(
@@ -183,7 +202,6 @@ async def _write_stream(
     chunks = outcome.chunks
     bound = asyncio.timeout_at(deadline)
     try:
-        await resp.write(events.start())
         async with bound:
             await _relay(resp, chunks, events, record)
         tail = events.end()

@@ -187,6 +187,7 @@ class Events:
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
         self.final: dict[str, Any] | None = None
+        self.started = False
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         obj = {"type": kind, "sequence_number": self.seq, **fields}
@@ -194,7 +195,16 @@ class Events:
         data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
         return f"event: {kind}\ndata: {data}\n\n".encode()
 
-    def start(self) -> bytes:
+    def _start(self) -> bytes:
+        """response.created and response.in_progress, once, before any other event.
+
+        Sent with the first chunk rather than before it: the chunk names the model that
+        answers (as chat completions report it), and the first events name the same model as
+        `response.completed` does. The dispatcher holds that chunk before any byte is sent, so
+        nothing waits for it."""
+        if self.started:
+            return b""
+        self.started = True
         snapshot = self.shell.response("in_progress", [], None)
         return self._event("response.created", response=snapshot) + self._event(
             "response.in_progress", response=snapshot
@@ -202,9 +212,10 @@ class Events:
 
     def chunk(self, obj: dict[str, Any]) -> bytes:
         """The events one chat chunk becomes (often one output_text.delta)."""
-        out = b""
-        if isinstance(obj.get("model"), str):
-            self.shell.model = obj["model"]
+        if isinstance(obj.get("model"), str) and obj["model"]:
+            if not self.started:
+                self.shell.model = obj["model"]
+        out = self._start()
         if obj.get("usage"):
             self.usage = obj["usage"]
         for choice in obj.get("choices") or []:
@@ -328,7 +339,8 @@ class Events:
 
     def end(self) -> bytes:
         """Close what is open and say how the response ended."""
-        out = b"" if self.output else self._open_message()  # an empty answer is a message too
+        out = self._start()
+        out += b"" if self.output else self._open_message()  # an empty answer is a message too
         out += self._close_message() + self._close_calls()
         status, incomplete = _status(self.finish)
         self.final = self.shell.response(
@@ -340,9 +352,13 @@ class Events:
     def failed(self, exc: GatewayError) -> bytes:
         """An error after the stream began: an `error` event, then response.failed."""
         error = {"code": exc.code or "server_error", "message": exc.message}
-        return self._event(
-            "error", code=exc.code, message=exc.message, param=exc.param
-        ) + self._event(
-            "response.failed",
-            response=self.shell.response("failed", self.output, usage_of(self.usage), error=error),
+        return (
+            self._start()
+            + self._event("error", code=exc.code, message=exc.message, param=exc.param)
+            + self._event(
+                "response.failed",
+                response=self.shell.response(
+                    "failed", self.output, usage_of(self.usage), error=error
+                ),
+            )
         )

@@ -3,8 +3,10 @@
 `/v1/responses` is served by mapping the request onto `/v1/chat/completions` and the answer
 back (render.py). Everything the chat path already does, the local model's grammars and tool
 calls, the policy, the cache, failover and the cloud's allow-listed parameters, then applies
-unchanged. What has no chat equivalent (built-in tools, background runs, `include`, item
-references, ...) is a 400 naming the field: forwarded as chat, no route could honour it.
+unchanged. What has no chat equivalent (built-in tools, background runs, `include`, ...) is a
+400 naming the field: forwarded as chat, no route could honour it. `item_reference` input
+items are replaced by the stored items they name (`with_references`) before the mapping, so
+every route gets the whole conversation as chat messages.
 
 Errors raised by the chat path name chat fields (`messages[3]`, `response_format`,
 `max_tokens`); `ErrorNames` turns them back into the names the client sent.
@@ -27,7 +29,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from ..errors import GatewayError, InvalidRequest
+from ..errors import GatewayError, InvalidRequest, NotFound
 from ..schemas import ABSURD_MAX_TOKENS
 
 # OpenAI's bounds. Documented in its API reference: `metadata` holds at most 16 pairs, keys up
@@ -217,8 +219,10 @@ def _refuse_unservable(req: ResponsesRequest) -> None:
             "unknown_parameter",
         )
     for name, why in _NOT_SERVED.items():
-        if extra.get(name) is not None:
-            raise _not_served(name, why)
+        value = extra.get(name)
+        if value is None or (name == "top_logprobs" and type(value) is int and value == 0):
+            continue  # top_logprobs 0 asks for no alternatives: nothing to serve
+        raise _not_served(name, why)
     if extra.get("background") is True:
         raise _not_served("background", "answers are served while the request waits")
     if extra.get("include"):
@@ -314,6 +318,59 @@ def _tool_choice(choice: str | dict[str, Any]) -> Any:
     )
 
 
+# -- item references -----------------------------------------------------------------------
+
+
+def _is_reference(item: dict[str, Any]) -> bool:
+    # OpenAI's ItemReference may omit `type`: an item with an id and no role is one.
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
+
+
+def references(value: str | list[dict[str, Any]]) -> list[str]:
+    """The item ids `input` refers to (`{"type": "item_reference", "id": ...}`), in order."""
+    if isinstance(value, str):
+        return []
+    ids: list[str] = []
+    for i, item in enumerate(value):
+        if _is_reference(item):
+            ids.append(_string(item, "id", f"input[{i}]"))
+    return ids
+
+
+def with_references(
+    value: str | list[dict[str, Any]], found: dict[str, dict[str, Any]]
+) -> str | list[dict[str, Any]]:
+    """`input` with each item reference replaced by the stored item it names; an id not
+    `found` (unknown, expired, not stored, or another key's) is a 404 naming it."""
+    if isinstance(value, str):
+        return value
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        if not _is_reference(item):
+            out.append(item)
+            continue
+        iid = _string(item, "id", f"input[{i}]")
+        stored = found.get(iid)
+        if stored is None:
+            raise NotFound(
+                f"Item with id '{iid[:128]}' not found (input[{i}]): items of stored responses "
+                "of this API key can be referenced; responses created with `store: false` keep "
+                "none.",
+                param=f"input[{i}].id",
+                code="item_not_found",
+            )
+        out.append(stored)
+    return out
+
+
+def referable(value: str | list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The input items a later request may reference: those that carry an id."""
+    if isinstance(value, str):
+        return {}
+    return {item["id"]: item for item in value if isinstance(item.get("id"), str)}
+
+
 # -- input items -> chat messages ---------------------------------------------------------
 
 _ROLES = ("user", "assistant", "system", "developer")
@@ -346,8 +403,8 @@ def _input_messages(value: str | list[dict[str, Any]]) -> list[tuple[dict[str, A
             out.append(({"role": "tool", "tool_call_id": call_id, "content": text}, where))
         else:
             raise _bad(
-                f"'{where}.type' is '{kind}': this gateway takes messages, function_call and "
-                "function_call_output items.",
+                f"'{where}.type' is '{kind}': this gateway takes message, function_call, "
+                "function_call_output and item_reference items.",
                 f"{where}.type",
             )
     return out
@@ -449,6 +506,8 @@ _RENAMES = (
     ("verbosity", "text.verbosity"),
 )
 _MESSAGE = re.compile(r"messages\[(\d+)\]")
+# A Responses function tool is flat: chat's `tools[i].function.parameters` is `tools[i].parameters`.
+_TOOL_FUNCTION = re.compile(r"(?<![\w.])tools\[(\d+)\]\.function\.")
 
 
 class ErrorNames:
@@ -463,6 +522,7 @@ class ErrorNames:
             return self.origins[k] if k < len(self.origins) else "input"
 
         text = _MESSAGE.sub(origin, text)
+        text = _TOOL_FUNCTION.sub(r"tools[\1].", text)
         for old, new in _RENAMES:
             text = re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w])", new, text)
         return re.sub(r"(?<![\w.])messages(?![\w\[])", "input", text)

@@ -4,7 +4,9 @@
 - sampling.py  per-request sampler chains, stop strings across tokens, logprobs
 - slots.py     what the engine schedules: jobs and KV slots
 - engine.py    the thread that owns the llama.cpp context and decodes all slots per step
-- structured.py JSON and tool calls as grammars; fields.py what the local path does per field
+- structured.py JSON schemas and tool calls as grammars
+- fields.py    what the local path does with each request field
+- constraint.py llguidance: the vocabulary bridge, compiled grammars, the per-slot token mask
 - choices.py   several choices (n, prompt lists, echo, grammars) and their OpenAI shapes
 - backend.py   LocalBackend: admission, prompt building, responses and SSE chunks
 """

@@ -22,9 +22,11 @@ from ...settings import LocalSettings
 from ..base import Chunk, Completion, Endpoint, Kind
 from ..chunks import ChunkSequence
 from . import choices, fields
+from .constraint import CompiledGrammar, Grammars
 from .engine import Engine, Event, Job
 from .model import Model, embedded_model_path
 from .sampling import SamplingParams, TokenLogprob
+from .structured import Grammar
 
 if TYPE_CHECKING:
     from ...metrics import Metrics
@@ -71,6 +73,7 @@ class LocalBackend:
         self.model_name = settings.model_name
         self._metrics = metrics
         self._model: Model | None = None
+        self._grammars: Grammars | None = None
         self.engine: Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._preparing = 0  # admitted, prompt being templated and tokenized
@@ -132,6 +135,7 @@ class LocalBackend:
             model.close()
             raise
         self._model = model
+        self._grammars = Grammars(model)
         log.info(
             "local model loaded",
             extra={
@@ -159,6 +163,7 @@ class LocalBackend:
         engine, self.engine = self.engine, None
         if engine is not None:
             await asyncio.to_thread(engine.stop)
+        self._grammars = None  # its tokenizer points into the model's vocabulary
         if self._model is not None:
             model, self._model = self._model, None
             if engine is None or engine.ctx is None:
@@ -305,6 +310,13 @@ class LocalBackend:
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
             return self.render_chat(messages, req.stop_list())
         return self.render_text(req.prompt_text(), req.stop_list())
+
+    def compile_grammar(self, grammar: Grammar) -> CompiledGrammar:
+        """The grammar for this model's vocabulary. Blocks (milliseconds): not on the loop."""
+        grammars = self._grammars
+        if grammars is None:
+            raise NotReady("the local model is not loaded", code="model_loading")
+        return grammars.compile(grammar)
 
     def render_chat(
         self, messages: list[dict[str, str]], stops: list[str]

@@ -2,8 +2,8 @@
 
 Every choice is its own engine job (`n` choices of `p` prompts are `n * p` parallel sequences,
 sharing their prompt's KV through prefix reuse); their events are merged by choice index. A
-grammar (JSON output, tool calls) is one more sampler in each job's chain. The plain
-single-choice answer keeps the backend's own, faster path.
+grammar (JSON output, tool calls) is compiled here, off the event loop, and masks each job's
+logits (constraint.py). The plain single-choice answer keeps the backend's own, faster path.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .sampling import SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from ...settings import LocalSettings
+    from .constraint import CompiledGrammar
     from .engine import Engine
 
 
@@ -43,6 +44,8 @@ class _Backend(Protocol):
     model_name: str
 
     def has_room(self) -> bool: ...
+
+    def compile_grammar(self, grammar: structured.Grammar) -> CompiledGrammar: ...
 
     def render_chat(
         self, messages: list[dict[str, str]], stops: list[str]
@@ -60,12 +63,18 @@ _INLINE_CHARS = 8192
 
 def wanted(req: AnyRequest) -> bool:
     """Whether the request needs this path rather than the single plain answer."""
-    if (req.n or 1) > 1:
+    if (req.n or 1) > 1 or _structured(req):
         return True
     if isinstance(req, ChatRequest):
-        kind = (req.response_format or {}).get("type", "text")
-        return bool(req.tools) or kind != "text"
+        return False
     return isinstance(req.prompt, list) or bool(req.echo) or req.suffix is not None
+
+
+def _structured(req: AnyRequest) -> bool:
+    """Whether the answer may need a grammar (tools or a JSON response format)."""
+    if not isinstance(req, ChatRequest):
+        return False
+    return bool(req.tools) or (req.response_format or {}).get("type", "text") != "text"
 
 
 @dataclass
@@ -108,10 +117,12 @@ class Answer:
         req, backend = self.req, self.backend
         n = req.n or 1
         prompts: list[tuple[list[int], list[str], str]] = []
-        grammar: str | None = None
+        grammar: CompiledGrammar | None = None
         if isinstance(req, ChatRequest):
             self.tools = structured.tool_plan(req)
-            grammar = self.tools.grammar if self.tools else structured.response_grammar(req)
+            spec = self.tools.grammar if self.tools else structured.response_grammar(req)
+            if spec is not None:
+                grammar = backend.compile_grammar(spec)
             messages = structured.chat_messages(req, self.tools)
             prompts.append(backend.render_chat(messages, req.stop_list()))
         else:
@@ -146,7 +157,9 @@ class Answer:
                 "the local model is busy; retry shortly",
                 retry_after=backend.settings.retry_after_s,
             )
-        if _chars(self.req) > _INLINE_CHARS:
+        # A grammar compiles in milliseconds (the vocabulary's bridge, the first time, in a
+        # second or so): never on the event loop.
+        if _structured(self.req) or _chars(self.req) > _INLINE_CHARS:
             await asyncio.to_thread(self._plan, engine.n_ctx_slot)
         else:
             self._plan(engine.n_ctx_slot)

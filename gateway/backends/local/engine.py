@@ -19,16 +19,10 @@ from collections import deque
 
 import numpy as np
 
-from ...errors import GatewayError, InternalError, InvalidRequest, NotReady
+from ...errors import GatewayError, InternalError, NotReady
+from .constraint import ConstraintError
 from .model import Model
-from .sampling import (
-    GrammarError,
-    Sampler,
-    TextStream,
-    TokenLogprob,
-    log_softmax_top,
-    token_text,
-)
+from .sampling import Sampler, TextStream, TokenLogprob, log_softmax_top, token_text
 from .slots import DECODE, FREE, PREFILL, Event, Job, Observer, Post, Slot, common_prefix
 
 __all__ = ["Engine", "Event", "Job", "Observer"]
@@ -206,13 +200,7 @@ class Engine:
                 self.lib.llama_memory_seq_rm(self.mem, best.seq, -1, -1)
                 shared = 0
             del best.cache[shared:]
-        try:
-            sampler = Sampler(self.lib, self.model.vocab, job.params)
-        except GrammarError as exc:
-            job.finish = "error"
-            job._events.append(("error", InvalidRequest(str(exc), param="grammar")))
-            self._dirty.append(job)
-            return
+        sampler = Sampler(self.lib, self.model.vocab, job.params)
         best.job = job
         best.state = PREFILL
         best.prompt_pos = shared
@@ -315,7 +303,14 @@ class Engine:
         job = slot.job
         assert job is not None and slot.sampler is not None and slot.text is not None
         params = job.params
-        token = slot.sampler.sample(self.ctx, idx)
+        try:
+            token = slot.sampler.sample(self.ctx, idx)
+        except ConstraintError:
+            # Only a defect gets here (the mask allows only tokens the grammar takes): say so
+            # rather than send an answer the schema does not hold.
+            log.exception("grammar refused the sampled token")
+            self._fail(slot, InternalError("local model failed to follow the grammar"))
+            return
         model = self.model
         if model.is_eog(token):
             self._finish(slot, "stop")
@@ -328,7 +323,7 @@ class Engine:
         emitted = text.push(piece)
         if params.logprobs is not None:
             chosen, top = log_softmax_top(
-                self.lib.llama_get_logits_ith(self.ctx, idx), model.n_vocab, token, params.logprobs
+                slot.sampler.logits(self.ctx, idx), token, params.logprobs
             )
             slot.pending_lp.append(
                 TokenLogprob(
@@ -344,7 +339,9 @@ class Engine:
                 self._emit_lp(slot, emitted)
         elif emitted:
             job._items.append(emitted)
-        if text.stopped:
+        if text.stopped or slot.sampler.complete:
+            # A grammar that is complete allows only the end of generation: the answer is whole
+            # now, without one more decode to sample it.
             self._finish(slot, "stop")
         elif slot.generated >= params.max_tokens:
             self._finish(slot, "length")
@@ -381,6 +378,15 @@ class Engine:
             elif rest:
                 job._items.append(rest)
         job.finish = reason
+        self._release(slot)
+        self._dirty.append(job)
+
+    def _fail(self, slot: Slot, error: GatewayError) -> None:
+        """This answer cannot go on; its KV is sound and stays for prefix reuse."""
+        job = slot.job
+        assert job is not None
+        job.finish = "error"
+        job._events.append(("error", error))
         self._release(slot)
         self._dirty.append(job)
 

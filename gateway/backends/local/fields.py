@@ -8,6 +8,7 @@ the cloud may understand it, the local model does not. README.md has the same ta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import InvalidRequest
@@ -42,8 +43,8 @@ CHAT: dict[str, str] = {
     "max_completion_tokens": HONOURED,
     "logprobs": HONOURED,
     "top_logprobs": HONOURED,
-    "response_format": "honoured: text, json_object and json_schema by grammar",
-    "tools": "honoured: function tools, calls by grammar",
+    "response_format": "honoured: text, json_object and json_schema by grammar (llguidance)",
+    "tools": "honoured: function tools, calls by grammar (llguidance)",
     "tool_choice": "honoured: none, auto (see README), required, a named function",
     "parallel_tool_calls": "honoured: at most one call per answer",
 }
@@ -56,7 +57,9 @@ COMPLETION: dict[str, str] = {
 }
 # Known, and refused on the local path (the reason is the error message).
 REFUSED: dict[str, str] = {
-    "logit_bias": "token ids are the cloud tokenizer's, not the local model's",
+    "logit_bias": "token ids are the cloud tokenizer's, not the local model's; only {} is accepted",
+    "modalities": 'the local model answers in text only: only ["text"] is accepted',
+    "prompt_cache_retention": "only in_memory or 24h",
     "functions": "the deprecated functions API; use tools",
     "function_call": "the deprecated functions API; use tool_choice",
     "suffix": "the local model has no fill-in-the-middle tokens",
@@ -65,6 +68,21 @@ REFUSED: dict[str, str] = {
     "reasoning_effort": "the local model does not reason in a separate budget",
     "web_search_options": "the local model cannot search the web",
     "verbosity": "the local model has no verbosity control",
+}
+# Known fields accepted with the values that ask nothing of the answer (what OpenAI clients send
+# by default or to say "nothing special"); any other value is refused as REFUSED says.
+_PROMPT_CACHE_RETENTION = ("in_memory", "in-memory", "24h")  # the SDK's spelling and the docs'
+HARMLESS_COMMON: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "logit_bias": ("`{}` accepted (no bias); any entry: 400", lambda v: v == {}),
+}
+HARMLESS_CHAT: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    **HARMLESS_COMMON,
+    "modalities": ('`["text"]` accepted (the answer is text); audio: 400', lambda v: v == ["text"]),
+    "prompt_cache_retention": (
+        "in_memory or 24h accepted, no effect on the answer (the local model keeps prefixes "
+        "in its slots as long as they last)",
+        lambda v: v in _PROMPT_CACHE_RETENTION,
+    ),
 }
 _IMAGE_PARTS = ("image_url", "input_image", "image")
 
@@ -81,10 +99,13 @@ def check(req: AnyRequest, *, has_fim: bool = False) -> None:
     """400 naming the first field the local path would otherwise ignore."""
     chat = isinstance(req, ChatRequest)
     table = CHAT if chat else COMPLETION
+    harmless = HARMLESS_CHAT if chat else HARMLESS_COMMON
     for field, value in req.model_dump(exclude_unset=True).items():
         if value is None or field in table:
             continue
         if field == "suffix" and has_fim:
+            continue
+        if field in harmless and harmless[field][1](value):
             continue
         raise _refuse(field, REFUSED.get(field, "unknown to the local path"))
     if isinstance(req, ChatRequest):

@@ -1,4 +1,5 @@
-"""Per-request sampling: a llama_sampler chain, stop strings held back across tokens, logprobs."""
+"""Per-request sampling: a llama_sampler chain (behind an optional grammar's token mask), stop
+strings held back across tokens, logprobs."""
 
 from __future__ import annotations
 
@@ -6,16 +7,15 @@ import codecs
 import ctypes
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .constraint import CompiledGrammar, Matcher
+
 # llama.cpp's "pick a random seed" value for llama_sampler_init_dist.
 RANDOM_SEED = 0xFFFFFFFF
-
-
-class GrammarError(ValueError):
-    """A GBNF grammar llama.cpp could not parse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +34,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     # None: no logprobs; k >= 0: each token's logprob and its k most likely alternatives.
     logprobs: int | None = None
-    # Optional GBNF grammar constraining the output (structured output, tool calls).
-    grammar: str | None = None
-    grammar_root: str = "root"
+    # Optional grammar constraining the output (structured output, tool calls).
+    grammar: CompiledGrammar | None = None
 
     @property
     def greedy(self) -> bool:
@@ -48,15 +47,15 @@ class Sampler:
 
     def __init__(self, llama_cpp: Any, vocab: Any, params: SamplingParams) -> None:
         self._lib = lib = llama_cpp
+        self.n_vocab = int(lib.llama_vocab_n_tokens(vocab))
+        # The grammar masks the logits before the chain sees them (constraint.py).
+        grammar = params.grammar
+        self.matcher: Matcher | None = grammar.matcher() if grammar is not None else None
+        # Logprobs are the model's own, as without a grammar: the row before masking is kept.
+        self._keep_raw = params.logprobs is not None and self.matcher is not None
+        self._raw: np.ndarray | None = None
         self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         try:
-            if params.grammar:
-                grammar = lib.llama_sampler_init_grammar(
-                    vocab, params.grammar.encode("utf-8"), params.grammar_root.encode("utf-8")
-                )
-                if not grammar:
-                    raise GrammarError("the grammar could not be parsed")
-                self._add(grammar)
             if params.presence_penalty or params.frequency_penalty:
                 # OpenAI's penalties count every token generated so far (not the prompt).
                 self._add(
@@ -88,8 +87,31 @@ class Sampler:
         self._lib.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it now
 
     def sample(self, ctx: Any, index: int) -> int:
-        """Pick (and accept) the next token from output `index` of the last decode."""
-        return int(self._lib.llama_sampler_sample(self.chain, ctx, index))
+        """Pick (and accept) the next token from output `index` of the last decode.
+
+        Raises constraint.ConstraintError when the grammar has no token to allow."""
+        matcher = self.matcher
+        if matcher is None:
+            return int(self._lib.llama_sampler_sample(self.chain, ctx, index))
+        # llama_sampler_sample reads the context's own logits row: masked in place.
+        row = logits_row(self._lib, ctx, index, self.n_vocab)
+        if self._keep_raw:
+            self._raw = row.copy()
+        matcher.apply(row)
+        token = int(self._lib.llama_sampler_sample(self.chain, ctx, index))
+        matcher.advance(token)
+        return token
+
+    def logits(self, ctx: Any, index: int) -> np.ndarray:
+        """The model's logits for output `index` of the last decode (unmasked)."""
+        if self._raw is not None:
+            return self._raw
+        return logits_row(self._lib, ctx, index, self.n_vocab)
+
+    @property
+    def complete(self) -> bool:
+        """The grammar is satisfied and allows nothing more: the answer is whole."""
+        return self.matcher is not None and self.matcher.complete
 
     def close(self) -> None:
         if self.chain is not None:
@@ -181,13 +203,14 @@ def token_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def log_softmax_top(
-    logits_ptr: Any, n_vocab: int, token: int, k: int
-) -> tuple[float, list[tuple[int, float]]]:
+def logits_row(lib: Any, ctx: Any, index: int, n_vocab: int) -> np.ndarray:
+    """Output `index` of the last decode as a writable view over llama.cpp's own buffer."""
+    ptr = lib.llama_get_logits_ith(ctx, index)
+    return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (n_vocab,))
+
+
+def log_softmax_top(row: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
     """The token's log-probability and the k most likely tokens, from one row of raw logits."""
-    row = np.ctypeslib.as_array(
-        ctypes.cast(logits_ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)
-    )
     peak = float(row.max())
     lse = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
     chosen = float(row[token]) - lse

@@ -1,12 +1,19 @@
 """Structured output on the local model, valid by construction: JSON and tool calls as grammars.
 
-`response_format` json_object / json_schema and `tools` become a GBNF grammar (llama-cpp-python
-turns JSON schemas into GBNF) that the sampler chain enforces token by token, so the answer
-parses, and validates against the schema, unless it runs out of `max_tokens` first
-(finish_reason "length", as OpenAI's own answers then do).
+`response_format` json_object / json_schema and `tools` become an llguidance grammar (its JSON
+schema compiler; constraint.py applies it token by token), so the answer parses, and validates
+against the schema, unless it runs out of `max_tokens` first (finish_reason "length", as
+OpenAI's own answers then do). What the compiler enforces covers OpenAI's strict mode: `$ref`
+into `$defs` / `definitions` / any `#/...` pointer (recursion included), `anyOf`, `enum`,
+`const`, type lists (nullable), numeric bounds (`minimum`, `maximum`, `exclusive*`,
+`multipleOf`), string `pattern`, `format` and lengths, array lengths. A keyword it cannot
+enforce (`uniqueItems`, `not`, `if`, look-arounds in a `pattern`, ...) is a 400 naming it by
+the client's own path, never an answer that only looks valid.
 
-A tool call is generated as `{"name": ..., "arguments": {...}}`, one object whose schema is an
-`anyOf` over the offered tools, and returned in OpenAI's `tool_calls` shape.
+A tool call is generated as `{"name": ..., "arguments": {...}}`: a small Lark grammar with one
+alternative per offered tool, the tool's `parameters` inlined as a JSON schema of its own, so
+its `#/$defs/...` references resolve in its own document. It is returned in OpenAI's
+`tool_calls` shape.
 
 `tool_choice`:
 - `none`: a plain answer; the tools are not shown to the model.
@@ -19,7 +26,9 @@ A tool call is generated as `{"name": ..., "arguments": {...}}`, one object whos
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -29,80 +38,207 @@ from ...schemas import ChatRequest
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
+# The compiler's options, set on every schema (a client's own "x-guidance" is replaced: its
+# `lenient` would drop the keywords the grammar cannot enforce instead of refusing them).
+# Whitespace between tokens is bounded, as llama.cpp's own converter bounds it: unbounded, a
+# small model can fill max_tokens with newlines and never close the object.
+_COMPILER_OPTIONS: dict[str, Any] = {
+    "whitespace_pattern": r"(?: |\n[ \t]{0,20})?",
+    "lenient": False,
+    "coerce_one_of": False,
+}
 
-@lru_cache(maxsize=64)
-def _gbnf(schema_json: str) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    grammar = str(json_schema_to_gbnf(schema_json))
-    # llama-cpp-python's string rule lets raw control characters into a JSON string (llama.cpp's
-    # own converter excludes them); strict JSON parsers, Python's included, then refuse the
-    # answer. Exclude them here, as JSON requires.
-    return "\n".join(
-        line.replace('[^"\\\\]', '[^"\\\\\\x7F\\x00-\\x1F]', 1)
-        if line.startswith("char ::=")
-        else line
-        for line in grammar.split("\n")
-    )
-
-
-# Keywords llama-cpp-python's converter does not turn into grammar: an answer could break them,
-# so a schema using them is refused rather than served "valid" when it is not.
-_UNENFORCED = frozenset(
-    "minimum maximum exclusiveMinimum exclusiveMaximum multipleOf uniqueItems minProperties "
-    "maxProperties not if then else patternProperties dependentRequired dependentSchemas "
-    "contains minContains maxContains propertyNames unevaluatedProperties unevaluatedItems".split()
+# RFC 3339 full-date with the real length of February: the compiler's own `date` takes
+# 02-29 in any year, which `datetime.date.fromisoformat` (jsonschema's check) refuses. Year
+# 0000 is left out for the same reason (Python has no year 0).
+_YEAR = r"(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DATE = (
+    rf"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    rf"|{_LEAP_YEAR}-02-29)"
 )
-_FORMATS = frozenset({"date", "time", "date-time", "uuid"})
+_TIME = (
+    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
+    r"(?:[zZ]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+_STRICT_FORMATS = {"date": f"^{_DATE}$", "date-time": f"^{_DATE}[tT]{_TIME}$"}
+
+# Where a schema holds subschemas (2020-12 and draft-07 names); everything else is a value
+# (`enum`, `const`, `default`, `examples`, ...), never walked, never rewritten.
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SCHEMA_ONE = (
+    "items additionalItems additionalProperties not if then else contains propertyNames "
+    "unevaluatedItems unevaluatedProperties".split()
+)
 
 
-def _unenforced(schema: Any, path: str) -> str | None:
-    """The path of the first keyword the grammar could not enforce, or None."""
-    if not isinstance(schema, dict):
-        return None
-    for key in schema:
-        if key in _UNENFORCED:
-            return f"{path}.{key}"
-    fmt = schema.get("format")
-    if fmt is not None and fmt not in _FORMATS and not str(fmt).startswith("uuid"):
-        return f"{path}.format"
-    subs: list[tuple[str, Any]] = []
-    for key in ("properties", "$defs", "definitions"):
-        if isinstance(schema.get(key), dict):
-            subs += [(f"{path}.{key}.{k}", v) for k, v in schema[key].items()]
-    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
-        if isinstance(schema.get(key), list):
-            subs += [(f"{path}.{key}[{i}]", v) for i, v in enumerate(schema[key])]
-    for key in ("items", "additionalProperties"):
-        subs.append((f"{path}.{key}", schema.get(key)))
-    for sub_path, sub in subs:
-        found = _unenforced(sub, sub_path)
-        if found:
-            return found
-    return None
+def _children(node: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
+    for key in _SCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            for name, sub in node[key].items():
+                yield f"{path}.{key}.{name}", sub
+    for key in _SCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            for i, sub in enumerate(node[key]):
+                yield f"{path}.{key}[{i}]", sub
+    for key in _SCHEMA_ONE:
+        sub = node.get(key)
+        if isinstance(sub, list):  # draft-07 tuple `items`
+            for i, item in enumerate(sub):
+                yield f"{path}.{key}[{i}]", item
+        elif sub is not None:
+            yield f"{path}.{key}", sub
 
 
-def schema_grammar(schema: dict[str, Any], param: str) -> str:
-    """GBNF for a JSON schema; a schema the converter cannot take is the client's 400."""
-    bad = _unenforced(schema, param)
-    if bad is not None:
-        raise InvalidRequest(
-            f"The local model cannot guarantee '{bad}' of the JSON schema; remove it or send "
-            "the request to a cloud model.",
-            param=bad,
-            code="unsupported_schema",
-        )
+def _subschemas(schema: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every subschema with its path, in document order. `$ref`s are not followed: the walk
+    is over the document's tree, so a recursive schema is walked once."""
+    stack: list[tuple[str, Any]] = [(path, schema)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            yield where, node
+            stack.extend(reversed(list(_children(node, where))))
+
+
+_MERGES = ("allOf", "anyOf", "oneOf", "$ref")
+_OPEN_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+
+
+def _prepared(node: Any, *, merged: bool = False) -> Any:
+    """The schema as it is generated from: still the client's, narrowed where an answer may
+    be narrower and still valid.
+
+    - `date` / `date-time` formats as the exact patterns above;
+    - an object schema that lists `properties` and says nothing about other keys gets none
+      (as llama.cpp's converter did): a small model otherwise invents keys until max_tokens.
+      Not where schemas are merged (`allOf` members, siblings of `$ref` or `*Of`): there,
+      closing one side could exclude the other's properties.
+    """
+    if not isinstance(node, dict):
+        return node
+    out = dict(node)
+    merging = any(k in out for k in _MERGES)
+    # Members of an allOf, or of an anyOf / oneOf beside the node's own properties, are merged.
+    own = "properties" in out or "required" in out
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: _prepared(v) for k, v in out[key].items()}
+    for key in (*_SCHEMA_LISTS, *_SCHEMA_ONE):
+        sub = out.get(key)
+        if isinstance(sub, list):
+            members = key == "allOf" or (own and key in ("anyOf", "oneOf"))
+            out[key] = [_prepared(v, merged=members) for v in sub]
+        elif isinstance(sub, dict):
+            out[key] = _prepared(sub)
+    pattern = _STRICT_FORMATS.get(out["format"]) if isinstance(out.get("format"), str) else None
+    if pattern is not None:
+        # An extra pattern beside the client's own (a schema may hold both): the intersection.
+        del out["format"]
+        all_of = out.get("allOf")
+        out["allOf"] = [*(all_of if isinstance(all_of, list) else []), {"pattern": pattern}]
+    closable = isinstance(out.get("properties"), dict) and not merged and not merging
+    if closable and not any(k in out for k in _OPEN_KEYS):
+        out["additionalProperties"] = False
+    return out
+
+
+def _compiler_input(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**_prepared(schema), "x-guidance": _COMPILER_OPTIONS}
+
+
+@lru_cache(maxsize=256)
+def _compiled(schema_json: str) -> tuple[str, str | None]:
+    """(llguidance grammar, the compiler's complaint or None) for one JSON schema."""
+    from llguidance import LLMatcher
+
+    grammar = LLMatcher.grammar_from_json_schema(schema_json)
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    return grammar, (messages[0] if is_error and messages else None)
+
+
+# The compiler's words for "a valid schema, but not one a grammar can hold an answer to".
+_UNSUPPORTED = re.compile(
+    r"Unimplemented keys|Unknown format|not supported|unsupported|is not present in a registry"
+)
+_KEYWORDS = (
+    "minimum maximum exclusiveMinimum exclusiveMaximum multipleOf "
+    "minLength maxLength minItems maxItems minProperties maxProperties required "
+    "additionalProperties oneOf allOf anyOf enum const type items properties".split()
+)
+
+
+def _locate(schema: dict[str, Any], param: str, message: str) -> str:
+    """The path of the keyword the compiler complains about (its messages name no path), or
+    the schema's own path when none can be told."""
+    unimplemented = re.search(r"Unimplemented keys: (\[.*?\])", message)
+    keys = set(json.loads(unimplemented.group(1))) if unimplemented else None
+    for where, node in _subschemas(schema, param):
+        for key, value in node.items():
+            if keys is not None:
+                hit = key in keys
+            elif key == "$ref" and isinstance(value, str):
+                base, _, fragment = value.partition("#")
+                hit = bool(base or fragment) and (base or fragment) in message
+            elif key == "format":
+                hit = message.strip() == f"Unknown format: {value}"
+            elif key == "pattern":
+                hit = message.startswith("regex parse error") and str(value) in message
+            else:
+                hit = key in _KEYWORDS and bool(
+                    re.search(rf"(?<!\w){re.escape(key)}(?!\w)", message)
+                )
+            if hit:
+                return f"{where}.{key}"
+    return param
+
+
+def compile_schema(schema: dict[str, Any], param: str) -> dict[str, Any]:
+    """The schema as the compiler takes it; a schema it cannot enforce is the client's 400
+    naming the keyword by the client's own path (`param` is where the schema sits)."""
     try:
-        return _gbnf(json.dumps(schema))  # key order kept: it is the order of generation
-    except Exception as exc:  # the converter raises plain Exceptions and ValueErrors
+        doc = _compiler_input(schema)
+    except RecursionError:
         raise InvalidRequest(
-            f"The JSON schema in '{param}' cannot be served by the local model: {exc}",
+            f"The JSON schema in '{param}' is nested too deeply for the local model.",
             param=param,
             code="invalid_schema",
         ) from None
+    _, problem = _compiled(json.dumps(doc))  # key order kept: it is the order of generation
+    if problem is not None:
+        where = _locate(schema, param, problem)
+        if _UNSUPPORTED.search(problem):
+            raise InvalidRequest(
+                f"The local model cannot guarantee '{where}' of the JSON schema ({problem}); "
+                "remove it or send the request to a cloud model.",
+                param=where,
+                code="unsupported_schema",
+            )
+        raise InvalidRequest(
+            f"The JSON schema in '{param}' cannot be served by the local model: {problem} "
+            f"(at '{where}').",
+            param=where,
+            code="invalid_schema",
+        )
+    return doc
 
 
-def response_grammar(req: ChatRequest) -> str | None:
+@dataclass(frozen=True)
+class Grammar:
+    """An llguidance grammar for one answer, and the request field it came from."""
+
+    text: str
+    param: str
+
+
+def schema_grammar(schema: dict[str, Any], param: str) -> Grammar:
+    """The grammar for answers that are instances of `schema`."""
+    return Grammar(_compiled(json.dumps(compile_schema(schema, param)))[0], param)
+
+
+def response_grammar(req: ChatRequest) -> Grammar | None:
     """The grammar `response_format` asks for, or None for plain text."""
     rf = req.response_format or {}
     kind = rf.get("type", "text")
@@ -128,7 +264,7 @@ class ToolPlan:
     """The tools one answer may call, and the grammar that makes the call well-formed."""
 
     tools: tuple[dict[str, Any], ...]  # the `function` objects on offer
-    grammar: str
+    grammar: Grammar
 
     def prompt(self) -> str:
         """What the model is told about the tools (a system turn; the client's own words)."""
@@ -157,7 +293,7 @@ def _functions(req: ChatRequest) -> list[dict[str, Any]]:
 
 def tool_plan(req: ChatRequest) -> ToolPlan | None:
     """The call this answer must make, or None when it is a plain answer."""
-    functions = _functions(req)
+    functions = list(enumerate(_functions(req)))  # with the index that names them in errors
     if not functions:
         return None
     choice = req.tool_choice if req.tool_choice is not None else "auto"
@@ -167,27 +303,51 @@ def tool_plan(req: ChatRequest) -> ToolPlan | None:
         return None
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name")
-        functions = [fn for fn in functions if fn["name"] == name]
+        functions = [(i, fn) for i, fn in functions if fn["name"] == name]
         if not functions:
             raise InvalidRequest(
                 f"'tool_choice' names the function '{name}', which is not in 'tools'.",
                 param="tool_choice",
                 code="invalid_value",
             )
-    variants = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"const": fn["name"]},
-                "arguments": fn.get("parameters") or _ANY_OBJECT,
-            },
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for fn in functions
-    ]
-    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
-    return ToolPlan(tuple(functions), schema_grammar(schema, "tools"))
+    return ToolPlan(tuple(fn for _, fn in functions), _call_grammar(functions))
+
+
+def _call_grammar(functions: list[tuple[int, dict[str, Any]]]) -> Grammar:
+    """`{"name": <name>, "arguments": <instance of its parameters>}` for one of `functions`
+    (each with its index in `tools`, which names its errors)."""
+    rules = ["start: " + " | ".join(f"call_{i}" for i, _ in functions)]
+    for i, fn in functions:
+        param = f"tools[{i}].function.parameters"
+        schema = fn.get("parameters")
+        if schema is None:
+            schema = _ANY_OBJECT
+        if not isinstance(schema, dict):
+            raise InvalidRequest(
+                f"'{param}' must be a JSON schema object.", param=param, code="invalid_value"
+            )
+        doc = compile_schema(schema, param)
+        head = json.dumps({"name": fn["name"]}, ensure_ascii=False)[:-1] + ', "arguments": '
+        # A Lark string literal is written as a JSON string is.
+        rules.append(f"call_{i}: {json.dumps(head, ensure_ascii=False)} args_{i} " + '"}"')
+        rules.append(f"args_{i}: %json {json.dumps(doc, ensure_ascii=False)}")
+    return _lark_grammar("\n".join(rules))
+
+
+@lru_cache(maxsize=128)
+def _lark_grammar(lark: str) -> Grammar:
+    from llguidance import LLMatcher
+
+    grammar = LLMatcher.grammar_from_lark(lark)
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        # Every schema compiled on its own above: what is left is a name Lark cannot spell.
+        raise InvalidRequest(
+            f"The tools cannot be served by the local model: {messages[0] if messages else ''}",
+            param="tools",
+            code="invalid_value",
+        )
+    return Grammar(grammar, "tools")
 
 
 def tool_calls(text: str) -> list[dict[str, Any]] | None:

@@ -1,0 +1,125 @@
+"""Constrained decoding with llguidance: every sampled token is one the grammar allows.
+
+The model's vocabulary is handed to llguidance once, on the first structured request (its
+llama.cpp bridge reads each token's bytes from the GGUF's vocabulary and marks control tokens,
+so no grammar can emit them; a second or so for a 262k vocabulary). A grammar (structured.py
+writes it from the client's schema) is compiled once per distinct text and kept; each answer
+gets its own copy of the compiled matcher, which costs microseconds.
+
+Per step of a slot, the matcher's token bitmask sets the logit of every token the grammar
+forbids to -inf before the sampler chain picks (temperature, top-p, seed and penalties act
+on what is left), and the picked token advances the matcher. The answer is complete when
+nothing but the end of generation can follow.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from .model import Model
+    from .structured import Grammar
+
+
+class ConstraintError(RuntimeError):
+    """The matcher refused a token or has nothing left to allow: a defect, never the client's."""
+
+
+class Grammars:
+    """Compiled grammars for one model's vocabulary; thread-safe, bounded."""
+
+    def __init__(self, model: Model, *, keep: int = 64) -> None:
+        self._model = model
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._compiled: OrderedDict[str, CompiledGrammar] = OrderedDict()
+
+    def tokenizer(self) -> Any:
+        """The vocabulary as llguidance sees it (built on first use: off the event loop)."""
+        with self._lock:
+            if self._tokenizer is None:
+                from llguidance.llamacpp import lltokenizer_from_vocab
+
+                model = self._model
+                # Every end-of-generation token ends a complete answer (SmolLM2: <|im_end|>
+                # as well as <|endoftext|>), not only the one the GGUF calls EOS.
+                eog = [t for t in range(model.n_vocab) if model.is_eog(t)]
+                self._tokenizer = lltokenizer_from_vocab(
+                    model.vocab, n_vocab=model.n_vocab, eos_token=eog or None
+                )
+            return self._tokenizer
+
+    def compile(self, grammar: Grammar) -> CompiledGrammar:
+        """The grammar ready for matchers. Any thread; milliseconds the first time per text."""
+        with self._lock:
+            done = self._compiled.get(grammar.text)
+            if done is not None:
+                self._compiled.move_to_end(grammar.text)
+                return done
+        from llguidance import LLMatcher
+
+        matcher = LLMatcher(self.tokenizer(), grammar.text, log_level=0)
+        if matcher.is_error():
+            raise InvalidRequest(
+                f"The grammar for '{grammar.param}' cannot be served by the local model: "
+                f"{matcher.get_error()}",
+                param=grammar.param,
+                code="invalid_schema",
+            )
+        done = CompiledGrammar(matcher, self._model.n_vocab)
+        with self._lock:
+            self._compiled[grammar.text] = done
+            while len(self._compiled) > self._keep:
+                self._compiled.popitem(last=False)
+        return done
+
+
+class CompiledGrammar:
+    """A matcher at the start of the grammar, never advanced itself: answers get copies."""
+
+    __slots__ = ("_start", "n_vocab")
+
+    def __init__(self, start: Any, n_vocab: int) -> None:
+        self._start = start
+        self.n_vocab = n_vocab
+
+    def matcher(self) -> Matcher:
+        return Matcher(self._start.deep_copy(), self.n_vocab)
+
+
+class Matcher:
+    """One answer's position in its grammar. Engine thread only."""
+
+    __slots__ = ("_m", "_mask", "n_vocab")
+
+    def __init__(self, matcher: Any, n_vocab: int) -> None:
+        self._m = matcher
+        self.n_vocab = n_vocab
+        self._mask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)  # one bit per token
+
+    def apply(self, logits: np.ndarray) -> None:
+        """Forbidden tokens to -inf, in place, in one row of logits."""
+        m = self._m
+        m.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
+        if m.is_error():
+            raise ConstraintError(m.get_error())
+        allowed = np.unpackbits(self._mask.view(np.uint8), count=self.n_vocab, bitorder="little")
+        if not allowed.any():
+            raise ConstraintError("the grammar allows no token here")
+        logits[allowed == 0] = -np.inf
+
+    def advance(self, token: int) -> None:
+        if not self._m.consume_token(token):
+            raise ConstraintError(self._m.get_error() or f"token {token} was not allowed")
+
+    @property
+    def complete(self) -> bool:
+        """Nothing but the end of generation can follow: the answer is whole."""
+        return bool(self._m.is_stopped())
