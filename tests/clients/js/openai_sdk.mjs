@@ -54,7 +54,8 @@ async function parseFunctionThenAnswer() {
   };
   if (!call) return out;
   messages.push(msg, { role: "tool", tool_call_id: call.id, content: '{"saved": true}' });
-  const second = await client.chat.completions.parse({
+  // A plain answer: create, not parse, which raises on any answer cut by max_tokens.
+  const second = await client.chat.completions.create({
     ...common,
     messages,
     tools,
