@@ -308,3 +308,20 @@ async def test_the_per_key_retrain_rules_need_two_keys(
         assert learning.store.per_key == 10_000
     finally:
         await learning.close()
+
+
+def test_a_feedback_label_keeps_its_feature_version() -> None:
+    # The recent-requests window re-packs the vector; without its version a feedback label
+    # reads as version 1 and is never trained on.
+    from gateway.learning.recent import RecentRequests
+    from gateway.learning.store import trains_router
+    from gateway.routing.learned import FEATURE_VERSION, vector, vector_version
+
+    recent = RecentRequests(8, 60.0)
+    recent.put(
+        None, "r1", vector("explain a bloom filter"), route="local", private=False, prompt=None
+    )
+    issued = recent.get(None, "r1")
+    assert issued is not None and vector_version(issued.vec()) == FEATURE_VERSION
+    row = Record(1, 0.0, "feedback", {"v": issued.vec(), "label": 1.0, "route": "local"})
+    assert trains_router(row)

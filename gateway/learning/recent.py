@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..routing.learned import FEATURE_VERSION, vector_version
+
 
 @dataclass
 class Issued:
@@ -23,10 +25,13 @@ class Issued:
     private: bool
     prompt: str | None  # only when learning.keep_prompts and not private
     at: float
+    fv: int = FEATURE_VERSION  # the feature version the vector was computed with
     labelled: bool = False
 
     def vec(self) -> dict[str, Any]:
-        return {"dense": self.dense, "terms": list(self.terms)}
+        # The version travels with the vector: a label without it reads as version 1 and
+        # is never trained on.
+        return {"fv": self.fv, "dense": self.dense, "terms": list(self.terms)}
 
 
 class RecentRequests:
@@ -54,7 +59,13 @@ class RecentRequests:
         key = (tenant, request_id)
         self._items.pop(key, None)  # a reused id means the newest request
         self._items[key] = Issued(
-            vec["dense"], array("I", vec["terms"]), route, private, prompt, self._clock()
+            vec["dense"],
+            array("I", vec["terms"]),
+            route,
+            private,
+            prompt,
+            self._clock(),
+            fv=vector_version(vec),
         )
         self._expire()
         while len(self._items) > self.size:
