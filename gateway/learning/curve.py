@@ -10,12 +10,11 @@ store keeps no text unless told to), off the event loop, and only once the store
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from ..durable import Record
-from ..routing.complexity import Scorer
+from ..routing.complexity import Scorer, squash
 from ..routing.curves import gap_curve, random_curve, recovered_at, share_at
 from ..routing.train import gain_apgr
 from .retrain import current_raw
@@ -26,8 +25,7 @@ def _squash(scorer: Scorer, raw: float) -> float:
     """The score in [0, 1] a policy threshold compares, from the linear score."""
     center = float(getattr(scorer, "center", 0.0))
     scale = float(getattr(scorer, "scale", 1.0)) or 1.0
-    x = max(-60.0, min(60.0, (raw - center) / scale))
-    return 1.0 / (1.0 + math.exp(-x))
+    return squash(raw, center, scale)
 
 
 def routing_curve(

@@ -199,6 +199,13 @@ class Complexity:
     reasons: tuple[str, ...]  # what raised it, most important first
 
 
+def squash(raw: float, center: float, scale: float) -> float:
+    """The score in [0, 1] a policy threshold compares, from a scorer's linear score (clamped:
+    a far outlier saturates instead of overflowing `exp`)."""
+    x = max(-60.0, min(60.0, (raw - center) / scale))
+    return 1.0 / (1.0 + math.exp(-x))
+
+
 class Scorer(Protocol):
     """What the policy's `complexity` feature comes from: the shipped or a learned scorer."""
 
@@ -280,7 +287,7 @@ class ComplexityScorer:
 
     def score(self, text: str, *, max_tokens: int | None = None) -> Complexity:
         total, parts = self.raw(text, max_tokens=max_tokens)
-        score = 1.0 / (1.0 + math.exp(-(total - self.center) / self.scale))
+        score = squash(total, self.center, self.scale)
         ranked = sorted(
             ((v, REASONS[k]) for k, v in parts.items() if k in REASONS and v >= 0.25),
             reverse=True,

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .complexity import REASONS, Complexity, count_signals, scan
+from .complexity import REASONS, Complexity, count_signals, scan, squash
 
 FORMAT = "edge-gateway-router-weights"
 FORMAT_VERSION = 1
@@ -218,8 +218,7 @@ class LearnedScorer:
 
     def score(self, text: str, *, max_tokens: int | None = None) -> Complexity:
         total, parts = self.raw(text, max_tokens=max_tokens)
-        x = max(-60.0, min(60.0, (total - self.center) / self.scale))
-        score = 1.0 / (1.0 + math.exp(-x))
+        score = squash(total, self.center, self.scale)
         floor = 0.25 * self.scale
         ranked = sorted(
             (
