@@ -145,6 +145,20 @@ class GatewayProcess:
         return self.log.read().decode(errors="replace")
 
 
+def local_only_gateway() -> Iterator[GatewayProcess]:
+    """A `python -m gateway serve` with no cloud model: the local model answers everything.
+
+    For module-scoped fixtures (`yield from local_only_gateway()`) of the suites that drive
+    the local path through real clients.
+    """
+    gp = GatewayProcess(env={"GATEWAY_CLOUD__MODELS": "[]"})
+    try:
+        gp.wait_ready()
+        yield gp
+    finally:
+        gp.stop()
+
+
 @pytest.fixture(scope="module")
 def gateway_process() -> Iterator[GatewayProcess]:
     gp = GatewayProcess()

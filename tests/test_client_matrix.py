@@ -26,7 +26,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import ROOT, GatewayProcess
+from tests.conftest import ROOT, GatewayProcess, local_only_gateway
 
 pytestmark = pytest.mark.clients
 
@@ -38,12 +38,7 @@ CLIENT_TIMEOUT_S = 300
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[GatewayProcess]:
-    gp = GatewayProcess(env={"GATEWAY_CLOUD__MODELS": "[]"})
-    try:
-        gp.wait_ready()
-        yield gp
-    finally:
-        gp.stop()
+    yield from local_only_gateway()
 
 
 # -- node clients ---------------------------------------------------------------------------

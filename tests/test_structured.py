@@ -23,7 +23,7 @@ from gateway.backends.local.model import Model, embedded_model_path
 from gateway.backends.local.structured import schema_grammar, tool_plan
 from gateway.errors import InvalidRequest
 from gateway.schemas import ChatRequest
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, local_only_gateway
 
 if TYPE_CHECKING:
     from gateway.backends.local.constraint import Grammars
@@ -296,12 +296,7 @@ def test_the_matcher_holds_bounds_and_formats(
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[GatewayProcess]:
-    gp = GatewayProcess(env={"GATEWAY_CLOUD__MODELS": "[]"})
-    try:
-        gp.wait_ready()
-        yield gp
-    finally:
-        gp.stop()
+    yield from local_only_gateway()
 
 
 @pytest.fixture(scope="module")
