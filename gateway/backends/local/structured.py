@@ -233,6 +233,28 @@ class Grammar:
     param: str
 
 
+# Any JSON object, with numbers bounded as llama.cpp's converter bounds them (16 integer and 16
+# fraction digits): the compiler's own `{"type": "object"}` lets a number run on, and a small
+# model sampling digits then fills max_tokens mid-number. Whitespace as _COMPILER_OPTIONS.
+_JSON_OBJECT_LARK = r"""
+start: obj
+obj: "{" WS? (pair (WS? "," WS? pair)*)? WS? "}"
+pair: STR WS? ":" WS? value
+arr: "[" WS? (value (WS? "," WS? value)*)? WS? "]"
+value: obj | arr | STR | NUM | "true" | "false" | "null"
+STR: /"(?:[^"\\\x00-\x1f\x7f]|\\["\\\/bfnrt]|\\u[0-9a-fA-F]{4})*"/
+NUM: /-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,16})?(?:[eE][+-]?[0-9]{1,3})?/
+WS: /(?: |\n[ \t]{0,20})/
+"""
+
+
+@lru_cache(maxsize=1)
+def _json_object_grammar() -> str:
+    from llguidance import LLMatcher
+
+    return str(LLMatcher.grammar_from_lark(_JSON_OBJECT_LARK))
+
+
 def schema_grammar(schema: dict[str, Any], param: str) -> Grammar:
     """The grammar for answers that are instances of `schema`."""
     return Grammar(_compiled(json.dumps(compile_schema(schema, param)))[0], param)
@@ -243,7 +265,7 @@ def response_grammar(req: ChatRequest) -> Grammar | None:
     rf = req.response_format or {}
     kind = rf.get("type", "text")
     if kind == "json_object":
-        return schema_grammar(_ANY_OBJECT, "response_format")
+        return Grammar(_json_object_grammar(), "response_format")
     if kind == "json_schema":
         spec = rf.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
