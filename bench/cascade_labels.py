@@ -23,7 +23,7 @@ import random
 import re
 from pathlib import Path
 
-from gateway.backends.local import LocalBackend
+from gateway.local import LocalBackend
 from gateway.schemas import ChatRequest
 from gateway.settings import load_settings
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import PY, ROOT, Proc, free_port, machine
-from gateway.backends.local.model import embedded_model_path
+from gateway.local.model import embedded_model_path
 
 BATCHES = (1, 16, 64)
 SECTION = "## 9. Local embedding throughput: the gateway beside `llama-server --embedding`"

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import PY, ROOT, Proc, free_port, machine
-from gateway.backends.local import embedded_model_path
+from gateway.local import embedded_model_path
 
 LLAMA_SERVER = ROOT / ".bench" / "llama-server"
 LEVELS = (1, 2, 4, 8, 16)

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.backends.local import embedded_model_path
+from gateway.local import embedded_model_path
 from gateway.settings import LocalSettings
 
 # A non-empty content delta, with or without a space after the colon (servers differ).

@@ -3,7 +3,7 @@
 Each measurement runs in a fresh process: import llama.cpp, note RSS, load the model through
 the gateway's own engine (LocalBackend: the context, its KV streams and batch), run one short
 generation (so every weight page has been touched), note RSS again. The estimate is
-gateway.models.memory.estimate for the same file, context and slots. Exits 1 when any
+gateway.local.memory.estimate for the same file, context and slots. Exits 1 when any
 estimate is off by more than 15%.
 
     flock /tmp/llama.lock .venv/bin/python -m bench.model_memory
@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.backends.local import embedded_model_path
-from gateway.models import memory
+from gateway.local import embedded_model_path, memory
 
 # (n_ctx per slot, slots). The overhead was fitted on the first two; the others check it.
 CONFIGS = [(2048, 4), (512, 1), (4096, 2), (1024, 2), (4096, 4)]
@@ -41,8 +40,8 @@ def gguf_files() -> list[tuple[str, Path]]:
 
 def _child(path: str, n_ctx: int, parallel: int) -> None:
     """In the measuring process: RSS growth from load through a first generation."""
-    from gateway.backends.local import LocalBackend
-    from gateway.backends.local.model import llama_lib
+    from gateway.local import LocalBackend
+    from gateway.local.model import llama_lib
     from gateway.schemas import ChatRequest
     from gateway.settings import LocalSettings
 

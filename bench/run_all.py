@@ -143,7 +143,7 @@ def cache_hits(seconds: int, results: dict[str, Any]) -> None:
 
 def local_path(runs: int, max_tokens: int, results: dict[str, Any]) -> None:
     gw_port, ls_port = free_port(), free_port()
-    from gateway.backends.local import embedded_model_path
+    from gateway.local import embedded_model_path
     from gateway.settings import LocalSettings
 
     cfg = LocalSettings()

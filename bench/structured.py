@@ -28,10 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gateway.backends.local.constraint import Grammars
-from gateway.backends.local.model import Model, embedded_model_path
-from gateway.backends.local.sampling import Sampler, SamplingParams
-from gateway.backends.local.structured import schema_grammar
+from gateway.local.constraint import Grammars
+from gateway.local.model import Model, embedded_model_path
+from gateway.local.sampling import Sampler, SamplingParams
+from gateway.local.structured import schema_grammar
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

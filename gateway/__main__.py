@@ -201,8 +201,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models.cli import run
     from .settings import Settings
+    from .tools.models import run
 
     settings = _settings_or_exit(args.config)
     assert isinstance(settings, Settings)
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     configure_calibrate(cal)
     cal.set_defaults(func=_calibrate)
     models = sub.add_parser("models", help="local model tools (memory estimate)")
-    from .models.cli import configure_parser as configure_models
+    from .tools.models import configure_parser as configure_models
 
     configure_models(models)
     models.set_defaults(func=_models)

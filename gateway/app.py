@@ -24,8 +24,8 @@ from .http.middlewares import error_middleware, request_id_middleware
 from .http.observe import observe_middleware
 from .http.responses import RESPONSE_STORE
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
+from .local.fleet import Fleet
 from .metrics import Metrics
-from .models.fleet import Fleet
 from .responses.store import ResponseStore
 from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor

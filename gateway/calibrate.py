@@ -125,7 +125,7 @@ async def measure(
     items: list[Item], config: Path | None, max_tokens: int
 ) -> list[Confidence | None]:
     """Each prompt's local answer confidence (None when the local model cannot take it)."""
-    from .backends.local import LocalBackend
+    from .local import LocalBackend
     from .schemas import ChatRequest
     from .settings import load_settings
 

@@ -35,7 +35,7 @@ from .errors import (
     QueueFull,
     RateLimited,
 )
-from .models.fleet import Fleet, ModelUnavailable
+from .local.fleet import Fleet, ModelUnavailable
 from .routing.features import FeatureExtractor, Features
 from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
 from .routing.privacy import TooLarge

@@ -13,8 +13,8 @@ from .costs import Prices
 from .dispatch import Dispatcher
 from .http.keyring import KeyRing
 from .limits import Limiter
+from .local.fleet import Fleet
 from .metrics import Metrics
-from .models.fleet import Fleet
 from .routing.store import PolicyStore
 from .settings import Settings
 from .status import StatusBoard

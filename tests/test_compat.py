@@ -289,9 +289,9 @@ def test_litellm_client(gw: GatewayProcess) -> None:
 
 
 def test_json_grammars_keep_control_characters_out_of_strings() -> None:
-    from gateway.backends.local.constraint import ConstraintError, Grammars
-    from gateway.backends.local.model import Model, embedded_model_path
-    from gateway.backends.local.structured import schema_grammar
+    from gateway.local.constraint import ConstraintError, Grammars
+    from gateway.local.model import Model, embedded_model_path
+    from gateway.local.structured import schema_grammar
 
     model = Model(embedded_model_path())
     try:

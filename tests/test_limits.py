@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.backends.local import embedded_model_path
+from gateway.local import embedded_model_path
 from gateway.services import SERVICES
 from tests.conftest import RunningGateway
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.backends.local import LocalBackend
 from gateway.errors import ContextLengthExceeded
+from gateway.local import LocalBackend
 from gateway.schemas import ChatRequest, CompletionRequest
 from gateway.settings import LocalSettings
 from tests.conftest import RunningGateway

@@ -24,11 +24,10 @@ import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.backends.local import embedded_model_path
 from gateway.errors import GatewayError
-from gateway.models import fleet as fleet_module
-from gateway.models import memory
-from gateway.models.fleet import Fleet, Loaded, ModelConflict, ModelRefused, ModelUnavailable
+from gateway.local import embedded_model_path, memory
+from gateway.local import fleet as fleet_module
+from gateway.local.fleet import Fleet, Loaded, ModelConflict, ModelRefused, ModelUnavailable
 from gateway.settings import LocalSettings
 from tests.conftest import GatewayProcess, RunningGateway
 

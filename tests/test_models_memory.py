@@ -13,9 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.backends.local import embedded_model_path
-from gateway.models import memory
-from gateway.models.verify import (
+from gateway.local import embedded_model_path, memory
+from gateway.local.verify import (
     NotARegularFile,
     SignatureError,
     file_sha256,

@@ -19,14 +19,14 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from gateway.backends.local.model import Model, embedded_model_path
-from gateway.backends.local.structured import schema_grammar, tool_plan
 from gateway.errors import InvalidRequest
+from gateway.local.model import Model, embedded_model_path
+from gateway.local.structured import schema_grammar, tool_plan
 from gateway.schemas import ChatRequest
 from tests.conftest import GatewayProcess, local_only_gateway
 
 if TYPE_CHECKING:
-    from gateway.backends.local.constraint import Grammars
+    from gateway.local.constraint import Grammars
 
 FORMATS = jsonschema.FormatChecker()
 
@@ -207,7 +207,7 @@ def smol() -> Iterator[Model]:
 
 @pytest.fixture(scope="module")
 def grammars(smol: Model) -> Grammars:
-    from gateway.backends.local.constraint import Grammars
+    from gateway.local.constraint import Grammars
 
     return Grammars(smol)
 
@@ -220,7 +220,7 @@ def _gemma_path() -> Path:
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma3"])
 def test_the_vocabulary_bridge_matches_the_gguf(which: str, smol: Model) -> None:
-    from gateway.backends.local.constraint import Grammars
+    from gateway.local.constraint import Grammars
 
     model = smol if which == "smollm2" else Model(_gemma_path())
     try:
@@ -244,7 +244,7 @@ def test_the_vocabulary_bridge_matches_the_gguf(which: str, smol: Model) -> None
 
 def _takes(grammars: Grammars, schema: dict[str, Any], text: str, model: Model) -> bool:
     """Whether the grammar lets the model write exactly `text` as a whole answer."""
-    from gateway.backends.local.constraint import ConstraintError
+    from gateway.local.constraint import ConstraintError
 
     matcher = grammars.compile(schema_grammar(schema, "p")).matcher()
     try:
@@ -452,7 +452,7 @@ def test_tool_schema_errors_name_the_clients_field_on_chat_and_responses(
 
 
 def test_a_tool_call_is_held_to_its_own_parameters(grammars: Grammars, smol: Model) -> None:
-    from gateway.backends.local.constraint import ConstraintError
+    from gateway.local.constraint import ConstraintError
 
     bounded = _object(a={"type": "integer", "maximum": 5})
     plan = tool_plan(_tools_request(bounded, ZOD_INT, tool_choice="required"))

@@ -39,6 +39,7 @@ from ..errors import (
     QueueFull,
     RateLimited,
 )
+from ..local.embedder import LocalEmbedder
 from ..metrics import Metrics
 from ..routing.features import Features
 from ..routing.pii import detect_pii
@@ -48,7 +49,6 @@ from ..routing.store import PolicyStore
 from ..routing.tokens import count_tokens, encoder
 from ..settings import CloudModel, Settings
 from .cache import EmbeddingCache
-from .local import LocalEmbedder
 from .request import EmbeddingRequest, Item, normalise, response
 
 log = logging.getLogger(__name__)

@@ -127,7 +127,7 @@ def _model_file(services: Services) -> dict[str, Any] | None:
 @functools.cache
 def _file_info(path: Path | None) -> dict[str, Any] | None:
     if path is None:
-        from ..backends.local.model import embedded_model_path
+        from ..local.model import embedded_model_path
 
         try:
             path = embedded_model_path()

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from ...errors import InvalidRequest
-from ...schemas import ChatRequest
+from ..errors import InvalidRequest
+from ..schemas import ChatRequest
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 

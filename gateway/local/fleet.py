@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ..backends.base import Chunk, Completion, Endpoint, Kind
-from ..backends.local import LocalBackend, embedded_model_path
-from ..backends.local.engine import Engine
 from ..errors import GatewayError, ModelNotFound, NotReady
 from ..schemas import AnyRequest, ChatRequest
 from ..settings import LocalSettings
 from . import memory
+from .backend import LocalBackend
+from .engine import Engine
 from .memory import InsufficientMemory, ModelFileError
+from .model import embedded_model_path
 from .verify import (
     NotARegularFile,
     SignatureError,

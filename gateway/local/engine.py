@@ -19,7 +19,7 @@ from collections import deque
 
 import numpy as np
 
-from ...errors import GatewayError, InternalError, NotReady
+from ..errors import GatewayError, InternalError, NotReady
 from .constraint import ConstraintError
 from .model import Model
 from .sampling import Sampler, TextStream, TokenLogprob, log_softmax_top, token_text

@@ -15,8 +15,9 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ...errors import NotReady, QueueFull
-from ...schemas import (
+from ..backends.base import Chunk, Completion, Endpoint
+from ..errors import NotReady, QueueFull
+from ..schemas import (
     AnyRequest,
     ChatRequest,
     CompletionRequest,
@@ -25,13 +26,12 @@ from ...schemas import (
     new_id,
     usage,
 )
-from ..base import Chunk, Completion, Endpoint
 from . import structured
 from .engine import Event, Job
 from .sampling import SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
-    from ...settings import LocalSettings
+    from ..settings import LocalSettings
     from .constraint import CompiledGrammar
     from .engine import Engine
 
@@ -334,7 +334,7 @@ class Streamer:
 
     def on(self, c: _Choice, event: Event) -> list[dict[str, Any]]:
         """The chunks one engine event of choice `c` becomes."""
-        from .choices import _collect
+        from .answer import _collect
 
         kind = event[0]
         if kind == "start":

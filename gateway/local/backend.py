@@ -9,8 +9,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ContextLengthExceeded, NotReady, QueueFull
-from ...schemas import (
+from ..backends.base import Chunk, Completion, Endpoint, Kind
+from ..backends.chunks import ChunkSequence
+from ..errors import ContextLengthExceeded, NotReady, QueueFull
+from ..schemas import (
     AnyRequest,
     ChatRequest,
     chat_response,
@@ -18,10 +20,8 @@ from ...schemas import (
     new_id,
     usage,
 )
-from ...settings import LocalSettings
-from ..base import Chunk, Completion, Endpoint, Kind
-from ..chunks import ChunkSequence
-from . import choices, fields
+from ..settings import LocalSettings
+from . import answer, fields
 from .constraint import CompiledGrammar, Grammars
 from .engine import Engine, Event, Job
 from .model import Model, embedded_model_path
@@ -29,7 +29,7 @@ from .sampling import SamplingParams, TokenLogprob
 from .structured import Grammar
 
 if TYPE_CHECKING:
-    from ...metrics import Metrics
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,8 @@ class LocalBackend:
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
         fields.check(req)  # a field the local model would ignore is a 400, never dropped
-        if choices.wanted(req):
-            return await choices.Answer(self, req, endpoint).complete()
+        if answer.wanted(req):
+            return await answer.Answer(self, req, endpoint).complete()
         rid = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
         parts: list[str] = []
         entries: list[TokenLogprob] = []
@@ -214,9 +214,9 @@ class LocalBackend:
 
     async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
         fields.check(req)
-        if choices.wanted(req):
-            async with aclosing(choices.Answer(self, req, endpoint).stream()) as answer:
-                async for chunk in answer:
+        if answer.wanted(req):
+            async with aclosing(answer.Answer(self, req, endpoint).stream()) as chunks:
+                async for chunk in chunks:
                     yield chunk
             return
         seq = ChunkSequence(endpoint, model=self.model_name)

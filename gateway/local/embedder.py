@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.local.model import embedded_model_path, llama_lib
+from ..embeddings.request import Item, normalise
 from ..errors import ContextLengthExceeded, InvalidRequest, NoRouteAvailable, QueueFull
 from ..settings import LocalEmbeddingSettings
-from .request import Item, normalise
+from .model import embedded_model_path, llama_lib
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import memory
+from ..local import memory
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

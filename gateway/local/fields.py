@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import InvalidRequest
-from ...schemas import AnyRequest, ChatRequest
+from ..errors import InvalidRequest
+from ..schemas import AnyRequest, ChatRequest
 
 HONOURED = "honoured"
 NO_EFFECT = "accepted, no effect on the answer"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import InvalidRequest
+from ..errors import InvalidRequest
 
 if TYPE_CHECKING:
     from .model import Model
