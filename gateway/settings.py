@@ -241,7 +241,7 @@ class LocalSettings(_Section):
     @field_validator("trusted_keys")
     @classmethod
     def _keys_parse(cls, v: list[str]) -> list[str]:
-        from .local.verify import load_public_key  # cryptography: only when keys are set
+        from .trusted_keys import load_public_key  # cryptography: only when keys are set
 
         for i, key in enumerate(v):
             try:

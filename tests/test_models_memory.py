@@ -14,16 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.local import embedded_model_path, memory
-from gateway.local.verify import (
-    NotARegularFile,
-    SignatureError,
-    file_sha256,
-    load_public_key,
-    verify_signature,
-)
+from gateway.local.verify import NotARegularFile, SignatureError, file_sha256, verify_signature
 from gateway.routing.features import Features
 from gateway.routing.policy import PolicyError, Router, parse_policy
 from gateway.settings import SettingsError, load_settings
+from gateway.trusted_keys import load_public_key
 from tests.conftest import ROOT
 
 MIB = memory.MIB

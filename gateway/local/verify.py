@@ -50,28 +50,9 @@ class SignatureError(Exception):
     """The signature is missing, malformed, or made by no trusted key."""
 
 
-def load_public_key(text: str) -> object:
-    """A trusted key: PEM (`-----BEGIN PUBLIC KEY-----`) or base64 of the raw 32 bytes."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    text = text.strip()
-    if text.startswith("-----BEGIN"):
-        key = load_pem_public_key(text.encode())
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError("a trusted key must be an Ed25519 public key")
-        return key
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raise ValueError("a trusted key is PEM or base64 of 32 raw bytes") from None
-    if len(raw) != 32:
-        raise ValueError("an Ed25519 public key is 32 bytes")
-    return Ed25519PublicKey.from_public_bytes(raw)
-
-
 def verify_signature(sha256_hex: str, signature_b64: str, trusted: list[object]) -> None:
-    """Raise SignatureError unless one trusted key signed the digest."""
+    """Raise SignatureError unless one trusted key (trusted_keys.load_public_key) signed the
+    digest."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
