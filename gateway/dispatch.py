@@ -35,7 +35,8 @@ from .errors import (
     QueueFull,
     RateLimited,
 )
-from .local.fleet import Fleet, ModelUnavailable
+from .local.entry import ModelUnavailable
+from .local.fleet import Fleet
 from .routing.features import FeatureExtractor, Features
 from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
 from .routing.privacy import TooLarge

@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.errors import GatewayError
 from gateway.local import embedded_model_path, memory
 from gateway.local import fleet as fleet_module
-from gateway.local.fleet import Fleet, Loaded, ModelConflict, ModelRefused, ModelUnavailable
+from gateway.local.entry import Loaded, ModelUnavailable
+from gateway.local.fleet import Fleet
+from gateway.local.swap import ModelConflict, ModelRefused
 from gateway.settings import LocalSettings
 from tests.conftest import GatewayProcess, RunningGateway
 
