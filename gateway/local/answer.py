@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.base import Chunk, Completion, Endpoint
-from ..errors import NotReady, QueueFull
 from ..schemas import (
     AnyRequest,
     ChatRequest,
@@ -26,24 +25,22 @@ from ..schemas import (
     new_id,
     usage,
 )
-from . import structured
+from . import structured, tool_calls
 from .engine import Event, Job
 from .sampling import SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
-    from ..settings import LocalSettings
     from .constraint import CompiledGrammar
     from .engine import Engine
 
 
 class _Backend(Protocol):
-    """What choices need of the local backend (backend.py imports this module, not back)."""
+    """What the general path needs of the local backend (backend.py imports this module, not
+    back)."""
 
-    engine: Engine | None
-    settings: LocalSettings
     model_name: str
 
-    def has_room(self) -> bool: ...
+    def admit(self) -> AbstractContextManager[Engine]: ...
 
     def compile_grammar(self, grammar: structured.Grammar) -> CompiledGrammar: ...
 
@@ -58,7 +55,8 @@ class _Backend(Protocol):
     ) -> SamplingParams: ...
 
 
-_INLINE_CHARS = 8192
+# Prompts longer than this are templated and tokenized off the event loop.
+INLINE_PROMPT_CHARS = 8192
 
 
 def wanted(req: AnyRequest) -> bool:
@@ -108,7 +106,7 @@ class Answer:
         self.backend = backend
         self.req = req
         self.endpoint = endpoint
-        self.tools: structured.ToolPlan | None = None
+        self.tools: tool_calls.ToolPlan | None = None
         self.choices: list[_Choice] = []
 
     # -- planning --------------------------------------------------------------------------
@@ -119,11 +117,11 @@ class Answer:
         prompts: list[tuple[list[int], list[str], str]] = []
         grammar: CompiledGrammar | None = None
         if isinstance(req, ChatRequest):
-            self.tools = structured.tool_plan(req)
+            self.tools = tool_calls.tool_plan(req)
             spec = self.tools.grammar if self.tools else structured.response_grammar(req)
             if spec is not None:
                 grammar = backend.compile_grammar(spec)
-            messages = structured.chat_messages(req, self.tools)
+            messages = tool_calls.chat_messages(req, self.tools)
             prompts.append(backend.render_chat(messages, req.stop_list()))
         else:
             prompts += [backend.render_text(t, req.stop_list()) for t in req.prompts()]
@@ -148,25 +146,17 @@ class Answer:
     # -- running ---------------------------------------------------------------------------
 
     async def _events(self) -> AsyncGenerator[tuple[_Choice, Event], None]:
-        backend = self.backend
-        engine = backend.engine
-        if engine is None:
-            raise NotReady("the local model is still loading", code="model_loading")
-        if not backend.has_room():
-            raise QueueFull(
-                "the local model is busy; retry shortly",
-                retry_after=backend.settings.retry_after_s,
-            )
-        # A grammar compiles in milliseconds (the vocabulary's bridge, the first time, in a
-        # second or so): never on the event loop.
-        if _structured(self.req) or _chars(self.req) > _INLINE_CHARS:
-            await asyncio.to_thread(self._plan, engine.n_ctx_slot)
-        else:
-            self._plan(engine.n_ctx_slot)
         queue: asyncio.Queue[tuple[int, list[Event]]] = asyncio.Queue()
-        for c in self.choices:
-            c.job = Job(prompt=c.tokens, params=c.params, sink=_Tagged(queue, c.index))
-            engine.submit(c.job)
+        with self.backend.admit() as engine:
+            # A grammar compiles in milliseconds (the vocabulary's bridge, the first time, in
+            # a second or so): never on the event loop.
+            if _structured(self.req) or self.req.content_chars() > INLINE_PROMPT_CHARS:
+                await asyncio.to_thread(self._plan, engine.n_ctx_slot)
+            else:
+                self._plan(engine.n_ctx_slot)
+            for c in self.choices:
+                c.job = Job(prompt=c.tokens, params=c.params, sink=_Tagged(queue, c.index))
+                engine.submit(c.job)
         try:
             left = len(self.choices)
             while left:
@@ -227,10 +217,6 @@ def _collect(choice: _Choice, items: list[Any]) -> list[tuple[str, list[TokenLog
     return pairs
 
 
-def _chars(req: AnyRequest) -> int:
-    return req.content_chars()
-
-
 # -- OpenAI's shapes for several choices: whole responses and stream chunks, per index --
 
 
@@ -255,7 +241,7 @@ def _wants_logprobs(answer: Answer) -> bool:
 def _chat_message(answer: Answer, c: _Choice) -> tuple[dict[str, Any], str]:
     text = "".join(c.parts)
     if answer.tools is not None:
-        calls = structured.tool_calls(text)
+        calls = tool_calls.tool_calls(text)
         if calls is not None:
             return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
     return {"role": "assistant", "content": text}, c.finish
@@ -334,8 +320,6 @@ class Streamer:
 
     def on(self, c: _Choice, event: Event) -> list[dict[str, Any]]:
         """The chunks one engine event of choice `c` becomes."""
-        from .answer import _collect
-
         kind = event[0]
         if kind == "start":
             self.logprobs = c.params.logprobs is not None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Chunk, Completion, Endpoint, Kind
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# Prompts longer than this are templated and tokenized off the event loop.
-_INLINE_PROMPT_CHARS = 8192
 
 
 class _MetricsObserver:
@@ -81,10 +78,6 @@ class LocalBackend:
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
-    def ready(self) -> bool:
-        return self.engine is not None
-
-    @property
     def n_ctx(self) -> int:
         """Context of one slot, in tokens."""
         return self.engine.n_ctx_slot if self.engine is not None else self.settings.n_ctx
@@ -100,12 +93,28 @@ class LocalBackend:
         """Requests holding a slot (prefilling or decoding)."""
         return self.engine.busy if self.engine is not None else 0
 
-    @property
-    def slots_busy(self) -> int:
-        return self.in_flight
-
     def has_room(self) -> bool:
         return self.queue_depth + self.in_flight < self.settings.parallel + self.settings.max_queue
+
+    @contextmanager
+    def admit(self) -> Iterator[Engine]:
+        """The local admission check, the one every local answer passes: the model loaded
+        and room for one more request. Inside the block the request counts as waiting
+        (queue_depth) while its prompt is templated and tokenized; the caller submits its
+        jobs to the engine before leaving, from when the engine counts them."""
+        engine = self.engine
+        if engine is None:
+            raise NotReady("the local model is still loading", code="model_loading")
+        if not self.has_room():
+            raise QueueFull(
+                "the local model is busy; retry shortly",
+                retry_after=self.settings.retry_after_s,
+            )
+        self._preparing += 1
+        try:
+            yield engine
+        finally:
+            self._preparing -= 1
 
     async def load(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -169,9 +178,6 @@ class LocalBackend:
             if engine is None or engine.ctx is None:
                 model.close()
 
-    async def probe(self, *, deep: bool = False) -> bool | None:
-        return self.ready
-
     # -- serving ---------------------------------------------------------------------------
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
@@ -203,9 +209,9 @@ class LocalBackend:
         u = self._usage(job)
         wants = job.params.logprobs is not None
         if endpoint == "chat":
-            build, lp = chat_response, _chat_logprobs(entries) if wants else None
+            build, lp = chat_response, answer.chat_logprobs(entries) if wants else None
         else:
-            lp = _completion_logprobs(entries, len(prompt_text)) if wants else None
+            lp = answer.completion_logprobs(entries, len(prompt_text)) if wants else None
             build = completion_response
         obj = build(
             rid=rid, model=self.model_name, text=text, finish_reason=finish, usage_=u, logprobs=lp
@@ -240,7 +246,9 @@ class LocalBackend:
                         continue
                     for text, lps in event[1]:
                         shaped = (
-                            _chat_logprobs(lps) if seq.chat else _completion_logprobs(lps, offset)
+                            answer.chat_logprobs(lps)
+                            if seq.chat
+                            else answer.completion_logprobs(lps, offset)
                         )
                         yield seq.text(text, logprobs=shaped)
                 elif kind == "done":
@@ -260,25 +268,14 @@ class LocalBackend:
         self, req: AnyRequest, endpoint: Endpoint
     ) -> AsyncGenerator[tuple[Any, ...], None]:
         """Admit the request, hand it to the engine and relay its events; cancel on exit."""
-        engine = self.engine
-        if engine is None:
-            raise NotReady("the local model is still loading", code="model_loading")
-        if not self.has_room():
-            raise QueueFull(
-                "the local model is busy; retry shortly",
-                retry_after=self.settings.retry_after_s,
-            )
-        self._preparing += 1
-        try:
-            if _prompt_chars(req) > _INLINE_PROMPT_CHARS:
+        with self.admit() as engine:
+            if req.content_chars() > answer.INLINE_PROMPT_CHARS:
                 tokens, stops, text = await asyncio.to_thread(self._prompt, req)
             else:
                 tokens, stops, text = self._prompt(req)
-            params = self._params(req, endpoint, tokens, stops, engine.n_ctx_slot)
+            params = self.sampling(req, endpoint, tokens, stops, engine.n_ctx_slot)
             job = Job(prompt=tokens, params=params, sink=asyncio.Queue())
             engine.submit(job)
-        finally:
-            self._preparing -= 1
         started = time.perf_counter()
         try:
             yield ("job", job, text)
@@ -341,11 +338,7 @@ class LocalBackend:
     def sampling(
         self, req: AnyRequest, endpoint: Endpoint, tokens: list[int], stops: list[str], n_ctx: int
     ) -> SamplingParams:
-        return self._params(req, endpoint, tokens, stops, n_ctx)
-
-    def _params(
-        self, req: AnyRequest, endpoint: Endpoint, tokens: list[int], stops: list[str], n_ctx: int
-    ) -> SamplingParams:
+        """One prompt's sampler settings: the request's, the defaults, and the room in context."""
         n_prompt = len(tokens)
         room = n_ctx - n_prompt
         if room < 1:
@@ -372,23 +365,3 @@ class LocalBackend:
             stop=tuple(stops),
             logprobs=logprobs,
         )
-
-
-def _prompt_chars(req: AnyRequest) -> int:
-    if isinstance(req, ChatRequest):
-        return sum(len(m.text()) for m in req.messages)
-    return len(req.prompt_text())
-
-
-def _chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
-    return {"content": [e.chat() for e in entries], "refusal": None}
-
-
-def _completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    """The legacy shape; text offsets count from the start of the prompt, as OpenAI's do."""
-    return {
-        "tokens": [e.token for e in entries],
-        "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{t: lp for t, _, lp in e.top} for e in entries],
-        "text_offset": [offset + e.start for e in entries],
-    }
