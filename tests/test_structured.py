@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 
 from gateway.errors import InvalidRequest
 from gateway.local.model import Model, embedded_model_path
-from gateway.local.structured import schema_grammar, tool_plan
+from gateway.local.structured import schema_grammar
+from gateway.local.tool_calls import tool_plan
 from gateway.schemas import ChatRequest
 from tests.conftest import GatewayProcess, local_only_gateway
 
