@@ -11,12 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from ..errors import InvalidRequest
 from ..http.requests import validation_error
 from ..settings import ServerSettings
+from ..vectors import Item
 
 # OpenAI's own bound on the inputs of one request.
 MAX_INPUTS = 2048
 # Token ids are 32-bit in every tokenizer we could pass them to.
 TokenId = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
-Item = str | list[int]  # one input: text, or token ids
 
 
 class EmbeddingRequest(BaseModel):
@@ -88,13 +88,6 @@ def parse_embedding_request(body: dict[str, Any], server: ServerSettings) -> Emb
         raise validation_error(exc) from None
     _check(req, server)
     return req
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 length, as OpenAI's embeddings are; a zero row stays zero."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return (vectors / norms).astype(np.float32)
 
 
 def encode(vector: np.ndarray, encoding_format: str | None) -> list[float] | str:

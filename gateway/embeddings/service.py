@@ -48,8 +48,9 @@ from ..routing.privacy import TooLarge, embedding_strings
 from ..routing.store import PolicyStore
 from ..routing.tokens import count_tokens, encoder
 from ..settings import CloudModel, Settings
+from ..vectors import normalise
 from .cache import EmbeddingCache
-from .request import EmbeddingRequest, Item, normalise, response
+from .request import EmbeddingRequest, Item, response
 
 log = logging.getLogger(__name__)
 

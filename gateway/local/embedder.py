@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ..embeddings.request import Item, normalise
 from ..errors import ContextLengthExceeded, InvalidRequest, NoRouteAvailable, QueueFull
 from ..settings import LocalEmbeddingSettings
+from ..vectors import Item, normalise
 from .model import embedded_model_path, llama_lib
 
 log = logging.getLogger(__name__)
