@@ -178,11 +178,11 @@ class Answer:
         jobs = [c.job for c in self.choices if c.job is not None]
         # A prompt counts once, however many choices continue it (as OpenAI counts).
         first = {c.prompt: c.job for c in reversed(self.choices) if c.job is not None}
-        u: dict[str, Any] = usage(
-            sum(j.prompt_tokens for j in first.values()), sum(j.completion_tokens for j in jobs)
+        return local_usage(
+            sum(j.prompt_tokens for j in first.values()),
+            sum(j.completion_tokens for j in jobs),
+            cached=sum(j.reused_tokens for j in jobs),
         )
-        u["prompt_tokens_details"] = {"cached_tokens": sum(j.reused_tokens for j in jobs)}
-        return u
 
     # -- whole answers ---------------------------------------------------------------------
 
@@ -238,13 +238,35 @@ def _wants_logprobs(answer: Answer) -> bool:
     return bool(answer.choices) and answer.choices[0].params.logprobs is not None
 
 
-def _chat_message(answer: Answer, c: _Choice) -> tuple[dict[str, Any], str]:
+def local_usage(prompt: int, completion: int, *, cached: int) -> dict[str, Any]:
+    """OpenAI's usage; its field for prompt tokens served from a cache counts the KV reused
+    from a slot."""
+    u: dict[str, Any] = usage(prompt, completion)
+    u["prompt_tokens_details"] = {"cached_tokens": cached}
+    return u
+
+
+@dataclass(frozen=True)
+class _Said:
+    """What one chat choice said: text, or (when tools were offered) a whole call."""
+
+    text: str
+    calls: list[dict[str, Any]] | None
+    finish: str
+
+    def message(self) -> dict[str, Any]:
+        if self.calls is not None:
+            return {"role": "assistant", "content": None, "tool_calls": self.calls}
+        return {"role": "assistant", "content": self.text}
+
+
+def _said(answer: Answer, c: _Choice) -> _Said:
     text = "".join(c.parts)
     if answer.tools is not None:
         calls = tool_calls.tool_calls(text)
         if calls is not None:
-            return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
-    return {"role": "assistant", "content": text}, c.finish
+            return _Said(text, calls, "tool_calls")
+    return _Said(text, None, c.finish)
 
 
 def whole(answer: Answer) -> dict[str, Any]:
@@ -254,13 +276,13 @@ def whole(answer: Answer) -> dict[str, Any]:
     chat = answer.endpoint == "chat"
     for c in answer.choices:
         if chat:
-            message, finish = _chat_message(answer, c)
+            said = _said(answer, c)
             choices.append(
                 {
                     "index": c.index,
-                    "message": message,
+                    "message": said.message(),
                     "logprobs": chat_logprobs(c.entries) if lp else None,
-                    "finish_reason": finish,
+                    "finish_reason": said.finish,
                 }
             )
         else:
@@ -345,14 +367,14 @@ class Streamer:
     def _done(self, c: _Choice) -> list[dict[str, Any]]:
         if not self.chat:
             return [self._chunk(c, text="", finish=c.finish)]
-        message, finish = _chat_message(self.answer, c)
+        said = _said(self.answer, c)
         out: list[dict[str, Any]] = []
-        if "tool_calls" in message:
-            calls = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
+        if said.calls is not None:
+            calls = [{"index": k, **call} for k, call in enumerate(said.calls)]
             out.append(self._chunk(c, delta={"tool_calls": calls}))
-        elif self.answer.tools is not None and message["content"]:
-            out.append(self._chunk(c, delta={"content": message["content"]}))
-        out.append(self._chunk(c, delta={}, finish=finish))
+        elif self.answer.tools is not None and said.text:
+            out.append(self._chunk(c, delta={"content": said.text}))
+        out.append(self._chunk(c, delta={}, finish=said.finish))
         return out
 
     def usage_chunk(self) -> dict[str, Any]:

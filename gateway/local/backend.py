@@ -18,7 +18,6 @@ from ..schemas import (
     chat_response,
     completion_response,
     new_id,
-    usage,
 )
 from ..settings import LocalSettings
 from . import answer, fields
@@ -259,10 +258,9 @@ class LocalBackend:
 
     @staticmethod
     def _usage(job: Job) -> dict[str, Any]:
-        u: dict[str, Any] = usage(job.prompt_tokens, job.completion_tokens)
-        # OpenAI's field for prompt tokens served from a cache: here, KV reused from a slot.
-        u["prompt_tokens_details"] = {"cached_tokens": job.reused_tokens}
-        return u
+        return answer.local_usage(
+            job.prompt_tokens, job.completion_tokens, cached=job.reused_tokens
+        )
 
     async def _events(
         self, req: AnyRequest, endpoint: Endpoint
