@@ -32,7 +32,7 @@ async def test_a_route_added_without_a_policy_stops_the_app_at_start() -> None:
     app.router.add_get("/v1/sneaky", sneaky)
     assert sorted(undeclared(app)) == ["GET /v1/sneaky", "HEAD /v1/sneaky"]
     runner = GatewayRunner(app)
-    with pytest.raises(RuntimeError, match="without a declared access policy: .*GET /v1/sneaky"):
+    with pytest.raises(RuntimeError, match=r"without a declared access policy: .*GET /v1/sneaky"):
         await runner.setup()
     await runner.cleanup()
 
