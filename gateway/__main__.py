@@ -46,7 +46,7 @@ async def _run(app: object, settings: object) -> None:
     from aiohttp import web
 
     from .http.server import GatewayRunner
-    from .services import SERVICES
+    from .services import shutdown
     from .settings import Settings
 
     assert isinstance(app, web.Application) and isinstance(settings, Settings)
@@ -63,7 +63,7 @@ async def _run(app: object, settings: object) -> None:
     try:
         await stop.wait()
         print("edge-gateway: draining", file=sys.stderr, flush=True)
-        await app[SERVICES].shutdown(server.shutdown_grace_s)
+        await shutdown(app, server.shutdown_grace_s)
     finally:
         await runner.cleanup()
 
@@ -77,10 +77,10 @@ async def _reload_on_sighup(app: object) -> None:
     from aiohttp import web
 
     from .routing.policy import PolicyError
-    from .services import SERVICES
+    from .services import POLICY_STORE
 
     assert isinstance(app, web.Application)
-    store = app[SERVICES].policies
+    store = app[POLICY_STORE]
 
     def reload() -> None:
         with contextlib.suppress(PolicyError):  # logged and counted by the store

@@ -18,11 +18,12 @@ from .costs import Prices
 from .dispatch import Dispatcher
 from .embeddings.service import EmbeddingService
 from .http import routes
+from .http.access import declared
 from .http.auth import auth_middleware
-from .http.keyring import KeyRing
 from .http.middlewares import error_middleware, request_id_middleware
 from .http.observe import observe_middleware
 from .http.responses import RESPONSE_STORE
+from .keyring import KeyRing
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .local.fleet import Fleet
 from .metrics import Metrics
@@ -32,7 +33,24 @@ from .routing.features import FeatureExtractor
 from .routing.policy import Router
 from .routing.store import PolicyStore
 from .routing.tokens import encoder
-from .services import SERVICES, Services
+from .services import (
+    DISPATCHER,
+    EMBEDDINGS,
+    KEYRING,
+    LEARNING,
+    LIFECYCLE,
+    LIMITER,
+    LOCAL,
+    METRICS,
+    OUTBOX,
+    POLICY_STORE,
+    PRICES,
+    SERVICES,
+    SETTINGS,
+    STATUS,
+    Lifecycle,
+    Services,
+)
 from .settings import Settings
 from .status import StatusBoard
 from .telemetry import Outbox
@@ -54,9 +72,15 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[request_id_middleware, observe_middleware, error_middleware, auth_middleware],
         client_max_size=settings.server.max_body_bytes,
     )
-    metrics = Metrics()
-    status = StatusBoard(recent=settings.ui.recent_decisions, show_prompts=settings.ui.show_prompts)
-    local = Fleet(settings.local, metrics=metrics)  # the default model and local.models
+    # Every resource under its own key, set here once and never replaced; each one's opening
+    # and closing is its own cleanup context below.
+    app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
+    metrics = app[METRICS] = Metrics()
+    status = app[STATUS] = StatusBoard(
+        recent=settings.ui.recent_decisions, show_prompts=settings.ui.show_prompts
+    )
+    local = app[LOCAL] = Fleet(settings.local, metrics=metrics)
     cloud_names = [m.name for m in settings.cloud.models]
 
     def reloaded(result: str) -> None:
@@ -64,7 +88,7 @@ def create_app(settings: Settings) -> web.Application:
         status.policy_reloaded(result)
 
     embedding_names = [m.name for m in settings.cloud.embedding_models]
-    policies = PolicyStore(
+    policies = app[POLICY_STORE] = PolicyStore(
         settings.policy.file,
         cloud_names=cloud_names + embedding_names,
         on_reload=reloaded,
@@ -73,7 +97,7 @@ def create_app(settings: Settings) -> web.Application:
     breakers = build_breakers(settings, metrics)
     cache = build_cache(settings, metrics) if cloud_names else None
     clouds: dict[str, Backend] = {}  # filled on startup: needs the session (and maybe litellm)
-    dispatcher = Dispatcher(
+    dispatcher = app[DISPATCHER] = Dispatcher(
         local=local,
         clouds=clouds,
         breakers=breakers,
@@ -83,29 +107,22 @@ def create_app(settings: Settings) -> web.Application:
         cache=cache,
         max_prompt_tokens=settings.server.max_prompt_tokens,
     )
-    keyring = KeyRing(settings.server)
-    app[SERVICES] = Services(
-        settings=settings,
-        local=local,
-        dispatcher=dispatcher,
-        policies=policies,
-        metrics=metrics,
-        prices=Prices([m.model for m in settings.cloud.models]),
-        keyring=keyring,
-        limiter=build_limiter(settings, metrics, keyed=keyring.enforced),
-        status=status,
-        outbox=build_outbox(settings, metrics, breakers),
-    )
+    keyring = app[KEYRING] = KeyRing(settings.server)
+    app[LIMITER] = build_limiter(settings, metrics, keyed=keyring.enforced)
+    app[PRICES] = Prices([m.model for m in settings.cloud.models])
     app[RESPONSE_STORE] = ResponseStore(settings.responses)  # /v1/responses' stored answers
     if settings.learning.enabled:
-        app[SERVICES].learning = build_learning(app[SERVICES], dispatcher.extractor.scorer)
-    app[SERVICES].embeddings = build_embeddings(settings, policies, metrics)
+        app[LEARNING] = build_learning(app, dispatcher.extractor.scorer)
+    app[EMBEDDINGS] = build_embeddings(settings, policies, metrics)
+    app[SERVICES] = Services(app)  # a read-only view by name, for code holding the app
     _watch_local(metrics, local, settings)
+    app.cleanup_ctx.append(declared)  # first: an app with an undeclared route never starts
     app.cleanup_ctx.append(_local_model)
     app.cleanup_ctx.append(_cloud_backends)
     app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_cache)
-    app.cleanup_ctx.append(_telemetry)
+    app.cleanup_ctx.append(_telemetry)  # sets OUTBOX once the outbox opened
     app.cleanup_ctx.append(_learning)  # last in, first out: judgements stop before the session
     app.cleanup_ctx.append(_embeddings)
     app.on_shutdown.append(_draining)
@@ -151,26 +168,26 @@ def build_outbox(
     )
 
 
-def build_learning(services: Services, shipped: Scorer) -> Learning:
+def build_learning(app: web.Application, shipped: Scorer) -> Learning:
     """The label store and its loop (gateway/learning/); only when learning.enabled."""
     from .learning import Learning
 
     return Learning(
-        services.settings,
-        dispatcher=services.dispatcher,
-        policies=services.policies,
-        registry=services.metrics.registry,
-        prices=services.prices,
+        app[SETTINGS],
+        dispatcher=app[DISPATCHER],
+        policies=app[POLICY_STORE],
+        registry=app[METRICS].registry,
+        prices=app[PRICES],
         shipped=shipped,
         # Distinct client keys: with two or more, labels come from tenants who must not
         # steer the router for one another (learning/retrain.py).
-        keys=len(set(services.keyring.client_digests)),
+        keys=len(set(app[KEYRING].client_digests)),
     )
 
 
 async def _learning(app: web.Application) -> AsyncIterator[None]:
     yield
-    learning = app[SERVICES].learning  # None unless learning.enabled
+    learning = app.get(LEARNING)  # None unless learning.enabled
     if learning is not None:
         await learning.close()  # cancels shadow judgements, then closes the store
 
@@ -186,7 +203,7 @@ def _watch_local(metrics: Metrics, local: Fleet, settings: Settings) -> None:
 
 async def _draining(app: web.Application) -> None:
     """Shutting down: say not-ready so balancers stop sending while in-flight requests drain."""
-    app[SERVICES].draining = True
+    app[LIFECYCLE].draining = True
 
 
 def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
@@ -207,10 +224,7 @@ def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
 
 async def _embeddings(app: web.Application) -> AsyncIterator[None]:
     """Cloud embedders on start; the embedding model and its sessions freed on stop."""
-    service = app[SERVICES].embeddings
-    if service is None:
-        yield
-        return
+    service = app[EMBEDDINGS]
     await service.start()
     yield
     with contextlib.suppress(Exception):
@@ -240,17 +254,21 @@ def build_limiter(settings: Settings, metrics: Metrics, *, keyed: bool) -> Limit
     )
 
 
+async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[LIMITER].close()
+
+
 async def _cache(app: web.Application) -> AsyncIterator[None]:
     yield
-    services = app[SERVICES]
-    if services.dispatcher.cache is not None:
-        await services.dispatcher.cache.close()
-    await services.limiter.close()
+    cache = app[DISPATCHER].cache
+    if cache is not None:
+        await cache.close()
 
 
 async def _local_model(app: web.Application) -> AsyncIterator[None]:
     """Load the model in the background so /healthz answers while it loads."""
-    local = app[SERVICES].local
+    local = app[LOCAL]
 
     async def load() -> None:
         try:
@@ -270,13 +288,12 @@ async def _local_model(app: web.Application) -> AsyncIterator[None]:
 
 async def _cloud_backends(app: web.Application) -> AsyncIterator[None]:
     """One pooled HTTP session for every upstream; litellm only if a model needs it."""
-    services = app[SERVICES]
-    cloud = services.settings.cloud
+    cloud = app[SETTINGS].cloud
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=cloud.connect_timeout_s),
     )
-    clouds = services.dispatcher.clouds
+    clouds = app[DISPATCHER].clouds
     litellm = None
     for m in cloud.models:
         if cloud.passthrough and m.api_base and m.model.startswith("openai/"):
@@ -297,10 +314,10 @@ async def _cloud_backends(app: web.Application) -> AsyncIterator[None]:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Probe open breakers and watch the policy file."""
-    services = app[SERVICES]
+    settings, policies = app[SETTINGS], app[POLICY_STORE]
     tasks = [
-        asyncio.create_task(_probe_loop(services.dispatcher, services.settings)),
-        asyncio.create_task(services.policies.watch(services.settings.policy.reload_interval_s)),
+        asyncio.create_task(_probe_loop(app[DISPATCHER], settings)),
+        asyncio.create_task(policies.watch(settings.policy.reload_interval_s)),
     ]
     yield
     for t in tasks:
@@ -311,15 +328,20 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _telemetry(app: web.Application) -> AsyncIterator[None]:
-    """Open the outbox (records left by the last run ship first) and its shipper."""
-    services = app[SERVICES]
-    outbox = services.outbox
+    """Open the outbox (records left by the last run ship first) and its shipper.
+
+    OUTBOX is set only once it opened: without an endpoint, or with a store that cannot
+    open, the gateway serves without telemetry and nothing reads an outbox.
+    """
+    outbox = build_outbox(app[SETTINGS], app[METRICS], app[DISPATCHER].breakers)
     if outbox is not None:
         try:
             await outbox.start()
         except Exception:  # telemetry is never worth a box that does not serve
             log.exception("telemetry outbox cannot open its store; running without telemetry")
-            outbox = services.outbox = None
+            outbox = None
+        else:
+            app[OUTBOX] = outbox
     yield
     if outbox is not None:
         await outbox.close()

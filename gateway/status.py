@@ -28,7 +28,7 @@ CAUSES = {
 
 
 @dataclass
-class Decision:
+class RecentDecision:
     """One accounted request, as the page lists it."""
 
     time: float
@@ -73,7 +73,7 @@ class StatusBoard:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.show_prompts = show_prompts
-        self.recent: deque[Decision] = deque(maxlen=recent)
+        self.recent: deque[RecentDecision] = deque(maxlen=recent)
         self._minutes: deque[_Minute] = deque(maxlen=HOUR_MINUTES)
         self._clock = clock
         self.total_requests = 0
@@ -92,7 +92,7 @@ class StatusBoard:
         """One request's log line (gateway/http/observe.py) becomes one listed decision."""
         moves = [f"{src}->{dst} ({cause})" for src, dst, cause in failovers or ()]
         self.add(
-            Decision(
+            RecentDecision(
                 time=self._clock(),
                 path=line["path"],
                 model=model,
@@ -112,7 +112,7 @@ class StatusBoard:
             )
         )
 
-    def add(self, d: Decision) -> None:
+    def add(self, d: RecentDecision) -> None:
         if not self.show_prompts:
             d.prompt = d.answer = None
         else:

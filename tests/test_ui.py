@@ -24,7 +24,8 @@ import pytest
 
 from gateway.backends.health import Breaker, State
 from gateway.http import openapi
-from gateway.status import Decision, StatusBoard
+from gateway.status import RecentDecision as Decision
+from gateway.status import StatusBoard
 from tests.conftest import ROOT, RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud
 

@@ -18,7 +18,7 @@ from ..cache import CacheControl
 from ..dispatch import Outcome
 from ..errors import GatewayError, RequestTimeout, ShuttingDown
 from ..schemas import ChatRequest, CompletionRequest
-from ..services import SERVICES
+from ..services import DISPATCHER, LEARNING, LIFECYCLE, LIMITER, SETTINGS
 from ..settings import ServerSettings
 from .auth import tenant_of
 from .middlewares import REQUEST_ID, REQUEST_ID_HEADER
@@ -41,30 +41,30 @@ async def _serve(
     model: type[ChatRequest] | type[CompletionRequest],
     endpoint: Endpoint,
 ) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    req = parse_request(model, await read_json(request), services.settings.server)
+    req = parse_request(model, await read_json(request), request.app[SETTINGS].server)
     tenant = tenant_of(request)
-    budget_spent = await services.limiter.admit(tenant)
+    budget_spent = await request.app[LIMITER].admit(tenant)
     cc = CacheControl.parse(request.headers.get("Cache-Control"))
     record = request[RECORD]
-    deadline = deadline_of(record.started, services.settings.server)
+    deadline = deadline_of(record.started, request.app[SETTINGS].server)
     try:
         async with asyncio.timeout_at(deadline):
-            outcome = await services.dispatcher.handle(
+            outcome = await request.app[DISPATCHER].handle(
                 req, endpoint, tenant, cc, force_local=budget_spent, on_decision=record.decided
             )
     except TimeoutError:
         if asyncio.get_running_loop().time() < deadline:
             raise  # not our bound: someone else's timeout
-        raise timed_out(services.settings.server) from None
+        raise timed_out(request.app[SETTINGS].server) from None
     record.outcome = outcome
     record.backend_s = outcome.backend_seconds
     # Text is captured only on opt-in: the log (server.log_bodies) or the status page.
-    if services.settings.server.log_bodies or services.settings.ui.show_prompts:
+    if request.app[SETTINGS].server.log_bodies or request.app[SETTINGS].ui.show_prompts:
         record.prompt_text = req.prompt_text()
         record.answer_parts = []
-    if services.learning is not None:  # remember it for feedback; maybe shadow-judge it later
-        services.learning.answered(
+    learning = request.app.get(LEARNING)
+    if learning is not None:  # remember it for feedback; maybe shadow-judge it later
+        learning.answered(
             request[REQUEST_ID], req, endpoint, outcome, record, asyncio.current_task()
         )
     headers = outcome.headers()
@@ -125,7 +125,6 @@ async def _write_stream(
     deadline: float,
 ) -> web.StreamResponse:
     assert outcome.chunks is not None
-    services = request.app[SERVICES]
     record = request[RECORD]
     resp = await open_event_stream(request, headers)
     chunks = outcome.chunks
@@ -137,14 +136,14 @@ async def _write_stream(
     except TimeoutError:
         if not bound.expired():
             raise
-        _stream_failed(record, timed_out(services.settings.server))
-        await resp.write(sse.error_frame(timed_out(services.settings.server)))
+        _stream_failed(record, timed_out(request.app[SETTINGS].server))
+        await resp.write(sse.error_frame(timed_out(request.app[SETTINGS].server)))
     except GatewayError as exc:
         # Bytes already went out, so the status is spent: say it in-band, never end silently.
         _stream_failed(record, exc)
         await resp.write(sse.error_frame(exc))
     except asyncio.CancelledError:
-        if services.stopping:
+        if request.app[LIFECYCLE].stopping:
             # Cut by the shutdown grace: tell the client why before the connection closes.
             err = ShuttingDown("The gateway is shutting down; retry the request.")
             _stream_failed(record, err)

@@ -10,7 +10,7 @@ from aiohttp import web
 from ..cache import CacheControl
 from ..embeddings.request import parse_embedding_request
 from ..errors import NotFound
-from ..services import SERVICES
+from ..services import EMBEDDINGS, LIMITER, METRICS, SETTINGS
 from .auth import tenant_of
 from .chat import deadline_of, timed_out
 from .observe import RECORD
@@ -18,16 +18,15 @@ from .requests import read_json
 
 
 async def create_embeddings(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    service = services.embeddings
+    service = request.app.get(EMBEDDINGS)
     if service is None:
         raise NotFound("This gateway serves no embeddings.", code="not_found")
-    req = parse_embedding_request(await read_json(request), services.settings.server)
+    req = parse_embedding_request(await read_json(request), request.app[SETTINGS].server)
     tenant = tenant_of(request)
-    budget_spent = await services.limiter.admit(tenant)
+    budget_spent = await request.app[LIMITER].admit(tenant)
     cc = CacheControl.parse(request.headers.get("Cache-Control"))
     record = request[RECORD]
-    deadline = deadline_of(record.started, services.settings.server)
+    deadline = deadline_of(record.started, request.app[SETTINGS].server)
     try:
         async with asyncio.timeout_at(deadline):
             outcome, hits = await service.handle(
@@ -41,7 +40,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     except TimeoutError:
         if asyncio.get_running_loop().time() < deadline:
             raise
-        raise timed_out(services.settings.server) from None
+        raise timed_out(request.app[SETTINGS].server) from None
     record.outcome = outcome
     record.backend_s = outcome.backend_seconds
     assert outcome.completion is not None
@@ -49,10 +48,10 @@ async def create_embeddings(request: web.Request) -> web.Response:
     tokens = int(obj["usage"]["prompt_tokens"])
     cost = service.cost(outcome, tokens)
     if cost:
-        services.metrics.cloud_spend.inc(cost)
+        request.app[METRICS].cloud_spend.inc(cost)
     # Tokens count towards the key's tokens-per-minute limit and its cloud budget, as chat's;
     # charged here at the embedding model's price, so the shared accounting skips it.
-    services.limiter.record(tenant, tokens, cost)
+    request.app[LIMITER].record(tenant, tokens, cost)
     record.prompt_tokens, record.accounted = tokens, True
     headers = outcome.headers()
     headers["x-gateway-cache-inputs"] = f"{hits}/{len(obj['data'])}"

@@ -12,7 +12,7 @@ import math
 from aiohttp import web
 
 from ..errors import InvalidRequest, NotFound
-from ..services import SERVICES
+from ..services import LEARNING
 from .auth import tenant_of
 from .requests import read_json
 
@@ -20,8 +20,7 @@ _FIELDS = {"request_id", "score", "good"}
 
 
 async def feedback(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    learning = services.learning
+    learning = request.app.get(LEARNING)
     if learning is None:
         raise NotFound(
             "Feedback is not collected on this gateway (learning.enabled is false).",

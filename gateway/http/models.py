@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import Forbidden
-from ..services import SERVICES
+from ..services import LOCAL, SETTINGS
 from .requests import read_json, validation_error
 from .ui import over_loopback
 
@@ -39,7 +39,7 @@ class SwapRequest(BaseModel):
 def _guard(request: web.Request) -> None:
     """Loading files by path is the box's most powerful lever: on a box with no admin key it
     is offered over loopback only (as the status page is), never to the LAN."""
-    if request.app[SERVICES].settings.server.admin_key is None and not over_loopback(request):
+    if request.app[SETTINGS].server.admin_key is None and not over_loopback(request):
         raise Forbidden(
             "Model administration without an admin key is served only on loopback; set "
             "GATEWAY_SERVER__ADMIN_KEY."
@@ -48,7 +48,7 @@ def _guard(request: web.Request) -> None:
 
 async def list_local_models(request: web.Request) -> web.Response:
     _guard(request)
-    fleet = request.app[SERVICES].local
+    fleet = request.app[LOCAL]
     return web.json_response({"object": "list", "data": fleet.describe()})
 
 
@@ -59,7 +59,7 @@ async def swap_model(request: web.Request) -> web.Response:
         wanted = SwapRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    fleet = request.app[SERVICES].local
+    fleet = request.app[LOCAL]
     entry = await fleet.swap(
         wanted.name,
         wanted.path,
@@ -72,13 +72,13 @@ async def swap_model(request: web.Request) -> web.Response:
 
 async def promote_model(request: web.Request) -> web.Response:
     _guard(request)
-    fleet = request.app[SERVICES].local
+    fleet = request.app[LOCAL]
     entry = await fleet.promote(request.match_info["name"])
     return web.json_response({"status": "promoted", **entry})
 
 
 async def rollback_model(request: web.Request) -> web.Response:
     _guard(request)
-    fleet = request.app[SERVICES].local
+    fleet = request.app[LOCAL]
     entry = await fleet.rollback(request.match_info["name"])
     return web.json_response({"status": "rolled_back", **entry})

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..services import SERVICES
+from ..services import LIFECYCLE, LIMITER, LOCAL, METRICS, OUTBOX, PRICES, SETTINGS, STATUS
 from ..telemetry.record import routing_record
+from .access import policy_of
 from .middlewares import CLIENT_CLOSED, REQUEST_ID, Handler
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..routing.features import Features
     from ..routing.policy import Decision
-    from ..services import Services
+    from ..settings import Settings
 
 log = logging.getLogger("gateway.request")
 
@@ -75,10 +76,10 @@ def _path_label(request: web.Request) -> str:
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     record = RequestRecord()
     request[RECORD] = record
-    services = request.app[SERVICES]
+    in_flight = request.app[LIFECYCLE].in_flight
     task = asyncio.current_task()
     if task is not None:
-        services.in_flight.add(task)
+        in_flight.add(task)
     status = 500
     try:
         response = await handler(request)
@@ -90,16 +91,16 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         if task is not None:
-            services.in_flight.discard(task)
+            in_flight.discard(task)
         _account(request, record, status)
 
 
 def _account(request: web.Request, record: RequestRecord, status: int) -> None:
-    services = request.app[SERVICES]
+    if not policy_of(request).traffic:
+        return  # probes, scrapes and admin calls are not traffic (the route table says which)
+    app = request.app
     path = _path_label(request)
-    if not path.startswith("/v1/") or path in ("/v1/models", "/v1/route"):
-        return  # probes, scrapes and admin calls are not traffic
-    m = services.metrics
+    m = app[METRICS]
     total = time.perf_counter() - record.started
     o = record.outcome
     decision = o.decision if o else record.decision
@@ -110,7 +111,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     m.requests.labels(route, rule, status_class).inc()
     m.duration.labels(route).observe(total)
     if o is not None:
-        _answered(services, m, o, record, total, status)
+        _answered(app, m, o, record, total, status)
     line: dict[str, Any] = {
         "request_id": request.get(REQUEST_ID),
         "method": request.method,
@@ -134,21 +135,22 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
         line["cascade"] = o.cascade.as_dict()
     if o is not None and o.tier is not None:  # the hop below: which tier, and what it did
         line["upstream"] = o.tier.as_dict()
-    if services.outbox is not None:  # before any text joins the line (allow-listed anyway)
-        services.outbox.add(routing_record(line, o, local_model=services.local.model_name))
+    outbox = app.get(OUTBOX)
+    if outbox is not None:  # before any text joins the line (allow-listed anyway)
+        outbox.add(routing_record(line, o, local_model=app[LOCAL].model_name))
     text = None
     if record.prompt_text is not None:  # captured on opt-in only (log_bodies, ui.show_prompts)
         text = (record.prompt_text, "".join(record.answer_parts or []))
-    if text is not None and services.settings.server.log_bodies:
+    if text is not None and app[SETTINGS].server.log_bodies:
         line["prompt"], line["answer"] = text
     log.info("request", extra=line)
-    services.status.record(
+    app[STATUS].record(
         line, model=features.model if features else None, failovers=o and o.failovers, text=text
     )
 
 
 def _answered(
-    services: Services,
+    app: web.Application,
     m: Metrics,
     o: Outcome,
     record: RequestRecord,
@@ -176,15 +178,24 @@ def _answered(
             m.cascade_escalated_local_tokens.inc(o.cascade.local_tokens)
     if record.accounted:
         return
-    cost = services.prices.cost(
-        services.price_model(o), record.prompt_tokens, record.completion_tokens
+    cost = app[PRICES].cost(
+        price_model(app[SETTINGS], o), record.prompt_tokens, record.completion_tokens
     )
     if route == "cloud":
         m.cloud_spend.inc(cost)
     elif status < 400:
         m.spend_avoided.labels(route).inc(cost)
-    services.limiter.record(
+    app[LIMITER].record(
         o.features.tenant,
         record.prompt_tokens + record.completion_tokens,
         cost if route == "cloud" else 0.0,
     )
+
+
+def price_model(settings: Settings, outcome: Outcome) -> str | None:
+    """The litellm model whose price an answer is counted at (what the cloud would cost)."""
+    models = {m.name: m.model for m in settings.cloud.models}
+    target = outcome.decision.target
+    if target in models:
+        return models[target]
+    return next(iter(models.values()), None)

@@ -11,39 +11,46 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..errors import InvalidRequest, ModelNotFound, Unauthorized
 from ..routing.policy import PolicyError
 from ..schemas import ChatRequest
-from ..services import SERVICES, Services
+from ..services import (
+    DISPATCHER,
+    EMBEDDINGS,
+    LIFECYCLE,
+    LOCAL,
+    METRICS,
+    POLICY_STORE,
+    SETTINGS,
+)
 from . import openapi
 from .auth import bearer, tenant_of
 from .requests import parse_request, read_json
 
 
 async def list_models(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    created = int(services.started_at)
+    created = int(request.app[LIFECYCLE].started_at)
     data = [
         {"id": mid, "object": "model", "created": created, "owned_by": owner}
-        for mid, owner in _model_ids(services)
+        for mid, owner in _model_ids(request.app)
     ]
     return web.json_response({"object": "list", "data": data})
 
 
-def _model_ids(services: Services) -> list[tuple[str, str]]:
+def _model_ids(app: web.Application) -> list[tuple[str, str]]:
     """Chat models, then embedding models not listed already (clients discover both here)."""
-    ids = services.dispatcher.model_ids()
-    if services.embeddings is not None:
+    ids = app[DISPATCHER].model_ids()
+    embeddings = app.get(EMBEDDINGS)
+    if embeddings is not None:
         seen = {mid for mid, _ in ids}
-        extra = [services.embeddings.local.name, *services.embeddings.models]
+        extra = [embeddings.local.name, *embeddings.models]
         ids += [(m, "edge-gateway") for m in dict.fromkeys(extra) if m not in seen]
     return ids
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """One model in OpenAI's shape (`client.models.retrieve`), or 404 model_not_found."""
-    services = request.app[SERVICES]
     wanted = request.match_info["model_id"]
-    for mid, owner in _model_ids(services):
+    for mid, owner in _model_ids(request.app):
         if mid == wanted:
-            created = int(services.started_at)
+            created = int(request.app[LIFECYCLE].started_at)
             return web.json_response(
                 {"id": mid, "object": "model", "created": created, "owned_by": owner}
             )
@@ -54,10 +61,10 @@ async def retrieve_model(request: web.Request) -> web.Response:
 
 async def explain_route(request: web.Request) -> web.Response:
     """The decision for a chat request, with its features, without generating anything."""
-    services = request.app[SERVICES]
-    req = parse_request(ChatRequest, await read_json(request), services.settings.server)
-    features, decision = await services.dispatcher.decide(req, tenant_of(request))
-    return web.json_response(explanation(features, decision, services.dispatcher))
+    dispatcher = request.app[DISPATCHER]
+    req = parse_request(ChatRequest, await read_json(request), request.app[SETTINGS].server)
+    features, decision = await dispatcher.decide(req, tenant_of(request))
+    return web.json_response(explanation(features, decision, dispatcher))
 
 
 def explanation(features: Any, decision: Any, dispatcher: Any) -> dict[str, Any]:
@@ -75,15 +82,15 @@ def explanation(features: Any, decision: Any, dispatcher: Any) -> dict[str, Any]
 
 
 async def admin_reload(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    store = request.app[POLICY_STORE]
     try:
-        policy = services.policies.reload()
+        policy = store.reload()
     except PolicyError as exc:
         raise InvalidRequest(str(exc), code="invalid_policy", param="policy") from None
     return web.json_response(
         {
             "status": "reloaded",
-            "file": str(services.policies.path),
+            "file": str(store.path),
             "rules": len(policy.rules),
             "default": policy.default,
         }
@@ -91,11 +98,10 @@ async def admin_reload(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    key = services.settings.server.metrics_key
+    key = request.app[SETTINGS].server.metrics_key
     if key is not None and not _key_matches(request, key.get_secret_value()):
         raise Unauthorized("A valid metrics key is required.")
-    body = generate_latest(services.metrics.registry)
+    body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -113,9 +119,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    if services.draining:
+    if request.app[LIFECYCLE].draining:
         return web.json_response({"status": "draining"}, status=503)
-    if not services.local.ready:
+    if not request.app[LOCAL].ready:
         return web.json_response({"status": "loading", "local_model": False}, status=503)
     return web.json_response({"status": "ready", "local_model": True})

@@ -36,7 +36,7 @@ from ..responses.translate import (
     with_references,
 )
 from ..schemas import ChatRequest
-from ..services import SERVICES
+from ..services import DISPATCHER, LEARNING, LIFECYCLE, LIMITER, SETTINGS
 from ..settings import ServerSettings
 from .auth import tenant_of
 from .chat import deadline_of, open_event_stream, timed_chunks, timed_out
@@ -88,8 +88,7 @@ def _parse(body: dict[str, Any], server: ServerSettings) -> ResponsesRequest:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    server = services.settings.server
+    server = request.app[SETTINGS].server
     req = _parse(await read_json(request), server)
     tenant = tenant_of(request)
     store = request.app[RESPONSE_STORE]
@@ -113,13 +112,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     names = ErrorNames(plan.origins)
     try:
         chat: ChatRequest = parse_request(ChatRequest, plan.body, server)
-        budget_spent = await services.limiter.admit(tenant)
+        budget_spent = await request.app[LIMITER].admit(tenant)
         cc = CacheControl.parse(request.headers.get("Cache-Control"))
         record = request[RECORD]
         deadline = deadline_of(record.started, server)
         try:
             async with asyncio.timeout_at(deadline):
-                outcome = await services.dispatcher.handle(
+                outcome = await request.app[DISPATCHER].handle(
                     chat, "chat", tenant, cc, force_local=budget_spent, on_decision=record.decided
                 )
         except TimeoutError:
@@ -130,11 +129,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise names.fix(exc) from None
     record.outcome = outcome
     record.backend_s = outcome.backend_seconds
-    if server.log_bodies or services.settings.ui.show_prompts:
+    if server.log_bodies or request.app[SETTINGS].ui.show_prompts:
         record.prompt_text = chat.prompt_text()
         record.answer_parts = []
-    if services.learning is not None:  # as on chat: feedback by request id, maybe shadowed
-        services.learning.answered(
+    learning = request.app.get(LEARNING)
+    if learning is not None:  # as on chat: feedback by request id, maybe shadowed
+        learning.answered(
             request[REQUEST_ID], chat, "chat", outcome, record, asyncio.current_task()
         )
     shell = Shell(req, model=req.model)
@@ -196,7 +196,6 @@ async def _write_stream(
     deadline: float,
 ) -> web.StreamResponse:
     assert outcome.chunks is not None
-    services = request.app[SERVICES]
     record = request[RECORD]
     resp = await open_event_stream(request, outcome.headers())
     chunks = outcome.chunks
@@ -212,11 +211,11 @@ async def _write_stream(
     except TimeoutError:
         if not bound.expired():
             raise
-        await _fail(resp, events, record, timed_out(services.settings.server))
+        await _fail(resp, events, record, timed_out(request.app[SETTINGS].server))
     except GatewayError as exc:
         await _fail(resp, events, record, exc)
     except asyncio.CancelledError:
-        if services.stopping:
+        if request.app[LIFECYCLE].stopping:
             err = ShuttingDown("The gateway is shutting down; retry the request.")
             with contextlib.suppress(Exception):
                 await _fail(resp, events, record, err)

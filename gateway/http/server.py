@@ -31,7 +31,7 @@ from aiohttp.web_request import BaseRequest
 
 from ..errors import BodyTimeout, GatewayError, InternalError, InvalidRequest
 from ..metrics import Metrics
-from ..services import SERVICES
+from ..services import METRICS, SETTINGS
 from ..settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -340,9 +340,9 @@ class GatewayRunner(web.AppRunner):
     settings) and answer protocol-level errors as OpenAI JSON."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
-        services = app.get(SERVICES)
-        self.settings = services.settings.server if services is not None else ServerSettings()
-        self.metrics = services.metrics if services is not None else None
+        settings = app.get(SETTINGS)
+        self.settings = settings.server if settings is not None else ServerSettings()
+        self.metrics = app.get(METRICS)
         # The idle timeout between requests is aiohttp's own keep-alive timer.
         kwargs.setdefault("keepalive_timeout", self.settings.keepalive_timeout_s)
         super().__init__(app, **kwargs)

@@ -14,34 +14,37 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..services import Services
+from aiohttp import web
+
+from ..services import DISPATCHER, LEARNING, LIFECYCLE, LOCAL, POLICY_STORE, SETTINGS, STATUS
 from ..status import CAUSES
 
 
-def snapshot(services: Services) -> dict[str, Any]:
-    board = services.status
+def snapshot(app: web.Application) -> dict[str, Any]:
+    board = app[STATUS]
+    life = app[LIFECYCLE]
     now = time.time()
     return {
         "now": now,
-        "started_at": services.started_at,
-        "uptime_s": round(now - services.started_at, 1),
-        "draining": services.draining,
+        "started_at": life.started_at,
+        "uptime_s": round(now - life.started_at, 1),
+        "draining": life.draining,
         "show_prompts": board.show_prompts,
-        "uplink": _uplink(services),
-        "policy": _policy(services),
+        "uplink": _uplink(app),
+        "policy": _policy(app),
         "traffic": board.traffic(),
-        "cache": {**board.cache_summary(), **_cache_store(services)},
-        "local": _local(services),
+        "cache": {**board.cache_summary(), **_cache_store(app)},
+        "local": _local(app),
         "recent": [asdict(d) for d in reversed(board.recent)],
         "recent_bound": board.recent.maxlen,
         "requests_total": board.total_requests,
-        "learning": _learning(services),
+        "learning": _learning(app),
     }
 
 
-def _learning(services: Services) -> dict[str, Any] | None:
+def _learning(app: web.Application) -> dict[str, Any] | None:
     """The label store's size and the last on-box retrain (None with learning off)."""
-    learning = services.learning
+    learning = app.get(LEARNING)
     if learning is None:
         return None
     last = learning.retrainer.last
@@ -51,10 +54,10 @@ def _learning(services: Services) -> dict[str, Any] | None:
     }
 
 
-def _uplink(services: Services) -> dict[str, Any]:
-    models = {m.name: m for m in services.settings.cloud.models}
+def _uplink(app: web.Application) -> dict[str, Any]:
+    models = {m.name: m for m in app[SETTINGS].cloud.models}
     targets = []
-    for name, b in services.dispatcher.breakers.items():
+    for name, b in app[DISPATCHER].breakers.items():
         m = models.get(name)
         targets.append(
             {
@@ -72,13 +75,13 @@ def _uplink(services: Services) -> dict[str, Any]:
         )
     return {
         "configured": bool(targets),
-        "reachable": services.dispatcher.cloud_reachable() if targets else None,
+        "reachable": app[DISPATCHER].cloud_reachable() if targets else None,
         "targets": targets,
     }
 
 
-def _policy(services: Services) -> dict[str, Any]:
-    store = services.policies
+def _policy(app: web.Application) -> dict[str, Any]:
+    store, board = app[POLICY_STORE], app[STATUS]
     p = store.current
     return {
         "file": str(store.path),
@@ -87,27 +90,27 @@ def _policy(services: Services) -> dict[str, Any]:
         "scorer": "learned" if p.scorer is not None else "shipped",
         "rules": [{"name": r.name, "route": r.route, "enforce": r.enforce} for r in p.rules],
         "offline_order": list(p.offline.order),
-        "loaded_at": services.status.policy_loaded_at,
-        "last_reload": services.status.policy_last_result,
+        "loaded_at": board.policy_loaded_at,
+        "last_reload": board.policy_last_result,
         "last_error": store.last_error,
     }
 
 
-def _cache_store(services: Services) -> dict[str, Any]:
-    cache = services.dispatcher.cache
+def _cache_store(app: web.Application) -> dict[str, Any]:
+    cache = app[DISPATCHER].cache
     if cache is None:
         return {"store": None}
-    return {"store": "redis" if services.settings.cache.redis_url else "memory"}
+    return {"store": "redis" if app[SETTINGS].cache.redis_url else "memory"}
 
 
-def _local(services: Services) -> dict[str, Any]:
-    local = services.local
-    s = services.settings.local
+def _local(app: web.Application) -> dict[str, Any]:
+    local = app[LOCAL]
+    s = app[SETTINGS].local
     engine = local.engine
     kv = getattr(engine, "kv_bytes", None)
     return {
         "model": local.model_name,
-        "file": _model_file(services),
+        "file": _file_info(s.model_path),
         "ready": local.ready,
         "parallel": s.parallel,
         "slots_busy": local.slots_busy,
@@ -115,13 +118,9 @@ def _local(services: Services) -> dict[str, Any]:
         "queue_capacity": s.max_queue,
         "n_ctx_slot": local.n_ctx,
         "kv_mib": round(kv / 2**20, 1) if isinstance(kv, int | float) else None,
-        "tokens_per_s": services.status.local_tokens_per_s(),
+        "tokens_per_s": app[STATUS].local_tokens_per_s(),
         "rss_mib": _rss_mib(),
     }
-
-
-def _model_file(services: Services) -> dict[str, Any] | None:
-    return _file_info(services.settings.local.model_path)
 
 
 @functools.cache

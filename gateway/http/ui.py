@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import Forbidden, NotFound
-from ..services import SERVICES
+from ..services import KEYRING, LEARNING, SETTINGS
 from .snapshot import snapshot
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -69,10 +69,9 @@ def over_loopback(request: web.Request) -> bool:
 
 
 def _allowed(request: web.Request) -> bool:
-    services = request.app[SERVICES]
-    if not services.settings.ui.enabled:
+    if not request.app[SETTINGS].ui.enabled:
         raise NotFound("Unknown endpoint.", code="unknown_url")
-    return services.keyring.admin_digest is not None or over_loopback(request)
+    return request.app[KEYRING].admin_digest is not None or over_loopback(request)
 
 
 def _file(name: str) -> web.Response:
@@ -101,7 +100,7 @@ async def routing_curve(request: web.Request) -> web.Response:
     """The routing curve of the box's own labels (learning.curve), or why there is none."""
     if not _allowed(request):
         raise Forbidden(_CLOSED)
-    learning = request.app[SERVICES].learning
+    learning = request.app.get(LEARNING)
     body: dict[str, Any] = {"enabled": False, "ready": False, "reason": "learning is off"}
     if learning is not None:
         body = {"enabled": True, **(await learning.curve())}
@@ -112,4 +111,4 @@ async def admin_status(request: web.Request) -> web.Response:
     """Everything the page shows, as JSON; the admin key, if any, was checked by auth."""
     if not _allowed(request):
         raise Forbidden(_CLOSED)
-    return web.json_response(snapshot(request.app[SERVICES]), headers={"Cache-Control": "no-store"})
+    return web.json_response(snapshot(request.app), headers={"Cache-Control": "no-store"})

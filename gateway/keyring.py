@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from ..settings import ServerSettings
+from .settings import ServerSettings
 
 
 def _digest(key: str) -> bytes:
