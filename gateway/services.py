@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from .keyring import KeyRing
     from .learning import Learning
     from .limits import Limiter
-    from .metrics import Metrics
     from .local.fleet import Fleet
+    from .metrics import Metrics
     from .routing.store import PolicyStore
     from .settings import Settings
     from .status import StatusBoard
