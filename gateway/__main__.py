@@ -90,7 +90,7 @@ async def _reload_on_sighup(app: object) -> None:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from .config_doc import render
+    from .tools.config_doc import render
 
     sys.stdout.write(render())
     return 0
@@ -182,20 +182,20 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _eval_router(args: argparse.Namespace) -> int:
-    from .routing.evaluate import run
+    from .tools.eval_router import run
 
     return run(args)
 
 
 def _train_router(args: argparse.Namespace) -> int:
     from .learning.store import read_store_examples
-    from .routing.train import run
+    from .tools.train_router import run
 
     return run(args, store_reader=read_store_examples)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import run
+    from .tools.calibrate import run
 
     return run(args)
 
@@ -237,19 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_policy_check)
 
     ev = sub.add_parser("eval-router", help="APGR of the routing scorer on RouteLLM CSVs")
-    from .routing.evaluate import configure_parser
+    from .tools.eval_router import configure_parser
 
     configure_parser(ev)
     ev.set_defaults(func=_eval_router)
 
     tr = sub.add_parser("train-router", help="fit learned scorer weights from labelled prompts")
-    from .routing.train import configure_parser as configure_train
+    from .tools.train_router import configure_parser as configure_train
 
     configure_train(tr)
     tr.set_defaults(func=_train_router)
 
     cal = sub.add_parser("calibrate", help="cascade thresholds from labelled prompts")
-    from .calibrate import configure_parser as configure_calibrate
+    from .tools.calibrate import configure_parser as configure_calibrate
 
     configure_calibrate(cal)
     cal.set_defaults(func=_calibrate)

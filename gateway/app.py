@@ -29,8 +29,8 @@ from .models.fleet import Fleet
 from .responses.store import ResponseStore
 from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor
+from .routing.live_policy import PolicyStore
 from .routing.policy import Router
-from .routing.store import PolicyStore
 from .routing.tokens import encoder
 from .services import SERVICES, Services
 from .settings import Settings

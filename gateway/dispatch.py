@@ -37,9 +37,9 @@ from .errors import (
 )
 from .models.fleet import Fleet, ModelUnavailable
 from .routing.features import FeatureExtractor, Features
+from .routing.live_policy import PolicyStore
 from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
 from .routing.privacy import TooLarge
-from .routing.store import PolicyStore
 from .schemas import AnyRequest
 
 log = logging.getLogger(__name__)

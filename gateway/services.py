@@ -15,7 +15,7 @@ from .http.keyring import KeyRing
 from .limits import Limiter
 from .metrics import Metrics
 from .models.fleet import Fleet
-from .routing.store import PolicyStore
+from .routing.live_policy import PolicyStore
 from .settings import Settings
 from .status import StatusBoard
 

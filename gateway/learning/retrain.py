@@ -38,9 +38,9 @@ from typing import Any
 from ..durable import Record
 from ..routing.complexity import ComplexityScorer, Scorer
 from ..routing.learned import LearnedScorer, WeightsError
+from ..routing.live_policy import PolicyStore
 from ..routing.policy import PolicyError
-from ..routing.store import PolicyStore
-from ..routing.train import dumps, gain_apgr, train
+from ..tools.train_router import dumps, gain_apgr, train
 from .metrics import LearningMetrics
 from .store import LabelStore, example_of, key_of, trains_router
 

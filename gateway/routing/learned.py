@@ -1,6 +1,6 @@
 """A learned routing scorer: a linear model over cheap text features, read from a weights file.
 
-`python -m gateway train-router` writes the file (gateway/routing/train.py); a policy loads it
+`python -m gateway train-router` writes the file (gateway/tools/train_router.py); a policy loads it
 with `scorer: {weights: FILE}`. The scorer answers like `ComplexityScorer` (a score in [0, 1]
 and the reasons that raised it), so `complexity:` conditions in the policy work unchanged.
 

@@ -38,9 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .complexity import scan
-from .evaluate import STRONG, WEAK, read_csv
-from .learned import (
+from ..routing.complexity import scan
+from ..routing.learned import (
     DENSE,
     FEATURE_VERSION,
     FORMAT,
@@ -51,6 +50,7 @@ from .learned import (
     terms,
     vector,
 )
+from .eval_router import STRONG, WEAK, read_csv
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,0 +1,1 @@
+"""Offline tools: commands run beside the gateway; the gateway never imports them."""
