@@ -103,7 +103,8 @@ def _timed(call: Callable[[_T], object], args: Sequence[_T]) -> list[float]:
 
 def learned_weights(out: Path) -> Path:
     """train-router weights for the learned rows: from the shared data, else synthetic."""
-    from gateway.tools.train_router import Example, dumps, read_examples, train
+    from gateway.routing.training import Example, dumps, train
+    from gateway.tools.train_router import read_examples
 
     files = [*sorted((DATA / "mmlu").glob("*.csv")), DATA / "gsm8k_responses.csv"]
     examples: list[Example] = []

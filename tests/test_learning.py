@@ -27,10 +27,10 @@ from gateway.learning.retrain import evaluate, held_out
 from gateway.learning.store import LabelStore, read_store_examples
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.learned import LearnedScorer, read_weights, vector
+from gateway.routing.training import Example, train
 from gateway.schemas import ChatRequest
 from gateway.services import SERVICES
 from gateway.settings import SettingsError, load_settings
-from gateway.tools.train_router import Example, train
 from tests.conftest import ROOT, RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud
 

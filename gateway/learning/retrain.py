@@ -40,7 +40,7 @@ from ..routing.complexity import ComplexityScorer, Scorer
 from ..routing.learned import LearnedScorer, WeightsError
 from ..routing.live_policy import PolicyStore
 from ..routing.policy import PolicyError
-from ..tools.train_router import dumps, gain_apgr, train
+from ..routing.training import dumps, gain_apgr, train
 from .metrics import LearningMetrics
 from .store import LabelStore, example_of, key_of, trains_router
 
