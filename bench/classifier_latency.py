@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.features import FeatureExtractor, Features
 from gateway.routing.learned import LearnedScorer
-from gateway.routing.policy import Router, load_policy
+from gateway.routing.policy import Router
+from gateway.routing.policy_file import load_policy
 from gateway.routing.tokens import encoder
 from gateway.schemas import ChatRequest
 

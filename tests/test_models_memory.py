@@ -23,7 +23,8 @@ from gateway.models.verify import (
     verify_signature,
 )
 from gateway.routing.features import Features
-from gateway.routing.policy import PolicyError, Router, parse_policy
+from gateway.routing.policy import Router
+from gateway.routing.policy_file import PolicyError, parse_policy
 from gateway.settings import SettingsError, load_settings
 from tests.conftest import ROOT
 

@@ -39,7 +39,7 @@ from ..durable import Record
 from ..routing.complexity import ComplexityScorer, Scorer
 from ..routing.learned import LearnedScorer, WeightsError
 from ..routing.live_policy import PolicyStore
-from ..routing.policy import PolicyError
+from ..routing.policy_file import PolicyError
 from ..routing.training import dumps, gain_apgr, train
 from .metrics import LearningMetrics
 from .store import LabelStore, example_of, key_of, trains_router

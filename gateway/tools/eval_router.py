@@ -228,7 +228,7 @@ def policy_marker(
 ) -> Any:
     """Where the policy's complexity threshold sits on the `on` curve (None without one)."""
     from ..routing.curves import recovered_at, share_at
-    from ..routing.policy import load_policy
+    from ..routing.policy_file import load_policy
     from ..settings import REPO_ROOT
     from .plot import Marker
 
@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             results["combined"] = evaluate(*pooled, scorer, learned)
     if getattr(args, "plot", None) is not None and "combined" not in notes and results:
-        from ..routing.policy import PolicyError
+        from ..routing.policy_file import PolicyError
         from .plot import PlotError
 
         scorers: dict[str, Scorer] = {"scorer": scorer}

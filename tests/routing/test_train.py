@@ -15,7 +15,8 @@ import pytest
 from gateway.routing.features import FeatureExtractor
 from gateway.routing.learned import FEATURE_VERSION, LearnedScorer, WeightsError
 from gateway.routing.live_policy import PolicyStore
-from gateway.routing.policy import PolicyError, Router, load_policy
+from gateway.routing.policy import Router
+from gateway.routing.policy_file import PolicyError, load_policy
 from gateway.schemas import ChatRequest
 from gateway.tools import eval_router as evaluate
 from gateway.tools import train_router as train
