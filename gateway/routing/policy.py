@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from ..errors import ContextLengthExceeded
 from .features import LOCAL_CANNOT, Features
 from .policy_models import (
     CACHE,
@@ -16,6 +17,7 @@ from .policy_models import (
     Rule,
     Thresholds,
 )
+from .windows import ContextWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +48,17 @@ class CascadeRoute:
 class Router:
     """Applies a policy to features. Cheap: a few comparisons per rule."""
 
-    def __init__(self, *, cloud_names: list[str], local_names: Iterable[str]) -> None:
+    def __init__(
+        self,
+        *,
+        cloud_names: list[str],
+        local_names: Iterable[str],
+        windows: Mapping[str, ContextWindow] | None = None,
+    ) -> None:
         self.cloud_names = cloud_names
         self.local_names = {LOCAL, *local_names}
         self.local_models = set(local_names)  # names a request or rule may pick a model by
+        self.windows = dict(windows or {})  # cloud models' context windows; absent: unchecked
 
     def resolve(self, target: str) -> str | None:
         """A policy target as a backend name; None when it names no configured backend."""
@@ -81,42 +90,50 @@ class Router:
                     # embedding model) still means local: a privacy rule must never be skipped.
                     model = rule.model if rule.model in self.local_models else None
                     return self._decision(
-                        policy, target, rule.name, why, model=model, on_box=on_box
+                        policy, f, target, rule.name, why, model=model, on_box=on_box
                     )
                 return self._decision(
-                    policy, target, rule.name, why, model=self._named(f), on_box=on_box
+                    policy, f, target, rule.name, why, model=self._named(f), on_box=on_box
                 )
         if explicit:
             target = self.resolve(f.model)
             if target is None:
                 raise KeyError(f.model)
             return self._decision(
-                policy, target, "model", [f"model={f.model}"], model=self._named(f)
+                policy, f, target, "model", [f"model={f.model}"], model=self._named(f)
             )
         target = self.resolve(policy.default) or LOCAL
-        return self._decision(policy, target, "default", [])
+        return self._decision(policy, f, target, "default", [])
 
     def _cascade(
         self, policy: Policy, rule: Rule, config: CascadeConfig, why: list[str], f: Features
     ) -> Decision | None:
         """Local first, `config.to` for unsure answers; None when no such cloud model exists."""
         to = self.resolve(config.to)
-        if to is None or to == LOCAL:
+        if to is None or to == LOCAL or self.too_small(to, f) is not None:
             return None  # like a cloud rule on a box with no cloud models: the next rule
         streams = None
         if config.stream == CLOUD:
-            streams = self._decision(policy, to, rule.name, [*why, "stream: cascade.stream=cloud"])
+            streams = self._decision(
+                policy, f, to, rule.name, [*why, "stream: cascade.stream=cloud"]
+            )
         model = rule.model if rule.model in self.local_models else self._named(f)
-        local = self._decision(policy, LOCAL, rule.name, [*why, f"cascade to {to}"], model=model)
+        local = self._decision(policy, f, LOCAL, rule.name, [*why, f"cascade to {to}"], model=model)
         return replace(local, cascade=CascadeRoute(to, config.threshold, streams))
 
     def _named(self, f: Features) -> str | None:
         """The local model the client named, if it named one."""
         return f.model if f.model in self.local_models else None
 
+    def too_small(self, target: str, f: Features) -> str | None:
+        """Why cloud model `target`'s context window cannot hold the request; None if it can."""
+        window = self.windows.get(target)
+        return window.too_small(f) if window is not None else None
+
     def _decision(
         self,
         policy: Policy,
+        f: Features,
         target: str,
         rule: str,
         why: list[str],
@@ -131,7 +148,12 @@ class Router:
             if on_box and resolved not in (CACHE, LOCAL):
                 continue
             if resolved and resolved != target and resolved not in fallbacks:
-                fallbacks.append(resolved)
+                if self.too_small(resolved, f) is None:
+                    fallbacks.append(resolved)
+        too_small = self.too_small(target, f)
+        if too_small is not None:
+            why = [*why, f"{target} cannot serve: {too_small}"]
+            target = self._past_window(f, target, rule, fallbacks)
         reason = f"rule={rule}" + (f"; {'; '.join(why)}" if why else "")
         return Decision(
             target=target,
@@ -142,6 +164,26 @@ class Router:
             cache_mode=policy.cache,
             model=model if target == LOCAL else None,
         )
+
+    def _past_window(self, f: Features, target: str, rule: str, fallbacks: list[str]) -> str:
+        """The target standing in for one whose context window the request exceeds, taken out
+        of `fallbacks`: the next that can serve (never the cache, which answers nothing new;
+        the local model when it fits). The model the client named is refused, as OpenAI
+        refuses it, and so is a request no target can hold."""
+        window = self.windows[target]
+        nxt = None
+        if rule != "model":
+            able = (t for t in fallbacks if t != CACHE and (t != LOCAL or not why_local_cannot(f)))
+            nxt = next(able, None)
+        if nxt is None:
+            raise ContextLengthExceeded(
+                f"The model {target!r} holds at most {window.tokens} tokens; this request "
+                f"needs about {window.needed(f)} (its messages and max_tokens). Shorten the "
+                "messages or lower max_tokens.",
+                param="messages",
+            )
+        fallbacks.remove(nxt)
+        return nxt
 
 
 def why_local_cannot(f: Features) -> str | None:

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 from ..backends.health import Breaker
+from ..errors import ContextLengthExceeded
 from ..http.ops import explanation
 from ..routing.complexity import ComplexityScorer
 from ..routing.features import FeatureExtractor
 from ..routing.policy import Router
 from ..routing.policy_file import PolicyError, load_policy
+from ..routing.windows import context_windows
 from ..schemas import ChatRequest
 from ..settings import Settings
 
@@ -52,11 +54,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         scorer=policy.scorer,  # the policy's learned weights, when it names some
     )
     local_names = [settings.local.model_name, *(m.name for m in settings.local.models)]
-    router = Router(cloud_names=names, local_names=local_names)
+    windows = context_windows(settings.cloud.models)
+    router = Router(cloud_names=names, local_names=local_names, windows=windows)
     try:
         decision = router.decide(policy, features)
     except KeyError:
         print(f"edge-gateway: unknown model {args.model!r}", file=sys.stderr)
+        return 2
+    except ContextLengthExceeded as exc:
+        print(f"edge-gateway: {exc.message}", file=sys.stderr)
         return 2
 
     class _NoBreakers:
