@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .translate import ResponsesRequest
+from .request import ResponsesRequest
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
