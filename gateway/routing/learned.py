@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .complexity import REASONS, Complexity, count_signals, scan, squash
+from .complexity import REASONS, Complexity, count_signals, scan, squash, top_reasons
 
 FORMAT = "edge-gateway-router-weights"
 FORMAT_VERSION = 1
@@ -228,8 +228,4 @@ class LearnedScorer:
             ),
             reverse=True,
         )
-        reasons: list[str] = []
-        for _, reason in ranked:
-            if reason not in reasons:
-                reasons.append(reason)
-        return Complexity(score=score, reasons=tuple(reasons[:4]))
+        return Complexity(score=score, reasons=top_reasons(ranked))
