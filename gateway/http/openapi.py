@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from ..responses import openapi as responses_openapi
 from ..schemas import ChatRequest, CompletionRequest
+from . import openapi_responses as responses_openapi
 from .openapi_embeddings import embedding_paths, embedding_schemas
 from .openapi_parts import GEN_ERRORS, errors, json_body, json_request
 from .openapi_status import ADMIN_CURVE, ADMIN_STATUS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .request import ResponsesRequest
+from ..responses.request import ResponsesRequest
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
