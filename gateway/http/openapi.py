@@ -12,9 +12,9 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from ..schemas import ChatRequest, CompletionRequest
-from . import openapi_responses as responses_openapi
 from .openapi_embeddings import embedding_paths, embedding_schemas
 from .openapi_parts import GEN_ERRORS, errors, json_body, json_request
+from .openapi_responses import response_paths
 from .openapi_status import ADMIN_CURVE, ADMIN_STATUS
 
 _ERROR = {
@@ -203,6 +203,6 @@ def document() -> dict[str, Any]:
             },
             "/admin/status": ADMIN_STATUS,
             "/admin/routing-curve": ADMIN_CURVE,
-            **responses_openapi.paths(),
+            **response_paths(),
         },
     }
