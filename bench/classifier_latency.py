@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.features import FeatureExtractor, Features
 from gateway.routing.learned import LearnedScorer
-from gateway.routing.policy import Router, load_policy
+from gateway.routing.policy import Router
+from gateway.routing.policy_file import load_policy
 from gateway.routing.tokens import encoder
 from gateway.schemas import ChatRequest
 
@@ -103,7 +104,8 @@ def _timed(call: Callable[[_T], object], args: Sequence[_T]) -> list[float]:
 
 def learned_weights(out: Path) -> Path:
     """train-router weights for the learned rows: from the shared data, else synthetic."""
-    from gateway.routing.train import Example, dumps, read_examples, train
+    from gateway.routing.training import Example, dumps, train
+    from gateway.tools.train_router import read_examples
 
     files = [*sorted((DATA / "mmlu").glob("*.csv")), DATA / "gsm8k_responses.csv"]
     examples: list[Example] = []

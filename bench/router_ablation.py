@@ -29,7 +29,8 @@ from bench.router_validation import DATA, Rows, fast_apgr
 from gateway.routing import learned
 from gateway.routing.complexity import scan
 from gateway.routing.learned import dense_features
-from gateway.routing.train import OBJECTIVES, Design, Example, choose, fit, fit_targets
+from gateway.routing.linear import OBJECTIVES, Design, fit
+from gateway.routing.training import Example, choose, fit_targets
 
 _WORD_V1 = re.compile(r"[a-z]+|0")
 _DIGITS = re.compile(r"\d+")

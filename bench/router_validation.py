@@ -35,8 +35,8 @@ import numpy as np
 
 from bench.train_router import mt_bench
 from gateway.routing.complexity import DEFAULT_WEIGHTS, ComplexityScorer, scan
-from gateway.routing.evaluate import apgr, random_baseline, read_csv
 from gateway.routing.learned import dense_features
+from gateway.tools.eval_router import apgr, random_baseline, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "routing"

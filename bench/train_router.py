@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from gateway.routing.complexity import DEFAULT_WEIGHTS, ComplexityScorer
-from gateway.routing.evaluate import STRONG, WEAK, apgr, read_csv
+from gateway.tools.eval_router import STRONG, WEAK, apgr, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "routing"

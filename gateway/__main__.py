@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .logs import setup_logging
-    from .routing.policy import PolicyError
+    from .routing.policy_file import PolicyError
     from .settings import SettingsError, load_settings
 
     try:
@@ -76,7 +78,7 @@ async def _reload_on_sighup(app: object) -> None:
 
     from aiohttp import web
 
-    from .routing.policy import PolicyError
+    from .routing.policy_file import PolicyError
     from .services import POLICY_STORE
 
     assert isinstance(app, web.Application)
@@ -90,7 +92,7 @@ async def _reload_on_sighup(app: object) -> None:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from .config_doc import render
+    from .tools.config_doc import render
 
     sys.stdout.write(render())
     return 0
@@ -107,95 +109,38 @@ def _settings_or_exit(config: Path | None) -> object:
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    from .routing.policy import PolicyError, load_policy
     from .settings import Settings
+    from .tools.policy_check import run
 
     settings = _settings_or_exit(args.config)
     assert isinstance(settings, Settings)
-    names = [m.name for m in settings.cloud.models]
-    names += [m.name for m in settings.cloud.embedding_models]  # routes of /v1/embeddings
-    # The same names the gateway checks a rule's `model:` against at start.
-    local = [settings.local.model_name, *(m.name for m in settings.local.models)]
-    failed = 0
-    for path in args.files:
-        try:
-            policy = load_policy(path, cloud_names=names if names else None, local_models=local)
-        except PolicyError as exc:
-            print(f"FAIL {exc}")
-            failed += 1
-            continue
-        print(
-            f"ok   {path}: default={policy.default}, {len(policy.rules)} rules, "
-            f"cache={policy.cache}, offline={policy.offline.order}"
-        )
-    return 1 if failed else 0
+    return run(args, settings)
 
 
 def _explain(args: argparse.Namespace) -> int:
-    import json
-
-    from .backends.health import Breaker
-    from .http.ops import explanation
-    from .routing.complexity import ComplexityScorer
-    from .routing.features import FeatureExtractor
-    from .routing.policy import PolicyError, Router, load_policy
-    from .schemas import ChatRequest
     from .settings import Settings
+    from .tools.explain import run
 
     settings = _settings_or_exit(args.config)
     assert isinstance(settings, Settings)
-    names = [m.name for m in settings.cloud.models]
-    try:
-        policy = load_policy(args.policy or settings.policy.file, cloud_names=names)
-    except PolicyError as exc:
-        print(f"edge-gateway: invalid policy:\n{exc}", file=sys.stderr)
-        return 2
-    req = ChatRequest.model_validate(
-        {
-            "model": args.model,
-            "messages": [{"role": "user", "content": args.prompt}],
-            **({"max_tokens": args.max_tokens} if args.max_tokens else {}),
-        }
-    )
-    extractor = FeatureExtractor(scorer=ComplexityScorer(), local_n_ctx=settings.local.n_ctx)
-    features = extractor.extract(
-        req,
-        tenant=None,
-        cloud_reachable=not args.offline,
-        local_queue_depth=0,
-        local_queue_full=False,
-        scorer=policy.scorer,  # the policy's learned weights, when it names some
-    )
-    local_names = [settings.local.model_name, *(m.name for m in settings.local.models)]
-    router = Router(cloud_names=names, local_names=local_names)
-    try:
-        decision = router.decide(policy, features)
-    except KeyError:
-        print(f"edge-gateway: unknown model {args.model!r}", file=sys.stderr)
-        return 2
-
-    class _NoBreakers:
-        breakers: dict[str, Breaker] = {}
-
-    print(json.dumps(explanation(features, decision, _NoBreakers()), indent=2))
-    return 0
+    return run(args, settings)
 
 
 def _eval_router(args: argparse.Namespace) -> int:
-    from .routing.evaluate import run
+    from .tools.eval_router import run
 
     return run(args)
 
 
 def _train_router(args: argparse.Namespace) -> int:
     from .learning.store import read_store_examples
-    from .routing.train import run
+    from .tools.train_router import run
 
     return run(args, store_reader=read_store_examples)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import run
+    from .tools.calibrate import run
 
     return run(args)
 
@@ -209,6 +154,15 @@ def _models(args: argparse.Namespace) -> int:
     return run(args, settings.local.n_ctx, settings.local.parallel)
 
 
+def _command(
+    sub: Any, name: str, help: str, tool: Any, func: Callable[[argparse.Namespace], int]
+) -> None:
+    """A subcommand whose arguments the tool's module declares (its `configure_parser`)."""
+    parser = sub.add_parser(name, help=help)
+    tool.configure_parser(parser)
+    parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,39 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the commented settings file with defaults")
     config.set_defaults(func=_config)
 
-    explain = sub.add_parser("explain", help="show the routing decision for a prompt")
-    explain.add_argument("prompt")
-    explain.add_argument("--model", default="auto")
-    explain.add_argument("--max-tokens", type=int)
-    explain.add_argument("--policy", type=Path, help="policy file (default: policy.file)")
-    explain.add_argument("--offline", action="store_true", help="as if the cloud were down")
-    explain.add_argument("--config", type=Path)
-    explain.set_defaults(func=_explain)
+    from .tools import calibrate, eval_router, explain, policy_check, train_router
 
+    _command(sub, "explain", "show the routing decision for a prompt", explain, _explain)
     policy = sub.add_parser("policy", help="policy tools")
     psub = policy.add_subparsers(dest="policy_command", required=True)
-    check = psub.add_parser("check", help="validate policy files")
-    check.add_argument("files", nargs="+", type=Path)
-    check.add_argument("--config", type=Path)
-    check.set_defaults(func=_policy_check)
-
-    ev = sub.add_parser("eval-router", help="APGR of the routing scorer on RouteLLM CSVs")
-    from .routing.evaluate import configure_parser
-
-    configure_parser(ev)
-    ev.set_defaults(func=_eval_router)
-
-    tr = sub.add_parser("train-router", help="fit learned scorer weights from labelled prompts")
-    from .routing.train import configure_parser as configure_train
-
-    configure_train(tr)
-    tr.set_defaults(func=_train_router)
-
-    cal = sub.add_parser("calibrate", help="cascade thresholds from labelled prompts")
-    from .calibrate import configure_parser as configure_calibrate
-
-    configure_calibrate(cal)
-    cal.set_defaults(func=_calibrate)
+    _command(psub, "check", "validate policy files", policy_check, _policy_check)
+    _command(
+        sub, "eval-router", "APGR of the routing scorer on RouteLLM CSVs", eval_router, _eval_router
+    )
+    _command(
+        sub,
+        "train-router",
+        "fit learned scorer weights from labelled prompts",
+        train_router,
+        _train_router,
+    )
+    _command(sub, "calibrate", "cascade thresholds from labelled prompts", calibrate, _calibrate)
     models = sub.add_parser("models", help="local model tools (memory estimate)")
     from .tools.models import configure_parser as configure_models
 

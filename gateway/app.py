@@ -30,9 +30,10 @@ from .metrics import Metrics
 from .responses.store import ResponseStore
 from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor
+from .routing.live_policy import PolicyStore
 from .routing.policy import Router
-from .routing.store import PolicyStore
 from .routing.tokens import encoder
+from .routing.windows import context_windows
 from .services import (
     DISPATCHER,
     EMBEDDINGS,
@@ -102,7 +103,11 @@ def create_app(settings: Settings) -> web.Application:
         clouds=clouds,
         breakers=breakers,
         features=FeatureExtractor(scorer=ComplexityScorer(), local_n_ctx=settings.local.n_ctx),
-        router=Router(cloud_names=cloud_names, local_names=local.names),
+        router=Router(
+            cloud_names=cloud_names,
+            local_names=local.names,
+            windows=context_windows(settings.cloud.models),
+        ),
         policies=policies,
         cache=cache,
         max_prompt_tokens=settings.server.max_prompt_tokens,

@@ -38,9 +38,9 @@ from .errors import (
 from .local.entry import ModelUnavailable
 from .local.fleet import Fleet
 from .routing.features import FeatureExtractor, Features
-from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
+from .routing.live_policy import PolicyStore
+from .routing.policy import CACHE, LOCAL, Decision, Router, why_local_cannot
 from .routing.privacy import TooLarge
-from .routing.store import PolicyStore
 from .schemas import AnyRequest
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class Dispatcher:
                 f"{self.max_prompt_tokens}.",
                 param="messages",
             )
-        why_not_local = local_can_serve(f)  # once per request; None when local can answer
+        why_not_local = why_local_cannot(f)  # once per request; None when local can answer
         if decision.cascade is not None:
             # Streams take `cascade.stream: cloud`'s decision; a spent budget never escalates.
             if req.stream and decision.cascade.stream_decision is not None:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 T = TypeVar("T")
 
@@ -37,6 +37,13 @@ CREATE INDEX IF NOT EXISTS records_kind ON records (kind);
 # cap: the label store tags each label with its tenant, so one API key's labels push out only
 # its own oldest ones.
 _TAG_INDEX = "CREATE INDEX IF NOT EXISTS records_tag ON records (tag, id)"
+
+
+class TagCap(TypedDict, total=False):
+    """append's per-tag cap: the oldest rows of `tag` beyond `tag_cap` go first."""
+
+    tag: str | None
+    tag_cap: int | None
 
 
 @dataclass(frozen=True)
@@ -198,14 +205,9 @@ class DurableLog:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
 
     async def append(
-        self,
-        kind: str,
-        bodies: Sequence[dict[str, Any]],
-        *,
-        tag: str | None = None,
-        tag_cap: int | None = None,
+        self, kind: str, bodies: Sequence[dict[str, Any]], **caps: Unpack[TagCap]
     ) -> int:
-        fn = partial(self.append_sync, tag=tag, tag_cap=tag_cap)
+        fn = partial(self.append_sync, **caps)
         dropped: int = await self._run(fn, kind, list(bodies))
         return dropped
 
@@ -215,10 +217,6 @@ class DurableLog:
 
     async def remove(self, ids: Sequence[int]) -> None:
         await self._run(self.remove_sync, list(ids))
-
-    async def counts_by_kind(self) -> dict[str, int]:
-        counts: dict[str, int] = await self._run(self.counts_by_kind_sync)
-        return counts
 
     async def counts_by_tag(self) -> dict[str | None, int]:
         counts: dict[str | None, int] = await self._run(self.counts_by_tag_sync)

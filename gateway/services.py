@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .limits import Limiter
     from .local.fleet import Fleet
     from .metrics import Metrics
-    from .routing.store import PolicyStore
+    from .routing.live_policy import PolicyStore
     from .settings import Settings
     from .status import StatusBoard
     from .telemetry import Outbox

@@ -269,7 +269,15 @@ class CloudModel(_Section):
     api_base: str | None = Field(None, description="Base URL of the provider or upstream.")
     api_key_env: str | None = Field(None, description="Environment variable holding the key.")
     max_output_tokens: int = Field(16384, ge=1, description="Clamp for max_tokens.")
-    context_window: int = Field(128000, ge=1, description="Prompt tokens the model accepts.")
+    context_window: int = Field(
+        128000,
+        ge=1,
+        description=(
+            "Tokens the model holds, the prompt and max_tokens together. A request past it is "
+            "not sent to this model: the policy's next target serves it, and a client that "
+            "named this model gets 400 context_length_exceeded."
+        ),
+    )
     tier: bool = Field(
         False,
         description=(

@@ -19,7 +19,7 @@ import aiohttp
 import openai
 import pytest
 
-from gateway.routing.policy import PolicyError, load_policy
+from gateway.routing.policy_file import PolicyError, load_policy
 from tests.conftest import ROOT, RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud
 from tests.pngmeta import png_text

@@ -27,7 +27,7 @@ from gateway.learning.retrain import evaluate, held_out
 from gateway.learning.store import LabelStore, read_store_examples
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.learned import LearnedScorer, read_weights, vector
-from gateway.routing.train import Example, train
+from gateway.routing.training import Example, train
 from gateway.schemas import ChatRequest
 from gateway.services import SERVICES
 from gateway.settings import SettingsError, load_settings

@@ -24,7 +24,7 @@ from gateway.learning.retrain import Rules, evaluate, held_out, key_weights
 from gateway.learning.store import NO_KEY, LabelStore, key_of
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.learned import LearnedScorer, vector
-from gateway.routing.train import Example, gain_apgr, train
+from gateway.routing.training import Example, gain_apgr, train
 from gateway.services import SERVICES
 from gateway.settings import load_settings
 from tests.fakes.cloud import FakeCloud

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.local import embedded_model_path, memory
 from gateway.local.verify import NotARegularFile, SignatureError, file_sha256, verify_signature
 from gateway.routing.features import Features
-from gateway.routing.policy import PolicyError, Router, parse_policy
+from gateway.routing.policy import Router
+from gateway.routing.policy_file import PolicyError, parse_policy
 from gateway.settings import SettingsError, load_settings
 from gateway.trusted_keys import load_public_key
 from tests.conftest import ROOT

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.limits import MemoryCounters
-from gateway.routing.store import PolicyStore
+from gateway.routing.live_policy import PolicyStore
 from tests.conftest import GatewayProcess, RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud
 

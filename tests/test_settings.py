@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config_doc import render
 from gateway.settings import SettingsError, load_settings
+from gateway.tools.config_doc import render
 from tests.conftest import ROOT
 
 

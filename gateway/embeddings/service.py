@@ -42,10 +42,10 @@ from ..errors import (
 from ..local.embedder import LocalEmbedder
 from ..metrics import Metrics
 from ..routing.features import Features
+from ..routing.live_policy import PolicyStore
 from ..routing.pii import detect_pii
 from ..routing.policy import CACHE, LOCAL, Decision, Router
 from ..routing.privacy import TooLarge, embedding_strings
-from ..routing.store import PolicyStore
 from ..routing.tokens import count_tokens, encoder
 from ..settings import CloudModel, Settings
 from ..vectors import normalise

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..embeddings.request import EmbeddingRequest
+from .openapi_parts import GEN_ERRORS, errors, json_request
 
 _REF = "#/components/schemas/{model}"
 
@@ -43,11 +44,6 @@ _RESPONSE = {
     },
 }
 
-_ERROR = {
-    "description": "OpenAI-shaped error",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-}
-
 
 def embedding_schemas() -> dict[str, Any]:
     schema = EmbeddingRequest.model_json_schema(ref_template=_REF)
@@ -60,20 +56,13 @@ def embedding_paths() -> dict[str, Any]:
         "/v1/embeddings": {
             "post": {
                 "operationId": "createEmbedding",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/EmbeddingRequest"}
-                        }
-                    },
-                },
+                "requestBody": json_request({"$ref": "#/components/schemas/EmbeddingRequest"}),
                 "responses": {
                     "200": {
                         "description": "One vector per input, in input order",
                         "content": {"application/json": {"schema": _RESPONSE}},
                     },
-                    **{str(s): _ERROR for s in (400, 401, 404, 413, 429, 502, 503, 504)},
+                    **errors(*GEN_ERRORS),
                 },
             }
         }

@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InvalidRequest, ModelNotFound, Unauthorized
-from ..routing.policy import PolicyError
+from ..routing.policy_file import PolicyError
 from ..schemas import ChatRequest
 from ..services import (
     DISPATCHER,

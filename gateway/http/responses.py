@@ -23,18 +23,12 @@ from ..backends.base import Chunk
 from ..cache import CacheControl
 from ..dispatch import Outcome
 from ..errors import GatewayError, InvalidRequest, NotFound, ShuttingDown
+from ..responses.error_names import ErrorNames
+from ..responses.references import referable, references, with_references
 from ..responses.render import Events, Shell, history_of, whole
+from ..responses.request import ResponsesRequest, check_lengths
 from ..responses.store import ResponseStore, Stored
-from ..responses.translate import (
-    ChatPlan,
-    ErrorNames,
-    ResponsesRequest,
-    check_lengths,
-    referable,
-    references,
-    to_chat,
-    with_references,
-)
+from ..responses.translate import ChatPlan, to_chat
 from ..schemas import ChatRequest
 from ..services import DISPATCHER, LEARNING, LIFECYCLE, LIMITER, SETTINGS
 from ..settings import ServerSettings

@@ -27,8 +27,8 @@ from ..errors import GatewayError, NotFound, RateLimited
 from ..limits import MemoryCounters
 from ..routing.complexity import Scorer
 from ..routing.learned import vector
+from ..routing.live_policy import PolicyStore
 from ..routing.policy import LOCAL
-from ..routing.store import PolicyStore
 from ..schemas import AnyRequest, ChatRequest
 from .curve import routing_curve
 from .metrics import LearningMetrics

@@ -16,7 +16,7 @@ from typing import Any
 from ..durable import Record
 from ..routing.complexity import Scorer, squash
 from ..routing.curves import gap_curve, random_curve, recovered_at, share_at
-from ..routing.train import gain_apgr
+from ..routing.training import gain_apgr
 from .retrain import current_raw
 from .store import trains_router
 

@@ -38,9 +38,9 @@ from typing import Any
 from ..durable import Record
 from ..routing.complexity import ComplexityScorer, Scorer
 from ..routing.learned import LearnedScorer, WeightsError
-from ..routing.policy import PolicyError
-from ..routing.store import PolicyStore
-from ..routing.train import dumps, gain_apgr, train
+from ..routing.live_policy import PolicyStore
+from ..routing.policy_file import PolicyError
+from ..routing.training import dumps, gain_apgr, train
 from .metrics import LearningMetrics
 from .store import LabelStore, example_of, key_of, trains_router
 
@@ -68,7 +68,7 @@ class Rules:
 
 
 @dataclass
-class Outcome:
+class RetrainResult:
     accepted: bool
     reason: str  # "better", "as_good" when accepted; why not otherwise
     current: float | None = None  # APGR of the router in force on the held-back rows
@@ -152,15 +152,15 @@ def evaluate(
     min_labels: int,
     seed: int = 0,
     rules: Rules | None = None,
-) -> Outcome:
+) -> RetrainResult:
     """Fit on the rows not held back and compare with `current` on those held back (CPU)."""
     rules = rules or Rules()
     rows = [r for r in rows if trains_router(r)]
     if len(rows) < min_labels:
-        return Outcome(False, "too_few_labels")
+        return RetrainResult(False, "too_few_labels")
     by_key = Counter(key_of(r) for r in rows)
     top_key, top_n = by_key.most_common(1)[0]
-    who = Outcome(False, "", keys=len(by_key), top_key=top_key, top_share=top_n / len(rows))
+    who = RetrainResult(False, "", keys=len(by_key), top_key=top_key, top_share=top_n / len(rows))
     judged = [r for r in rows if r.kind != "feedback"]
     if not rules.feedback_alone and len(judged) < min_labels:
         # Clients' own scores are theirs to choose: without the opt-in they never decide a
@@ -252,8 +252,8 @@ class Retrainer:
         self.shipped = shipped
         self.metrics = metrics
         self.new_labels = 0
-        self.task: asyncio.Task[Outcome] | None = None
-        self.last: Outcome | None = None
+        self.task: asyncio.Task[RetrainResult] | None = None
+        self.last: RetrainResult | None = None
 
     def noted(self) -> None:
         """One more label; starts a retrain every `every` of them (one at a time)."""
@@ -262,12 +262,12 @@ class Retrainer:
             self.task = asyncio.create_task(self.run_once(), name="retrain-router")
             self.task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[Outcome]) -> None:
+    def _done(self, task: asyncio.Task[RetrainResult]) -> None:
         self.task = None
         if not task.cancelled() and task.exception() is not None:
             log.error("retrain failed", exc_info=task.exception())
 
-    async def run_once(self) -> Outcome:
+    async def run_once(self) -> RetrainResult:
         self.new_labels = 0
         result = await self._run()
         result.at = time.time()
@@ -295,11 +295,11 @@ class Retrainer:
         )
         return result
 
-    async def _run(self) -> Outcome:
+    async def _run(self) -> RetrainResult:
         policy = self.policies.current
         path = policy.scorer.path if policy.scorer is not None else None
         if path is None:
-            return Outcome(False, "no_weights_file")  # the policy reads no weights to replace
+            return RetrainResult(False, "no_weights_file")  # the policy reads no weights to replace
         current: Scorer = getattr(policy.scorer, "_model", None) or self.shipped
         before = await asyncio.to_thread(_read_or_none, path)
         rows = await self.store.rows()

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from ..durable import DurableLog, Record
 from ..routing.learned import FEATURE_VERSION, vector, vector_version
-from ..routing.train import Example
+from ..routing.training import Example
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from ..errors import GatewayError
-from .translate import ResponsesRequest
+from .request import ResponsesRequest
 
 
 def new_id(prefix: str) -> str:

@@ -5,106 +5,20 @@ back (render.py). Everything the chat path already does, the local model's gramm
 calls, the policy, the cache, failover and the cloud's allow-listed parameters, then applies
 unchanged. What has no chat equivalent (built-in tools, background runs, `include`, ...) is a
 400 naming the field: forwarded as chat, no route could honour it. `item_reference` input
-items are replaced by the stored items they name (`with_references`) before the mapping, so
+items are replaced by the stored items they name (references.py) before the mapping, so
 every route gets the whole conversation as chat messages.
 
 Errors raised by the chat path name chat fields (`messages[3]`, `response_format`,
-`max_tokens`); `ErrorNames` turns them back into the names the client sent.
+`max_tokens`); `ErrorNames` (error_names.py) turns them back into the names the client sent.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    StringConstraints,
-)
-
-from ..errors import GatewayError, InvalidRequest, NotFound
-from ..schemas import ABSURD_MAX_TOKENS
-
-# OpenAI's bounds. Documented in its API reference: `metadata` holds at most 16 pairs, keys up
-# to 64 characters, values up to 512; `safety_identifier` up to 64. Enforced by OpenAI (its 400
-# `string_above_max_length`) though not in the reference: `prompt_cache_key` up to 64. OpenAI
-# states none for `user` (deprecated, replaced by those two): 256 is this gateway's own figure.
-# Unbounded, one API key's metadata (echoed and stored with the response) would fill the store.
-_METADATA_PAIRS = 16
-_METADATA_KEY_CHARS = 64
-_METADATA_VALUE_CHARS = 512
-_STRING_CHARS = {"user": 256, "safety_identifier": 64, "prompt_cache_key": 64}
-_MetadataKey = Annotated[str, StringConstraints(max_length=_METADATA_KEY_CHARS)]
-_MetadataValue = Annotated[StrictStr, StringConstraints(max_length=_METADATA_VALUE_CHARS)]
-
-
-class ResponsesRequest(BaseModel):
-    """The fields of POST /v1/responses the gateway reads; unknown fields are kept."""
-
-    model_config = ConfigDict(extra="allow")
-    model: StrictStr = Field(min_length=1, examples=["local"])
-    input: StrictStr | list[dict[str, Any]] = Field(examples=["Say hello in French."])
-    instructions: StrictStr | None = None
-    max_output_tokens: StrictInt | None = Field(None, ge=1, le=ABSURD_MAX_TOKENS)
-    temperature: StrictFloat | None = Field(None, ge=0, le=2)
-    top_p: StrictFloat | None = Field(None, ge=0, le=1)
-    text: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
-    parallel_tool_calls: StrictBool | None = None
-    metadata: dict[_MetadataKey, _MetadataValue] | None = Field(None, max_length=_METADATA_PAIRS)
-    store: StrictBool | None = None
-    previous_response_id: StrictStr | None = Field(None, min_length=1, max_length=128)
-    stream: StrictBool = False
-    stream_options: dict[str, Any] | None = None
-    reasoning: dict[str, Any] | None = None
-    user: StrictStr | None = Field(None, max_length=_STRING_CHARS["user"])
-    safety_identifier: StrictStr | None = Field(None, max_length=_STRING_CHARS["safety_identifier"])
-    prompt_cache_key: StrictStr | None = Field(None, max_length=_STRING_CHARS["prompt_cache_key"])
-
-    def stores(self) -> bool:
-        """OpenAI's default: a response is stored unless `store` is false."""
-        return self.store is not False
-
-
-def check_lengths(body: dict[str, Any]) -> None:
-    """OpenAI's length bounds (above) on the raw body, as OpenAI words them: a 400 naming the
-    field, and never echoing a long key back. Types are left to the model's validation."""
-    metadata = body.get("metadata")
-    if isinstance(metadata, dict):
-        if len(metadata) > _METADATA_PAIRS:
-            raise _bad(
-                f"Invalid 'metadata': too many properties. Expected an object with at most "
-                f"{_METADATA_PAIRS} properties, but got an object with {len(metadata)} instead.",
-                "metadata",
-                "object_above_max_properties",
-            )
-        for key, value in metadata.items():
-            if len(key) > _METADATA_KEY_CHARS:
-                raise _too_long("metadata", _METADATA_KEY_CHARS, len(key), "key")
-            if isinstance(value, str) and len(value) > _METADATA_VALUE_CHARS:
-                raise _too_long(f"metadata.{key}", _METADATA_VALUE_CHARS, len(value))
-    for name, bound in _STRING_CHARS.items():
-        value = body.get(name)
-        if isinstance(value, str) and len(value) > bound:
-            raise _too_long(name, bound, len(value))
-
-
-def _too_long(param: str, bound: int, n: int, what: str = "string") -> InvalidRequest:
-    return _bad(
-        f"Invalid '{param}': {what} too long. Expected a {what} with maximum length {bound}, "
-        f"but got a {what} with length {n} instead.",
-        param,
-        "string_above_max_length",
-    )
-
+from ..errors import InvalidRequest
+from .request import ResponsesRequest, bad_field, item_string
 
 # Fields read here and never forwarded as they are; everything else unknown to this model
 # travels with the chat request (the local path refuses it by name, the cloud gets it as a
@@ -154,12 +68,8 @@ _CHAT_ONLY = frozenset(
 _BUILT_IN = "built-in tools are not served: only function tools"
 
 
-def _bad(message: str, param: str, code: str = "unsupported_parameter") -> InvalidRequest:
-    return InvalidRequest(message, param=param, code=code)
-
-
 def _not_served(name: str, why: str) -> InvalidRequest:
-    return _bad(f"'{name}' is not supported by this gateway's /v1/responses ({why}).", name)
+    return bad_field(f"'{name}' is not supported by this gateway's /v1/responses ({why}).", name)
 
 
 @dataclass
@@ -213,7 +123,7 @@ def _refuse_unservable(req: ResponsesRequest) -> None:
     extra = req.model_extra or {}
     chat_only = sorted(_CHAT_ONLY & extra.keys())
     if chat_only:
-        raise _bad(
+        raise bad_field(
             f"'{chat_only[0]}' is a chat completions parameter, not one of /v1/responses.",
             chat_only[0],
             "unknown_parameter",
@@ -248,14 +158,16 @@ def _text(text: dict[str, Any] | None) -> dict[str, Any]:
     if fmt is None:
         return out
     if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-        raise _bad("'text.format' must be an object with a 'type'.", "text.format", "invalid_value")
+        raise bad_field(
+            "'text.format' must be an object with a 'type'.", "text.format", "invalid_value"
+        )
     kind = fmt["type"]
     if kind in ("text", "json_object"):
         out["response_format"] = {"type": kind}
     elif kind == "json_schema":
         schema = fmt.get("schema")
         if not isinstance(schema, dict):
-            raise _bad(
+            raise bad_field(
                 "'text.format.schema' must be a JSON schema object.",
                 "text.format.schema",
                 "invalid_value",
@@ -266,7 +178,7 @@ def _text(text: dict[str, Any] | None) -> dict[str, Any]:
                 spec[key] = fmt[key]
         out["response_format"] = {"type": "json_schema", "json_schema": spec}
     else:
-        raise _bad(
+        raise bad_field(
             f"'text.format.type' must be text, json_object or json_schema, not '{kind}'.",
             "text.format.type",
             "invalid_value",
@@ -289,14 +201,14 @@ def _reasoning(reasoning: dict[str, Any] | None) -> dict[str, Any]:
 def _tool(i: int, tool: dict[str, Any]) -> dict[str, Any]:
     kind = tool.get("type")
     if kind != "function":
-        raise _bad(
+        raise bad_field(
             f"'tools[{i}].type' is '{kind}': this gateway serves function tools only "
             f"({_BUILT_IN}).",
             f"tools[{i}].type",
         )
     name = tool.get("name")
     if not isinstance(name, str) or not name:
-        raise _bad(f"'tools[{i}].name' must be a string.", f"tools[{i}].name", "invalid_value")
+        raise bad_field(f"'tools[{i}].name' must be a string.", f"tools[{i}].name", "invalid_value")
     fn: dict[str, Any] = {"name": name}
     for key in ("description", "parameters", "strict"):
         if tool.get(key) is not None:
@@ -310,65 +222,12 @@ def _tool_choice(choice: str | dict[str, Any]) -> Any:
             return choice
     elif choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    raise _bad(
+    raise bad_field(
         "'tool_choice' must be 'none', 'auto', 'required' or "
         '{"type": "function", "name": ...} (built-in tools are not served).',
         "tool_choice",
         "invalid_value",
     )
-
-
-# -- item references -----------------------------------------------------------------------
-
-
-def _is_reference(item: dict[str, Any]) -> bool:
-    # OpenAI's ItemReference may omit `type`: an item with an id and no role is one.
-    kind = item.get("type")
-    return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
-
-
-def references(value: str | list[dict[str, Any]]) -> list[str]:
-    """The item ids `input` refers to (`{"type": "item_reference", "id": ...}`), in order."""
-    if isinstance(value, str):
-        return []
-    ids: list[str] = []
-    for i, item in enumerate(value):
-        if _is_reference(item):
-            ids.append(_string(item, "id", f"input[{i}]"))
-    return ids
-
-
-def with_references(
-    value: str | list[dict[str, Any]], found: dict[str, dict[str, Any]]
-) -> str | list[dict[str, Any]]:
-    """`input` with each item reference replaced by the stored item it names; an id not
-    `found` (unknown, expired, not stored, or another key's) is a 404 naming it."""
-    if isinstance(value, str):
-        return value
-    out: list[dict[str, Any]] = []
-    for i, item in enumerate(value):
-        if not _is_reference(item):
-            out.append(item)
-            continue
-        iid = _string(item, "id", f"input[{i}]")
-        stored = found.get(iid)
-        if stored is None:
-            raise NotFound(
-                f"Item with id '{iid[:128]}' not found (input[{i}]): items of stored responses "
-                "of this API key can be referenced; responses created with `store: false` keep "
-                "none.",
-                param=f"input[{i}].id",
-                code="item_not_found",
-            )
-        out.append(stored)
-    return out
-
-
-def referable(value: str | list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The input items a later request may reference: those that carry an id."""
-    if isinstance(value, str):
-        return {}
-    return {item["id"]: item for item in value if isinstance(item.get("id"), str)}
 
 
 # -- input items -> chat messages ---------------------------------------------------------
@@ -381,7 +240,7 @@ def _input_messages(value: str | list[dict[str, Any]]) -> list[tuple[dict[str, A
     if isinstance(value, str):
         return [({"role": "user", "content": value}, "input")]
     if not value:
-        raise _bad("'input' must not be empty.", "input", "invalid_value")
+        raise bad_field("'input' must not be empty.", "input", "invalid_value")
     out: list[tuple[dict[str, Any], str]] = []
     for i, item in enumerate(value):
         where = f"input[{i}]"
@@ -397,12 +256,12 @@ def _input_messages(value: str | list[dict[str, Any]]) -> list[tuple[dict[str, A
             else:
                 out.append(({"role": "assistant", "content": None, "tool_calls": [call]}, where))
         elif kind == "function_call_output":
-            call_id = _string(item, "call_id", where)
+            call_id = item_string(item, "call_id", where)
             output = item.get("output")
             text = output if isinstance(output, str) else _parts_text(output, f"{where}.output")
             out.append(({"role": "tool", "tool_call_id": call_id, "content": text}, where))
         else:
-            raise _bad(
+            raise bad_field(
                 f"'{where}.type' is '{kind}': this gateway takes message, function_call, "
                 "function_call_output and item_reference items.",
                 f"{where}.type",
@@ -410,20 +269,13 @@ def _input_messages(value: str | list[dict[str, Any]]) -> list[tuple[dict[str, A
     return out
 
 
-def _string(item: dict[str, Any], key: str, where: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        raise _bad(f"'{where}.{key}' must be a string.", f"{where}.{key}", "invalid_value")
-    return value
-
-
 def _call(item: dict[str, Any], where: str) -> dict[str, Any]:
     return {
-        "id": _string(item, "call_id", where),
+        "id": item_string(item, "call_id", where),
         "type": "function",
         "function": {
-            "name": _string(item, "name", where),
-            "arguments": _string(item, "arguments", where),
+            "name": item_string(item, "name", where),
+            "arguments": item_string(item, "arguments", where),
         },
     }
 
@@ -431,14 +283,14 @@ def _call(item: dict[str, Any], where: str) -> dict[str, Any]:
 def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     role = item.get("role")
     if role not in _ROLES:
-        raise _bad(
+        raise bad_field(
             f"'{where}.role' must be one of {', '.join(_ROLES)}.", f"{where}.role", "invalid_value"
         )
     content = item.get("content")
     if isinstance(content, str):
         return {"role": role, "content": content}
     if not isinstance(content, list):
-        raise _bad(
+        raise bad_field(
             f"'{where}.content' must be a string or a list of content parts.",
             f"{where}.content",
             "invalid_value",
@@ -454,14 +306,14 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
 def _part(part: Any, where: str) -> dict[str, Any]:
     """An input content part as a chat content part (the local model refuses non-text ones)."""
     if not isinstance(part, dict):
-        raise _bad(f"'{where}' must be an object.", where, "invalid_value")
+        raise bad_field(f"'{where}' must be an object.", where, "invalid_value")
     kind = part.get("type")
     if kind in ("input_text", "output_text"):
-        return {"type": "text", "text": _string(part, "text", where)}
+        return {"type": "text", "text": item_string(part, "text", where)}
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
-            raise _bad(
+            raise bad_field(
                 f"'{where}.image_url' must be a URL or data URL (file ids are not served).",
                 f"{where}.image_url",
             )
@@ -474,61 +326,26 @@ def _part(part: Any, where: str) -> dict[str, Any]:
             k: part[k] for k in ("file_id", "file_data", "filename") if isinstance(part.get(k), str)
         }
         if not (file.get("file_id") or file.get("file_data")):
-            raise _bad(
+            raise bad_field(
                 f"'{where}' needs a file_id or file_data (file URLs are not served).",
                 f"{where}.file_url",
             )
         return {"type": "file", "file": file}
-    raise _bad(f"'{where}.type' '{kind}' is not an input content part.", f"{where}.type")
+    raise bad_field(f"'{where}.type' '{kind}' is not an input content part.", f"{where}.type")
 
 
 def _parts_text(parts: Any, where: str) -> str:
     """Text parts joined (assistant turns, tool outputs): nothing but text is allowed there."""
     if not isinstance(parts, list):
-        raise _bad(f"'{where}' must be a string or a list of text parts.", where, "invalid_value")
+        raise bad_field(
+            f"'{where}' must be a string or a list of text parts.", where, "invalid_value"
+        )
     texts: list[str] = []
     for j, p in enumerate(parts):
         if not isinstance(p, dict) or p.get("type") not in ("input_text", "output_text", "refusal"):
-            raise _bad(f"'{where}[{j}]' must be a text part.", f"{where}[{j}]", "invalid_value")
+            raise bad_field(
+                f"'{where}[{j}]' must be a text part.", f"{where}[{j}]", "invalid_value"
+            )
         key = "refusal" if p["type"] == "refusal" else "text"
-        texts.append(_string(p, key, f"{where}[{j}]"))
+        texts.append(item_string(p, key, f"{where}[{j}]"))
     return "".join(texts)
-
-
-# -- error names back to the client's --------------------------------------------------------
-
-_RENAMES = (
-    ("response_format.json_schema.schema", "text.format.schema"),
-    ("response_format", "text.format"),
-    ("max_completion_tokens", "max_output_tokens"),
-    ("max_tokens", "max_output_tokens"),
-    ("reasoning_effort", "reasoning.effort"),
-    ("verbosity", "text.verbosity"),
-)
-_MESSAGE = re.compile(r"messages\[(\d+)\]")
-# A Responses function tool is flat: chat's `tools[i].function.parameters` is `tools[i].parameters`.
-_TOOL_FUNCTION = re.compile(r"(?<![\w.])tools\[(\d+)\]\.function\.")
-
-
-class ErrorNames:
-    """Rewrites a chat-path error so its `param` and message name the Responses fields."""
-
-    def __init__(self, origins: list[str]) -> None:
-        self.origins = origins
-
-    def _name(self, text: str) -> str:
-        def origin(m: re.Match[str]) -> str:
-            k = int(m.group(1))
-            return self.origins[k] if k < len(self.origins) else "input"
-
-        text = _MESSAGE.sub(origin, text)
-        text = _TOOL_FUNCTION.sub(r"tools[\1].", text)
-        for old, new in _RENAMES:
-            text = re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w])", new, text)
-        return re.sub(r"(?<![\w.])messages(?![\w\[])", "input", text)
-
-    def fix(self, exc: GatewayError) -> GatewayError:
-        if exc.param:
-            exc.param = self._name(exc.param)
-        exc.message = self._name(exc.message)
-        return exc

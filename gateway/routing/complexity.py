@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -292,8 +293,13 @@ class ComplexityScorer:
             ((v, REASONS[k]) for k, v in parts.items() if k in REASONS and v >= 0.25),
             reverse=True,
         )
-        reasons: list[str] = []
-        for _, reason in ranked:
-            if reason not in reasons:
-                reasons.append(reason)
-        return Complexity(score=score, reasons=tuple(reasons[:4]))
+        return Complexity(score=score, reasons=top_reasons(ranked))
+
+
+def top_reasons(ranked: Iterable[tuple[float, str]]) -> tuple[str, ...]:
+    """The first four distinct reasons of `ranked` (weight, reason), strongest first."""
+    reasons: list[str] = []
+    for _, reason in ranked:
+        if reason not in reasons:
+            reasons.append(reason)
+    return tuple(reasons[:4])

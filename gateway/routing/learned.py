@@ -1,6 +1,6 @@
 """A learned routing scorer: a linear model over cheap text features, read from a weights file.
 
-`python -m gateway train-router` writes the file (gateway/routing/train.py); a policy loads it
+`python -m gateway train-router` writes the file (gateway/tools/train_router.py); a policy loads it
 with `scorer: {weights: FILE}`. The scorer answers like `ComplexityScorer` (a score in [0, 1]
 and the reasons that raised it), so `complexity:` conditions in the policy work unchanged.
 
@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .complexity import REASONS, Complexity, count_signals, scan, squash
+from .complexity import REASONS, Complexity, count_signals, scan, squash, top_reasons
 
 FORMAT = "edge-gateway-router-weights"
 FORMAT_VERSION = 1
@@ -228,8 +228,4 @@ class LearnedScorer:
             ),
             reverse=True,
         )
-        reasons: list[str] = []
-        for _, reason in ranked:
-            if reason not in reasons:
-                reasons.append(reason)
-        return Complexity(score=score, reasons=tuple(reasons[:4]))
+        return Complexity(score=score, reasons=top_reasons(ranked))

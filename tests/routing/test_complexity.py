@@ -8,7 +8,7 @@ import pytest
 
 from bench.router_validation import folds, load
 from gateway.routing.complexity import DEFAULT_WEIGHTS, ComplexityScorer
-from gateway.routing.evaluate import apgr
+from gateway.tools.eval_router import apgr
 from tests.conftest import ROOT
 
 DATA = ROOT.parent / "shared" / "data" / "routing"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing.evaluate import (
+from gateway.tools.eval_router import (
     apgr,
     configure_parser,
     length_baseline,

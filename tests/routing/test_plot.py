@@ -13,12 +13,13 @@ import pytest
 
 from gateway.durable import Record
 from gateway.learning.curve import routing_curve
-from gateway.routing import evaluate, train
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.curves import gap_curve, random_curve, recovered_at, share_at
-from gateway.routing.evaluate import apgr
 from gateway.routing.learned import vector
-from gateway.routing.plot import PlotError, plot_curves
+from gateway.tools import eval_router as evaluate
+from gateway.tools import train_router as train
+from gateway.tools.eval_router import apgr
+from gateway.tools.plot import PlotError, plot_curves
 from tests.conftest import ROOT
 from tests.pngmeta import png_text
 from tests.routing.test_train import synthetic_rows, write_csv
@@ -88,8 +89,8 @@ def test_plot_without_matplotlib_says_how_to_get_it(
 
 def test_the_gateway_never_imports_matplotlib() -> None:
     code = (
-        "import sys, gateway.__main__, gateway.http.server, gateway.routing.evaluate, "
-        "gateway.calibrate, gateway.learning.curve; print('matplotlib' in sys.modules)"
+        "import sys, gateway.__main__, gateway.http.server, gateway.tools.eval_router, "
+        "gateway.tools.calibrate, gateway.learning.curve; print('matplotlib' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120

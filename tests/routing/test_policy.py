@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.routing.features import Features
-from gateway.routing.policy import PolicyError, Router, load_policy, parse_policy
+from gateway.routing.policy import Router
+from gateway.routing.policy_file import PolicyError, load_policy, parse_policy
 from tests.conftest import ROOT
 
 

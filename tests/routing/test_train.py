@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing import evaluate, train
-from gateway.routing.evaluate import apgr
 from gateway.routing.features import FeatureExtractor
 from gateway.routing.learned import FEATURE_VERSION, LearnedScorer, WeightsError
-from gateway.routing.policy import PolicyError, Router, load_policy
-from gateway.routing.store import PolicyStore
+from gateway.routing.live_policy import PolicyStore
+from gateway.routing.policy import Router
+from gateway.routing.policy_file import PolicyError, load_policy
 from gateway.schemas import ChatRequest
+from gateway.tools import eval_router as evaluate
+from gateway.tools import train_router as train
+from gateway.tools.eval_router import apgr
 from tests.conftest import ROOT
 
 TOPICS_HARD = ["tensor", "lattice", "eigen", "manifold"]

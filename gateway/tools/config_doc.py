@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from .settings import REPO_ROOT, Settings
+from ..settings import REPO_ROOT, Settings
 
 HEADER = """\
 # Edge gateway settings: every setting with its default and what it does.

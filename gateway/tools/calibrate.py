@@ -35,10 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cascade import Confidence, of_logprobs, token_logprobs
-from .errors import GatewayError
-from .routing.evaluate import STRONG, WEAK, read_csv
-from .routing.train import read_jsonl
+from ..cascade import Confidence, of_logprobs, token_logprobs
+from ..errors import GatewayError
+from .eval_router import STRONG, WEAK, read_csv
+from .train_router import read_jsonl
 
 SIGNALS = ("mean", "min")
 RATES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -125,9 +125,9 @@ async def measure(
     items: list[Item], config: Path | None, max_tokens: int
 ) -> list[Confidence | None]:
     """Each prompt's local answer confidence (None when the local model cannot take it)."""
-    from .local import LocalBackend
-    from .schemas import ChatRequest
-    from .settings import load_settings
+    from ..local import LocalBackend
+    from ..schemas import ChatRequest
+    from ..settings import load_settings
 
     settings = load_settings(config)
     backend = LocalBackend(settings.local)
@@ -258,8 +258,8 @@ def _plot(
 ) -> int:
     """The --plot PNG: the gap recovered against the escalation share, for both signals
     (least confident first), prompt length and random; the chosen threshold marked."""
-    from .routing.curves import gap_curve, random_curve, recovered_at
-    from .routing.plot import Marker, PlotError, plot_curves
+    from ..routing.curves import gap_curve, random_curve, recovered_at
+    from .plot import Marker, PlotError, plot_curves
 
     gains = [float(int(it.cloud_ok) - int(it.local_ok)) for it in items]
     series = {f"{name} logprob": gap_curve([-v for v in signals[name]], gains) for name in SIGNALS}

@@ -8,7 +8,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .policy import Policy, PolicyError, load_policy
+from .policy_file import PolicyError, load_policy
+from .policy_models import Policy
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .complexity import ComplexityScorer, Scorer
+from ..routing.complexity import ComplexityScorer, Scorer
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
@@ -210,7 +210,7 @@ def curve_series(
     scorers: dict[str, Scorer],
 ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, list[float]]]:
     """Each scorer's routing curve, then prompt length's and random's; and the scores."""
-    from .curves import gap_curve, random_curve
+    from ..routing.curves import gap_curve, random_curve
 
     gains = [float(int(bool(b)) - int(bool(a))) for a, b in zip(weak, strong, strict=True)]
     scores = {name: [sc.score(p).score for p in prompts] for name, sc in scorers.items()}
@@ -227,10 +227,10 @@ def policy_marker(
     on: str,
 ) -> Any:
     """Where the policy's complexity threshold sits on the `on` curve (None without one)."""
+    from ..routing.curves import recovered_at, share_at
+    from ..routing.policy_file import load_policy
     from ..settings import REPO_ROOT
-    from .curves import recovered_at, share_at
     from .plot import Marker
-    from .policy import load_policy
 
     path = policy_path or REPO_ROOT / "policies" / "default.yaml"
     if policy_path is None and not path.is_file():
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     strong model is not better than the weak one gets a note instead of figures; its prompts
     still count in the pooled figures.
     """
-    from .learned import LearnedScorer
+    from ..routing.learned import LearnedScorer
 
     scorer = ComplexityScorer()
     learned: Scorer | None = None
@@ -308,8 +308,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             results["combined"] = evaluate(*pooled, scorer, learned)
     if getattr(args, "plot", None) is not None and "combined" not in notes and results:
+        from ..routing.policy_file import PolicyError
         from .plot import PlotError
-        from .policy import PolicyError
 
         scorers: dict[str, Scorer] = {"scorer": scorer}
         if learned is not None:

@@ -1,12 +1,11 @@
-"""The /v1/responses paths of /openapi.json (merged into http/openapi.py's document)."""
+"""The /v1/responses paths of /openapi.json, merged into the document by openapi.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .translate import ResponsesRequest
-
-_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+from ..responses.request import ResponsesRequest
+from .openapi_parts import GEN_ERRORS, errors, json_request
 
 _RESPONSE: dict[str, Any] = {
     "type": "object",
@@ -31,16 +30,6 @@ _RESPONSE: dict[str, Any] = {
 }
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(s): {
-            "description": "OpenAI-shaped error",
-            "content": {"application/json": {"schema": _ERROR_REF}},
-        }
-        for s in statuses
-    }
-
-
 def _request_schema() -> dict[str, Any]:
     # Inline (no $defs: ResponsesRequest has no nested models), from the validating model.
     return ResponsesRequest.model_json_schema(mode="validation")
@@ -54,15 +43,12 @@ _ID = {
 }
 
 
-def paths() -> dict[str, Any]:
+def response_paths() -> dict[str, Any]:
     return {
         "/v1/responses": {
             "post": {
                 "operationId": "createResponse",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _request_schema()}},
-                },
+                "requestBody": json_request(_request_schema()),
                 "responses": {
                     "200": {
                         "description": "A response, or its events as SSE when `stream` is true",
@@ -80,7 +66,7 @@ def paths() -> dict[str, Any]:
                             },
                         },
                     },
-                    **_errors(400, 401, 404, 413, 429, 502, 503, 504),
+                    **errors(*GEN_ERRORS),
                 },
             }
         },
@@ -93,7 +79,7 @@ def paths() -> dict[str, Any]:
                         "description": "A stored response",
                         "content": {"application/json": {"schema": _RESPONSE}},
                     },
-                    **_errors(401, 404),
+                    **errors(401, 404),
                 },
             },
             "delete": {
@@ -111,7 +97,7 @@ def paths() -> dict[str, Any]:
                             }
                         },
                     },
-                    **_errors(401, 404),
+                    **errors(401, 404),
                 },
             },
         },
