@@ -9,12 +9,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InvalidRequest, ModelNotFound, Unauthorized
+from ..pipeline.body import parse_request, read_json
 from ..routing.policy import PolicyError
 from ..schemas import ChatRequest
 from ..services import SERVICES, Services
 from . import openapi
 from .auth import bearer, tenant_of
-from .requests import parse_request, read_json
 
 
 async def list_models(request: web.Request) -> web.Response:
