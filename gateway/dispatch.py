@@ -6,8 +6,6 @@ targets in order (backends/), and returns an `Outcome` for the HTTP layer to ren
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,17 +25,14 @@ from .cascade import (
 from .errors import ContextLengthExceeded, GatewayError, ModelNotFound
 from .models.fleet import Fleet
 from .pipeline.attempt import CHAT, Attempt, budget_refusal
+from .pipeline.deciding import features_of, naming
 from .pipeline.outcome import Outcome, choice_text
 from .routing.features import FeatureExtractor, Features
 from .routing.policy import CACHE, LOCAL, Decision, Router, local_can_serve
-from .routing.privacy import TooLarge
 from .routing.store import PolicyStore
 from .schemas import AnyRequest
 
 log = logging.getLogger(__name__)
-
-# Past this many characters of text, feature extraction (tiktoken, scans) leaves the loop.
-OFF_LOOP_CHARS = 32_768
 
 
 @dataclass(kw_only=True)
@@ -98,15 +93,7 @@ class Dispatcher:
                 f"The model '{req.model}' does not exist or you do not have access to it.",
                 param="model",
             )
-        f = None
-        if req.content_chars() <= OFF_LOOP_CHARS:
-            # The privacy scan reads every field; many or long ones besides the text (tool
-            # schemas, metadata) send the extraction off the loop too.
-            with contextlib.suppress(TooLarge):
-                f = self.features(req, tenant, scan_budget=OFF_LOOP_CHARS)
-        if f is None:
-            # Linear, but tens of milliseconds on a long prompt: not on the event loop.
-            f = await asyncio.to_thread(self.features, req, tenant)
+        f = await features_of(self.features, req, tenant, size=req.content_chars())
         decision = self.router.decide(
             self.policies.current, f, stream=stream, budget_spent=budget_spent
         )
@@ -131,13 +118,7 @@ class Dispatcher:
         )
         if on_decision is not None:
             on_decision(f, decision)
-        try:
-            return await self._handle(req, endpoint, tenant, cc, f, decision)
-        except GatewayError as exc:
-            # A decision was made: the error says which, as a success would.
-            exc.headers.setdefault("x-gateway-route", decision.route)
-            exc.headers.setdefault("x-gateway-reason", decision.reason)
-            raise
+        return await naming(decision, self._handle(req, endpoint, tenant, cc, f, decision))
 
     async def _handle(
         self,

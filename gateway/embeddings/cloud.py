@@ -27,7 +27,6 @@ from ..backends.client import Upstream
 from ..backends.cloud import LiteLLMBackend
 from ..backends.upstream import scrub_bytes
 from ..errors import UpstreamError
-from ..settings import CloudModel, CloudSettings
 from .request import EmbeddingRequest, Item
 
 # OpenAI's embedding request parameters, minus `model` (set by the gateway).
@@ -126,13 +125,11 @@ class PassthroughEmbedder:
 
     kind = "cloud"
 
-    def __init__(
-        self, model: CloudModel, settings: CloudSettings, session: aiohttp.ClientSession
-    ) -> None:
-        self.up = Upstream(model, settings, session)
-        self.name = model.name
-        self.model = model
-        self.settings = settings
+    def __init__(self, up: Upstream) -> None:
+        self.up = up  # the same client as chat's pass-through: one session, one error map
+        self.name = up.name
+        self.model = up.model
+        self.settings = up.settings
 
     async def embed(self, req: EmbeddingRequest, items: list[Item]) -> tuple[list[np.ndarray], int]:
         up = self.up
@@ -174,16 +171,10 @@ class LiteLLMEmbedder:
 
     kind = "cloud"
 
-    def __init__(
-        self,
-        model: CloudModel,
-        settings: CloudSettings,
-        litellm: Any,
-        session: aiohttp.ClientSession,
-    ) -> None:
+    def __init__(self, chat: LiteLLMBackend) -> None:
         # The chat backend maps litellm's exception classes to ours, scrubbed of the key.
-        self._chat = LiteLLMBackend(model, settings, litellm, session)
-        self.name = model.name
+        self._chat = chat
+        self.name = chat.name
 
     async def _aembedding(self, **params: Any) -> Any:
         return await self._chat.litellm.aembedding(

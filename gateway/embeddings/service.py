@@ -27,14 +27,13 @@ from ..backends.client import upstream_session
 from ..backends.health import build_breakers, probe_loop
 from ..cache import ResponseCache
 from ..costs import Prices
-from ..dispatch import OFF_LOOP_CHARS
 from ..errors import GatewayError, InvalidRequest, ModelNotFound, RateLimited
 from ..metrics import Metrics
 from ..pipeline.attempt import EMBEDDINGS, Attempt
+from ..pipeline.deciding import features_of, naming
 from ..pipeline.outcome import Outcome
 from ..routing.features import Features
 from ..routing.policy import LOCAL, Decision, Router
-from ..routing.privacy import TooLarge
 from ..routing.store import PolicyStore
 from ..settings import CloudModel, Settings
 from .cache import EmbeddingCache
@@ -82,16 +81,18 @@ class EmbeddingService:
         litellm = None
         for m in self.models.values():
             if cloud.passthrough and m.api_base and m.model.startswith("openai/"):
+                from ..backends.client import Upstream
                 from .cloud import PassthroughEmbedder
 
-                self.clouds[m.name] = PassthroughEmbedder(m, cloud, self._session)
+                self.clouds[m.name] = PassthroughEmbedder(Upstream(m, cloud, self._session))
             else:
-                from ..backends.cloud import import_litellm
+                from ..backends.cloud import LiteLLMBackend, import_litellm
                 from .cloud import LiteLLMEmbedder
 
                 if litellm is None:
                     litellm = await asyncio.to_thread(import_litellm)  # seconds: off the loop
-                self.clouds[m.name] = LiteLLMEmbedder(m, cloud, litellm, self._session)
+                chat = LiteLLMBackend(m, cloud, litellm, self._session)
+                self.clouds[m.name] = LiteLLMEmbedder(chat)
         self._probing = asyncio.create_task(
             probe_loop(self.breakers, self.clouds, cloud.probe_interval_s)
         )
@@ -133,12 +134,8 @@ class EmbeddingService:
                 f"The model '{req.model}' does not exist or is not an embedding model.",
                 param="model",
             )
-        f = None
-        if sum(len(i) for i in req.items()) <= OFF_LOOP_CHARS:
-            with contextlib.suppress(TooLarge):  # long fields besides the input
-                f = self.features(req, tenant, scan_budget=OFF_LOOP_CHARS)
-        if f is None:
-            f = await asyncio.to_thread(self.features, req, tenant)  # tiktoken, pii scans
+        size = sum(len(i) for i in req.items())
+        f = await features_of(self.features, req, tenant, size=size)  # tiktoken, pii scans
         d = self.router.decide(self.policies.current, f, budget_spent=budget_spent)
         if req.model != "auto":
             self._named_model_kept(req, f, d)
@@ -202,12 +199,7 @@ class EmbeddingService:
         f, decision = await self.decide(req, tenant, budget_spent=budget_spent)
         if on_decision is not None:
             on_decision(f, decision)
-        try:
-            return await self._handle(req, tenant, f, decision, no_cache, no_store)
-        except GatewayError as exc:
-            exc.headers.setdefault("x-gateway-route", decision.route)
-            exc.headers.setdefault("x-gateway-reason", decision.reason)
-            raise
+        return await naming(decision, self._handle(req, tenant, f, decision, no_cache, no_store))
 
     async def _handle(
         self,
