@@ -18,6 +18,7 @@ from .. import sse
 from ..backends.base import Chunk
 from ..errors import GatewayError, NotFound
 from ..pipeline.body import RESPONSES_SHAPE, parse_request, read_json, validated
+from ..pipeline.outcome import choice_text
 from ..responses.render import Events, Shell, history_of, whole
 from ..responses.store import ResponseStore, Stored
 from ..responses.translate import (
@@ -82,21 +83,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     opening.learn(chat, "chat", outcome)  # as on chat: feedback by request id, maybe shadowed
     shell = Shell(req, model=req.model)
     if outcome.completion is not None:
-        response = whole(shell, outcome.completion.obj)
-        opening.usage(outcome.completion.obj, lambda: _output_text(response))
+        obj = outcome.completion.obj
+        opening.usage(obj, lambda: choice_text(obj))  # the text of the response's message
+        response = whole(shell, obj)
         await _keep(store, tenant, req, plan, response)
         return web.json_response(response, headers=outcome.headers())
     events = _Events(Events(shell), store, tenant, req, plan)
     return await write_stream(opening, outcome, outcome.headers(), events)
-
-
-def _output_text(response: dict[str, Any]) -> str:
-    return "".join(
-        part.get("text", "")
-        for item in response["output"]
-        if item.get("type") == "message"
-        for part in item.get("content") or []
-    )
 
 
 async def _keep(
