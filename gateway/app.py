@@ -8,11 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
+from .backends import health
 from .backends.base import Backend
-from .backends.health import Breaker, State
+from .backends.client import upstream_session
+from .backends.health import Breaker
 from .cache import LRUStore, RedisStore, ResponseCache, Store
 from .costs import Prices
 from .dispatch import Dispatcher
@@ -102,7 +103,7 @@ def create_app(settings: Settings) -> web.Application:
         local=local,
         clouds=clouds,
         breakers=breakers,
-        features=FeatureExtractor(scorer=ComplexityScorer(), local_n_ctx=settings.local.n_ctx),
+        extractor=FeatureExtractor(scorer=ComplexityScorer(), local_n_ctx=settings.local.n_ctx),
         router=Router(
             cloud_names=cloud_names,
             local_names=local.names,
@@ -137,26 +138,7 @@ def create_app(settings: Settings) -> web.Application:
 
 def build_breakers(settings: Settings, metrics: Metrics) -> dict[str, Breaker]:
     """One breaker per cloud model, its state mirrored in metrics."""
-
-    def changed(target: str, state: State) -> None:
-        metrics.breaker_state.labels(target).set(int(state))
-        metrics.cloud_reachable.labels(target).set(0 if state == State.OPEN else 1)
-
-    breakers = {
-        m.name: Breaker(
-            m.name,
-            failures=settings.cloud.breaker_failures,
-            # With a probe (an api_base to ask), only the probe closes an open breaker, so no
-            # client waits on a dead uplink. Providers we cannot probe get a half-open trial.
-            retry_after_s=float("inf") if m.api_base else 30.0,
-            probe_interval_s=settings.cloud.probe_interval_s if m.api_base else None,
-            on_change=changed,
-        )
-        for m in settings.cloud.models
-    }
-    for name in breakers:
-        changed(name, State.CLOSED)
-    return breakers
+    return health.build_breakers(settings.cloud.models, settings.cloud, metrics)
 
 
 def build_outbox(
@@ -294,10 +276,7 @@ async def _local_model(app: web.Application) -> AsyncIterator[None]:
 async def _cloud_backends(app: web.Application) -> AsyncIterator[None]:
     """One pooled HTTP session for every upstream; litellm only if a model needs it."""
     cloud = app[SETTINGS].cloud
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cloud.connect_timeout_s),
-    )
+    session = upstream_session(cloud, limit=256)
     clouds = app[DISPATCHER].clouds
     litellm = None
     for m in cloud.models:
@@ -353,33 +332,5 @@ async def _telemetry(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _probe_loop(dispatcher: Dispatcher, settings: Settings) -> None:
-    """Probe every open breaker's target, each in its own task so a slow probe holds no other."""
-    running: dict[str, asyncio.Task[None]] = {}
-    try:
-        while True:
-            await asyncio.sleep(settings.cloud.probe_interval_s)
-            for name, breaker in dispatcher.breakers.items():
-                backend = dispatcher.clouds.get(name)
-                if breaker.reachable or backend is None or name in running:
-                    continue
-                running[name] = asyncio.create_task(_probe_once(name, breaker, backend))
-            for name, task in list(running.items()):
-                if task.done():
-                    del running[name]
-    finally:
-        for task in list(running.values()):
-            task.cancel()
-
-
-async def _probe_once(name: str, breaker: Breaker, backend: Backend) -> None:
-    # After a first-byte timeout only a real completion proves the target is back: its model
-    # list may answer while chat hangs, and a light probe would let clients wait again.
-    deep = breaker.last_cause == "timeout"
-    try:
-        ok = await backend.probe(deep=deep)
-    except Exception:
-        log.exception("probe failed", extra={"target": name})
-        ok = False
-    if ok:
-        log.info("cloud target answers again", extra={"target": name, "deep_probe": deep})
-        breaker.success()
+    """Probe every open breaker's cloud target (backends/health.py)."""
+    await health.probe_loop(dispatcher.breakers, dispatcher.clouds, settings.cloud.probe_interval_s)

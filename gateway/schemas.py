@@ -189,22 +189,7 @@ def chat_chunk(
     usage_: dict[str, Any] | None = None,
     logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    choices = (
-        []
-        if delta is None
-        else [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
-    )
-    chunk: dict[str, Any] = {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": choices,
-        "system_fingerprint": None,
-    }
-    if usage_ is not None:
-        chunk["usage"] = usage_
-    return chunk
+    return stream_chunk(True, rid, model, created, delta, finish_reason, usage_, logprobs)
 
 
 def completion_response(
@@ -238,18 +223,42 @@ def completion_chunk(
     usage_: dict[str, Any] | None = None,
     logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    return stream_chunk(False, rid, model, created, text, finish_reason, usage_, logprobs)
+
+
+def stream_chunk(
+    chat: bool,
+    rid: str,
+    model: str,
+    created: int,
+    content: dict[str, Any] | str | None,
+    finish_reason: str | None = None,
+    usage_: dict[str, Any] | None = None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One stream chunk, chat (`content` is the delta) or completions (`content` is the text);
+    None: a chunk without choices (the usage-only one)."""
     choices = (
         []
-        if text is None
-        else [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]
+        if content is None
+        else [
+            {
+                "index": 0,
+                "delta" if chat else "text": content,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason,
+            }
+        ]
     )
     chunk: dict[str, Any] = {
         "id": rid,
-        "object": "text_completion",
+        "object": "chat.completion.chunk" if chat else "text_completion",
         "created": created,
         "model": model,
         "choices": choices,
     }
+    if chat:
+        chunk["system_fingerprint"] = None
     if usage_ is not None:
         chunk["usage"] = usage_
     return chunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from .errors import GatewayError
 
@@ -31,3 +32,8 @@ async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         if payload:
             yield payload
     raise EOFError("the stream ended before data: [DONE]")
+
+
+def objects(payload: bytes) -> list[dict[str, Any]]:
+    """The JSON objects of ready-made `data: {...}` frames (one or more in one payload)."""
+    return [json.loads(line[6:]) for line in payload.split(b"\n") if line.startswith(b"data: {")]

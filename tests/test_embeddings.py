@@ -259,7 +259,7 @@ async def test_privacy_rules_hold_for_token_ids_and_rules_naming_a_chat_model(
 ) -> None:
     import tiktoken
 
-    from gateway.embeddings.service import _vocabularies
+    from gateway.embeddings.features import _vocabularies
 
     policy = tmp_path / "cloud-first.yaml"
     policy.write_text(

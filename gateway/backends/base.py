@@ -91,20 +91,16 @@ class BackendUnavailable(GatewayError):
     @classmethod
     def timed_out(cls, name: str, seconds: float) -> BackendUnavailable:
         """No first byte in time: the uplink counts as gone."""
-        return cls(
-            f"cloud model '{name}' did not answer within {seconds:g} s",
-            cause="timeout",
-            unreachable=True,
-        )
+        return cls._gone(name, f"did not answer within {seconds:g} s", "timeout")
 
     @classmethod
     def connect_failed(cls, name: str, exc: BaseException) -> BackendUnavailable:
         """The connection failed or broke (refused, reset, DNS): the uplink counts as gone."""
-        return cls(
-            f"cloud model '{name}' is unreachable ({type(exc).__name__})",
-            cause="connect",
-            unreachable=True,
-        )
+        return cls._gone(name, f"is unreachable ({type(exc).__name__})", "connect")
+
+    @classmethod
+    def _gone(cls, name: str, what: str, cause: str) -> BackendUnavailable:
+        return cls(f"cloud model '{name}' {what}", cause=cause, unreachable=True)
 
 
 class Backend(Protocol):

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from ..schemas import chat_chunk, completion_chunk, new_id
+from ..schemas import new_id, stream_chunk
 from .base import Chunk, Endpoint
 
 _MARKER = "\x00TEXT\x00"
@@ -36,26 +36,8 @@ class ChunkSequence:
         logprobs: dict[str, Any] | None = None,
     ) -> Chunk:
         rid, model, created = self.rid, self.model, self.created
-        if self.chat:
-            obj = chat_chunk(
-                rid=rid,
-                model=model,
-                created=created,
-                delta=delta,
-                finish_reason=finish,
-                usage_=usage,
-                logprobs=logprobs,
-            )
-        else:
-            obj = completion_chunk(
-                rid=rid,
-                model=model,
-                created=created,
-                text=text,
-                finish_reason=finish,
-                usage_=usage,
-                logprobs=logprobs,
-            )
+        content = delta if self.chat else text
+        obj = stream_chunk(self.chat, rid, model, created, content, finish, usage, logprobs)
         return Chunk(obj=obj)
 
     def role(self, role: str = "assistant") -> Chunk | None:

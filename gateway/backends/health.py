@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+    from ..settings import CloudModel, CloudSettings
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +106,68 @@ def retry_after(breakers: Iterable[Breaker]) -> dict[str, str]:
     cloud may answer again (SDKs retry a 503 and honour the header). Empty when none is open."""
     waits = [w for b in breakers if (w := b.retry_in()) is not None and math.isfinite(w)]
     return {"Retry-After": str(max(1, math.ceil(min(waits))))} if waits else {}
+
+
+def build_breakers(
+    models: Iterable[CloudModel], cloud: CloudSettings, metrics: Metrics
+) -> dict[str, Breaker]:
+    """One breaker per cloud model (chat or embeddings), its state mirrored in metrics."""
+
+    def changed(target: str, state: State) -> None:
+        metrics.breaker_state.labels(target).set(int(state))
+        metrics.cloud_reachable.labels(target).set(0 if state == State.OPEN else 1)
+
+    breakers = {
+        m.name: Breaker(
+            m.name,
+            failures=cloud.breaker_failures,
+            # With a probe (an api_base to ask), only the probe closes an open breaker, so no
+            # client waits on a dead uplink. Providers we cannot probe get a half-open trial.
+            retry_after_s=float("inf") if m.api_base else 30.0,
+            probe_interval_s=cloud.probe_interval_s if m.api_base else None,
+            on_change=changed,
+        )
+        for m in models
+    }
+    for name in breakers:
+        changed(name, State.CLOSED)
+    return breakers
+
+
+class Probed(Protocol):
+    async def probe(self, *, deep: bool = False) -> bool | None: ...
+
+
+async def probe_loop(
+    breakers: Mapping[str, Breaker], targets: Mapping[str, Probed], interval_s: float
+) -> None:
+    """Probe every open breaker's target, each in its own task so a slow probe holds no other."""
+    running: dict[str, asyncio.Task[None]] = {}
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            for name, breaker in breakers.items():
+                target = targets.get(name)
+                if breaker.reachable or target is None or name in running:
+                    continue
+                running[name] = asyncio.create_task(_probe_once(name, breaker, target))
+            for name, task in list(running.items()):
+                if task.done():
+                    del running[name]
+    finally:
+        for task in list(running.values()):
+            task.cancel()
+
+
+async def _probe_once(name: str, breaker: Breaker, target: Probed) -> None:
+    # After a first-byte timeout only a real answer proves the target is back: its model
+    # list may answer while chat hangs, and a light probe would let clients wait again.
+    deep = breaker.last_cause == "timeout"
+    try:
+        ok = await target.probe(deep=deep)
+    except Exception:
+        log.exception("probe failed", extra={"target": name})
+        ok = False
+    if ok:
+        log.info("cloud target answers again", extra={"target": name, "deep_probe": deep})
+        breaker.success()

@@ -8,7 +8,6 @@ headers, see tier.py); from any other upstream no response header is read.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
+from ..errors import UpstreamError, UpstreamTimeout
 from ..schemas import AnyRequest
 from ..settings import CloudModel, CloudSettings
 from ..sse import iter_sse_data
@@ -29,14 +28,13 @@ from .base import (
     completion_probe,
     http_probe,
 )
+from .client import Upstream
 from .tier import TierReport
-from .upstream import bearer_headers, openai_body, scrub, scrub_bytes
+from .upstream import openai_body, scrub_bytes
 
 log = logging.getLogger(__name__)
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions"}
-# Statuses that say the provider, not the request, is at fault: fail over.
-_PROVIDER_FAULT = {401, 403, 408, 409, 429}
 
 
 class PassthroughBackend:
@@ -45,47 +43,32 @@ class PassthroughBackend:
     def __init__(
         self, model: CloudModel, settings: CloudSettings, session: aiohttp.ClientSession
     ) -> None:
-        assert model.api_base
+        self.up = Upstream(model, settings, session)
         self.name = model.name
         self.model = model
         self.settings = settings
-        self.session = session
-        self.base = model.api_base.rstrip("/")
-        self.upstream_model = model.model.split("/", 1)[1] if "/" in model.model else model.model
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.connect_timeout_s,
-            sock_read=settings.read_timeout_s,
-        )
 
     def _body(self, req: AnyRequest, *, stream: bool) -> dict[str, Any]:
-        return openai_body(req, self.model, upstream_model=self.upstream_model, stream=stream)
+        return openai_body(req, self.model, upstream_model=self.up.upstream_model, stream=stream)
 
     async def _post(self, req: AnyRequest, endpoint: Endpoint, *, stream: bool) -> Any:
-        url = self.base + _PATHS[endpoint]
-        try:
-            async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                resp = await self.session.post(
-                    url,
-                    json=self._body(req, stream=stream),
-                    headers=bearer_headers(self.model),
-                    timeout=self._timeout,
-                )
-                if resp.status >= 400:
-                    payload = await resp.read()
-                    resp.release()
-                    raise self._status_error(resp.status, payload)
-                if not stream:
-                    raw = await resp.read()
-                    resp.release()
-                    return raw, self._report(resp)
-                return resp
-        except TimeoutError:
-            raise BackendUnavailable.timed_out(
-                self.name, self.settings.first_byte_timeout_s
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise BackendUnavailable.connect_failed(self.name, exc) from None
+        up = self.up
+        async with up.first_byte():
+            resp = await up.session.post(
+                up.base + _PATHS[endpoint],
+                json=self._body(req, stream=stream),
+                headers=up.headers(),
+                timeout=up.timeout,
+            )
+            if resp.status >= 400:
+                payload = await resp.read()
+                resp.release()
+                raise up.status_error(resp.status, payload)
+            if not stream:
+                raw = await resp.read()
+                resp.release()
+                return raw, self._report(resp)
+            return resp
 
     def _report(self, resp: aiohttp.ClientResponse) -> TierReport | None:
         """A tier's account of its answer; never read from an upstream not marked as a tier."""
@@ -94,27 +77,6 @@ class PassthroughBackend:
             if self.model.tier
             else None
         )
-
-    def _status_error(self, status: int, payload: bytes) -> GatewayError:
-        if status >= 500 or status in _PROVIDER_FAULT:
-            cause = "429" if status == 429 else ("auth" if status in (401, 403) else "5xx")
-            return BackendUnavailable(
-                f"cloud model '{self.name}' answered {status}", cause=cause, unreachable=False
-            )
-        # The request itself was refused (400, 404, 413, 422): relay the provider's words.
-        message = f"cloud model '{self.name}' rejected the request ({status})"
-        param = None
-        try:
-            err = json.loads(payload).get("error") or {}
-            if isinstance(err, dict) and err.get("message"):
-                message = scrub(str(err["message"]), self.model)[:2000]
-                param = err.get("param")
-                param = scrub(param, self.model)[:200] if isinstance(param, str) else None
-        except (ValueError, AttributeError):
-            pass
-        exc = InvalidRequest(message, param=param, code="upstream_rejected")
-        exc.status = status if 400 <= status < 500 else 400  # type: ignore[misc]
-        return exc
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
         raw, tier = await self._post(req, endpoint, stream=False)
@@ -161,12 +123,12 @@ class PassthroughBackend:
                 resp.close()
 
     async def probe(self, *, deep: bool = False) -> bool | None:
-        headers = bearer_headers(self.model)
+        up = self.up
         if deep:
             return await completion_probe(
-                self.session, self.base, headers, self.upstream_model, self.settings
+                up.session, up.base, up.headers(), up.upstream_model, self.settings
             )
-        return await http_probe(self.session, self.base, headers, self.settings)
+        return await http_probe(up.session, up.base, up.headers(), self.settings)
 
     async def close(self) -> None:
         pass  # the session is shared and closed by the app

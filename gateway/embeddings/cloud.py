@@ -22,12 +22,11 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from ..backends.base import BackendUnavailable
+from ..backends.base import BackendUnavailable, http_probe
+from ..backends.client import Upstream
 from ..backends.cloud import LiteLLMBackend
-from ..backends.passthrough import PassthroughBackend
-from ..backends.upstream import bearer_headers, scrub_bytes
+from ..backends.upstream import scrub_bytes
 from ..errors import UpstreamError
-from ..settings import CloudModel, CloudSettings
 from .request import EmbeddingRequest, Item
 
 # OpenAI's embedding request parameters, minus `model` (set by the gateway).
@@ -122,42 +121,26 @@ def parse_large(raw: bytes, n: int, name: str) -> tuple[list[np.ndarray], int]:
 
 
 class PassthroughEmbedder:
-    """An OpenAI-compatible upstream: JSON through a pooled session, the key in one header."""
+    """An OpenAI-compatible upstream: JSON through the upstream client, the key in one header."""
 
     kind = "cloud"
 
-    def __init__(
-        self, model: CloudModel, settings: CloudSettings, session: aiohttp.ClientSession
-    ) -> None:
-        # The chat pass-through holds the base URL, timeouts and the mapping of upstream errors.
-        self._chat = PassthroughBackend(model, settings, session)
-        self.name = model.name
-        self.model = model
-        self.settings = settings
-        self.session = session
+    def __init__(self, up: Upstream) -> None:
+        self.up = up  # the same client as chat's pass-through: one session, one error map
+        self.name = up.name
+        self.model = up.model
+        self.settings = up.settings
 
     async def embed(self, req: EmbeddingRequest, items: list[Item]) -> tuple[list[np.ndarray], int]:
-        chat = self._chat
-        body = upstream_body(req, items, chat.upstream_model)
-        try:
-            async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                async with self.session.post(
-                    chat.base + "/embeddings",
-                    json=body,
-                    headers=bearer_headers(self.model),
-                    timeout=chat._timeout,
-                ) as resp:
-                    raw = await read_capped(
-                        resp, self.settings.max_embedding_response_bytes, self.name
-                    )
-                    if resp.status >= 400:
-                        raise chat._status_error(resp.status, scrub_bytes(raw, self.model))
-        except TimeoutError:
-            raise BackendUnavailable.timed_out(
-                self.name, self.settings.first_byte_timeout_s
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise BackendUnavailable.connect_failed(self.name, exc) from None
+        up = self.up
+        body = upstream_body(req, items, up.upstream_model)
+        async with up.first_byte():
+            async with up.session.post(
+                up.base + "/embeddings", json=body, headers=up.headers(), timeout=up.timeout
+            ) as resp:
+                raw = await read_capped(resp, self.settings.max_embedding_response_bytes, self.name)
+                if resp.status >= 400:
+                    raise up.status_error(resp.status, scrub_bytes(raw, self.model))
         if len(raw) > LARGE_BODY:
             return await asyncio.to_thread(parse_large, raw, len(items), self.name)
         try:
@@ -166,28 +149,56 @@ class PassthroughEmbedder:
             obj = None
         return vectors_of(obj, len(items), self.name)
 
+    async def probe(self, *, deep: bool = False) -> bool | None:
+        """The model list answers (light); after a timeout, one input embedded (deep)."""
+        up = self.up
+        if not deep:
+            return await http_probe(up.session, up.base, up.headers(), self.settings)
+        body = {"model": up.upstream_model, "input": ["ping"], "encoding_format": "float"}
+        try:
+            async with asyncio.timeout(self.settings.first_byte_timeout_s):
+                async with up.session.post(
+                    up.base + "/embeddings", json=body, headers=up.headers(), timeout=up.timeout
+                ) as r:
+                    await r.read()
+                    return r.status < 500 and r.status != 429
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
 
 class LiteLLMEmbedder:
     """Any provider litellm speaks, through `litellm.aembedding`."""
 
     kind = "cloud"
 
-    def __init__(
-        self,
-        model: CloudModel,
-        settings: CloudSettings,
-        litellm: Any,
-        session: aiohttp.ClientSession,
-    ) -> None:
+    def __init__(self, chat: LiteLLMBackend) -> None:
         # The chat backend maps litellm's exception classes to ours, scrubbed of the key.
-        self._chat = LiteLLMBackend(model, settings, litellm, session)
-        self.name = model.name
-        self.model = model
-        self.settings = settings
-        self.litellm = litellm
+        self._chat = chat
+        self.name = chat.name
+
+    async def _aembedding(self, **params: Any) -> Any:
+        return await self._chat.litellm.aembedding(
+            **params,
+            model=self._chat.model.model,
+            api_base=self._chat.model.api_base,
+            api_key=self._chat.model.api_key(),
+            timeout=self._chat.settings.first_byte_timeout_s,
+            num_retries=0,
+        )
+
+    async def probe(self, *, deep: bool = False) -> bool | None:
+        """As chat's litellm probe, with one input embedded for the deep one."""
+        if not deep:
+            return await self._chat.probe()
+        try:
+            async with asyncio.timeout(self._chat.settings.first_byte_timeout_s):
+                await self._aembedding(input=["ping"])
+        except Exception:  # any failure, timeout included, means: not back yet
+            return False
+        return True
 
     async def embed(self, req: EmbeddingRequest, items: list[Item]) -> tuple[list[np.ndarray], int]:
-        body = upstream_body(req, items, self.model.model)
+        body = upstream_body(req, items, self._chat.model.model)
         params: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for k, v in body.items():
@@ -197,18 +208,11 @@ class LiteLLMEmbedder:
             # Only ever JSON body fields: litellm reads unknown keyword arguments as options.
             params["extra_body"] = extra
         try:
-            async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                resp = await self.litellm.aembedding(
-                    **params,
-                    model=self.model.model,
-                    api_base=self.model.api_base,
-                    api_key=self.model.api_key(),
-                    timeout=self.settings.first_byte_timeout_s,
-                    num_retries=0,
-                )
+            async with asyncio.timeout(self._chat.settings.first_byte_timeout_s):
+                resp = await self._aembedding(**params)
         except TimeoutError:
             raise BackendUnavailable.timed_out(
-                self.name, self.settings.first_byte_timeout_s
+                self.name, self._chat.settings.first_byte_timeout_s
             ) from None
         except Exception as exc:
             raise self._chat._map(exc) from None

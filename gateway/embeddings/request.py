@@ -6,10 +6,10 @@ import base64
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from ..errors import InvalidRequest
-from ..http.requests import validation_error
+from ..pipeline.body import validated
 from ..settings import ServerSettings
 from ..vectors import Item
 
@@ -82,10 +82,7 @@ def parse_embedding_request(body: dict[str, Any], server: ServerSettings) -> Emb
         raise InvalidRequest(
             f"Too many inputs: {len(raw)} > {MAX_INPUTS}.", param="input", code="too_many_inputs"
         )
-    try:
-        req = EmbeddingRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    req = validated(EmbeddingRequest, body)
     _check(req, server)
     return req
 

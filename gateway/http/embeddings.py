@@ -1,58 +1,44 @@
-"""POST /v1/embeddings: parse, route through the embeddings service, render OpenAI's JSON."""
+"""POST /v1/embeddings: parse, open, route through the embeddings service, render its JSON."""
 
 from __future__ import annotations
-
-import asyncio
 
 import orjson
 from aiohttp import web
 
-from ..cache import CacheControl
 from ..embeddings.request import parse_embedding_request
 from ..errors import NotFound
-from ..services import EMBEDDINGS, LIMITER, METRICS, SETTINGS
-from .auth import tenant_of
-from .chat import deadline_of, timed_out
-from .observe import RECORD
-from .requests import read_json
+from ..pipeline.body import read_json
+from .opening import Opening, services_of
 
 
 async def create_embeddings(request: web.Request) -> web.Response:
-    service = request.app.get(EMBEDDINGS)
+    services = services_of(request)
+    service = services.embeddings
     if service is None:
         raise NotFound("This gateway serves no embeddings.", code="not_found")
-    req = parse_embedding_request(await read_json(request), request.app[SETTINGS].server)
-    tenant = tenant_of(request)
-    budget_spent = await request.app[LIMITER].admit(tenant)
-    cc = CacheControl.parse(request.headers.get("Cache-Control"))
-    record = request[RECORD]
-    deadline = deadline_of(record.started, request.app[SETTINGS].server)
-    try:
-        async with asyncio.timeout_at(deadline):
-            outcome, hits = await service.handle(
-                req,
-                tenant,
-                no_cache=cc.no_cache,
-                no_store=cc.no_store,
-                force_local=budget_spent,
-                on_decision=record.decided,
-            )
-    except TimeoutError:
-        if asyncio.get_running_loop().time() < deadline:
-            raise
-        raise timed_out(request.app[SETTINGS].server) from None
-    record.outcome = outcome
-    record.backend_s = outcome.backend_seconds
+    req = parse_embedding_request(await read_json(request), services.settings.server)
+    opening = await Opening.admit(request, services)
+    outcome, hits = await opening.run(
+        service.handle(
+            req,
+            opening.tenant,
+            no_cache=opening.cc.no_cache,
+            no_store=opening.cc.no_store,
+            budget_spent=opening.budget_spent,
+            on_decision=opening.record.decided,
+        )
+    )
+    opening.answered(outcome)
     assert outcome.completion is not None
     obj = outcome.completion.obj
     tokens = int(obj["usage"]["prompt_tokens"])
     cost = service.cost(outcome, tokens)
     if cost:
-        request.app[METRICS].cloud_spend.inc(cost)
+        services.metrics.cloud_spend.inc(cost)
     # Tokens count towards the key's tokens-per-minute limit and its cloud budget, as chat's;
     # charged here at the embedding model's price, so the shared accounting skips it.
-    request.app[LIMITER].record(tenant, tokens, cost)
-    record.prompt_tokens, record.accounted = tokens, True
+    services.limiter.record(opening.tenant, tokens, cost)
+    opening.record.prompt_tokens, opening.record.accounted = tokens, True
     headers = outcome.headers()
     headers["x-gateway-cache-inputs"] = f"{hits}/{len(obj['data'])}"
     # 2048 one-character inputs ask for 25 MB of float JSON: the standard encoder takes half

@@ -12,9 +12,9 @@ import math
 from aiohttp import web
 
 from ..errors import InvalidRequest, NotFound
+from ..pipeline.body import read_json
 from ..services import LEARNING
 from .auth import tenant_of
-from .requests import read_json
 
 _FIELDS = {"request_id", "score", "good"}
 

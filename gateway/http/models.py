@@ -9,8 +9,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import Forbidden
+from ..pipeline.body import read_json, validation_error
 from ..services import LOCAL, SETTINGS
-from .requests import read_json, validation_error
 from .ui import over_loopback
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InvalidRequest, ModelNotFound, Unauthorized
+from ..pipeline.body import parse_request, read_json
 from ..routing.policy_file import PolicyError
 from ..schemas import ChatRequest
 from ..services import (
@@ -22,7 +23,6 @@ from ..services import (
 )
 from . import openapi
 from .auth import bearer, tenant_of
-from .requests import parse_request, read_json
 
 
 async def list_models(request: web.Request) -> web.Response:

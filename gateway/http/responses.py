@@ -9,20 +9,16 @@ is kept on the box (responses/store.py) for `previous_response_id` and retrieval
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
+from .. import sse
 from ..backends.base import Chunk
-from ..cache import CacheControl
-from ..dispatch import Outcome
-from ..errors import GatewayError, InvalidRequest, NotFound, ShuttingDown
+from ..errors import GatewayError, NotFound
+from ..pipeline.body import RESPONSES_SHAPE, parse_request, read_json, validated
+from ..pipeline.outcome import choice_text
 from ..responses.error_names import ErrorNames
 from ..responses.references import referable, references, with_references
 from ..responses.render import Events, Shell, history_of, whole
@@ -30,59 +26,26 @@ from ..responses.request import ResponsesRequest, check_lengths
 from ..responses.store import ResponseStore, Stored
 from ..responses.translate import ChatPlan, to_chat
 from ..schemas import ChatRequest
-from ..services import DISPATCHER, LEARNING, LIFECYCLE, LIMITER, SETTINGS
 from ..settings import ServerSettings
 from .auth import tenant_of
-from .chat import deadline_of, open_event_stream, timed_chunks, timed_out
-from .middlewares import REQUEST_ID
-from .observe import RECORD, RequestRecord
-from .requests import parse_request, read_json, validation_error
+from .observe import RequestRecord
+from .opening import Opening, services_of
+from .stream import write_stream
 
 log = logging.getLogger(__name__)
 
 RESPONSE_STORE: web.AppKey[ResponseStore] = web.AppKey("response_store", ResponseStore)
 
 
-def _too_many(what: str, n: int, bound: int, setting: str, param: str, code: str) -> None:
-    if n > bound:
-        raise InvalidRequest(
-            f"Too many {what}: {n} > {bound} (server.{setting}).", param=param, code=code
-        )
-
-
-def _check_shape(body: dict[str, Any], server: ServerSettings) -> None:
-    """The chat path's bounds, on the raw Responses body, before validation spends time."""
-    items = body.get("input")
-    if isinstance(items, list):
-        _too_many(
-            "input items", len(items), server.max_messages, "max_messages", "input",
-            "too_many_messages",
-        )  # fmt: skip
-        parts = sum(
-            len(i["content"])
-            for i in items
-            if isinstance(i, dict) and isinstance(i.get("content"), list)
-        )
-        _too_many(
-            "content parts", parts, server.max_content_parts, "max_content_parts", "input",
-            "too_many_content_parts",
-        )  # fmt: skip
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        _too_many("tools", len(tools), server.max_tools, "max_tools", "tools", "too_many_tools")
-
-
 def _parse(body: dict[str, Any], server: ServerSettings) -> ResponsesRequest:
-    _check_shape(body, server)
+    RESPONSES_SHAPE.check(body, server)  # the chat path's bounds, on the raw Responses body
     check_lengths(body)
-    try:
-        return ResponsesRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return validated(ResponsesRequest, body)
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    server = request.app[SETTINGS].server
+    services = services_of(request)
+    server = services.settings.server
     req = _parse(await read_json(request), server)
     tenant = tenant_of(request)
     store = request.app[RESPONSE_STORE]
@@ -106,49 +69,21 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     names = ErrorNames(plan.origins)
     try:
         chat: ChatRequest = parse_request(ChatRequest, plan.body, server)
-        budget_spent = await request.app[LIMITER].admit(tenant)
-        cc = CacheControl.parse(request.headers.get("Cache-Control"))
-        record = request[RECORD]
-        deadline = deadline_of(record.started, server)
-        try:
-            async with asyncio.timeout_at(deadline):
-                outcome = await request.app[DISPATCHER].handle(
-                    chat, "chat", tenant, cc, force_local=budget_spent, on_decision=record.decided
-                )
-        except TimeoutError:
-            if asyncio.get_running_loop().time() < deadline:
-                raise
-            raise timed_out(server) from None
+        opening = await Opening.admit(request, services)
+        outcome = await opening.dispatch(chat, "chat")
     except GatewayError as exc:
         raise names.fix(exc) from None
-    record.outcome = outcome
-    record.backend_s = outcome.backend_seconds
-    if server.log_bodies or request.app[SETTINGS].ui.show_prompts:
-        record.prompt_text = chat.prompt_text()
-        record.answer_parts = []
-    learning = request.app.get(LEARNING)
-    if learning is not None:  # as on chat: feedback by request id, maybe shadowed
-        learning.answered(
-            request[REQUEST_ID], chat, "chat", outcome, record, asyncio.current_task()
-        )
+    opening.answered(outcome)
+    opening.learn(chat, "chat", outcome)  # as on chat: feedback by request id, maybe shadowed
     shell = Shell(req, model=req.model)
     if outcome.completion is not None:
-        record.usage_from(outcome.completion.obj)
-        response = whole(shell, outcome.completion.obj)
-        if record.answer_parts is not None:
-            record.answer_parts.append(_output_text(response))
+        obj = outcome.completion.obj
+        opening.usage(obj, lambda: choice_text(obj))  # the text of the response's message
+        response = whole(shell, obj)
         await _keep(store, tenant, req, plan, response)
         return web.json_response(response, headers=outcome.headers())
-    return await _write_stream(request, outcome, Events(shell), req, plan, deadline)
-
-
-def _output_text(response: dict[str, Any]) -> str:
-    return "".join(
-        part.get("text", "")
-        for item in response["output"]
-        if item.get("type") == "message"
-        for part in item.get("content") or []
-    )
+    events = _Events(Events(shell), store, tenant, req, plan)
+    return await write_stream(opening, outcome, outcome.headers(), events)
 
 
 async def _keep(
@@ -174,79 +109,42 @@ async def _keep(
             )
 
 
-def _objs(chunk: Chunk) -> list[dict[str, Any]]:
-    """The chat chunk objects in a backend chunk (ready-made SSE frames may hold several)."""
-    if chunk.sse is None:
-        return [chunk.obj]
-    return [json.loads(line[6:]) for line in chunk.sse.split(b"\n") if line.startswith(b"data: {")]
+class _Events:
+    """The Responses encoder of the stream writer: chat chunks in, Responses events out."""
 
+    def __init__(
+        self,
+        events: Events,
+        store: ResponseStore,
+        tenant: str | None,
+        req: ResponsesRequest,
+        plan: ChatPlan,
+    ) -> None:
+        self.events, self.store, self.tenant, self.req, self.plan = (
+            events, store, tenant, req, plan
+        )  # fmt: skip
 
-async def _write_stream(
-    request: web.Request,
-    outcome: Outcome,
-    events: Events,
-    req: ResponsesRequest,
-    plan: ChatPlan,
-    deadline: float,
-) -> web.StreamResponse:
-    assert outcome.chunks is not None
-    record = request[RECORD]
-    resp = await open_event_stream(request, outcome.headers())
-    chunks = outcome.chunks
-    bound = asyncio.timeout_at(deadline)
-    try:
-        async with bound:
-            await _relay(resp, chunks, events, record)
-        tail = events.end()
-        assert events.final is not None
-        # Stored before the client hears it is complete, so a follow-up can never miss it.
-        await _keep(request.app[RESPONSE_STORE], tenant_of(request), req, plan, events.final)
-        await resp.write(tail)
-    except TimeoutError:
-        if not bound.expired():
-            raise
-        await _fail(resp, events, record, timed_out(request.app[SETTINGS].server))
-    except GatewayError as exc:
-        await _fail(resp, events, record, exc)
-    except asyncio.CancelledError:
-        if request.app[LIFECYCLE].stopping:
-            err = ShuttingDown("The gateway is shutting down; retry the request.")
-            with contextlib.suppress(Exception):
-                await _fail(resp, events, record, err)
-                await resp.write_eof()
-        raise
-    finally:
-        record.backend_s += record.stream_wait_s
-        await chunks.aclose()  # type: ignore[attr-defined]
-    await resp.write_eof()
-    return resp
-
-
-async def _fail(
-    resp: web.StreamResponse, events: Events, record: RequestRecord, exc: GatewayError
-) -> None:
-    # Bytes already went out, so the status is spent: say it in-band, never end silently.
-    record.stream_error = exc.code
-    log.warning("stream failed mid-way", extra={"code": exc.code})
-    await resp.write(events.failed(exc))
-
-
-async def _relay(
-    resp: web.StreamResponse, chunks: AsyncIterator[Chunk], events: Events, record: RequestRecord
-) -> None:
-    async for chunk in timed_chunks(chunks, record):
+    def encode(self, chunk: Chunk, record: RequestRecord) -> bytes:
         out = b""
-        for obj in _objs(chunk):
+        # Ready-made SSE frames may hold several chat chunks.
+        for obj in [chunk.obj] if chunk.sse is None else sse.objects(chunk.sse):
             if obj.get("usage"):
                 record.usage_from(obj)
             if record.answer_parts is not None:
                 for choice in obj.get("choices") or []:
                     record.answer_parts.append((choice.get("delta") or {}).get("content") or "")
-            out += events.chunk(obj)
-        if out:
-            await resp.write(out)
-            if record.ttft_s is None:
-                record.ttft_s = time.perf_counter() - record.started
+            out += self.events.chunk(obj)
+        return out
+
+    async def end(self) -> bytes:
+        tail = self.events.end()
+        assert self.events.final is not None
+        # Stored before the client hears it is complete, so a follow-up can never miss it.
+        await _keep(self.store, self.tenant, self.req, self.plan, self.events.final)
+        return tail
+
+    def failed(self, exc: GatewayError) -> bytes:
+        return self.events.failed(exc)
 
 
 async def retrieve_response(request: web.Request) -> web.Response:

@@ -46,7 +46,16 @@ class CascadeRoute:
 
 
 class Router:
-    """Applies a policy to features. Cheap: a few comparisons per rule."""
+    """Applies a policy to features. Cheap: a few comparisons per rule.
+
+    The decision is final when `decide` returns it: what the request itself says (a stream)
+    and what its key may still spend (a spent daily cloud budget) are inputs, not edits made
+    afterwards. `embeddings` routes vectors: two models' vectors share no space, so only
+    `model: auto` falls back to another model, and never to the cache as a target (embedding
+    caches are looked up per input, for every target).
+    """
+
+    BUDGET_RULE = "budget-exceeded"
 
     def __init__(
         self,
@@ -54,11 +63,13 @@ class Router:
         cloud_names: list[str],
         local_names: Iterable[str],
         windows: Mapping[str, ContextWindow] | None = None,
+        embeddings: bool = False,
     ) -> None:
         self.cloud_names = cloud_names
         self.local_names = {LOCAL, *local_names}
         self.local_models = set(local_names)  # names a request or rule may pick a model by
         self.windows = dict(windows or {})  # cloud models' context windows; absent: unchecked
+        self.embeddings = embeddings
 
     def resolve(self, target: str) -> str | None:
         """A policy target as a backend name; None when it names no configured backend."""
@@ -68,7 +79,32 @@ class Router:
             return LOCAL
         return target if target in self.cloud_names else None
 
-    def decide(self, policy: Policy, f: Features) -> Decision:
+    def decide(
+        self, policy: Policy, f: Features, *, stream: bool = False, budget_spent: bool = False
+    ) -> Decision:
+        d = self._by_rules(policy, f)
+        if self.embeddings:
+            # The cache is looked up for every target anyway; only `auto` may change models.
+            fallbacks = tuple(t for t in d.fallbacks if t != CACHE) if f.model == "auto" else ()
+            d = replace(d, fallbacks=fallbacks if d.allow_degraded else ())
+        elif d.cascade is not None:
+            # Streams take `cascade.stream: cloud`'s decision; a spent budget never escalates.
+            if stream and d.cascade.stream_decision is not None:
+                d = d.cascade.stream_decision
+            elif budget_spent:
+                d = replace(d, cascade=None)
+        if budget_spent and d.target != LOCAL:
+            # The local model answers, or (when it cannot) the budget's 429 says why not.
+            d = replace(
+                d,
+                target=LOCAL,
+                fallbacks=() if self.embeddings else d.fallbacks,
+                rule=self.BUDGET_RULE,
+                reason=f"rule={self.BUDGET_RULE}; daily cloud budget spent",
+            )
+        return d
+
+    def _by_rules(self, policy: Policy, f: Features) -> Decision:
         explicit = f.model != "auto"
         for rule in policy.rules:
             if explicit and not rule.enforce:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import InvalidRequest
 from ..schemas import ChatRequest, CompletionRequest
 from ..settings import ServerSettings
+
+M = TypeVar("M", bound=BaseModel)
 
 _CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter"}
 
@@ -67,52 +70,61 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(message, param=param, code=code)
 
 
-def _too_many(what: str, n: int, bound: int, setting: str, param: str, code: str) -> None:
+def too_many(what: str, n: int, bound: int, setting: str, param: str, code: str) -> None:
     if n > bound:
         raise InvalidRequest(
             f"Too many {what}: {n} > {bound} (server.{setting}).", param=param, code=code
         )
 
 
-def _check_shape(body: dict[str, Any], server: ServerSettings) -> None:
-    """Bounds checked on the raw JSON, before validation spends time on a hostile body."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        _too_many(
-            "messages",
-            len(messages),
-            server.max_messages,
-            "max_messages",
-            "messages",
-            "too_many_messages",
-        )
-        parts = sum(
-            len(m["content"])
-            for m in messages
-            if isinstance(m, dict) and isinstance(m.get("content"), list)
-        )
-        _too_many(
-            "content parts",
-            parts,
-            server.max_content_parts,
-            "max_content_parts",
-            "messages",
-            "too_many_content_parts",
-        )
-    for field in ("tools", "functions"):
-        value = body.get(field)
-        if isinstance(value, list):
-            _too_many(field, len(value), server.max_tools, "max_tools", field, "too_many_tools")
-    stop = body.get("stop")
-    if isinstance(stop, list):
-        _too_many(
-            "stop sequences",
-            len(stop),
-            server.max_stop,
-            "max_stop",
-            "stop",
-            "too_many_stop_sequences",
-        )
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The list bounds of one request body, checked on the raw JSON before validation spends
+    time on a hostile body: its items (messages, Responses input) and their content parts,
+    then each other bounded list as (field, what the message calls it, setting, code)."""
+
+    items: str
+    items_what: str
+    lists: tuple[tuple[str, str, str, str], ...]
+
+    def check(self, body: dict[str, Any], server: ServerSettings) -> None:
+        items = body.get(self.items)
+        if isinstance(items, list):
+            limit = server.max_messages
+            too_many(self.items_what, len(items), limit, "max_messages", self.items,
+                     "too_many_messages")  # fmt: skip
+            parts = sum(
+                len(i["content"])
+                for i in items
+                if isinstance(i, dict) and isinstance(i.get("content"), list)
+            )
+            too_many("content parts", parts, server.max_content_parts, "max_content_parts",
+                     self.items, "too_many_content_parts")  # fmt: skip
+        for field, what, setting, code in self.lists:
+            value = body.get(field)
+            if isinstance(value, list):
+                too_many(what, len(value), getattr(server, setting), setting, field, code)
+
+
+_TOOLS = ("tools", "tools", "max_tools", "too_many_tools")
+CHAT_SHAPE = Shape(
+    "messages",
+    "messages",
+    (
+        _TOOLS,
+        ("functions", "functions", "max_tools", "too_many_tools"),
+        ("stop", "stop sequences", "max_stop", "too_many_stop_sequences"),
+    ),
+)
+RESPONSES_SHAPE = Shape("input", "input items", (_TOOLS,))
+
+
+def validated(model: type[M], body: dict[str, Any]) -> M:
+    """`model` validated from `body`, or the 400 naming the first field that is wrong."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
 
 
 def check_limits(req: ChatRequest | CompletionRequest, server: ServerSettings) -> None:
@@ -149,10 +161,7 @@ def parse_request(
     server: ServerSettings,
 ) -> Any:
     """Validate a request body within the server's bounds (400 naming the bound past them)."""
-    _check_shape(body, server)
-    try:
-        req = model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    CHAT_SHAPE.check(body, server)
+    req = validated(model, body)
     check_limits(req, server)
     return req
