@@ -7,8 +7,9 @@ OTLP/HTTP JSON. A row leaves the queue only after the receiver answered 2xx for 
 an outage of any length, or a restart, loses nothing the cap did not push out; rows go out in
 insertion order because the shipper always takes the head and never runs two batches at
 once. Delivery is at-least-once: a batch the receiver took but whose answer was lost (a
-timeout, a crash between the 2xx and the delete) is sent again; each record carries its
-`request_id` so the far side can drop the repeat.
+timeout, a crash between the 2xx and the delete) is sent again; each record carries an id the
+gateway made for it (`log.record.uid`) so the far side can drop the repeat, and every batch
+names the replica that sent it (`service.instance.id`), so records of a fleet stay apart.
 
 The request path never waits for any of it: `add` only appends to a list in memory; a writer
 task moves that list into SQLite (off the loop, on the log's own thread) and wakes the shipper.
@@ -71,6 +72,7 @@ class Outbox:
         self._session: aiohttp.ClientSession | None = None
         self._ship_lock = asyncio.Lock()  # one batch in flight, ever: order and no double send
         self._version = _version()
+        self._resource = settings.resource()  # read once: the host name does not change
         metrics.telemetry_outbox_depth.set_function(self.depth)
 
     def depth(self) -> int:
@@ -233,7 +235,7 @@ class Outbox:
             otlp.export_request(
                 (r.body for r in rows),
                 service_name=s.service_name,
-                resource_attributes=s.resource_attributes,
+                resource_attributes=self._resource,
                 version=self._version,
             )
         )
