@@ -489,6 +489,7 @@ async def test_an_unusable_store_never_stops_the_gateway(
     )
     assert gw.app[SERVICES].outbox is None
     assert "running without telemetry" in caplog.text
+    assert "telemetry.store_path, under state.dir" in caplog.text  # which file, which setting
     async with aiohttp.ClientSession() as s:
         assert await _post(s, gw.base_url, "u-0", _chat("local", max_tokens=1)) == 200
 

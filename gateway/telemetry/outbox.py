@@ -22,6 +22,7 @@ import contextlib
 import gzip
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -94,7 +95,15 @@ class Outbox:
     async def start(self) -> None:
         s = self.settings
         # Opening the file (and counting what a previous run left) touches the disk: off the loop.
-        self.log = await asyncio.to_thread(DurableLog, s.store_path, s.cap)
+        try:
+            self.log = await asyncio.to_thread(DurableLog, s.store_path, s.cap)
+        except (OSError, sqlite3.Error) as exc:
+            # Name the file and the settings that place it: on a read-only root the fix is a
+            # writable state.dir (a volume), not a guess at which path the gateway wanted.
+            raise OSError(
+                f"cannot open {s.store_path} (telemetry.store_path, under state.dir unless"
+                f" absolute): {exc}"
+            ) from exc
         if len(self.log):
             log.info("telemetry outbox has records from before", extra={"records": len(self.log)})
             self._wrote.set()
