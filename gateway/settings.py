@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -410,8 +411,11 @@ class TelemetrySettings(_Section):
         ),
     )
     store_path: Path = Field(
-        Path("data/telemetry-outbox.sqlite"),
-        description="SQLite file (WAL) holding records until they are shipped.",
+        Path("telemetry-outbox.sqlite"),
+        description=(
+            "SQLite file (WAL) holding records until they are shipped; a relative path is"
+            " under state.dir."
+        ),
     )
     cap: int = Field(
         100_000, ge=1, description="Most records kept; past it the oldest are dropped (counted)."
@@ -450,6 +454,13 @@ class TelemetrySettings(_Section):
         default_factory=dict,
         description='More OTLP resource attributes, e.g. {"host.name": "box-17"}.',
     )
+    instance_id: str | None = Field(
+        None,
+        description=(
+            "OTLP resource attribute service.instance.id, telling replicas' records apart;"
+            " empty: the pod name (env POD_NAME, else HOSTNAME), else the host name."
+        ),
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -471,6 +482,21 @@ class TelemetrySettings(_Section):
     def headers(self) -> dict[str, str]:
         """The configured headers with values read from the environment now (unset: left out)."""
         return {k: os.environ[e] for k, e in self.headers_env.items() if os.environ.get(e)}
+
+    def resource(self) -> dict[str, str]:
+        """OTLP resource attributes besides service.name: this instance's id, then the rest.
+
+        Kubernetes sets HOSTNAME to the pod name (POD_NAME when the downward API passes it),
+        so the records of two replicas differ; a bare box falls back to its host name. An
+        explicit `resource_attributes["service.instance.id"]` wins over all of them.
+        """
+        instance = (
+            self.instance_id
+            or os.environ.get("POD_NAME")
+            or os.environ.get("HOSTNAME")
+            or socket.gethostname()
+        )
+        return {"service.instance.id": instance, **self.resource_attributes}
 
 
 class ResponsesSettings(_Section):
@@ -511,8 +537,8 @@ class LearningSettings(_Section):
         False, description="Keep labels, accept POST /v1/feedback, shadow and retrain; off: none."
     )
     store: Path = Field(
-        Path("data/labels.sqlite3"),
-        description="Label store file (SQLite, WAL), relative to the working directory.",
+        Path("labels.sqlite3"),
+        description="Label store file (SQLite, WAL); a relative path is under state.dir.",
     )
     max_labels: int = Field(
         50_000, ge=10, description="Most labels kept; the oldest are dropped first (counted)."
@@ -635,6 +661,24 @@ class LearningSettings(_Section):
     )
 
 
+class StateSettings(_Section):
+    """State that outlives a request, and where the gateway keeps it."""
+
+    dir: Path = Field(
+        Path("data"),
+        description=(
+            "The gateway's one writable directory: the telemetry outbox and the label store"
+            " live here unless their paths are absolute. Relative: to the working directory."
+            " Deploys point it at a volume (the image and Kubernetes: /var/lib/edge-gateway;"
+            " systemd: StateDirectory=), so the rest of the file system may be read-only."
+        ),
+    )
+
+    def path(self, p: Path) -> Path:
+        """`p` as the gateway opens it: absolute paths as given, relative ones under `dir`."""
+        return p if p.is_absolute() else self.dir / p
+
+
 class LocalEmbeddingSettings(_Section):
     """The local embedding model behind POST /v1/embeddings (local.embedding)."""
 
@@ -708,6 +752,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
     @field_validator("cloud")
     @classmethod
@@ -735,6 +780,15 @@ class Settings(BaseSettings):
         if v.judge_model is not None and v.judge_model not in names:
             raise ValueError(f"judge_model {v.judge_model!r} is not one of cloud.models")
         return v
+
+    @model_validator(mode="after")
+    def _state_paths(self) -> Settings:
+        # Resolved once, here, so every reader opens the same file; the directory is made
+        # absolute first, so settings dumped and loaded again resolve to the same paths.
+        self.state.dir = self.state.dir.absolute()
+        self.telemetry.store_path = self.state.path(self.telemetry.store_path)
+        self.learning.store = self.state.path(self.learning.store)
+        return self
 
     @classmethod
     def settings_customise_sources(

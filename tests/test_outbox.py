@@ -292,6 +292,70 @@ async def test_headers_from_env_and_resource_attributes(
     assert "otlp-secret-4242" not in caplog.text
 
 
+async def test_records_name_their_instance_and_carry_a_gateway_made_id(
+    collector: FakeCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two replicas (pods) ship to one collector: each batch says which one sent it, and each
+    # record has an id of its own although both clients chose the same request id.
+    from gateway.telemetry.record import routing_record
+
+    boxes = []
+    for pod in ("gw-7d9f-a", "gw-7d9f-b"):
+        monkeypatch.setenv("HOSTNAME", pod)  # what Kubernetes sets in every container
+        box, _ = await started(fast(collector, tmp_path / pod))
+        box.add(routing_record({"request_id": "same", "route": "local"}, None, local_model="m"))
+        boxes.append(box)
+        await until(lambda: len(collector.batches) == len(boxes))
+    for batch in collector.batches:
+        check_otlp(batch)
+    instances = [
+        {a["key"]: a["value"] for a in b["resourceLogs"][0]["resource"]["attributes"]}[
+            "service.instance.id"
+        ]
+        for b in collector.batches
+    ]
+    assert instances == [{"stringValue": "gw-7d9f-a"}, {"stringValue": "gw-7d9f-b"}]
+    records = collector.records()
+    assert [r["gateway.request_id"] for r in records] == ["same", "same"]
+    uids = [r["log.record.uid"] for r in records]
+    assert len(set(uids)) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", u) for u in uids)
+    assert not any("gateway.record_uid" in r for r in records)  # one name for it, not two
+    for box in boxes:
+        await box.close()
+
+
+def test_instance_id_from_setting_pod_or_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setenv("POD_NAME", "pod-1")
+    monkeypatch.setenv("HOSTNAME", "host-1")
+    assert TelemetrySettings().resource()["service.instance.id"] == "pod-1"
+    assert TelemetrySettings(instance_id="box-17").resource()["service.instance.id"] == "box-17"
+    explicit = TelemetrySettings(resource_attributes={"service.instance.id": "r"}).resource()
+    assert explicit["service.instance.id"] == "r"  # an explicit resource attribute wins
+    monkeypatch.delenv("POD_NAME")
+    assert TelemetrySettings().resource()["service.instance.id"] == "host-1"
+    monkeypatch.delenv("HOSTNAME")
+    assert TelemetrySettings().resource()["service.instance.id"] == socket.gethostname()
+    env = load_settings(telemetry={"instance_id": "x"})  # and as a setting of the whole
+    assert env.telemetry.resource()["service.instance.id"] == "x"
+
+
+def test_a_record_sent_twice_keeps_its_id() -> None:
+    # The id is made once, when the record is, and stored with it: a batch re-sent after a
+    # lost answer (or a restart) repeats the same ids, which is what lets the far side drop it.
+    from gateway.telemetry import otlp
+    from gateway.telemetry.record import routing_record
+
+    r = routing_record({"request_id": "x"}, None, local_model="m")
+    first = otlp.log_record(json.loads(json.dumps(r)))  # as it comes back from SQLite
+    again = otlp.log_record(json.loads(json.dumps(r)))
+    uid = [a for a in first["attributes"] if a["key"] == "log.record.uid"]
+    assert uid and uid == [a for a in again["attributes"] if a["key"] == "log.record.uid"]
+    other = routing_record({"request_id": "x"}, None, local_model="m")
+    assert other["record_uid"] != r["record_uid"]
+
+
 def test_any_value_follows_the_json_mapping() -> None:
     assert any_value(True) == {"boolValue": True}
     assert any_value(7) == {"intValue": "7"}
@@ -425,6 +489,7 @@ async def test_an_unusable_store_never_stops_the_gateway(
     )
     assert gw.app[SERVICES].outbox is None
     assert "running without telemetry" in caplog.text
+    assert "telemetry.store_path, under state.dir" in caplog.text  # which file, which setting
     async with aiohttp.ClientSession() as s:
         assert await _post(s, gw.base_url, "u-0", _chat("local", max_tokens=1)) == 200
 

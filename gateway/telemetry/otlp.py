@@ -18,6 +18,11 @@ from typing import Any
 SCOPE_NAME = "edge_gateway.routing"
 EVENT_NAME = "edge_gateway.routing_record"
 ATTR_PREFIX = "gateway."
+# The record's own id, under OpenTelemetry's semantic-convention name: "other log records with
+# the same id will be considered duplicates and can be removed safely". Made by the gateway,
+# unlike `gateway.request_id`, which a client may choose (and reuse).
+RECORD_UID = "record_uid"
+RECORD_UID_ATTR = "log.record.uid"
 _SEVERITY = {"INFO": 9, "WARN": 13, "ERROR": 17}  # SeverityNumber: INFO, WARN, ERROR
 
 
@@ -55,8 +60,9 @@ def _severity(record: Mapping[str, Any]) -> str:
 def log_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """One routing record as an OTLP LogRecord: the fields become `gateway.*` attributes."""
     ts = str(int(record.get("time_unix_nano") or 0))
-    fields = {k: v for k, v in record.items() if k != "time_unix_nano"}
+    fields = {k: v for k, v in record.items() if k not in ("time_unix_nano", RECORD_UID)}
     severity = _severity(record)
+    attributes = key_values({RECORD_UID_ATTR: record.get(RECORD_UID)})
     return {
         "timeUnixNano": ts,
         "observedTimeUnixNano": ts,
@@ -64,7 +70,7 @@ def log_record(record: Mapping[str, Any]) -> dict[str, Any]:
         "severityText": severity,
         "eventName": EVENT_NAME,
         "body": {"stringValue": f"routed {record.get('route')} by rule {record.get('rule')}"},
-        "attributes": key_values(fields, ATTR_PREFIX),
+        "attributes": attributes + key_values(fields, ATTR_PREFIX),
     }
 
 

@@ -7,8 +7,9 @@ OTLP/HTTP JSON. A row leaves the queue only after the receiver answered 2xx for 
 an outage of any length, or a restart, loses nothing the cap did not push out; rows go out in
 insertion order because the shipper always takes the head and never runs two batches at
 once. Delivery is at-least-once: a batch the receiver took but whose answer was lost (a
-timeout, a crash between the 2xx and the delete) is sent again; each record carries its
-`request_id` so the far side can drop the repeat.
+timeout, a crash between the 2xx and the delete) is sent again; each record carries an id the
+gateway made for it (`log.record.uid`) so the far side can drop the repeat, and every batch
+names the replica that sent it (`service.instance.id`), so records of a fleet stay apart.
 
 The request path never waits for any of it: `add` only appends to a list in memory; a writer
 task moves that list into SQLite (off the loop, on the log's own thread) and wakes the shipper.
@@ -21,6 +22,7 @@ import contextlib
 import gzip
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -71,6 +73,7 @@ class Outbox:
         self._session: aiohttp.ClientSession | None = None
         self._ship_lock = asyncio.Lock()  # one batch in flight, ever: order and no double send
         self._version = _version()
+        self._resource = settings.resource()  # read once: the host name does not change
         metrics.telemetry_outbox_depth.set_function(self.depth)
 
     def depth(self) -> int:
@@ -92,7 +95,15 @@ class Outbox:
     async def start(self) -> None:
         s = self.settings
         # Opening the file (and counting what a previous run left) touches the disk: off the loop.
-        self.log = await asyncio.to_thread(DurableLog, s.store_path, s.cap)
+        try:
+            self.log = await asyncio.to_thread(DurableLog, s.store_path, s.cap)
+        except (OSError, sqlite3.Error) as exc:
+            # Name the file and the settings that place it: on a read-only root the fix is a
+            # writable state.dir (a volume), not a guess at which path the gateway wanted.
+            raise OSError(
+                f"cannot open {s.store_path} (telemetry.store_path, under state.dir unless"
+                f" absolute): {exc}"
+            ) from exc
         if len(self.log):
             log.info("telemetry outbox has records from before", extra={"records": len(self.log)})
             self._wrote.set()
@@ -233,7 +244,7 @@ class Outbox:
             otlp.export_request(
                 (r.body for r in rows),
                 service_name=s.service_name,
-                resource_attributes=s.resource_attributes,
+                resource_attributes=self._resource,
                 version=self._version,
             )
         )

@@ -8,10 +8,12 @@ leave the box through telemetry.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..routing.policy import CACHE, LOCAL
+from .otlp import RECORD_UID
 
 if TYPE_CHECKING:
     from ..dispatch import Outcome
@@ -51,7 +53,9 @@ def routing_record(
     `model_sha256` is the sha256 of the GGUF file that answered, when the local backend can
     say which file that was; it stays None (and is left out of the OTLP attributes) until then.
     """
-    rec: dict[str, Any] = {"time_unix_nano": time.time_ns()}
+    # A gateway-made id per record: the receiver drops a batch sent twice (at-least-once
+    # delivery) by it. The request id cannot serve: a client may send the same one twice.
+    rec: dict[str, Any] = {"time_unix_nano": time.time_ns(), RECORD_UID: uuid.uuid4().hex}
     rec.update({k: line.get(k) for k in _FROM_LINE})
     if outcome is None:
         return rec
