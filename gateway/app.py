@@ -84,15 +84,16 @@ def create_app(settings: Settings) -> web.Application:
         max_prompt_tokens=settings.server.max_prompt_tokens,
     )
     keyring = KeyRing(settings.server)
+    prices = Prices([m.model for m in settings.cloud.models])
     app[SERVICES] = Services(
         settings=settings,
         local=local,
         dispatcher=dispatcher,
         policies=policies,
         metrics=metrics,
-        prices=Prices([m.model for m in settings.cloud.models]),
+        prices=prices,
         keyring=keyring,
-        limiter=build_limiter(settings, metrics, keyed=keyring.enforced),
+        limiter=build_limiter(settings, metrics, keyed=keyring.enforced, prices=prices),
         status=status,
         outbox=build_outbox(settings, metrics, breakers),
     )
@@ -226,17 +227,23 @@ def build_embeddings(
     )
 
 
-def build_limiter(settings: Settings, metrics: Metrics, *, keyed: bool) -> Limiter:
+def build_limiter(
+    settings: Settings, metrics: Metrics, *, keyed: bool, prices: Prices | None = None
+) -> Limiter:
+    conf = settings.limits
     counters: Counters = (
-        RedisCounters(settings.limits.redis_url)
-        if settings.limits.redis_url
-        else MemoryCounters(max_keys=settings.limits.max_tracked_keys)
+        RedisCounters(conf.redis_url, timeout_s=conf.timeout_s)
+        if conf.redis_url
+        else MemoryCounters(max_keys=conf.max_tracked_keys)
     )
     return Limiter(
-        settings.limits,
+        conf,
         counters,
         keyed=keyed,
         on_limited=lambda r: metrics.rate_limited.labels(r).inc(),
+        on_unenforced=lambda s, r: metrics.limits_unenforced.labels(s, r).inc(),
+        prices=prices,
+        cloud_models={m.name: m.model for m in settings.cloud.models},
     )
 
 

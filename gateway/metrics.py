@@ -119,6 +119,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.limits_unenforced = Counter(
+            p + "limits_unenforced",
+            "Limit counters not reached in time (limits.timeout_s) or failing, by stage (admit,"
+            " settle) and reason (timeout, error): with fail_mode=open admitted unchecked.",
+            ["stage", "reason"],
+            registry=r,
+        )
         self.local_slots = Gauge(
             p + "local_slots",
             "Sequences the local model decodes together (local.parallel).",

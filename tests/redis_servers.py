@@ -93,9 +93,8 @@ class _Processes:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
-        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - kept for the process' life
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        log.close()
+        with open(self.dir / f"{name}.log", "wb") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         self.procs.append(proc)
         return proc
 

@@ -44,9 +44,10 @@ async def _serve(
     services = request.app[SERVICES]
     req = parse_request(model, await read_json(request), services.settings.server)
     tenant = tenant_of(request)
-    budget_spent = await services.limiter.admit(tenant)
-    cc = CacheControl.parse(request.headers.get("Cache-Control"))
     record = request[RECORD]
+    record.admission = await services.limiter.admit(tenant, req)  # settled by observe
+    budget_spent = record.admission.budget_spent
+    cc = CacheControl.parse(request.headers.get("Cache-Control"))
     deadline = deadline_of(record.started, services.settings.server)
     try:
         async with asyncio.timeout_at(deadline):

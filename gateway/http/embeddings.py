@@ -24,9 +24,10 @@ async def create_embeddings(request: web.Request) -> web.Response:
         raise NotFound("This gateway serves no embeddings.", code="not_found")
     req = parse_embedding_request(await read_json(request), services.settings.server)
     tenant = tenant_of(request)
-    budget_spent = await services.limiter.admit(tenant)
-    cc = CacheControl.parse(request.headers.get("Cache-Control"))
     record = request[RECORD]
+    record.admission = await services.limiter.admit(tenant, req)
+    budget_spent = record.admission.budget_spent
+    cc = CacheControl.parse(request.headers.get("Cache-Control"))
     deadline = deadline_of(record.started, services.settings.server)
     try:
         async with asyncio.timeout_at(deadline):
@@ -52,7 +53,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
         services.metrics.cloud_spend.inc(cost)
     # Tokens count towards the key's tokens-per-minute limit and its cloud budget, as chat's;
     # charged here at the embedding model's price, so the shared accounting skips it.
-    services.limiter.record(tenant, tokens, cost)
+    services.limiter.record(tenant, tokens, cost, record.admission)
     record.prompt_tokens, record.accounted = tokens, True
     headers = outcome.headers()
     headers["x-gateway-cache-inputs"] = f"{hits}/{len(obj['data'])}"

@@ -16,6 +16,7 @@ from .middlewares import CLIENT_CLOSED, REQUEST_ID, Handler
 
 if TYPE_CHECKING:
     from ..dispatch import Outcome
+    from ..limits import Admission
     from ..metrics import Metrics
     from ..routing.features import Features
     from ..routing.policy import Decision
@@ -46,6 +47,8 @@ class RequestRecord:
     answer_parts: list[str] | None = None
     # The handler already charged spend and usage limits (embeddings price their own model).
     accounted: bool = False
+    # What the limiter reserved at admission: settled once the answer is in, else given back.
+    admission: Admission | None = None
 
     def decided(self, features: Features, decision: Decision) -> None:
         self.features, self.decision = features, decision
@@ -111,6 +114,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     m.duration.labels(route).observe(total)
     if o is not None:
         _answered(services, m, o, record, total, status)
+    services.limiter.release(record.admission)  # no answer (or already settled): a no-op
     line: dict[str, Any] = {
         "request_id": request.get(REQUEST_ID),
         "method": request.method,
@@ -187,4 +191,5 @@ def _answered(
         o.features.tenant,
         record.prompt_tokens + record.completion_tokens,
         cost if route == "cloud" else 0.0,
+        record.admission,
     )

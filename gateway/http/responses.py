@@ -113,9 +113,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     names = ErrorNames(plan.origins)
     try:
         chat: ChatRequest = parse_request(ChatRequest, plan.body, server)
-        budget_spent = await services.limiter.admit(tenant)
-        cc = CacheControl.parse(request.headers.get("Cache-Control"))
         record = request[RECORD]
+        record.admission = await services.limiter.admit(tenant, chat)  # settled by observe
+        budget_spent = record.admission.budget_spent
+        cc = CacheControl.parse(request.headers.get("Cache-Control"))
         deadline = deadline_of(record.started, server)
         try:
             async with asyncio.timeout_at(deadline):

@@ -122,7 +122,7 @@ def parse(url: str) -> Shape:
         tls=scheme.startswith("rediss"),
         username=username,
         password=password,
-        sentinel_password=(options.get("sentinel_password") or [None])[0],
+        sentinel_password=next(iter(options.get("sentinel_password", [])), None),
     )
 
 
@@ -162,7 +162,7 @@ def connect(
         if max_connections is not None:
             common["max_connections"] = max_connections
         return redis.Redis.from_url(url, retry_on_timeout=False, **common)
-    auth = {"username": shape.username, "password": shape.password}
+    auth: dict[str, Any] = {"username": shape.username, "password": shape.password}
     if shape.kind == "cluster":
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
@@ -185,12 +185,12 @@ def _sentinel_master(
     class SentinelRedis(redis.Redis):
         """The master's client; closing it closes the Sentinel connections too."""
 
-        sentinel: Sentinel | None = None
+        sentinels: Sentinel | None = None
 
         async def aclose(self, close_connection_pool: bool | None = None) -> None:
             await super().aclose(close_connection_pool)
-            if self.sentinel is not None:
-                for s in self.sentinel.sentinels:
+            if self.sentinels is not None:
+                for s in self.sentinels.sentinels:
                     await s.aclose()
 
     sentinel_kwargs: dict[str, Any] = {
@@ -207,5 +207,5 @@ def _sentinel_master(
         extra["max_connections"] = max_connections
     assert shape.service is not None
     client = sentinel.master_for(shape.service, redis_class=SentinelRedis, **extra)
-    client.sentinel = sentinel
+    client.sentinels = sentinel
     return client
