@@ -35,7 +35,7 @@ class Shape:
     """What a Redis URL names, parsed without connecting."""
 
     kind: Kind
-    url: str
+    url: str = field(repr=False)
     hosts: tuple[tuple[str, int], ...] = ()
     service: str | None = None
     db: int = 0
