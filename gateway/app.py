@@ -248,6 +248,7 @@ def build_limiter(
 
 
 async def _cache(app: web.Application) -> AsyncIterator[None]:
+    await app[SERVICES].limiter.start()  # a Cluster's slot map before the first burst
     yield
     services = app[SERVICES]
     if services.dispatcher.cache is not None:

@@ -237,6 +237,12 @@ class RedisCounters:
             )
         return int(code), bool(spent)
 
+    async def warm(self, timeout_s: float) -> None:
+        """One round trip at start-up: a Cluster client learns its slot map, a Sentinel one
+        its master, outside the per-request bound."""
+        async with asyncio.timeout(timeout_s):
+            await self.client.ping()
+
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -284,6 +290,20 @@ class Limiter:
     def active(self) -> bool:
         s = self.settings
         return bool(s.requests_per_minute or s.tokens_per_minute or s.daily_cloud_budget_usd)
+
+    async def start(self, timeout_s: float = 5.0) -> None:
+        """Reach the counters once before traffic (bounded; a Redis down now is only logged:
+        requests then fail open or closed as configured)."""
+        warm = getattr(self.counters, "warm", None)
+        if not self.active or warm is None:
+            return
+        try:
+            await warm(max(timeout_s, self.settings.timeout_s))
+        except Exception as exc:
+            log.warning(
+                "limit counters unreachable at start-up",
+                extra={"error": type(exc).__name__, "fail_mode": self.settings.fail_mode},
+            )
 
     def _keys(self, tenant: str) -> tuple[str, str, str]:
         # One hash tag per tenant: the three counters share a Cluster slot, so one script

@@ -131,7 +131,7 @@ async def test_a_burst_on_two_replicas_stays_within_tokens_per_minute(
     admitted = [body for status, body in results if status == 200]
     refused = [body for status, body in results if status == 429]
     assert len(admitted) + len(refused) == N, (results, logs)
-    assert {b["error"]["code"] for b in refused} == {"tokens_rate_limit_exceeded"}
+    assert {b["error"]["code"] for b in refused} == {"tokens_rate_limit_exceeded"}, logs
     each = reservation_tokens()
     # Admitted while used + reserved < limit: at most one reservation past it.
     assert 1 <= len(admitted) <= math.ceil(TPM / each), (len(admitted), each)
@@ -165,7 +165,7 @@ async def test_a_burst_on_two_replicas_stays_within_the_daily_budget(
     admitted = [b for status, b in results if status == 200]
     refused = [b for status, b in results if status == 429]
     assert len(admitted) + len(refused) == N, (results, logs)
-    assert {b["error"]["code"] for b in refused} == {"budget_exceeded"}
+    assert {b["error"]["code"] for b in refused} == {"budget_exceeded"}, logs
     assert 1 <= len(admitted) <= math.ceil(budget / each) == 3, len(admitted)
     print(f"{shape}: {len(admitted)}/{N} admitted, reservation ${each:.3g}, budget ${budget:.3g}")
 

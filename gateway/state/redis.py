@@ -19,6 +19,7 @@ returned is asyncio redis-py's `Redis` or `RedisCluster`, which share the comman
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
@@ -164,9 +165,9 @@ def connect(
         return redis.Redis.from_url(url, retry_on_timeout=False, **common)
     auth: dict[str, Any] = {"username": shape.username, "password": shape.password}
     if shape.kind == "cluster":
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.cluster import ClusterNode
 
-        return RedisCluster(
+        return _cluster_class()(
             startup_nodes=[ClusterNode(h, p) for h, p in shape.hosts],
             ssl=shape.tls,
             max_connections=max_connections or 100,
@@ -174,6 +175,36 @@ def connect(
             **common,
         )
     return _sentinel_master(shape, common, auth, max_connections)
+
+
+def _cluster_class() -> Any:
+    from redis.asyncio.cluster import RedisCluster
+
+    class ShieldedCluster(RedisCluster):
+        """A Cluster client whose slot-map discovery outlives its callers' timeouts.
+
+        The first command (and the first after a MOVED) fetches the slot map, a few round
+        trips to several nodes. Under a tight per-operation bound (limits.timeout_s, the
+        cache's timeout_ms) each caller's timeout would cancel it and the next caller would
+        start again, so on a busy box the map might never arrive: it runs in a task of its
+        own that every caller waits on, shielded, and only the waiting is bounded.
+        """
+
+        _discovery: asyncio.Task[Any] | None = None
+
+        async def initialize(self, *args: Any, **kwargs: Any) -> Any:
+            if not self._initialize:
+                return self
+            task = self._discovery
+            if task is None or task.done():
+                task = asyncio.ensure_future(super().initialize(*args, **kwargs))
+                # A caller that timed out never reads its error: read here, not logged twice.
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                self._discovery = task
+            await asyncio.shield(task)
+            return self
+
+    return ShieldedCluster
 
 
 def _sentinel_master(
