@@ -368,3 +368,21 @@ def test_urls_a_shape_cannot_take_are_refused_at_start_up(url: str, why: str) ->
     assert why in str(err.value)
     with pytest.raises(ValueError):
         connect(url)
+
+
+async def test_a_settle_that_cannot_reach_the_counters_is_counted() -> None:
+    class Failing(MemoryCounters):
+        async def add(self, key: str, amount: float, ttl_s: int) -> float:
+            raise ConnectionError("down")
+
+    seen: list[tuple[str, str]] = []
+    limiter = Limiter(
+        LimitSettings(tokens_per_minute=TPM),
+        Failing(),
+        on_unenforced=lambda stage, reason: seen.append((stage, reason)),
+    )
+    req = ChatRequest.model_validate({"model": "cloud", "messages": MESSAGES, "max_tokens": 4})
+    admission = await limiter.admit("t", req)
+    limiter.record("t", 1, 0.0, admission)
+    await limiter.close()
+    assert seen == [("settle", "error")]
