@@ -277,10 +277,9 @@ class Limiter:
         # all callers share one set of counters instead of one per made-up token.
         self.keyed = keyed
         self.counters = counters
-        self._on_limited = on_limited
-        self._on_unenforced = on_unenforced
-        self._prices = prices
-        self._cloud_models = cloud_models or {}
+        self._on_limited, self._on_unenforced = on_limited, on_unenforced
+        # Reservations are priced as the answer will be: litellm's prices by model string.
+        self._prices, self._cloud_models = prices, cloud_models or {}
         self._clock = clock
         self._pending: set[asyncio.Task[None]] = set()
         self._logged_at = -math.inf
