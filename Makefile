@@ -31,13 +31,14 @@ run: setup
 # chromium with its driver (the status page, driven headless by selenium; nothing downloaded),
 # and node with npm (the JavaScript clients of tests/test_client_matrix.py).
 system-deps:
-	@if ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null; then \
-		echo ">> installing redis-server and promtool (Debian packages)"; \
+	@if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null \
+		|| ! command -v promtool >/dev/null; then \
+		echo ">> installing redis-server, redis-sentinel and promtool (Debian packages)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-			redis-server prometheus >/dev/null; \
-		$$SUDO systemctl disable --now prometheus redis-server >/dev/null 2>&1 || true; \
+			redis-server redis-sentinel prometheus >/dev/null; \
+		$$SUDO systemctl disable --now prometheus redis-server redis-sentinel >/dev/null 2>&1 || true; \
 	fi
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 		echo ">> installing chromium and chromium-driver (Debian packages)"; \

@@ -114,8 +114,8 @@ def create_app(settings: Settings) -> web.Application:
         max_prompt_tokens=settings.server.max_prompt_tokens,
     )
     keyring = app[KEYRING] = KeyRing(settings.server)
-    app[LIMITER] = build_limiter(settings, metrics, keyed=keyring.enforced)
-    app[PRICES] = Prices([m.model for m in settings.cloud.models])
+    prices = app[PRICES] = Prices([m.model for m in settings.cloud.models])
+    app[LIMITER] = build_limiter(settings, metrics, keyed=keyring.enforced, prices=prices)
     app[RESPONSE_STORE] = ResponseStore(settings.responses)  # /v1/responses' stored answers
     if settings.learning.enabled:
         app[LEARNING] = build_learning(app, dispatcher.extractor.scorer)
@@ -227,21 +227,28 @@ def build_embeddings(
     )
 
 
-def build_limiter(settings: Settings, metrics: Metrics, *, keyed: bool) -> Limiter:
+def build_limiter(
+    settings: Settings, metrics: Metrics, *, keyed: bool, prices: Prices | None = None
+) -> Limiter:
+    conf = settings.limits
     counters: Counters = (
-        RedisCounters(settings.limits.redis_url)
-        if settings.limits.redis_url
-        else MemoryCounters(max_keys=settings.limits.max_tracked_keys)
+        RedisCounters(conf.redis_url, timeout_s=conf.timeout_s)
+        if conf.redis_url
+        else MemoryCounters(max_keys=conf.max_tracked_keys)
     )
     return Limiter(
-        settings.limits,
+        conf,
         counters,
         keyed=keyed,
         on_limited=lambda r: metrics.rate_limited.labels(r).inc(),
+        on_unenforced=lambda s, r: metrics.limits_unenforced.labels(s, r).inc(),
+        prices=prices,
+        cloud_models={m.name: m.model for m in settings.cloud.models},
     )
 
 
 async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    await app[LIMITER].start()  # a Cluster's slot map before the first burst
     yield
     await app[LIMITER].close()
 

@@ -152,6 +152,11 @@ class Metrics:
         "rate_limited{reason}",
         "Requests refused by per-key limits, by reason.",
     )
+    limits_unenforced = counter(
+        "limits_unenforced{stage,reason}",
+        "Limit counters not reached in time (limits.timeout_s) or failing, by stage (admit,"
+        " settle) and reason (timeout, error): with fail_mode=open admitted unchecked.",
+    )
     local_slots = gauge(
         "local_slots",
         "Sequences the local model decodes together (local.parallel).",

@@ -348,11 +348,25 @@ class PolicySettings(_Section):
         return v
 
 
+def _redis_url(v: str | None) -> str | None:
+    """Empty is none; a URL of a shape the client factory cannot open stops start-up."""
+    if v is None or not v.strip():
+        return None
+    from .state.redis import parse
+
+    parse(v.strip())
+    return v.strip()
+
+
 class CacheSettings(_Section):
     """Response cache for cloud answers."""
 
     redis_url: str | None = Field(
-        None, description="redis://host:port/db; empty means an in-process LRU."
+        None,
+        description=(
+            "redis://host:port/db, rediss://, unix://, redis+sentinel://h:p,h:p/service/db or"
+            " redis+cluster://h:p,h:p; empty means an in-process LRU."
+        ),
     )
     ttl_s: int = Field(86400, ge=1, description="How long an answer stays cached.")
     max_entry_bytes: int = Field(
@@ -366,6 +380,11 @@ class CacheSettings(_Section):
     )
     key_prefix: str = Field("egw:cache:", description="Prefix of every cache key.")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_shape(cls, v: str | None) -> str | None:
+        return _redis_url(v)
+
 
 class LimitSettings(_Section):
     """Per-key request, token and budget limits (0 means unlimited)."""
@@ -377,11 +396,38 @@ class LimitSettings(_Section):
         "local", description="What happens past the budget: route local or refuse (429)."
     )
     redis_url: str | None = Field(
-        None, description="Share counters across gateways; empty means in-process."
+        None,
+        description=(
+            "Share counters across gateways (any URL form cache.redis_url takes; a Cluster has"
+            " only database 0); empty means in-process."
+        ),
     )
     max_tracked_keys: int = Field(
         100_000, ge=1, description="In-process counters: most keys tracked (oldest dropped)."
     )
+    default_max_tokens: int = Field(
+        512,
+        ge=1,
+        description=(
+            "Completion tokens a request without max_tokens reserves at admission (settled to"
+            " what it used when the answer is in)."
+        ),
+    )
+    timeout_s: float = Field(
+        0.1, gt=0, description="Bound on one limits round trip to Redis (admit or settle)."
+    )
+    fail_mode: Literal["open", "closed"] = Field(
+        "open",
+        description=(
+            "When the limits Redis is down or slower than timeout_s: open lets the request go"
+            " on unchecked, closed refuses it (503 limits_unavailable)."
+        ),
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_shape(cls, v: str | None) -> str | None:
+        return _redis_url(v)
 
 
 class UiSettings(_Section):

@@ -21,6 +21,9 @@ from gateway.app import create_app
 from gateway.http.server import GatewayRunner
 from gateway.settings import Settings, load_settings
 
+# A real Redis Cluster and a Sentinel-watched master + replica, for every module that asks.
+from tests.redis_servers import own_redis_sentinel, redis_cluster, redis_sentinel  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -128,17 +128,14 @@ class RedisStore:
     """redis-py's asyncio client on a pooled connection, every call bounded by a timeout."""
 
     def __init__(self, url: str, *, timeout_s: float) -> None:
-        import redis.asyncio as redis
+        from ..state.redis import connect
 
         self.timeout_s = timeout_s
-        self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            max_connections=64,
-            health_check_interval=30,
-            retry_on_timeout=False,
+        self.client = connect(
+            url, timeout_s=timeout_s, max_connections=64, health_check_interval=30
         )
+        # A Cluster spreads one batch's keys over slots: its MGET per slot, not one MGET.
+        self._mget = getattr(self.client, "mget_nonatomic", self.client.mget)
 
     async def get(self, key: str) -> bytes | None:
         async with asyncio.timeout(self.timeout_s):
@@ -160,7 +157,7 @@ class RedisStore:
         for i in range(0, len(keys), BATCH):
             part = keys[i : i + BATCH]
             async with asyncio.timeout(self._batch_timeout(len(part))):
-                values = await self.client.mget(part)
+                values = await self._mget(part)
             out.extend(
                 None if v is None else (v.encode() if isinstance(v, str) else bytes(v))
                 for v in values

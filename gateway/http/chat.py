@@ -27,7 +27,7 @@ async def _serve(
 ) -> web.StreamResponse:
     services = services_of(request)
     req = parse_request(model, await read_json(request), services.settings.server)
-    opening = await Opening.admit(request, services)
+    opening = await Opening.admit(request, services, req)
     outcome = await opening.dispatch(req, endpoint)
     opening.answered(outcome)
     opening.learn(req, endpoint, outcome)

@@ -17,7 +17,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     if service is None:
         raise NotFound("This gateway serves no embeddings.", code="not_found")
     req = parse_embedding_request(await read_json(request), services.settings.server)
-    opening = await Opening.admit(request, services)
+    opening = await Opening.admit(request, services, req)
     outcome, hits = await opening.run(
         service.handle(
             req,
@@ -37,7 +37,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
         services.metrics.cloud_spend.inc(cost)
     # Tokens count towards the key's tokens-per-minute limit and its cloud budget, as chat's;
     # charged here at the embedding model's price, so the shared accounting skips it.
-    services.limiter.record(opening.tenant, tokens, cost)
+    services.limiter.record(opening.tenant, tokens, cost, opening.record.admission)
     opening.record.prompt_tokens, opening.record.accounted = tokens, True
     headers = outcome.headers()
     headers["x-gateway-cache-inputs"] = f"{hits}/{len(obj['data'])}"

@@ -17,6 +17,7 @@ from .middlewares import CLIENT_CLOSED, REQUEST_ID, Handler
 
 if TYPE_CHECKING:
     from ..dispatch import Outcome
+    from ..limits import Admission
     from ..metrics import Metrics
     from ..routing.features import Features
     from ..routing.policy import Decision
@@ -47,6 +48,8 @@ class RequestRecord:
     answer_parts: list[str] | None = None
     # The handler already charged spend and usage limits (embeddings price their own model).
     accounted: bool = False
+    # What the limiter reserved at admission: settled once the answer is in, else given back.
+    admission: Admission | None = None
 
     def decided(self, features: Features, decision: Decision) -> None:
         self.features, self.decision = features, decision
@@ -112,6 +115,7 @@ def _account(request: web.Request, record: RequestRecord, status: int) -> None:
     m.duration.labels(route).observe(total)
     if o is not None:
         _answered(app, m, o, record, total, status)
+    app[LIMITER].release(record.admission)  # no answer (or already settled): a no-op
     line: dict[str, Any] = {
         "request_id": request.get(REQUEST_ID),
         "method": request.method,
@@ -189,6 +193,7 @@ def _answered(
         o.features.tenant,
         record.prompt_tokens + record.completion_tokens,
         cost if route == "cloud" else 0.0,
+        record.admission,
     )
 
 

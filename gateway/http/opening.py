@@ -50,11 +50,14 @@ class Opening:
     deadline: float  # on the event loop's clock
 
     @classmethod
-    async def admit(cls, request: web.Request, services: Services) -> Opening:
+    async def admit(cls, request: web.Request, services: Services, req: Any = None) -> Opening:
+        """`req` (chat, completion or embedding request) is reserved against the key's limits
+        now and settled when the answer is in (observe), so concurrency cannot overshoot."""
         tenant = tenant_of(request)
-        budget_spent = await services.limiter.admit(tenant)
-        cc = CacheControl.parse(request.headers.get("Cache-Control"))
         record = request[RECORD]
+        record.admission = await services.limiter.admit(tenant, req)
+        budget_spent = record.admission.budget_spent
+        cc = CacheControl.parse(request.headers.get("Cache-Control"))
         deadline = deadline_of(record.started, services.settings.server)
         return cls(request, services, tenant, budget_spent, cc, record, deadline)
 

@@ -69,7 +69,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     names = ErrorNames(plan.origins)
     try:
         chat: ChatRequest = parse_request(ChatRequest, plan.body, server)
-        opening = await Opening.admit(request, services)
+        opening = await Opening.admit(request, services, chat)
         outcome = await opening.dispatch(chat, "chat")
     except GatewayError as exc:
         raise names.fix(exc) from None
