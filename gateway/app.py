@@ -26,7 +26,6 @@ from .http.responses import RESPONSE_STORE
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .metrics import Metrics
 from .models.fleet import Fleet
-from .responses.store import ResponseStore
 from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor
 from .routing.policy import Router
@@ -34,11 +33,13 @@ from .routing.store import PolicyStore
 from .routing.tokens import encoder
 from .services import SERVICES, Services
 from .settings import Settings
+from .state import STATE, build_responses, build_state, state_ctx
 from .status import StatusBoard
 from .telemetry import Outbox
 
 if TYPE_CHECKING:
     from .learning import Learning
+    from .state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,11 @@ def create_app(settings: Settings) -> web.Application:
         status=status,
         outbox=build_outbox(settings, metrics, breakers),
     )
-    app[RESPONSE_STORE] = ResponseStore(settings.responses)  # /v1/responses' stored answers
+    app[STATE] = build_state(settings)  # shared by replicas; None: this process alone
+    app[RESPONSE_STORE] = build_responses(settings, app[STATE])  # /v1/responses' stored answers
     if settings.learning.enabled:
-        app[SERVICES].learning = build_learning(app[SERVICES], dispatcher.extractor.scorer)
+        scorer = dispatcher.extractor.scorer
+        app[SERVICES].learning = build_learning(app[SERVICES], scorer, app[STATE])
     app[SERVICES].embeddings = build_embeddings(settings, policies, metrics)
     _watch_local(metrics, local, settings)
     app.cleanup_ctx.append(_local_model)
@@ -108,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_telemetry)
     app.cleanup_ctx.append(_learning)  # last in, first out: judgements stop before the session
     app.cleanup_ctx.append(_embeddings)
+    app.cleanup_ctx.insert(0, state_ctx)  # closed last: learning may write labels until then
     app.on_shutdown.append(_draining)
     routes.add_routes(app)
     return app
@@ -151,7 +155,9 @@ def build_outbox(
     )
 
 
-def build_learning(services: Services, shipped: Scorer) -> Learning:
+def build_learning(
+    services: Services, shipped: Scorer, state: StateStore | None = None
+) -> Learning:
     """The label store and its loop (gateway/learning/); only when learning.enabled."""
     from .learning import Learning
 
@@ -165,12 +171,15 @@ def build_learning(services: Services, shipped: Scorer) -> Learning:
         # Distinct client keys: with two or more, labels come from tenants who must not
         # steer the router for one another (learning/retrain.py).
         keys=len(set(services.keyring.client_digests)),
+        state=state,
     )
 
 
 async def _learning(app: web.Application) -> AsyncIterator[None]:
-    yield
     learning = app[SERVICES].learning  # None unless learning.enabled
+    if learning is not None:
+        learning.start()
+    yield
     if learning is not None:
         await learning.close()  # cancels shadow judgements, then closes the store
 

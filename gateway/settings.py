@@ -680,6 +680,39 @@ class LocalEmbeddingSettings(_Section):
         return self
 
 
+class StateSettings(_Section):
+    """State that replicas of one gateway share (stored responses, feedback, labels, learning)."""
+
+    redis_url: str | None = Field(
+        None,
+        description=(
+            "Redis shared by every replica for stored responses, the feedback registry, the"
+            " shadow cap, labels and the trainer lease: non-evicting (maxmemory-policy"
+            " noeviction) and persistent (AOF), not the cache's Redis; empty: this process alone"
+            " (memory and SQLite)."
+        ),
+    )
+    replicas: int = Field(
+        1,
+        ge=1,
+        description=(
+            "How many gateway processes answer behind one balancer; above 1 start-up refuses"
+            " without state.redis_url (each replica would answer only for itself)."
+        ),
+    )
+    key_prefix: str = Field(
+        "egw:state", description="Prefix of every state key (one Redis may hold several gateways)."
+    )
+    timeout_ms: int = Field(
+        1000, ge=1, description="Per-operation state Redis timeout; past it the request gets 503."
+    )
+    lease_ttl_s: float = Field(
+        300.0,
+        gt=0,
+        description="The trainer lease's lifetime, renewed while it trains (a crash frees it).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -700,6 +733,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
     @field_validator("cloud")
     @classmethod
@@ -726,6 +760,17 @@ class Settings(BaseSettings):
         names = [m.name for m in cloud.models] if cloud is not None else []
         if v.judge_model is not None and v.judge_model not in names:
             raise ValueError(f"judge_model {v.judge_model!r} is not one of cloud.models")
+        return v
+
+    @field_validator("state")
+    @classmethod
+    def _replicas_share_state(cls, v: StateSettings) -> StateSettings:
+        if v.replicas > 1 and not v.redis_url:
+            raise ValueError(
+                f"state.replicas is {v.replicas} but state.redis_url is empty: replicas would"
+                " not share stored responses, feedback or labels; set state.redis_url"
+                " (a non-evicting Redis) or state.replicas: 1"
+            )
         return v
 
     @classmethod

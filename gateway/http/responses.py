@@ -24,7 +24,7 @@ from ..cache import CacheControl
 from ..dispatch import Outcome
 from ..errors import GatewayError, InvalidRequest, NotFound, ShuttingDown
 from ..responses.render import Events, Shell, history_of, whole
-from ..responses.store import ResponseStore, Stored
+from ..responses.store import Stored
 from ..responses.translate import (
     ChatPlan,
     ErrorNames,
@@ -38,6 +38,7 @@ from ..responses.translate import (
 from ..schemas import ChatRequest
 from ..services import SERVICES
 from ..settings import ServerSettings
+from ..state.responses import Responses
 from .auth import tenant_of
 from .chat import deadline_of, open_event_stream, timed_chunks, timed_out
 from .middlewares import REQUEST_ID
@@ -46,7 +47,7 @@ from .requests import parse_request, read_json, validation_error
 
 log = logging.getLogger(__name__)
 
-RESPONSE_STORE: web.AppKey[ResponseStore] = web.AppKey("response_store", ResponseStore)
+RESPONSE_STORE: web.AppKey[Responses] = web.AppKey("response_store")
 
 
 def _too_many(what: str, n: int, bound: int, setting: str, param: str, code: str) -> None:
@@ -95,7 +96,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     store = request.app[RESPONSE_STORE]
     previous = None
     if req.previous_response_id is not None:
-        stored = await asyncio.to_thread(store.get, tenant, req.previous_response_id)
+        stored = await store.get(tenant, req.previous_response_id)
         if stored is None:
             raise NotFound(
                 f"Previous response with id '{req.previous_response_id}' not found.",
@@ -107,7 +108,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if refs:
         # What the Vercel AI SDK sends for earlier turns when storing (its default): resolved
         # here, so every route (local, cloud, cache) gets the conversation as chat messages.
-        found = await asyncio.to_thread(store.items, tenant, refs)
+        found = await store.items(tenant, refs)
         req.input = with_references(req.input, found)
     plan = to_chat(req, previous)
     names = ErrorNames(plan.origins)
@@ -158,7 +159,7 @@ def _output_text(response: dict[str, Any]) -> str:
 
 
 async def _keep(
-    store: ResponseStore,
+    store: Responses,
     tenant: str | None,
     req: ResponsesRequest,
     plan: ChatPlan,
@@ -172,7 +173,7 @@ async def _keep(
         items = referable(req.input)
         items.update((item["id"], item) for item in response["output"])
         entry = Stored(response, history, items)
-        if not await asyncio.to_thread(store.put, tenant, response["id"], entry):
+        if not await store.put(tenant, response["id"], entry):
             # Larger than one key may keep: answered, not kept (a follow-up or GET is a 404).
             log.warning(
                 "response too large to store (responses.store_max_bytes_per_tenant)",
@@ -258,7 +259,7 @@ async def _relay(
 
 async def retrieve_response(request: web.Request) -> web.Response:
     store, rid = request.app[RESPONSE_STORE], request.match_info["response_id"]
-    stored = await asyncio.to_thread(store.get, tenant_of(request), rid)
+    stored = await store.get(tenant_of(request), rid)
     if stored is None:
         raise _not_found(request)
     return web.json_response(stored.response)
@@ -266,7 +267,7 @@ async def retrieve_response(request: web.Request) -> web.Response:
 
 async def delete_response(request: web.Request) -> web.Response:
     store, rid = request.app[RESPONSE_STORE], request.match_info["response_id"]
-    if not await asyncio.to_thread(store.delete, tenant_of(request), rid):
+    if not await store.delete(tenant_of(request), rid):
         raise _not_found(request)
     return web.json_response({"id": rid, "object": "response", "deleted": True})
 
