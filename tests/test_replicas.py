@@ -54,9 +54,7 @@ Fleet = Callable[..., list[GatewayProcess]]
 
 
 @pytest.fixture
-def fleet(
-    state_url: str, prefix: str, cloud: FakeCloud, tmp_path: Path
-) -> Iterator[Fleet]:
+def fleet(state_url: str, prefix: str, cloud: FakeCloud, tmp_path: Path) -> Iterator[Fleet]:
     """Start `n` replicas on the same state Redis (extra env per replica by index)."""
     started: list[GatewayProcess] = []
 
@@ -96,6 +94,15 @@ def redis_client(url: str) -> Any:
     import redis
 
     return redis.Redis.from_url(url)
+
+
+async def until(done: Callable[[], bool], timeout: float = 60) -> None:
+    """Poll `done` until true, failing after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if done():
+                return
+            await asyncio.sleep(0.1)
 
 
 def auth(key: str) -> dict[str, str]:
@@ -282,9 +289,7 @@ async def test_the_shadow_cap_holds_for_the_fleet(
             assert status == 200 and headers["x-gateway-route"] == "local"
     r = redis_client(state_url)
     labels = f"{prefix}:{{fleet}}:labels:rows"
-    async with asyncio.timeout(60):
-        while r.hlen(labels) < 3:
-            await asyncio.sleep(0.1)
+    await until(lambda: r.hlen(labels) >= 3)
     await asyncio.sleep(1.0)  # anything over the cap would have been judged by now
     assert r.zcard(f"{prefix}:{{fleet}}:shadow") == 3
     assert cloud.judge_calls == 3  # the fleet's hourly bill, not 3 per replica
@@ -327,9 +332,7 @@ async def test_weights_published_once_are_loaded_by_every_replica(
     r = redis_client(state_url)
     v = r.incr(f"{prefix}:{{fleet}}:weights:version")
     r.set(f"{prefix}:{{fleet}}:weights:{v}", second)
-    async with asyncio.timeout(60):
-        while any((tmp_path / f"w-{i}.json").read_bytes() != second for i in range(2)):
-            await asyncio.sleep(0.1)
+    await until(lambda: all((tmp_path / f"w-{i}.json").read_bytes() == second for i in range(2)))
     async with aiohttp.ClientSession() as s:
         for gp in (a, b):
             async with s.get(f"{gp.url}/readyz") as resp:

@@ -64,7 +64,7 @@ async def _serve(
         record.prompt_text = req.prompt_text()
         record.answer_parts = []
     if services.learning is not None:  # remember it for feedback; maybe shadow-judge it later
-        services.learning.answered(
+        await services.learning.answered(
             request[REQUEST_ID], req, endpoint, outcome, record, asyncio.current_task()
         )
     headers = outcome.headers()

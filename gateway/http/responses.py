@@ -135,7 +135,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         record.prompt_text = chat.prompt_text()
         record.answer_parts = []
     if services.learning is not None:  # as on chat: feedback by request id, maybe shadowed
-        services.learning.answered(
+        await services.learning.answered(
             request[REQUEST_ID], chat, "chat", outcome, record, asyncio.current_task()
         )
     shell = Shell(req, model=req.model)

@@ -160,7 +160,7 @@ class Learning:
         w = rule.when
         return rule.enforce or bool(w.pii) or w.tenant is not None
 
-    def answered(
+    async def answered(
         self,
         request_id: str,
         req: AnyRequest,
@@ -204,7 +204,8 @@ class Learning:
             remember()
         else:
             if self.fleet is not None:
-                self.fleet.pending(tenant, request_id)  # feedback on another replica waits
+                # Filed before the client has the id: its feedback may reach any replica next.
+                await self.fleet.pending(tenant, request_id)
             self._pending[key] = answered  # feedback racing the end of the answer waits
             answered.add_done_callback(remember)
         c = outcome.cascade

@@ -23,7 +23,7 @@ from ..settings import LearningSettings
 from ..state.feedback import PENDING, FeedbackRegistry
 from ..state.fleet import Fleet, ShadowCap
 from ..state.labels import RedisLabelStore
-from ..state.store import StateStore
+from ..state.store import StateStore, StateUnavailable
 from .recent import Issued
 
 if TYPE_CHECKING:
@@ -82,8 +82,14 @@ class FleetLearning:
         task = asyncio.get_running_loop().create_task(run())
         self._writes[key] = task
 
-    def pending(self, tenant: str | None, request_id: str) -> None:
-        self._write((tenant, request_id), self.registry.pending(tenant, request_id))
+    async def pending(self, tenant: str | None, request_id: str) -> None:
+        """The id is about to go out: mark it in the state Redis first (one round trip), so
+        feedback on another replica finds it and waits for the full record."""
+        try:
+            await self.registry.pending(tenant, request_id)
+        except StateUnavailable:
+            # The answer itself needs no shared state: it goes out; its feedback cannot.
+            log.error("request not filed for feedback: state redis unavailable")
 
     def issued(
         self,
