@@ -31,7 +31,6 @@ from ..routing.policy import LOCAL
 from ..routing.store import PolicyStore
 from ..schemas import AnyRequest, ChatRequest
 from .curve import routing_curve
-from .fleet import FleetLearning
 from .metrics import LearningMetrics
 from .recent import RecentRequests
 from .retrain import Retrainer, Rules
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
     from ..dispatch import Dispatcher, Outcome
     from ..settings import Settings
     from ..state.store import StateStore
+    from .fleet import FleetLearning
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,11 @@ class Learning:
         self.metrics = LearningMetrics(registry)
         # With a state Redis (state.redis_url) replicas share labels, feedback ids, the shadow
         # cap and one trainer (gateway/state/); without it this process keeps its own.
-        self.fleet = FleetLearning(state, conf) if state is not None else None
+        self.fleet: FleetLearning | None = None
+        if state is not None:
+            from .fleet import FleetLearning  # gateway/state imports learning: not at the top
+
+            self.fleet = FleetLearning(state, conf)
         self.store: LabelStore = (
             self.fleet.labels(conf, self._added)
             if self.fleet is not None

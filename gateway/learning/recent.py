@@ -1,7 +1,8 @@
 """Request ids the gateway recently issued, per tenant, open to client feedback.
 
 Bounded in count (`learning.feedback_window`) and age (`learning.feedback_ttl_s`), in memory
-only: after a restart, earlier ids get 404. Keyed by (tenant, request id), so a tenant can
+only: after a restart, earlier ids get 404. Replicas sharing a state Redis keep them there
+instead (gateway/state/feedback.py). Keyed by (tenant, request id), so a tenant can
 only ever find its own requests, even when two tenants send the same `x-request-id`.
 """
 

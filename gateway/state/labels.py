@@ -45,24 +45,26 @@ redis.call('HINCRBY', counts, tenant, 1)
 local dropped = 0
 local function drop(rid)
   local row = redis.call('HGET', rows, rid)
-  if not row then return end
+  if not row then return false end
   local t = string.match(row, '^[^\\t]*\\t[^\\t]*\\t([^\\t]*)\\t')
   redis.call('HDEL', rows, rid)
   redis.call('ZREM', order, rid)
   redis.call('ZREM', bykey, member(t, tonumber(rid)))
   if redis.call('HINCRBY', counts, t, -1) <= 0 then redis.call('HDEL', counts, t) end
   dropped = dropped + 1
+  return true
 end
 if per_key > 0 then
   while tonumber(redis.call('HGET', counts, tenant) or '0') > per_key do
     local m = redis.call('ZRANGEBYLEX', bykey, '[' .. tenant .. '|', '(' .. tenant .. '}',
       'LIMIT', 0, 1)[1]
-    if not m then break end
-    drop(string.sub(m, #tenant + 2))
+    -- the member's id is zero-padded; the rows hash is keyed by the plain number
+    if not m or not drop(string.format('%d', tonumber(string.sub(m, #tenant + 2)))) then break end
   end
 end
 while redis.call('ZCARD', order) > cap do
-  drop(redis.call('ZRANGE', order, 0, 0)[1])
+  local oldest = redis.call('ZRANGE', order, 0, 0)[1]
+  if not drop(oldest) then redis.call('ZREM', order, oldest) end
 end
 local total_dropped = redis.call('HINCRBY', stats, 'dropped', dropped)
 local since = redis.call('HINCRBY', stats, 'since', 1)

@@ -127,7 +127,7 @@ local total = redis.call('INCRBY', base .. 'bytes', size)
 while redis.call('ZCARD', base .. 'lru') > max_n or total > max_b do
   local oldest = redis.call('ZRANGE', base .. 'lru', 0, 0)[1]
   if oldest == nil or oldest == rid then break end
-  drop(oldest)
+  if not drop(oldest) then redis.call('ZREM', base .. 'lru', oldest) end
   total = tonumber(redis.call('GET', base .. 'bytes') or '0')
 end
 return 1
