@@ -9,11 +9,13 @@ deployment shapes (Cluster, Sentinel) are more params of `state_url`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import json
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import cycle
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.durable import Record
+from gateway.settings import StateSettings
+from gateway.state.fleet import Fleet as FleetState
+from gateway.state.labels import RedisLabelStore
+from gateway.state.store import StateStore
 from tests.conftest import ROOT, GatewayProcess, RedisServer
 from tests.fakes.cloud import FakeCloud
 
@@ -32,10 +39,17 @@ rules: []
 """
 
 
-@pytest.fixture(params=["redis"])
-def state_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+# The real Cluster and Sentinel servers come with the Redis shapes' fixtures
+# (tests/redis_servers.py); where those are in the tree, every test runs on each shape.
+SHAPES = {"redis": "redis_server"}
+if importlib.util.find_spec("tests.redis_servers") is not None:
+    SHAPES |= {"cluster": "redis_cluster", "sentinel": "redis_sentinel"}
+
+
+@pytest.fixture(params=sorted(SHAPES))
+def state_url(request: pytest.FixtureRequest) -> str:
     """The URL of the state Redis the replicas share."""
-    return redis_server.url
+    return str(request.getfixturevalue(SHAPES[request.param]).url)
 
 
 @pytest.fixture
@@ -89,11 +103,19 @@ def fleet(state_url: str, prefix: str, cloud: FakeCloud, tmp_path: Path) -> Iter
         assert "sk-fake-cloud-secret-123" not in log
 
 
-def redis_client(url: str) -> Any:
-    """A plain client of the state Redis, to look at what the replicas wrote."""
-    import redis
+@contextlib.asynccontextmanager
+async def shared(url: str, prefix: str) -> AsyncIterator[StateStore]:
+    """The replicas' state store, as they open it, to look at what they wrote."""
+    store = StateStore(StateSettings(redis_url=url, key_prefix=prefix))
+    try:
+        yield store
+    finally:
+        await store.close()
 
-    return redis.Redis.from_url(url)
+
+async def label_rows(url: str, prefix: str) -> list[Record]:
+    async with shared(url, prefix) as store:
+        return await RedisLabelStore(store, 10**6).rows()
 
 
 async def until(done: Callable[[], bool], timeout: float = 60) -> None:
@@ -255,11 +277,8 @@ async def test_feedback_is_taken_once_across_replicas(
             )
             assert sorted(status for status, _, _ in got) == [200, 409, 409, 409]
     # Labels written by both replicas are in the one store.
-    r = redis_client(state_url)
-    rows = r.hgetall(f"{prefix}:{{fleet}}:labels:rows")
-    assert len(rows) == 6
-    ids = {json.loads(v.decode().split("\t", 3)[3])["request_id"] for v in rows.values()}
-    assert len(ids) == 6
+    rows = await label_rows(state_url, prefix)
+    assert len({r.body["request_id"] for r in rows}) == len(rows) == 6
 
 
 # -- the shadow cap -----------------------------------------------------------------------
@@ -287,13 +306,16 @@ async def test_the_shadow_cap_holds_for_the_fleet(
             }
             status, _, headers = await post(s, next(rr), "/v1/chat/completions", body, "sk-s")
             assert status == 200 and headers["x-gateway-route"] == "local"
-    r = redis_client(state_url)
-    labels = f"{prefix}:{{fleet}}:labels:rows"
-    await until(lambda: r.hlen(labels) >= 3)
+    await until(lambda: cloud.judge_calls >= 3)
     await asyncio.sleep(1.0)  # anything over the cap would have been judged by now
-    assert r.zcard(f"{prefix}:{{fleet}}:shadow") == 3
     assert cloud.judge_calls == 3  # the fleet's hourly bill, not 3 per replica
-    assert r.hlen(labels) == 3
+    async with shared(state_url, prefix) as store:
+        assert await store.client.zcard(store.fleet_key("shadow")) == 3
+    async with asyncio.timeout(30):  # each judgement's label lands after its judge call
+        while True:
+            if len(await label_rows(state_url, prefix)) == 3:
+                break
+            await asyncio.sleep(0.1)
 
 
 # -- one trainer, weights by version --------------------------------------------------------
@@ -329,9 +351,8 @@ async def test_weights_published_once_are_loaded_by_every_replica(
         )
     a, b = fleet(2, **LEARNING)
     # What the lease holder does after its canary accepted new weights.
-    r = redis_client(state_url)
-    v = r.incr(f"{prefix}:{{fleet}}:weights:version")
-    r.set(f"{prefix}:{{fleet}}:weights:{v}", second)
+    async with shared(state_url, prefix) as store:
+        assert await FleetState(store).publish(second) == 1
     await until(lambda: all((tmp_path / f"w-{i}.json").read_bytes() == second for i in range(2)))
     async with aiohttp.ClientSession() as s:
         for gp in (a, b):
@@ -344,10 +365,6 @@ async def test_weights_published_once_are_loaded_by_every_replica(
 
 async def test_only_one_replica_trains_at_a_time(state_url: str, prefix: str) -> None:
     """Two trainers on one state Redis: the lease admits one; it is free again after."""
-    from gateway.settings import StateSettings
-    from gateway.state.fleet import Fleet as FleetState
-    from gateway.state.store import StateStore
-
     conf = StateSettings(redis_url=state_url, key_prefix=prefix, lease_ttl_s=0.6)
     one, two = StateStore(conf), StateStore(conf)
     try:
@@ -364,6 +381,83 @@ async def test_only_one_replica_trains_at_a_time(state_url: str, prefix: str) ->
     finally:
         await one.close()
         await two.close()
+
+
+# -- failover --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif("sentinel" not in SHAPES, reason="needs tests/redis_servers.py's Sentinel")
+async def test_nothing_acknowledged_is_lost_across_a_sentinel_failover(
+    own_redis_sentinel: Any, prefix: str, cloud: FakeCloud, tmp_path: Path
+) -> None:
+    """Responses stored and labels taken before the master fails over are all there after,
+    on every replica; the conversation continues (a 503 while the replicas reconnect is
+    allowed: it is an answer that says so, never a silent loss)."""
+    group = own_redis_sentinel
+    procs = []
+    for i in range(2):
+        policy = tmp_path / f"policy-{i}.yaml"
+        policy.write_text(POLICY.format(scorer=""), encoding="utf-8")
+        procs.append(
+            GatewayProcess(
+                env={
+                    "FAKE_CLOUD_KEY": "sk-fake-cloud-secret-123",
+                    "GATEWAY_CLOUD__MODELS": json.dumps([cloud.model_entry()]),
+                    "GATEWAY_STATE__REDIS_URL": group.url,
+                    "GATEWAY_STATE__KEY_PREFIX": prefix,
+                    "GATEWAY_STATE__REPLICAS": "2",
+                    "GATEWAY_POLICY__FILE": str(policy),
+                    "GATEWAY_LEARNING__STORE": str(tmp_path / f"labels-{i}.sqlite3"),
+                    "GATEWAY_LOCAL__PARALLEL": "1",
+                    **LEARNING,
+                }
+            )
+        )
+    try:
+        for p in procs:
+            p.wait_ready(timeout=180)
+        rr = cycle(procs)
+        key = "sk-failover"
+        chat = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+        stored, labelled = [], []
+        async with aiohttp.ClientSession() as s:
+            for i in range(4):
+                body = {"model": "gpt-fake", "input": f"turn {i}"}
+                status, resp, _ = await post(s, next(rr), "/v1/responses", body, key)
+                assert status == 200
+                stored.append(resp["id"])
+                status, _, headers = await post(s, next(rr), "/v1/chat/completions", chat, key)
+                rid = headers["x-request-id"]
+                fb = {"request_id": rid, "good": True}
+                status, _, _ = await post(s, next(rr), "/v1/feedback", fb, key)
+                assert status == 200
+                labelled.append(rid)
+            await asyncio.to_thread(group.failover)
+
+            async def settled(gp: GatewayProcess, rid: str) -> int:
+                async with asyncio.timeout(60):
+                    while True:
+                        status, _ = await get(s, gp, f"/v1/responses/{rid}", key)
+                        if status != 503:
+                            return status
+                        await asyncio.sleep(0.2)
+
+            for gp in procs:
+                for rid in stored:
+                    assert await settled(gp, rid) == 200
+            body = {"model": "gpt-fake", "input": "after", "previous_response_id": stored[-1]}
+            async with asyncio.timeout(60):
+                while True:
+                    status, resp, _ = await post(s, next(rr), "/v1/responses", body, key)
+                    if status != 503:
+                        break
+                    await asyncio.sleep(0.2)
+            assert status == 200, resp
+        rows = await label_rows(group.url, prefix)
+        assert sorted(r.body["request_id"] for r in rows) == sorted(labelled)
+    finally:
+        for p in procs:
+            p.stop()
 
 
 # -- outage -------------------------------------------------------------------------------
