@@ -6,6 +6,7 @@ Each test takes `state_store` (parametrisable over deployment shapes, as test_re
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 from array import array
 from collections.abc import AsyncIterator
@@ -20,12 +21,15 @@ from gateway.state.fleet import ShadowCap
 from gateway.state.labels import RedisLabelStore
 from gateway.state.responses import RedisResponses
 from gateway.state.store import StateStore, StateUnavailable
-from tests.conftest import RedisServer
+
+SHAPES = {"redis": "redis_server"}
+if importlib.util.find_spec("tests.redis_servers") is not None:  # Cluster and Sentinel servers
+    SHAPES |= {"cluster": "redis_cluster", "sentinel": "redis_sentinel"}
 
 
-@pytest.fixture(params=["redis"])
-def state_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
-    return redis_server.url
+@pytest.fixture(params=sorted(SHAPES))
+def state_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(SHAPES[request.param]).url)
 
 
 @pytest.fixture
