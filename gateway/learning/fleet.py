@@ -141,8 +141,9 @@ class FleetLearning:
         hour = int(now // 3600)
         counted = False
         try:
+            n = await self.registry.count(tenant, hour, 1)
             counted = True
-            if await self.registry.count(tenant, hour, 1) > learning.conf.feedback_per_key_per_hour:
+            if n > learning.conf.feedback_per_key_per_hour:
                 raise learning.feedback_refused(now)
             await learning.store.add(
                 "feedback",
