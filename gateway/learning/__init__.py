@@ -32,7 +32,7 @@ from ..routing.store import PolicyStore
 from ..schemas import AnyRequest, ChatRequest
 from .curve import routing_curve
 from .metrics import LearningMetrics
-from .recent import RecentRequests
+from .recent import Issued, RecentRequests
 from .retrain import Retrainer, Rules
 from .shadow import Answered, Job, Shadower
 from .store import LabelStore
@@ -269,22 +269,27 @@ class Learning:
             issued.labelled = False  # it may be scored next hour
             raise self.feedback_refused(now)
         try:
-            await self.store.add(
-                "feedback",
-                label=label,
-                tenant=tenant,
-                route=issued.route,
-                vec=issued.vec(),
-                prompt=issued.prompt,
-                private=issued.private,
-                request_id=request_id,
-                detail={"score": score},
-            )
+            await self.store_feedback(tenant, request_id, issued, score)
         except BaseException:
             issued.labelled = False
             await self._feedback_counts.add(hour, -1, 3600)
             raise
         return label
+
+    async def store_feedback(
+        self, tenant: str | None, request_id: str, issued: Issued, score: float
+    ) -> None:
+        await self.store.add(
+            "feedback",
+            label=label_of(score),
+            tenant=tenant,
+            route=issued.route,
+            vec=issued.vec(),
+            prompt=issued.prompt,
+            private=issued.private,
+            request_id=request_id,
+            detail={"score": score},
+        )
 
     def feedback_refused(self, now: float) -> RateLimited:
         self.metrics.feedback_refused.inc()

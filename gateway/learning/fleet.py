@@ -13,12 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
-from ..routing.learned import vector_version
 from ..settings import LearningSettings
 from ..state.feedback import PENDING, FeedbackRegistry
 from ..state.fleet import Fleet, ShadowCap
@@ -100,15 +98,7 @@ class FleetLearning:
         private: bool,
         prompt: str | None,
     ) -> None:
-        issued = Issued(
-            vec["dense"],
-            array("I", vec["terms"]),
-            route,
-            private,
-            prompt,
-            time.time(),
-            fv=vector_version(vec),
-        )
+        issued = Issued.of(vec, route, private, prompt, time.time())
         self._write((tenant, request_id), self.registry.put(tenant, request_id, issued))
 
     async def feedback(
@@ -145,17 +135,7 @@ class FleetLearning:
             counted = True
             if n > learning.conf.feedback_per_key_per_hour:
                 raise learning.feedback_refused(now)
-            await learning.store.add(
-                "feedback",
-                label=label,
-                tenant=tenant,
-                route=issued.route,
-                vec=issued.vec(),
-                prompt=issued.prompt,
-                private=issued.private,
-                request_id=request_id,
-                detail={"score": score},
-            )
+            await learning.store_feedback(tenant, request_id, issued, score)
         except BaseException:
             # Not stored: the claim and the count are given back (it may be scored again).
             with contextlib.suppress(Exception):

@@ -85,41 +85,6 @@ class LabelStore:
 
         `prompt` is written to disk only when keep_prompts is on and `private` is false.
         """
-        body = self.body_of(
-            source,
-            label=label,
-            tenant=tenant,
-            route=route,
-            prompt=prompt,
-            vec=vec,
-            private=private,
-            request_id=request_id,
-            detail=detail,
-        )
-        tag = tenant if tenant is not None else NO_KEY
-        dropped = await self._append(source, body, tag)
-        log.info(
-            "label stored",
-            extra={"source": source, "label": label, "route": route, "request_id": request_id},
-        )
-        if dropped:
-            log.info("label store full: oldest labels dropped", extra={"dropped": dropped})
-        if self._on_added is not None:
-            self._on_added(source, dropped)
-
-    def body_of(
-        self,
-        source: Source,
-        *,
-        label: float,
-        tenant: str | None,
-        route: str,
-        prompt: str | None,
-        vec: dict[str, Any] | None,
-        private: bool,
-        request_id: str | None,
-        detail: dict[str, Any] | None,
-    ) -> dict[str, Any]:
         if source not in SOURCES:
             raise ValueError(f"unknown label source {source!r}")
         if not 0.0 <= label <= 1.0:
@@ -135,7 +100,16 @@ class LabelStore:
             body["detail"] = detail
         if self.keep_prompts and not private and prompt is not None:
             body["prompt"] = prompt
-        return body
+        tag = tenant if tenant is not None else NO_KEY
+        dropped = await self._append(source, body, tag)
+        log.info(
+            "label stored",
+            extra={"source": source, "label": label, "route": route, "request_id": request_id},
+        )
+        if dropped:
+            log.info("label store full: oldest labels dropped", extra={"dropped": dropped})
+        if self._on_added is not None:
+            self._on_added(source, dropped)
 
     async def _append(self, source: Source, body: dict[str, Any], tag: str) -> int:
         """Write one row; the rows the caps dropped."""
