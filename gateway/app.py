@@ -28,7 +28,6 @@ from .keyring import KeyRing
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .local.fleet import Fleet
 from .metrics import Metrics
-from .responses.store import ResponseStore
 from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor
 from .routing.live_policy import PolicyStore
@@ -54,11 +53,13 @@ from .services import (
     Services,
 )
 from .settings import Settings
+from .state import STATE, build_responses, build_state, state_ctx
 from .status import StatusBoard
 from .telemetry import Outbox
 
 if TYPE_CHECKING:
     from .learning import Learning
+    from .state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,10 @@ def create_app(settings: Settings) -> web.Application:
     keyring = app[KEYRING] = KeyRing(settings.server)
     prices = app[PRICES] = Prices([m.model for m in settings.cloud.models])
     app[LIMITER] = build_limiter(settings, metrics, keyed=keyring.enforced, prices=prices)
-    app[RESPONSE_STORE] = ResponseStore(settings.responses)  # /v1/responses' stored answers
+    app[STATE] = build_state(settings)  # shared by replicas; None: this process alone
+    app[RESPONSE_STORE] = build_responses(settings, app[STATE])  # /v1/responses' stored answers
     if settings.learning.enabled:
-        app[LEARNING] = build_learning(app, dispatcher.extractor.scorer)
+        app[LEARNING] = build_learning(app, dispatcher.extractor.scorer, app[STATE])
     app[EMBEDDINGS] = build_embeddings(settings, policies, metrics)
     app[SERVICES] = Services(app)  # a read-only view by name, for code holding the app
     _watch_local(metrics, local, settings)
@@ -131,6 +133,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_telemetry)  # sets OUTBOX once the outbox opened
     app.cleanup_ctx.append(_learning)  # last in, first out: judgements stop before the session
     app.cleanup_ctx.append(_embeddings)
+    app.cleanup_ctx.insert(0, state_ctx)  # closed last: learning may write labels until then
     app.on_shutdown.append(_draining)
     routes.add_routes(app)
     return app
@@ -155,7 +158,9 @@ def build_outbox(
     )
 
 
-def build_learning(app: web.Application, shipped: Scorer) -> Learning:
+def build_learning(
+    app: web.Application, shipped: Scorer, state: StateStore | None = None
+) -> Learning:
     """The label store and its loop (gateway/learning/); only when learning.enabled."""
     from .learning import Learning
 
@@ -169,12 +174,15 @@ def build_learning(app: web.Application, shipped: Scorer) -> Learning:
         # Distinct client keys: with two or more, labels come from tenants who must not
         # steer the router for one another (learning/retrain.py).
         keys=len(set(app[KEYRING].client_digests)),
+        state=state,
     )
 
 
 async def _learning(app: web.Application) -> AsyncIterator[None]:
-    yield
     learning = app.get(LEARNING)  # None unless learning.enabled
+    if learning is not None:
+        learning.start()
+    yield
     if learning is not None:
         await learning.close()  # cancels shadow judgements, then closes the store
 

@@ -707,24 +707,6 @@ class LearningSettings(_Section):
     )
 
 
-class StateSettings(_Section):
-    """State that outlives a request, and where the gateway keeps it."""
-
-    dir: Path = Field(
-        Path("data"),
-        description=(
-            "The gateway's one writable directory: the telemetry outbox and the label store"
-            " live here unless their paths are absolute. Relative: to the working directory."
-            " Deploys point it at a volume (the image and Kubernetes: /var/lib/edge-gateway;"
-            " systemd: StateDirectory=), so the rest of the file system may be read-only."
-        ),
-    )
-
-    def path(self, p: Path) -> Path:
-        """`p` as the gateway opens it: absolute paths as given, relative ones under `dir`."""
-        return p if p.is_absolute() else self.dir / p
-
-
 class LocalEmbeddingSettings(_Section):
     """The local embedding model behind POST /v1/embeddings (local.embedding)."""
 
@@ -776,6 +758,54 @@ class LocalEmbeddingSettings(_Section):
         if self.n_batch > self.n_ctx:
             raise ValueError("n_batch must not exceed n_ctx (an input must fit the context)")
         return self
+
+
+class StateSettings(_Section):
+    """State that outlives a request: where this process keeps it (`dir`) and the Redis replicas
+    share (stored responses, feedback, labels, learning)."""
+
+    dir: Path = Field(
+        Path("data"),
+        description=(
+            "The gateway's one writable directory: the telemetry outbox and the label store"
+            " live here unless their paths are absolute. Relative: to the working directory."
+            " Deploys point it at a volume (the image and Kubernetes: /var/lib/edge-gateway;"
+            " systemd: StateDirectory=), so the rest of the file system may be read-only."
+        ),
+    )
+
+    redis_url: str | None = Field(
+        None,
+        description=(
+            "Redis shared by every replica for stored responses, the feedback registry, the"
+            " shadow cap, labels and the trainer lease: non-evicting (maxmemory-policy"
+            " noeviction) and persistent (AOF), not the cache's Redis; empty: this process alone"
+            " (memory and SQLite)."
+        ),
+    )
+    replicas: int = Field(
+        1,
+        ge=1,
+        description=(
+            "How many gateway processes answer behind one balancer; above 1 start-up refuses"
+            " without state.redis_url (each replica would answer only for itself)."
+        ),
+    )
+    key_prefix: str = Field(
+        "egw:state", description="Prefix of every state key (one Redis may hold several gateways)."
+    )
+    timeout_ms: int = Field(
+        1000, ge=1, description="Per-operation state Redis timeout; past it the request gets 503."
+    )
+    lease_ttl_s: float = Field(
+        300.0,
+        gt=0,
+        description="The trainer lease's lifetime, renewed while it trains (a crash frees it).",
+    )
+
+    def path(self, p: Path) -> Path:
+        """`p` as the gateway opens it: absolute paths as given, relative ones under `dir`."""
+        return p if p.is_absolute() else self.dir / p
 
 
 class Settings(BaseSettings):
@@ -835,6 +865,17 @@ class Settings(BaseSettings):
         self.telemetry.store_path = self.state.path(self.telemetry.store_path)
         self.learning.store = self.state.path(self.learning.store)
         return self
+
+    @field_validator("state")
+    @classmethod
+    def _replicas_share_state(cls, v: StateSettings) -> StateSettings:
+        if v.replicas > 1 and not v.redis_url:
+            raise ValueError(
+                f"state.replicas is {v.replicas} but state.redis_url is empty: replicas would"
+                " not share stored responses, feedback or labels; set state.redis_url"
+                " (a non-evicting Redis) or state.replicas: 1"
+            )
+        return v
 
     @classmethod
     def settings_customise_sources(

@@ -96,9 +96,6 @@ GATEWAY_LABELS = {"app": "edge-gateway"}
 # Kinds the Kubernetes API has no schema for: the kustomize file and the Prometheus Operator's
 # PodMonitor (a CRD); both are checked field by field below.
 NO_API_SCHEMA = {"Kustomization", "PodMonitor"}
-# Settings the shared state store (issue 24's other half, built beside this) adds to `state`;
-# tolerated only while Settings lacks them, so the set empties itself once they are merged.
-PENDING_SETTINGS = {"GATEWAY_STATE__REDIS_URL", "GATEWAY_STATE__REPLICAS"}
 
 
 def _kube_docs() -> list[dict[str, Any]]:
@@ -426,5 +423,5 @@ def test_every_gateway_variable_the_deploys_set_is_a_real_setting() -> None:
     # ...and in the deploy guide's prose
     add("deploy/README.md", re.findall(r"\bGATEWAY_[A-Z0-9_]+", (DEPLOY / "README.md").read_text()))
     assert len(named) >= 8
-    unknown = {n: sorted(w) for n, w in named.items() if n not in real | PENDING_SETTINGS}
+    unknown = {n: sorted(w) for n, w in named.items() if n not in real}
     assert not unknown, unknown

@@ -30,7 +30,7 @@ async def _serve(
     opening = await Opening.admit(request, services, req)
     outcome = await opening.dispatch(req, endpoint)
     opening.answered(outcome)
-    opening.learn(req, endpoint, outcome)
+    await opening.learn(req, endpoint, outcome)
     headers = outcome.headers()
     if outcome.completion is not None:
         obj = outcome.completion.obj

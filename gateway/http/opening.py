@@ -87,7 +87,7 @@ class Opening:
         self.record.outcome = outcome
         self.record.backend_s = outcome.backend_seconds
 
-    def learn(self, req: AnyRequest, endpoint: Endpoint, outcome: Outcome) -> None:
+    async def learn(self, req: AnyRequest, endpoint: Endpoint, outcome: Outcome) -> None:
         """A chat answer: its text captured on opt-in, remembered for feedback and shadowing."""
         services, record = self.services, self.record
         # Text is captured only on opt-in: the log (server.log_bodies) or the status page.
@@ -95,7 +95,7 @@ class Opening:
             record.prompt_text = req.prompt_text()
             record.answer_parts = []
         if services.learning is not None:  # remember it for feedback; maybe shadow-judge it
-            services.learning.answered(
+            await services.learning.answered(
                 self.request[REQUEST_ID], req, endpoint, outcome, record, asyncio.current_task()
             )
 

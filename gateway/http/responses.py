@@ -8,7 +8,6 @@ is kept on the box (responses/store.py) for `previous_response_id` and retrieval
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -23,10 +22,11 @@ from ..responses.error_names import ErrorNames
 from ..responses.references import referable, references, with_references
 from ..responses.render import Events, Shell, history_of, whole
 from ..responses.request import ResponsesRequest, check_lengths
-from ..responses.store import ResponseStore, Stored
+from ..responses.store import Stored
 from ..responses.translate import ChatPlan, to_chat
 from ..schemas import ChatRequest
 from ..settings import ServerSettings
+from ..state.responses import Responses
 from .auth import tenant_of
 from .observe import RequestRecord
 from .opening import Opening, services_of
@@ -34,7 +34,7 @@ from .stream import write_stream
 
 log = logging.getLogger(__name__)
 
-RESPONSE_STORE: web.AppKey[ResponseStore] = web.AppKey("response_store", ResponseStore)
+RESPONSE_STORE: web.AppKey[Responses] = web.AppKey("response_store")
 
 
 def _parse(body: dict[str, Any], server: ServerSettings) -> ResponsesRequest:
@@ -51,7 +51,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     store = request.app[RESPONSE_STORE]
     previous = None
     if req.previous_response_id is not None:
-        stored = await asyncio.to_thread(store.get, tenant, req.previous_response_id)
+        stored = await store.get(tenant, req.previous_response_id)
         if stored is None:
             raise NotFound(
                 f"Previous response with id '{req.previous_response_id}' not found.",
@@ -63,7 +63,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if refs:
         # What the Vercel AI SDK sends for earlier turns when storing (its default): resolved
         # here, so every route (local, cloud, cache) gets the conversation as chat messages.
-        found = await asyncio.to_thread(store.items, tenant, refs)
+        found = await store.items(tenant, refs)
         req.input = with_references(req.input, found)
     plan = to_chat(req, previous)
     names = ErrorNames(plan.origins)
@@ -74,7 +74,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     except GatewayError as exc:
         raise names.fix(exc) from None
     opening.answered(outcome)
-    opening.learn(chat, "chat", outcome)  # as on chat: feedback by request id, maybe shadowed
+    await opening.learn(chat, "chat", outcome)  # as on chat: feedback by request id, maybe shadowed
     shell = Shell(req, model=req.model)
     if outcome.completion is not None:
         obj = outcome.completion.obj
@@ -87,7 +87,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 
 async def _keep(
-    store: ResponseStore,
+    store: Responses,
     tenant: str | None,
     req: ResponsesRequest,
     plan: ChatPlan,
@@ -101,7 +101,7 @@ async def _keep(
         items = referable(req.input)
         items.update((item["id"], item) for item in response["output"])
         entry = Stored(response, history, items)
-        if not await asyncio.to_thread(store.put, tenant, response["id"], entry):
+        if not await store.put(tenant, response["id"], entry):
             # Larger than one key may keep: answered, not kept (a follow-up or GET is a 404).
             log.warning(
                 "response too large to store (responses.store_max_bytes_per_tenant)",
@@ -115,7 +115,7 @@ class _Events:
     def __init__(
         self,
         events: Events,
-        store: ResponseStore,
+        store: Responses,
         tenant: str | None,
         req: ResponsesRequest,
         plan: ChatPlan,
@@ -149,7 +149,7 @@ class _Events:
 
 async def retrieve_response(request: web.Request) -> web.Response:
     store, rid = request.app[RESPONSE_STORE], request.match_info["response_id"]
-    stored = await asyncio.to_thread(store.get, tenant_of(request), rid)
+    stored = await store.get(tenant_of(request), rid)
     if stored is None:
         raise _not_found(request)
     return web.json_response(stored.response)
@@ -157,7 +157,7 @@ async def retrieve_response(request: web.Request) -> web.Response:
 
 async def delete_response(request: web.Request) -> web.Response:
     store, rid = request.app[RESPONSE_STORE], request.match_info["response_id"]
-    if not await asyncio.to_thread(store.delete, tenant_of(request), rid):
+    if not await store.delete(tenant_of(request), rid):
         raise _not_found(request)
     return web.json_response({"id": rid, "object": "response", "deleted": True})
 

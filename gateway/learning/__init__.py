@@ -32,7 +32,7 @@ from ..routing.policy import LOCAL
 from ..schemas import AnyRequest, ChatRequest
 from .curve import routing_curve
 from .metrics import LearningMetrics
-from .recent import RecentRequests
+from .recent import Issued, RecentRequests
 from .retrain import Retrainer, Rules
 from .shadow import Answered, Job, Shadower
 from .store import LabelStore
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from ..costs import Prices
     from ..dispatch import Dispatcher, Outcome
     from ..settings import Settings
+    from ..state.store import StateStore
+    from .fleet import FleetLearning
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ class AlreadyLabelled(GatewayError):
     status = 409
     type = "invalid_request_error"
     default_code = "already_labelled"
+
+
+def label_of(score: float) -> float:
+    """A client's score (-1 bad .. 1 good) as a label (1: the cloud should have answered)."""
+    return round((1.0 - score) / 2.0, 6)
 
 
 def asked_text(req: AnyRequest) -> str:
@@ -79,16 +86,28 @@ class Learning:
         shipped: Scorer,
         keys: int = 0,
         clock: Callable[[], float] = time.time,
+        state: StateStore | None = None,
     ) -> None:
         conf = self.conf = settings.learning
         self.policies = policies
         self.metrics = LearningMetrics(registry)
-        self.store = LabelStore(
-            conf.store,
-            conf.max_labels,
-            keep_prompts=conf.keep_prompts,
-            per_key=conf.max_labels_per_key,
-            on_added=self._added,
+        # With a state Redis (state.redis_url) replicas share labels, feedback ids, the shadow
+        # cap and one trainer (gateway/state/); without it this process keeps its own.
+        self.fleet: FleetLearning | None = None
+        if state is not None:
+            from .fleet import FleetLearning  # gateway/state imports learning: not at the top
+
+            self.fleet = FleetLearning(state, conf)
+        self.store: LabelStore = (
+            self.fleet.labels(conf, self._added)
+            if self.fleet is not None
+            else LabelStore(
+                conf.store,
+                conf.max_labels,
+                keep_prompts=conf.keep_prompts,
+                per_key=conf.max_labels_per_key,
+                on_added=self._added,
+            )
         )
         self._clock = clock
         self._feedback_counts = MemoryCounters(max_keys=_QUOTA_KEYS, clock=clock)
@@ -98,7 +117,12 @@ class Learning:
         # Requests answered but not yet finished, by (tenant, request id): a few, briefly.
         self._pending: dict[tuple[str | None, str], asyncio.Task[Any]] = {}
         self.shadow = Shadower(
-            settings, dispatcher=dispatcher, store=self.store, metrics=self.metrics, prices=prices
+            settings,
+            dispatcher=dispatcher,
+            store=self.store,
+            metrics=self.metrics,
+            prices=prices,
+            fleet_cap=self.fleet.shadow_cap if self.fleet is not None else None,
         )
         self.retrainer = Retrainer(
             every=conf.retrain_every,
@@ -115,6 +139,7 @@ class Learning:
                 key_weight_share=conf.key_weight_share,
                 canary_min_keys=conf.canary_min_keys,
             ),
+            fleet=self.fleet,
         )
 
     def _added(self, source: str, dropped: int) -> None:
@@ -139,7 +164,7 @@ class Learning:
         w = rule.when
         return rule.enforce or bool(w.pii) or w.tenant is not None
 
-    def answered(
+    async def answered(
         self,
         request_id: str,
         req: AnyRequest,
@@ -167,6 +192,9 @@ class Learning:
                 del self._pending[key]
             if task is not None and task.cancelled():
                 return  # the client went away: it has no answer to score
+            if self.fleet is not None:
+                self.fleet.issued(tenant, request_id, vector(asked), outcome.route, private, prompt)
+                return
             self.recent.put(
                 tenant,
                 request_id,
@@ -179,6 +207,9 @@ class Learning:
         if answered is None:
             remember()
         else:
+            if self.fleet is not None:
+                # Filed before the client has the id: its feedback may reach any replica next.
+                await self.fleet.pending(tenant, request_id)
             self._pending[key] = answered  # feedback racing the end of the answer waits
             answered.add_done_callback(remember)
         c = outcome.cascade
@@ -214,6 +245,8 @@ class Learning:
             # left): feedback is about a whole answer, so wait for it, boundedly.
             await asyncio.wait([pending], timeout=FEEDBACK_WAIT_S)
             await asyncio.sleep(0)  # let the done callback file it
+        if self.fleet is not None:
+            return await self.fleet.feedback(self, tenant, request_id, score)
         issued = self.recent.get(tenant, request_id)
         if issued is None:
             raise NotFound(
@@ -226,39 +259,52 @@ class Learning:
                 f"Request '{request_id}' already has feedback.", param="request_id"
             )
         issued.labelled = True  # before the await: a concurrent duplicate gets the 409
-        label = round((1.0 - score) / 2.0, 6)
+        label = label_of(score)
         # Counted before the store is written (and given back if it is not), so concurrent
         # scores of one key cannot all slip under the cap.
         now = self._clock()
         hour = f"{tenant or ''}:{int(now // 3600)}"
-        limit = self.conf.feedback_per_key_per_hour
-        if await self._feedback_counts.add(hour, 1, 3600) > limit:
+        if await self._feedback_counts.add(hour, 1, 3600) > self.conf.feedback_per_key_per_hour:
             await self._feedback_counts.add(hour, -1, 3600)
             issued.labelled = False  # it may be scored next hour
-            self.metrics.feedback_refused.inc()
-            raise RateLimited(
-                f"This API key has sent {limit} feedback scores this hour "
-                "(learning.feedback_per_key_per_hour); try again later.",
-                retry_after=3600 - now % 3600,
-                code="feedback_rate_limited",
-            )
+            raise self.feedback_refused(now)
         try:
-            await self.store.add(
-                "feedback",
-                label=label,
-                tenant=tenant,
-                route=issued.route,
-                vec=issued.vec(),
-                prompt=issued.prompt,
-                private=issued.private,
-                request_id=request_id,
-                detail={"score": score},
-            )
+            await self.store_feedback(tenant, request_id, issued, score)
         except BaseException:
             issued.labelled = False
             await self._feedback_counts.add(hour, -1, 3600)
             raise
         return label
+
+    async def store_feedback(
+        self, tenant: str | None, request_id: str, issued: Issued, score: float
+    ) -> None:
+        await self.store.add(
+            "feedback",
+            label=label_of(score),
+            tenant=tenant,
+            route=issued.route,
+            vec=issued.vec(),
+            prompt=issued.prompt,
+            private=issued.private,
+            request_id=request_id,
+            detail={"score": score},
+        )
+
+    def feedback_refused(self, now: float) -> RateLimited:
+        self.metrics.feedback_refused.inc()
+        limit = self.conf.feedback_per_key_per_hour
+        return RateLimited(
+            f"This API key has sent {limit} feedback scores this hour "
+            "(learning.feedback_per_key_per_hour); try again later.",
+            retry_after=3600 - now % 3600,
+            code="feedback_rate_limited",
+        )
+
+    def start(self) -> None:
+        """On the running loop: a fleet replica starts following the published weights."""
+        if self.fleet is not None:
+            self.fleet.follow(self.retrainer)
 
     async def curve(self) -> dict[str, Any]:
         """The routing curve over the stored labels (learning/curve.py), for the status page.
@@ -284,6 +330,8 @@ class Learning:
         return result
 
     async def close(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.shadow.close()
         task = self.retrainer.task
         if task is not None:

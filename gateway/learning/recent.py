@@ -1,7 +1,8 @@
 """Request ids the gateway recently issued, per tenant, open to client feedback.
 
 Bounded in count (`learning.feedback_window`) and age (`learning.feedback_ttl_s`), in memory
-only: after a restart, earlier ids get 404. Keyed by (tenant, request id), so a tenant can
+only: after a restart, earlier ids get 404. Replicas sharing a state Redis keep them there
+instead (gateway/state/feedback.py). Keyed by (tenant, request id), so a tenant can
 only ever find its own requests, even when two tenants send the same `x-request-id`.
 """
 
@@ -27,6 +28,15 @@ class Issued:
     at: float
     fv: int = FEATURE_VERSION  # the feature version the vector was computed with
     labelled: bool = False
+
+    @classmethod
+    def of(
+        cls, vec: dict[str, Any], route: str, private: bool, prompt: str | None, at: float
+    ) -> Issued:
+        """From a learned.vector() result."""
+        return cls(
+            vec["dense"], array("I", vec["terms"]), route, private, prompt, at, vector_version(vec)
+        )
 
     def vec(self) -> dict[str, Any]:
         # The version travels with the vector: a label without it reads as version 1 and
@@ -58,15 +68,7 @@ class RecentRequests:
     ) -> None:
         key = (tenant, request_id)
         self._items.pop(key, None)  # a reused id means the newest request
-        self._items[key] = Issued(
-            vec["dense"],
-            array("I", vec["terms"]),
-            route,
-            private,
-            prompt,
-            self._clock(),
-            fv=vector_version(vec),
-        )
+        self._items[key] = Issued.of(vec, route, private, prompt, self._clock())
         self._expire()
         while len(self._items) > self.size:
             self._items.popitem(last=False)

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..durable import Record
 from ..routing.complexity import ComplexityScorer, Scorer
@@ -43,6 +43,9 @@ from ..routing.policy_file import PolicyError
 from ..routing.training import dumps, gain_apgr, train
 from .metrics import LearningMetrics
 from .store import LabelStore, example_of, key_of, trains_router
+
+if TYPE_CHECKING:
+    from .fleet import FleetLearning
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +245,10 @@ class Retrainer:
         shipped: Scorer,
         metrics: LearningMetrics,
         rules: Rules | None = None,
+        fleet: FleetLearning | None = None,
     ) -> None:
         self.rules = rules or Rules()
+        self.fleet = fleet  # replicas sharing a state Redis: one trains, all load its weights
         self.every = every
         self.min_labels = min_labels
         self.share = share
@@ -257,7 +262,8 @@ class Retrainer:
 
     def noted(self) -> None:
         """One more label; starts a retrain every `every` of them (one at a time)."""
-        self.new_labels += 1
+        # A fleet counts the labels of every replica since the last retrain (the label store).
+        self.new_labels = self.store.since if self.store.since is not None else self.new_labels + 1
         if self.every and self.new_labels >= self.every and self.task is None:
             self.task = asyncio.create_task(self.run_once(), name="retrain-router")
             self.task.add_done_callback(self._done)
@@ -269,7 +275,16 @@ class Retrainer:
 
     async def run_once(self) -> RetrainResult:
         self.new_labels = 0
-        result = await self._run()
+        if self.fleet is None:
+            result = await self._run()
+        else:
+            async with self.fleet.trainer.lease() as mine:
+                if not mine:
+                    # Another replica is training on the same labels: it publishes for all.
+                    log.info("router retrain skipped: another replica holds the trainer lease")
+                    return RetrainResult(False, "another_replica_training")
+                await self._reset_since()
+                result = await self._run(publish=True)
         result.at = time.time()
         self.last = result
         state = "accepted" if result.accepted else "refused"
@@ -295,7 +310,34 @@ class Retrainer:
         )
         return result
 
-    async def _run(self) -> RetrainResult:
+    async def _reset_since(self) -> None:
+        reset = getattr(self.store, "reset_since", None)
+        if reset is not None:
+            await reset()
+
+    async def load_published(self, fleet: FleetLearning) -> bool:
+        """Load weights another replica published, if newer than those running here."""
+        version = await fleet.trainer.version()
+        if version <= fleet.weights_version:
+            return False
+        policy = self.policies.current
+        path = policy.scorer.path if policy.scorer is not None else None
+        data = await fleet.trainer.weights(version)
+        if path is None or data is None:
+            fleet.weights_version = version  # nothing to replace here, or already superseded
+            return False
+        if await asyncio.to_thread(_read_or_none, path) != data:
+            old = await asyncio.to_thread(_swap, path, data)
+            try:
+                self.policies.reload()
+            except PolicyError:
+                await asyncio.to_thread(_swap, path, old)
+                log.error("published router weights refused by policy reload", extra={"v": version})
+        fleet.weights_version = version
+        log.info("router weights loaded from the fleet", extra={"weights_version": version})
+        return True
+
+    async def _run(self, *, publish: bool = False) -> RetrainResult:
         policy = self.policies.current
         path = policy.scorer.path if policy.scorer is not None else None
         if path is None:
@@ -317,12 +359,17 @@ class Retrainer:
         ):
             result.accepted, result.reason = False, "policy_changed"
             return result
-        old = await asyncio.to_thread(_swap, path, dumps(result.doc, path))
+        data = dumps(result.doc, path)
+        old = await asyncio.to_thread(_swap, path, data)
         try:
             self.policies.reload()
         except PolicyError:
             await asyncio.to_thread(_swap, path, old)
             result.accepted, result.reason = False, "reload_failed"
+            return result
+        if publish and self.fleet is not None:
+            # Once, by the lease holder; every other replica loads this version.
+            self.fleet.weights_version = await self.fleet.trainer.publish(data)
         return result
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ..costs import Prices
     from ..dispatch import Dispatcher, Outcome
     from ..settings import LearningSettings, Settings
+    from ..state.fleet import ShadowCap
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Shadower:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         coin: Callable[[], bool] = judge.local_first,
+        fleet_cap: ShadowCap | None = None,
     ) -> None:
         self.conf: LearningSettings = settings.learning
         self.dispatcher = dispatcher
@@ -100,6 +102,9 @@ class Shadower:
         self.judge = self.conf.judge_model or self.cloud
         self._litellm = {m.name: m.model for m in settings.cloud.models}
         self._started: deque[float] = deque()  # start times within the last hour
+        # Replicas sharing a state Redis share the hourly cap: a slot is taken there, atomically,
+        # as each judgement starts (the local deque then stays unused).
+        self.fleet_cap = fleet_cap
         self.paused_until = 0.0
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -133,7 +138,7 @@ class Shadower:
             return "offline"
         while self._started and self._started[0] <= now - HOUR_S:
             self._started.popleft()
-        if len(self._started) >= self.conf.shadow_max_per_hour:
+        if self.fleet_cap is None and len(self._started) >= self.conf.shadow_max_per_hour:
             return "hourly_cap"
         if len(self.tasks) >= self.conf.shadow_concurrency:
             return "busy"
@@ -183,6 +188,9 @@ class Shadower:
         cloud_obj: dict[str, Any] | None = None,
     ) -> None:
         try:
+            if self.fleet_cap is not None and not await self.fleet_cap.take():
+                self.metrics.skipped.labels("hourly_cap").inc()  # the fleet's hour is spent
+                return
             if job.answered is not None:
                 await asyncio.wait([job.answered])
             if local is None:

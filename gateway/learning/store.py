@@ -42,6 +42,10 @@ def key_of(rec: Record) -> str:
 
 
 class LabelStore:
+    # Labels stored fleet-wide since the last retrain, where a shared store counts them
+    # (state/labels.py); None here: each process counts its own.
+    since: int | None = None
+
     def __init__(
         self,
         path: Path,
@@ -97,7 +101,7 @@ class LabelStore:
         if self.keep_prompts and not private and prompt is not None:
             body["prompt"] = prompt
         tag = tenant if tenant is not None else NO_KEY
-        dropped = await self.log.append(source, [body], tag=tag, tag_cap=self.per_key)
+        dropped = await self._append(source, body, tag)
         log.info(
             "label stored",
             extra={"source": source, "label": label, "route": route, "request_id": request_id},
@@ -106,6 +110,10 @@ class LabelStore:
             log.info("label store full: oldest labels dropped", extra={"dropped": dropped})
         if self._on_added is not None:
             self._on_added(source, dropped)
+
+    async def _append(self, source: Source, body: dict[str, Any], tag: str) -> int:
+        """Write one row; the rows the caps dropped."""
+        return await self.log.append(source, [body], tag=tag, tag_cap=self.per_key)
 
     async def counts_by_key(self) -> dict[str, int]:
         """Labels held per tenant id (NO_KEY for requests without a key)."""

@@ -5,8 +5,8 @@ In process memory: bounded in entries and bytes, in all and per tenant, each ent
 recently used entries, never another tenant's: one API key filling its share (say with long
 conversations) pushes out nothing of anyone else. Only when the store as a whole is over its
 bound does the least recently used entry overall go. A tenant sees only its own entries:
-another tenant's id is as unknown as a made-up one. Several gateway processes do not share entries
-(a follow-up must reach the process that answered; README says so).
+another tenant's id is as unknown as a made-up one. This is one process's store: replicas share
+stored responses through the state Redis instead (`state.redis_url`, gateway/state/responses.py).
 
 Each entry also keeps its items by id (the response's output items and the input items that
 carry an id), so that an `item_reference` input item finds the item it names without decoding

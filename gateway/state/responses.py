@@ -1,0 +1,263 @@
+"""Stored Responses as the handlers see them: in this process, or in the state Redis.
+
+`Responses` is what http/responses.py awaits. `LocalResponses` is the in-process store
+(responses/store.py) called off the event loop, as before. `RedisResponses` keeps the same
+rules in the state Redis so that any replica continues, reads or deletes a conversation any
+other replica stored: entries expire `responses.store_ttl_s` after they were stored; a tenant
+holds at most `store_max_per_tenant` entries and `store_max_bytes_per_tenant` bytes and pays
+for more from its own least recently used entries, never another tenant's; another tenant's
+id is as unknown as a made-up one. Each operation is one Lua script on the tenant's keys,
+which share the hash tag `{r:<tenant>}` (one slot on a Cluster): the bounds hold atomically
+however many replicas write at once.
+
+Keys of one tenant T (prefix P): `P:{r:T}:resp:<id>` the entry's JSON, `P:{r:T}:items:<id>` a
+hash of its referable items, `P:{r:T}:lru` (zset id -> use sequence), `P:{r:T}:exp` (zset
+id -> expiry, ms), `P:{r:T}:size` (hash id -> bytes), `P:{r:T}:bytes` (their sum),
+`P:{r:T}:idx` (hash item id -> JSON list of ids holding it, latest last), `P:{r:T}:seq`.
+Expired entries are dropped by the next write of the tenant; the entry keys also carry a
+Redis TTL an hour past expiry, so a tenant that never writes again leaves nothing behind.
+
+The store as a whole (`store_max_entries`, `store_max_bytes`) is bounded by the Redis itself
+here: per-tenant bounds are atomic in one slot, a bound over all tenants could not be on a
+Cluster. Size the state Redis for the tenants' bounds (docs say so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Protocol
+
+from ..responses.store import ResponseStore, Stored, _dump
+from ..settings import ResponsesSettings
+from .store import StateStore
+
+
+class Responses(Protocol):
+    async def get(self, tenant: str | None, rid: str) -> Stored | None: ...
+    async def items(self, tenant: str | None, ids: list[str]) -> dict[str, dict[str, Any]]: ...
+    async def put(self, tenant: str | None, rid: str, entry: Stored) -> bool: ...
+    async def delete(self, tenant: str | None, rid: str) -> bool: ...
+
+
+class LocalResponses:
+    """The in-process store; its JSON encoding runs off the event loop (it may be long)."""
+
+    def __init__(self, store: ResponseStore) -> None:
+        self.store = store
+
+    async def get(self, tenant: str | None, rid: str) -> Stored | None:
+        return await asyncio.to_thread(self.store.get, tenant, rid)
+
+    async def items(self, tenant: str | None, ids: list[str]) -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(self.store.items, tenant, ids)
+
+    async def put(self, tenant: str | None, rid: str, entry: Stored) -> bool:
+        return await asyncio.to_thread(self.store.put, tenant, rid, entry)
+
+    async def delete(self, tenant: str | None, rid: str) -> bool:
+        return await asyncio.to_thread(self.store.delete, tenant, rid)
+
+
+# Shared by the scripts: KEYS[1] is the tenant's lru zset (it routes the script to the
+# tenant's slot); ARGV[1] the tenant's key base `P:{r:T}:`, ARGV[2] now in ms.
+_COMMON = """
+local base = ARGV[1]
+local now = tonumber(ARGV[2])
+local function live(rid)
+  local e = redis.call('ZSCORE', base .. 'exp', rid)
+  return e and tonumber(e) >= now
+end
+local function drop(rid)
+  local size = redis.call('HGET', base .. 'size', rid)
+  if not size then return false end
+  local iids = redis.call('HKEYS', base .. 'items:' .. rid)
+  for _, iid in ipairs(iids) do
+    local raw = redis.call('HGET', base .. 'idx', iid)
+    if raw then
+      local holders, kept = cjson.decode(raw), {}
+      for _, h in ipairs(holders) do if h ~= rid then kept[#kept + 1] = h end end
+      if #kept == 0 then redis.call('HDEL', base .. 'idx', iid)
+      else redis.call('HSET', base .. 'idx', iid, cjson.encode(kept)) end
+    end
+  end
+  redis.call('DEL', base .. 'resp:' .. rid, base .. 'items:' .. rid)
+  redis.call('ZREM', base .. 'lru', rid)
+  redis.call('ZREM', base .. 'exp', rid)
+  redis.call('HDEL', base .. 'size', rid)
+  redis.call('DECRBY', base .. 'bytes', size)
+  return true
+end
+local function touch(rid)
+  redis.call('ZADD', base .. 'lru', redis.call('INCR', base .. 'seq'), rid)
+end
+"""
+
+# ARGV[3] id, [4] entry JSON, [5] size, [6] ttl ms, [7] max entries, [8] max bytes, then
+# item id / item JSON pairs. Returns 1.
+_PUT = (
+    _COMMON
+    + """
+local rid, size, ttl = ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6])
+local max_n, max_b = tonumber(ARGV[7]), tonumber(ARGV[8])
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', base .. 'exp', '-inf', '(' .. now)) do
+  drop(old)
+end
+drop(rid)
+local keep = ttl + 3600000
+redis.call('SET', base .. 'resp:' .. rid, ARGV[4], 'PX', keep)
+if #ARGV > 8 then
+  local pairs_ = {}
+  for i = 9, #ARGV, 2 do
+    pairs_[#pairs_ + 1] = ARGV[i]
+    pairs_[#pairs_ + 1] = ARGV[i + 1]
+    local raw = redis.call('HGET', base .. 'idx', ARGV[i])
+    local holders = raw and cjson.decode(raw) or {}
+    holders[#holders + 1] = rid
+    redis.call('HSET', base .. 'idx', ARGV[i], cjson.encode(holders))
+  end
+  redis.call('HSET', base .. 'items:' .. rid, unpack(pairs_))
+  redis.call('PEXPIRE', base .. 'items:' .. rid, keep)
+end
+touch(rid)
+redis.call('ZADD', base .. 'exp', now + ttl, rid)
+redis.call('HSET', base .. 'size', rid, size)
+local total = redis.call('INCRBY', base .. 'bytes', size)
+while redis.call('ZCARD', base .. 'lru') > max_n or total > max_b do
+  local oldest = redis.call('ZRANGE', base .. 'lru', 0, 0)[1]
+  if oldest == nil or oldest == rid then break end
+  if not drop(oldest) then redis.call('ZREM', base .. 'lru', oldest) end
+  total = tonumber(redis.call('GET', base .. 'bytes') or '0')
+end
+return 1
+"""
+)
+
+# ARGV[3] id. Returns {entry JSON, item id, item JSON, ...} or false.
+_GET = (
+    _COMMON
+    + """
+local rid = ARGV[3]
+if not live(rid) then return false end
+local raw = redis.call('GET', base .. 'resp:' .. rid)
+if not raw then return false end
+touch(rid)
+local out = {raw}
+local items = redis.call('HGETALL', base .. 'items:' .. rid)
+for i = 1, #items do out[#out + 1] = items[i] end
+return out
+"""
+)
+
+# ARGV[3..] item ids. Returns {item id, item JSON, ...} for those found.
+_ITEMS = (
+    _COMMON
+    + """
+local out = {}
+for i = 3, #ARGV do
+  local iid = ARGV[i]
+  local raw = redis.call('HGET', base .. 'idx', iid)
+  if raw then
+    local holders = cjson.decode(raw)
+    for j = #holders, 1, -1 do
+      local rid = holders[j]
+      if live(rid) then
+        local item = redis.call('HGET', base .. 'items:' .. rid, iid)
+        if item then
+          touch(rid)
+          out[#out + 1] = iid
+          out[#out + 1] = item
+          break
+        end
+      end
+    end
+  end
+end
+return out
+"""
+)
+
+_DELETE = (
+    _COMMON
+    + """
+local rid = ARGV[3]
+if not live(rid) then drop(rid); return 0 end
+drop(rid)
+return 1
+"""
+)
+
+
+class RedisResponses:
+    """Stored Responses in the state Redis (see the module's docstring)."""
+
+    def __init__(self, state: StateStore, settings: ResponsesSettings) -> None:
+        self.state = state
+        self.ttl_ms = settings.store_ttl_s * 1000
+        self.max_per_tenant = settings.store_max_per_tenant
+        self.max_bytes_per_tenant = settings.store_max_bytes_per_tenant
+        self._put = state.script("responses.put", _PUT)
+        self._get = state.script("responses.get", _GET)
+        self._items = state.script("responses.items", _ITEMS)
+        self._delete = state.script("responses.delete", _DELETE)
+
+    def _args(self, tenant: str | None) -> tuple[list[str], list[Any]]:
+        base = self.state.responses_key(tenant, "")
+        return [base + "lru"], [base, int(time.time() * 1000)]
+
+    async def get(self, tenant: str | None, rid: str) -> Stored | None:
+        keys, args = self._args(tenant)
+        got = await self.state.run(
+            "get a stored response", lambda: self._get(keys=keys, args=[*args, rid])
+        )
+        if not got:
+            return None
+        obj = json.loads(got[0])
+        pairs = got[1:]
+        items = {pairs[i].decode(): json.loads(pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)}
+        return Stored(obj["response"], obj["history"], items)
+
+    async def items(self, tenant: str | None, ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        keys, args = self._args(tenant)
+        got = await self.state.run(
+            "find referenced items", lambda: self._items(keys=keys, args=[*args, *ids])
+        )
+        return {got[i].decode(): json.loads(got[i + 1]) for i in range(0, len(got) - 1, 2)}
+
+    async def put(self, tenant: str | None, rid: str, entry: Stored) -> bool:
+        """False (nothing kept, nothing dropped) when the entry alone is larger than one
+        tenant may hold, as in the in-process store."""
+        raw, items, size = await asyncio.to_thread(_encode, entry)
+        if size > self.max_bytes_per_tenant:
+            return False
+        keys, args = self._args(tenant)
+        flat: list[Any] = [
+            *args,
+            rid,
+            raw,
+            size,
+            self.ttl_ms,
+            self.max_per_tenant,
+            self.max_bytes_per_tenant,
+        ]
+        for iid, b in items.items():
+            flat += [iid, b]
+        await self.state.run("store a response", lambda: self._put(keys=keys, args=flat))
+        return True
+
+    async def delete(self, tenant: str | None, rid: str) -> bool:
+        keys, args = self._args(tenant)
+        n = await self.state.run(
+            "delete a stored response", lambda: self._delete(keys=keys, args=[*args, rid])
+        )
+        return bool(n)
+
+
+def _encode(entry: Stored) -> tuple[bytes, dict[str, bytes], int]:
+    """The entry as the in-process store sizes it: JSON bytes, items counted with their ids."""
+    raw = _dump({"response": entry.response, "history": entry.history})
+    items = {iid: _dump(item) for iid, item in entry.items.items()}
+    return raw, items, len(raw) + sum(len(iid) + len(b) for iid, b in items.items())

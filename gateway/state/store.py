@@ -1,0 +1,95 @@
+"""The state Redis: one client, its key layout and the error an outage becomes.
+
+Every key starts with `state.key_prefix`, then a Redis Cluster hash tag that names what one
+operation touches, so that the keys of one script or transaction always share a hash slot:
+- `{r:<tenant>}`: one tenant's stored responses (state/responses.py);
+- `{f:<tenant>}`: one tenant's issued request ids, feedback claims and feedback counts;
+- `{fleet}`: what the whole fleet shares: the shadow cap, the labels, the trainer lease and
+  the published weights.
+A tenant is the 12-hex digest of its API key (http/auth.tenant_id) or `-` without one.
+
+An operation that needs the state Redis and cannot reach it raises `StateUnavailable`: a 503
+`state_store_unavailable`, never an answer that quietly forgot something.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ..errors import GatewayError
+from ..settings import StateSettings
+from .redis import connect
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StateUnavailable(GatewayError):
+    """The state Redis did not answer: the operation was not done (nor half done)."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "state_store_unavailable"
+
+
+def tenant_tag(tenant: str | None) -> str:
+    return tenant or "-"
+
+
+class StateStore:
+    """The shared state Redis of a fleet (`state.redis_url`)."""
+
+    def __init__(self, settings: StateSettings, *, client: Any = None) -> None:
+        assert settings.redis_url, "StateStore needs state.redis_url"
+        self.settings = settings
+        self.prefix = settings.key_prefix
+        self.client = client or connect(
+            settings.redis_url, timeout_s=settings.timeout_ms / 1000, decode_responses=False
+        )
+        self._scripts: dict[str, Any] = {}
+
+    def key(self, tag: str, *parts: str) -> str:
+        """`<prefix>:{<tag>}:<parts...>`: every key of one operation gets the same tag."""
+        return ":".join((self.prefix, "{" + tag + "}", *parts))
+
+    def responses_key(self, tenant: str | None, *parts: str) -> str:
+        return self.key(f"r:{tenant_tag(tenant)}", *parts)
+
+    def feedback_key(self, tenant: str | None, *parts: str) -> str:
+        return self.key(f"f:{tenant_tag(tenant)}", *parts)
+
+    def fleet_key(self, *parts: str) -> str:
+        return self.key("fleet", *parts)
+
+    def script(self, name: str, source: str) -> Any:
+        s = self._scripts.get(name)
+        if s is None:
+            s = self._scripts[name] = self.client.register_script(source)
+        return s
+
+    async def run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """`op()` against the state Redis; an outage becomes StateUnavailable (logged)."""
+        from redis.exceptions import RedisError
+
+        try:
+            return await op()
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.error(
+                "state redis unavailable",
+                extra={"operation": what, "error": type(exc).__name__},
+            )
+            raise StateUnavailable(
+                f"The gateway's shared state store did not answer ({what}); try again.",
+            ) from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
