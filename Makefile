@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: setup run test test-fast lint bench bench-deps llama-server system-deps js-deps clean
+.PHONY: setup run test test-fast lint bench bench-short bench-deps llama-server system-deps js-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -86,27 +86,40 @@ bench-deps: setup system-deps
 		$(PY) -m pip install -q 'llama-cpp-python[server]'
 	$(MAKE) llama-server
 
-# llama.cpp's own server, built from the llama.cpp source vendored in the llama-cpp-python
-# sdist the venv has installed (same llama.cpp commit as the gateway). Never committed.
+# llama.cpp's own server and its llama-bench (the raw prompt-processing rate the servers are
+# read against), built from the llama.cpp source vendored in the llama-cpp-python sdist the
+# venv has installed (same llama.cpp commit as the gateway). Never committed.
 BENCH_DIR := .bench
 LLAMA_SERVER := $(BENCH_DIR)/llama-server
+LLAMA_BENCH := $(BENCH_DIR)/llama-bench
 llama-server: setup
-	@test -x $(LLAMA_SERVER) || { set -e; \
+	@test -x $(LLAMA_SERVER) -a -x $(LLAMA_BENCH) || { set -e; \
 		v=$$($(PY) -c 'import llama_cpp; print(llama_cpp.__version__)'); \
 		mkdir -p $(BENCH_DIR)/src; \
 		test -f $(BENCH_DIR)/src/llama_cpp_python-$$v.tar.gz || \
 			$(PY) -m pip download -q --no-binary :all: --no-deps "llama-cpp-python==$$v" \
 				-d $(BENCH_DIR)/src; \
-		tar -xzf $(BENCH_DIR)/src/llama_cpp_python-$$v.tar.gz -C $(BENCH_DIR)/src; \
+		test -d $(BENCH_DIR)/src/llama_cpp_python-$$v || \
+			tar -xzf $(BENCH_DIR)/src/llama_cpp_python-$$v.tar.gz -C $(BENCH_DIR)/src; \
 		cd $(BENCH_DIR)/src/llama_cpp_python-$$v/vendor/llama.cpp && \
 		cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
 			-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF \
 			>/dev/null && \
-		cmake --build build --target llama-server -j2 && \
-		cp build/bin/llama-server $(CURDIR)/$(LLAMA_SERVER); }
+		cmake --build build --target llama-server llama-bench -j2 && \
+		cp build/bin/llama-server $(CURDIR)/$(LLAMA_SERVER) && \
+		cp build/bin/llama-bench $(CURDIR)/$(LLAMA_BENCH); }
 
+# `make bench BENCH_SHORT=1`: every step briefly, to check the benches run end to end
+# (bench/results/short.md; docs/BENCHMARKS.md is left alone).
 bench: bench-deps
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all $(if $(BENCH_SHORT),--short)
+
+# What CI runs: the short mode with only wrk beside the venv (peers that are not installed,
+# the LiteLLM proxy and llama-server, are left out of their tables).
+bench-short: setup system-deps
+	command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(PY) -m bench.run_all --short
 
 clean:
 	rm -rf $(VENV) .venv-litellm .pytest_cache .mypy_cache .ruff_cache *.egg-info $(JS_DIR)/node_modules

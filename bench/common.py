@@ -125,7 +125,9 @@ def wrk(
         timeout=seconds + 60,
     ).stdout
     os.unlink(fh.name)
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)[ \t]*$", out, re.M))
+    if len(pct) < 2:
+        raise RuntimeError(f"wrk gave no latency distribution for {url}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

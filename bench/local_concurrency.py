@@ -174,12 +174,17 @@ def _servers(
 
 
 def concurrency(
-    rounds: int, max_tokens: int, n_ctx: int, threads: int, parallel: int
+    rounds: int,
+    max_tokens: int,
+    n_ctx: int,
+    threads: int,
+    parallel: int,
+    levels: tuple[int, ...] = LEVELS,
 ) -> dict[str, Any]:
     """One server at a time (an idle llama.cpp thread pool still polls for a while, which
     would steal the two cores from the server being measured); rounds alternate servers."""
     servers = _servers(n_ctx, threads, parallel)
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {n: {k: [] for k in LEVELS} for n in servers}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {n: {k: [] for k in levels} for n in servers}
     for r in range(rounds):
         for name, (cmd, env, health) in servers.items():
             port = free_port()
@@ -187,7 +192,7 @@ def concurrency(
             with Proc([a.replace("{port}", str(port)) for a in cmd], env=env) as proc:
                 proc.wait_http(url + health, timeout=180)
                 asyncio.run(level(url, 2, 16))  # warm-up
-                for streams in LEVELS:
+                for streams in levels:
                     row = asyncio.run(level(url, streams, max_tokens))
                     runs[name][streams].append(row)
                     print(
@@ -320,8 +325,7 @@ def render(res: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name in names:
-        for k in LEVELS:
-            r = table[name][str(k)] if str(k) in table[name] else table[name][k]
+        for k, r in sorted(_by(table[name]).items()):
             lines.append(
                 f"| {name} | {k} | {r['tokens_per_s']:.1f} | {r['ttft_p50_ms']:.0f} | "
                 f"{r['ttft_p99_ms']:.0f} |"
@@ -393,7 +397,11 @@ def measure(
     threads: int = 2,
     parallel: int = 8,
     turn_runs: int = 5,
+    *,
+    short: bool = False,
 ) -> dict[str, Any]:
+    """`short`: two stream counts and one gateway size, to check the bench runs end to end."""
+    levels, sizes = ((1, parallel), (parallel,)) if short else (LEVELS, (1, 4, 8))
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
@@ -405,8 +413,8 @@ def measure(
             "parallel": parallel,
             "turn_runs": turn_runs,
         },
-        "concurrency": concurrency(rounds, max_tokens, n_ctx, threads, parallel),
-        "memory": memory(),
+        "concurrency": concurrency(rounds, max_tokens, n_ctx, threads, parallel, levels),
+        "memory": memory(sizes),
         "second_turn": second_turn(turn_runs),
     }
 

@@ -1,6 +1,8 @@
 """Every benchmark, each with its peers in the same run; writes docs/BENCHMARKS.md.
 
     make bench            # or: .venv/bin/python -m bench.run_all [--seconds 10] [--runs 7]
+    make bench BENCH_SHORT=1   # or: ... -m bench.run_all --short: every step, briefly, to check
+                               # the benches run end to end (figures not fit to quote)
 
 Needs wrk and redis-server (Debian packages), the LiteLLM proxy in .venv-litellm
 (`make bench` installs it) and llama-cpp-python's server extras.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import shutil
@@ -28,6 +31,8 @@ QUESTION = {
     "model": "up",
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
 }
+# The cache's default mode stores only deterministic answers (`temperature: 0`).
+CACHED_QUESTION = {**QUESTION, "temperature": 0}
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
 
 
@@ -48,7 +53,17 @@ def _gateway(port: int, extra_env: dict[str, str], upstream: int) -> Proc:
     return Proc([PY, "-m", "gateway", "serve", "--port", str(port)], env=env)
 
 
-def proxy_overhead(seconds: int, results: dict[str, Any]) -> None:
+def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        r.read()
+
+
+def proxy_overhead(seconds: int, results: dict[str, Any], *, litellm: bool = True) -> None:
     up, gw_port, ll_port = free_port(), free_port(), free_port()
     cfg = ROOT / "bench" / ".litellm.yaml"
     cfg.write_text(
@@ -56,9 +71,7 @@ def proxy_overhead(seconds: int, results: dict[str, Any]) -> None:
         f"      api_base: http://127.0.0.1:{up}/v1\n      api_key: sk-bench\n"
     )
     master = "sk-bench-master-key-0123456789abcdef"
-    with (
-        Proc([PY, "-m", "bench.upstream", "--port", str(up)]) as upstream,
-        _gateway(gw_port, {}, up) as gateway,
+    peer = (
         Proc(
             [
                 str(LITELLM),
@@ -76,23 +89,33 @@ def proxy_overhead(seconds: int, results: dict[str, Any]) -> None:
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                 "LITELLM_LOG": "ERROR",
             },
-        ) as litellm,
+        )
+        if litellm
+        else contextlib.nullcontext()
+    )
+    with (
+        Proc([PY, "-m", "bench.upstream", "--port", str(up)]) as upstream,
+        _gateway(gw_port, {}, up) as gateway,
+        peer as proxy,
     ):
         upstream.wait_http(f"http://127.0.0.1:{up}/v1/models")
         gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
-        litellm.wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
         results["memory"]["gateway (model loaded, idle)"] = gateway.rss_mb()
-        results["memory"]["LiteLLM proxy (idle)"] = litellm.rss_mb()
         targets = {
             "upstream direct": (f"http://127.0.0.1:{up}/v1/chat/completions", {}),
             "edge-gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", NO_CACHE),
-            "LiteLLM proxy": (
+        }
+        if proxy is not None:
+            proxy.wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
+            results["memory"]["LiteLLM proxy (idle)"] = proxy.rss_mb()
+            targets["LiteLLM proxy"] = (
                 f"http://127.0.0.1:{ll_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {master}"},
-            ),
-        }
-        for url, headers in targets.values():  # warm-up
-            wrk(url, QUESTION, connections=1, seconds=2, headers=headers)
+            )
+        for url, headers in targets.values():  # warm-up: a first request may take seconds
+            _post(url, QUESTION, headers)
+            with contextlib.suppress(RuntimeError):
+                wrk(url, QUESTION, connections=1, seconds=2, headers=headers)
         rows: dict[str, dict[int, WrkResult]] = {n: {} for n in targets}
         for conns in (1, 32):
             for name, (url, headers) in targets.items():
@@ -100,7 +123,8 @@ def proxy_overhead(seconds: int, results: dict[str, Any]) -> None:
                     url, QUESTION, connections=conns, seconds=seconds, headers=headers
                 )
         results["memory"]["gateway (after cloud load)"] = gateway.rss_mb()
-        results["memory"]["LiteLLM proxy (after load)"] = litellm.rss_mb()
+        if proxy is not None:
+            results["memory"]["LiteLLM proxy (after load)"] = proxy.rss_mb()
     cfg.unlink()
     results["proxy"] = {n: {c: vars(r) for c, r in by.items()} for n, by in rows.items()}
 
@@ -121,14 +145,17 @@ def cache_hits(seconds: int, results: dict[str, Any]) -> None:
         gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
         url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         req = urllib.request.Request(
-            url, data=json.dumps(QUESTION).encode(), headers={"Content-Type": "application/json"}
+            url,
+            data=json.dumps(CACHED_QUESTION).encode(),
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req) as r:  # prime the entry
-            assert r.headers["x-gateway-cache"] == "miss"
+            state = r.headers["x-gateway-cache"]
+            assert state == "miss", f"the priming request was a cache {state}, not a miss"
         time.sleep(0.2)
         with urllib.request.urlopen(req) as r:
             assert r.headers["x-gateway-route"] == "cache", "priming did not store"
-        rows = {c: wrk(url, QUESTION, connections=c, seconds=seconds) for c in (1, 32)}
+        rows = {c: wrk(url, CACHED_QUESTION, connections=c, seconds=seconds) for c in (1, 32)}
         with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/metrics") as r:
             metrics = r.read().decode()
         hits = next(
@@ -242,8 +269,13 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         "Every table was measured in one run with its peers side by side, on a shared, noisy "
         "2-core machine: read the ratios, not the absolute numbers.",
         "",
-        f"Reproduce: `make bench` (= `.venv/bin/python -m bench.run_all --seconds {args.seconds}"
-        f" --runs {args.runs}`). Raw numbers: `bench/results/latest.json`.",
+        (
+            "Short mode (`make bench BENCH_SHORT=1`, `--short`): a check that every step runs,"
+            " not figures to quote. Raw numbers: `bench/results/short.json`."
+            if args.short
+            else f"Reproduce: `make bench` (= `.venv/bin/python -m bench.run_all --seconds "
+            f"{args.seconds} --runs {args.runs}`). Raw numbers: `bench/results/latest.json`."
+        ),
         "",
         "## 1. Proxy overhead on the cloud path",
         "",
@@ -262,14 +294,19 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"| {name} | {conns} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                 f"{r['rps']:.0f} | {r['errors']} |"
             )
-    up1, gw1, ll1 = (proxy[n][1] for n in ("upstream direct", "edge-gateway", "LiteLLM proxy"))
-    gw32, ll32 = proxy["edge-gateway"][32], proxy["LiteLLM proxy"][32]
+    up1, gw1 = proxy["upstream direct"][1], proxy["edge-gateway"][1]
+    ll = proxy.get("LiteLLM proxy")
     lines += [
         "",
         f"- Overhead added at p50, 1 connection: edge-gateway **{gw1['p50_ms'] - up1['p50_ms']:.2f}"
-        f" ms**, LiteLLM proxy {ll1['p50_ms'] - up1['p50_ms']:.2f} ms.",
-        f"- Throughput at 32 connections: edge-gateway / LiteLLM proxy = "
-        f"**{gw32['rps'] / ll32['rps']:.1f}x**.",
+        " ms**" + (f", LiteLLM proxy {ll[1]['p50_ms'] - up1['p50_ms']:.2f} ms." if ll else "."),
+    ]
+    if ll:
+        lines.append(
+            "- Throughput at 32 connections: edge-gateway / LiteLLM proxy = "
+            f"**{proxy['edge-gateway'][32]['rps'] / ll[32]['rps']:.1f}x**."
+        )
+    lines += [
         "",
         "## 2. Cache hits with a real Redis",
         "",
@@ -341,13 +378,26 @@ def main() -> None:
     ap.add_argument(
         "--only", choices=["proxy", "cache", "local", "classifier", "memory", "concurrency"]
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap.add_argument(
+        "--short",
+        action="store_true",
+        help="every step briefly (2 s wrk runs, one round, 16 tokens, the LiteLLM proxy only if"
+        " installed) to show the benches run end to end; writes bench/results/short.md, never"
+        " docs/BENCHMARKS.md",
+    )
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.short:
+        args.seconds, args.runs, args.max_tokens = 2, 1, 16
+    out_md: Path = args.out or (
+        ROOT / "bench" / "results" / "short.md" if args.short else ROOT / "docs" / "BENCHMARKS.md"
+    )
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
         "versions": _versions(),
         "memory": {},
+        "short": args.short,
     }
     if LITELLM.exists():
         ver = Path(LITELLM).parent / "python"
@@ -358,14 +408,19 @@ def main() -> None:
             capture_output=True,
             text=True,
         ).stdout.strip()
+    elif not args.short:
+        raise SystemExit(f"{LITELLM} is missing: `make bench-deps` installs the LiteLLM proxy")
     steps = {
         "memory": lambda: idle_memory(results),
-        "proxy": lambda: proxy_overhead(args.seconds, results),
+        "proxy": lambda: proxy_overhead(args.seconds, results, litellm=LITELLM.exists()),
         "cache": lambda: cache_hits(args.seconds, results),
         "local": lambda: local_path(args.runs, args.max_tokens, results),
         "classifier": lambda: results.__setitem__("classifier", classifier_latency.measure()),
         "concurrency": lambda: results.__setitem__(
-            "concurrency", local_concurrency.measure(rounds=3, max_tokens=args.max_tokens)
+            "concurrency",
+            local_concurrency.measure(rounds=1, max_tokens=args.max_tokens, turn_runs=1, short=True)
+            if args.short
+            else local_concurrency.measure(rounds=3, max_tokens=args.max_tokens),
         ),
     }
     for name, step in steps.items():
@@ -374,17 +429,19 @@ def main() -> None:
             step()
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    (out_dir / ("short.json" if args.short else "latest.json")).write_text(
+        json.dumps(results, indent=2, default=str)
+    )
     if args.only is None:
         # Sections 7 onward come from their own benches (overhead_ab, model_memory, embeddings),
         # each with its command: kept as they are, not dropped by this rewrite.
         kept = ""
-        if args.out.exists():
-            old = args.out.read_text()
+        if out_md.exists():
+            old = out_md.read_text()
             at = old.find("\n## 7.")
             kept = old[at:] if at >= 0 else ""
-        args.out.write_text(render(results, args).rstrip() + "\n" + kept)
-        print(f"wrote {args.out}", file=sys.stderr)
+        out_md.write_text(render(results, args).rstrip() + "\n" + kept)
+        print(f"wrote {out_md}", file=sys.stderr)
     print(json.dumps(results, indent=2, default=str))
 
 

@@ -1,7 +1,9 @@
 """Continuous batching: one thread owns the llama.cpp context and decodes every slot at once.
 
 Each step the engine admits waiting jobs into free slots (reusing the KV of the free slot whose
-tokens share the longest prefix with the new prompt), prefills at most `prefill_chunk` prompt
+tokens share the longest prefix with the new prompt, or copying a longer one from a busy slot:
+a client that stops reading an answer and sends its next turn at once finds its history in
+the slot still generating the answer it did not read), prefills at most `prefill_chunk` prompt
 tokens (shortest remaining prompt first, so a long prompt never stalls the streams already
 running), adds one token for every decoding slot, and runs the whole batch in ONE
 `llama_decode`. Then it samples per slot, hands text to each job (one thread-safe wake-up of
@@ -11,23 +13,28 @@ abandoned slots at once. With nothing to do it sleeps on a condition variable.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
 from collections import deque
 
-import numpy as np
-
 from ..errors import GatewayError, InternalError, NotReady
+from .batch import Batch
 from .constraint import ConstraintError
+from .handover import hand_over, pair_logprobs
 from .model import Model
 from .sampling import Sampler, TextStream, TokenLogprob, log_softmax_top, token_text
-from .slots import DECODE, FREE, PREFILL, Event, Job, Observer, Post, Slot, common_prefix
+from .slots import DECODE, FREE, PREFILL, Event, Job, Observer, Post, Slot, choose_busy, choose_free
 
 __all__ = ["Engine", "Event", "Job", "Observer"]
 
 log = logging.getLogger(__name__)
+
+# A busy slot's prefix is copied when it beats the best free slot's by this many tokens:
+# a copy moves the sequence's whole KV stream (2,048 cells, 45 MiB for the embedded model), a
+# memory copy far cheaper than prefilling hundreds of tokens but not free, so a short
+# difference is prefilled instead. Not tuned: the copy's cost alone was not measured yet.
+_COPY_MIN_TOKENS = 64
 
 
 class Engine:
@@ -54,6 +61,8 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.flush_s = flush_s
         self.prefix_reuse = prefix_reuse
+        self.kv_unified = kv_unified
+        self.prefix_copies = 0  # prompts that started from a busy slot's copied prefix
         self._post = post
         self._observer = observer
         p = lib.llama_context_default_params()
@@ -76,18 +85,7 @@ class Engine:
         # Every slot gets its own share; llama.cpp may round the total up.
         self.n_ctx_slot = min(total // parallel, int(lib.llama_n_ctx_seq(self.ctx)))
         self.kv_bytes = model.kv_bytes_per_token() * total
-        cap = int(p.n_batch)
-        self._cap = cap
-        self._batch = lib.llama_batch_init(cap, 0, parallel)
-        b = self._batch
-        self._tok = np.ctypeslib.as_array(b.token, shape=(cap,))
-        self._pos = np.ctypeslib.as_array(b.pos, shape=(cap,))
-        self._out = np.ctypeslib.as_array(
-            ctypes.cast(b.logits, ctypes.POINTER(ctypes.c_int8)), (cap,)
-        )
-        self._nseq = np.ctypeslib.as_array(b.n_seq_id, shape=(cap,))
-        self._nseq[:] = 1
-        self._seq_ptr = b.seq_id
+        self._batch = Batch(lib, int(p.n_batch), parallel)
         self.slots = [Slot(i) for i in range(parallel)]
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -141,9 +139,7 @@ class Engine:
             if slot.sampler is not None:
                 slot.sampler.close()
                 slot.sampler = None
-        if self._batch is not None:
-            self.lib.llama_batch_free(self._batch)
-            self._batch = None
+        self._batch.free()
         if self.ctx:
             self.lib.llama_free(self.ctx)
             self.ctx = None
@@ -184,15 +180,11 @@ class Engine:
         if job.cancelled:
             return
         prompt = job.prompt
-        free = [s for s in self.slots if s.job is None]
-        best, shared = free[0], -1
-        for s in free:  # in sequence order
-            n = common_prefix(s.cache, prompt) if s.cache and self.prefix_reuse else 0
-            # Longest shared prefix first; among equals the lowest sequence id, which keeps the
-            # busy sequences contiguous: llama.cpp splits a batch into one pass per run of
-            # consecutive sequence ids when each sequence has its own KV stream.
-            if n > shared:
-                best, shared = s, n
+        best, shared = choose_free(self.slots, prompt, self.prefix_reuse)
+        if self.prefix_reuse:
+            src, longer = choose_busy(self.slots, prompt)
+            if src is not None and longer - shared >= _COPY_MIN_TOKENS:
+                shared = self._copy_prefix(src, best, min(longer, len(prompt) - 1))
         # At least the last prompt token is decoded again: its logits start the answer.
         shared = min(shared, len(prompt) - 1)
         if shared < len(best.cache):
@@ -215,6 +207,26 @@ class Engine:
         job._events.append(("start",))
         self._dirty.append(job)
 
+    def _copy_prefix(self, src: Slot, dst: Slot, n: int) -> int:
+        """Give `dst` the K/V of `src`'s first `n` tokens; returns the tokens `dst` now holds.
+
+        One KV buffer per sequence (the default) copies the whole stream (llama.cpp copies
+        only full streams across them) on the next decode, then trims; a unified buffer
+        shares the cells instead."""
+        lib, mem = self.lib, self.mem
+        lib.llama_memory_seq_rm(mem, dst.seq, -1, -1)
+        if self.kv_unified:
+            lib.llama_memory_seq_cp(mem, src.seq, dst.seq, 0, n)
+        else:
+            lib.llama_memory_seq_cp(mem, src.seq, dst.seq, -1, -1)
+            if not lib.llama_memory_seq_rm(mem, dst.seq, n, -1):
+                lib.llama_memory_seq_rm(mem, dst.seq, -1, -1)
+                dst.cache = []
+                return 0
+        dst.cache = src.cache[:n]
+        self.prefix_copies += 1
+        return n
+
     def _drop_cancelled(self) -> None:
         for s in self.slots:
             if s.job is not None and s.job.cancelled:
@@ -235,23 +247,18 @@ class Engine:
         self.busy -= 1
 
     def _step(self) -> None:
-        tok, pos, out, seq_ptr = self._tok, self._pos, self._out, self._seq_ptr
-        n = 0
+        batch = self._batch
+        batch.clear()
         outputs: list[tuple[Slot, int]] = []
         decoding: list[Slot] = []
         prefilling: list[Slot] = []
         for s in self.slots:
             if s.state == DECODE:
-                tok[n] = s.last_token
-                pos[n] = len(s.cache)
-                out[n] = 1
-                seq_ptr[n][0] = s.seq
-                outputs.append((s, n))
+                outputs.append((s, batch.add(s.last_token, len(s.cache), s.seq)))
                 decoding.append(s)
-                n += 1
             elif s.state == PREFILL:
                 prefilling.append(s)
-        n_decode = n
+        n_decode = batch.n
         budget = self.prefill_chunk
         if prefilling:
             prefilling.sort(key=lambda s: len(s.job.prompt) - s.prompt_pos)  # type: ignore[union-attr]
@@ -262,22 +269,16 @@ class Engine:
             prompt = s.job.prompt  # type: ignore[union-attr]
             start = s.prompt_pos
             take = min(budget, len(prompt) - start)
-            end = n + take
-            tok[n:end] = prompt[start : start + take]
-            p0 = len(s.cache)
-            pos[n:end] = np.arange(p0, p0 + take, dtype=np.int32)
-            out[n:end] = 0
-            seq = s.seq
-            for i in range(n, end):
-                seq_ptr[i][0] = seq
-            if start + take == len(prompt):
-                out[end - 1] = 1
-                outputs.append((s, end - 1))
+            whole = start + take == len(prompt)
+            last = batch.add_run(
+                prompt[start : start + take], len(s.cache), s.seq, last_logits=whole
+            )
+            if whole:
+                outputs.append((s, last))
             s.chunk = take
-            n = end
             budget -= take
-        self._batch.n_tokens = n
-        rc = self.lib.llama_decode(self.ctx, self._batch)
+        n = batch.n
+        rc = batch.decode(self.ctx)
         self.steps += 1
         if rc != 0:
             log.error("llama_decode failed", extra={"code": rc, "batch": n})
@@ -336,7 +337,7 @@ class Engine:
                 )
             )
             if emitted or text.stopped:
-                self._emit_lp(slot, emitted)
+                pair_logprobs(slot, emitted)
         elif emitted:
             job._items.append(emitted)
         if text.stopped or slot.sampler.complete:
@@ -353,28 +354,13 @@ class Engine:
             if job._items and (not job._text_sent or now - job._last_flush >= self.flush_s):
                 self._dirty.append(job)
 
-    def _emit_lp(self, slot: Slot, emitted: str, *, final: bool = False) -> None:
-        """Pair emitted text with the logprobs of the tokens it completes."""
-        assert slot.job is not None and slot.text is not None
-        upto = slot.text.emitted
-        ready: list[TokenLogprob] = []
-        keep: list[TokenLogprob] = []
-        for e in slot.pending_lp:
-            if final or e.end <= upto or (slot.text.stopped and e.start < upto):
-                ready.append(e)
-            elif not slot.text.stopped:
-                keep.append(e)
-        slot.pending_lp = keep
-        if emitted or ready:
-            slot.job._items.append((emitted, ready))
-
     def _finish(self, slot: Slot, reason: str) -> None:
         job = slot.job
         assert job is not None and slot.text is not None
         if not slot.text.stopped:
             rest = slot.text.flush()
             if job.params.logprobs is not None:
-                self._emit_lp(slot, rest, final=True)
+                pair_logprobs(slot, rest, final=True)
             elif rest:
                 job._items.append(rest)
         job.finish = reason
@@ -407,31 +393,6 @@ class Engine:
                 self._reset(s, error)
 
     def _flush(self, *, jobs: list[Job] | None = None) -> None:
-        """Hand pending events to the event loop: one wake-up for every job that is due."""
-        dirty = self._dirty
         if jobs:
-            dirty.extend(jobs)
-        if not dirty:
-            return
-        batch: list[tuple[Job, list[Event]]] = []
-        seen: set[int] = set()
-        now = time.monotonic()
-        for job in dirty:
-            if id(job) in seen:
-                continue
-            seen.add(id(job))
-            events = [e for e in job._events if e[0] == "start"]
-            if job._items:
-                events.append(("text", job._items))
-                job._items = []
-                job._text_sent = True
-            events += [e for e in job._events if e[0] != "start"]
-            if job.finish is not None and job.finish != "error":
-                events.append(("done", job.finish))
-            job._events = []
-            job._last_flush = now
-            if events and not job.cancelled:
-                batch.append((job, events))
-        dirty.clear()
-        if batch:
-            self._post(batch)
+            self._dirty.extend(jobs)
+        hand_over(self._dirty, self._post)

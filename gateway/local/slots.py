@@ -1,4 +1,5 @@
-"""What the engine schedules: jobs (one request's sequence), slots (a KV sequence each)."""
+"""What the engine schedules: jobs (one request's sequence), slots (a KV sequence each), and
+which slot a new prompt goes to."""
 
 from __future__ import annotations
 
@@ -92,3 +93,33 @@ def common_prefix(a: list[int], b: list[int]) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def choose_free(slots: list[Slot], prompt: list[int], reuse: bool) -> tuple[Slot, int]:
+    """The free slot sharing the longest prefix with `prompt`, and that prefix's length."""
+    best, shared = None, -1
+    for s in slots:  # in sequence order
+        if s.job is not None:
+            continue
+        n = common_prefix(s.cache, prompt) if s.cache and reuse else 0
+        # Longest shared prefix first; among equals the lowest sequence id, which keeps the
+        # busy sequences contiguous: llama.cpp splits a batch into one pass per run of
+        # consecutive sequence ids when each sequence has its own KV stream.
+        if n > shared:
+            best, shared = s, n
+    assert best is not None, "admitted with no free slot"
+    return best, shared
+
+
+def choose_busy(slots: list[Slot], prompt: list[int]) -> tuple[Slot | None, int]:
+    """The busy slot whose computed KV shares the longest prefix with `prompt`.
+
+    A client that stops reading an answer and sends its next turn at once finds its history in
+    the slot still generating that answer."""
+    best, shared = None, 0
+    for s in slots:
+        if s.job is not None and s.cache:
+            n = common_prefix(s.cache, prompt)
+            if n > shared:
+                best, shared = s, n
+    return best, shared
