@@ -325,7 +325,7 @@ def weights_doc(seed: int) -> bytes:
     """A valid weights file, as train-router writes it (different per seed)."""
     code = (
         "import sys, json\n"
-        "from gateway.routing.train import Example, train, dumps\n"
+        "from gateway.routing.training import Example, train, dumps\n"
         "from pathlib import Path\n"
         f"seed = {seed}\n"
         "ex = [Example(f'tax question {i} {seed}', 1.0, 1.0) for i in range(8)]\n"
