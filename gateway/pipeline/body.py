@@ -127,7 +127,7 @@ def validated(model: type[M], body: dict[str, Any]) -> M:
         raise validation_error(exc) from None
 
 
-def check_limits(req: ChatRequest | CompletionRequest, server: ServerSettings) -> None:
+def check_bounds(req: ChatRequest | CompletionRequest, server: ServerSettings) -> None:
     """Bounds on what one request may ask for, beyond what the schema says."""
     if (req.n or 1) > server.max_n:
         raise InvalidRequest(f"n must be at most {server.max_n}.", param="n", code="invalid_value")
@@ -163,5 +163,5 @@ def parse_request(
     """Validate a request body within the server's bounds (400 naming the bound past them)."""
     CHAT_SHAPE.check(body, server)
     req = validated(model, body)
-    check_limits(req, server)
+    check_bounds(req, server)
     return req
