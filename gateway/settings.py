@@ -761,8 +761,7 @@ class LocalEmbeddingSettings(_Section):
 
 
 class StateSettings(_Section):
-    """State that outlives a request: where this process keeps it (`dir`) and the Redis replicas
-    share (stored responses, feedback, labels, learning)."""
+    """State that outlives a request: this process's directory, and the Redis replicas share."""
 
     dir: Path = Field(
         Path("data"),
