@@ -352,7 +352,7 @@ def _redis_url(v: str | None) -> str | None:
     """Empty is none; a URL of a shape the client factory cannot open stops start-up."""
     if v is None or not v.strip():
         return None
-    from .state.redis import parse
+    from .redis_client import parse
 
     parse(v.strip())
     return v.strip()

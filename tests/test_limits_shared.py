@@ -27,9 +27,9 @@ import pytest
 from gateway.costs import Prices
 from gateway.http.auth import tenant_id
 from gateway.limits import Limiter, MemoryCounters, estimate_prompt_tokens
+from gateway.redis_client import connect, parse, redacted
 from gateway.schemas import ChatRequest
 from gateway.settings import LimitSettings
-from gateway.state.redis import connect, parse, redacted
 from tests.conftest import GatewayProcess, RedisServer, RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud
 from tests.redis_servers import RedisCluster, SentinelGroup

@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway.local import LocalBackend
 
+from gateway.local import LocalBackend
 from gateway.schemas import ChatRequest
 from gateway.settings import LocalSettings
 from tests.conftest import RunningGateway

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.learning.recent import Issued
+from gateway.learning.shared_feedback import PENDING, FeedbackRegistry
+from gateway.learning.shared_labels import RedisLabelStore
 from gateway.responses.store import Stored
 from gateway.settings import ResponsesSettings, StateSettings
-from gateway.state.feedback import PENDING, FeedbackRegistry
 from gateway.state.fleet import ShadowCap
-from gateway.state.labels import RedisLabelStore
 from gateway.state.responses import RedisResponses
 from gateway.state.store import StateStore, StateUnavailable
 

@@ -18,7 +18,8 @@ import aiohttp
 from ..errors import GatewayError, InvalidRequest
 from ..settings import CloudModel, CloudSettings
 from .base import BackendUnavailable
-from .upstream import bearer_headers, scrub
+from .scrub import scrub
+from .upstream import bearer_headers
 
 # Statuses that say the provider, not the request, is at fault: fail over.
 _PROVIDER_FAULT = {401, 403, 408, 409, 429}

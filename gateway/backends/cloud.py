@@ -22,8 +22,9 @@ from .base import (
     Kind,
     http_probe,
 )
+from .scrub import scrub
 from .tier import TierReport
-from .upstream import bearer_headers, openai_body, scrub, split_params
+from .upstream import bearer_headers, openai_body, split_params
 
 log = logging.getLogger(__name__)
 

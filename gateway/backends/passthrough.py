@@ -29,8 +29,9 @@ from .base import (
     http_probe,
 )
 from .client import Upstream
+from .scrub import scrub_bytes
 from .tier import TierReport
-from .upstream import openai_body, scrub_bytes
+from .upstream import openai_body
 
 log = logging.getLogger(__name__)
 

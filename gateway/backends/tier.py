@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..settings import CloudModel
-from .upstream import scrub
+from .scrub import scrub
 
 PREFIX = "x-gateway-upstream-"
 # Routes an edge-gateway reports; anything else is relayed as `other` (metric labels stay few).

@@ -93,20 +93,3 @@ def bearer_headers(model: CloudModel) -> dict[str, str]:
     """The upstream's Authorization header, from the operator's environment only."""
     key = model.api_key()
     return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-REDACTED = "[redacted]"
-
-
-def scrub(text: str, model: CloudModel) -> str:
-    """An upstream's words with the operator's key taken out (upstreams may echo headers)."""
-    key = model.api_key()
-    return text.replace(key, REDACTED) if key else text
-
-
-def scrub_bytes(data: bytes, model: CloudModel) -> bytes:
-    """`scrub` for relayed stream bytes; a substring search, cheap enough for every chunk."""
-    key = model.api_key()
-    if key and (raw := key.encode()) in data:
-        return data.replace(raw, REDACTED.encode())
-    return data

@@ -128,7 +128,7 @@ class RedisStore:
     """redis-py's asyncio client on a pooled connection, every call bounded by a timeout."""
 
     def __init__(self, url: str, *, timeout_s: float) -> None:
-        from ..state.redis import connect
+        from ..redis_client import connect
 
         self.timeout_s = timeout_s
         self.client = connect(

@@ -25,7 +25,7 @@ import numpy as np
 from ..backends.base import BackendUnavailable, http_probe
 from ..backends.client import Upstream
 from ..backends.cloud import LiteLLMBackend
-from ..backends.upstream import scrub_bytes
+from ..backends.scrub import scrub_bytes
 from ..errors import UpstreamError
 from .request import EmbeddingRequest, Item
 

@@ -14,21 +14,28 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NotFound
 from ..settings import LearningSettings
-from ..state.feedback import PENDING, FeedbackRegistry
 from ..state.fleet import Fleet, ShadowCap
-from ..state.labels import RedisLabelStore
 from ..state.store import StateStore, StateUnavailable
 from .recent import Issued
+from .shared_feedback import PENDING, FeedbackRegistry
+from .shared_labels import RedisLabelStore
 
 if TYPE_CHECKING:
     from . import Learning
-    from .retrain import Retrainer
 
 log = logging.getLogger(__name__)
+
+
+class Follower(Protocol):
+    """What follows the fleet's published weights (the retrainer): a protocol, so this module
+    need not import the retrainer that imports it."""
+
+    async def load_published(self, fleet: FleetLearning) -> bool: ...
+
 
 # How long feedback waits for an answer another replica is still writing, and how often it
 # looks (a request id the client holds is normally filed well before its feedback arrives).
@@ -145,13 +152,13 @@ class FleetLearning:
             raise
         return label
 
-    def follow(self, retrainer: Retrainer) -> None:
+    def follow(self, retrainer: Follower) -> None:
         if self._follower is None:
             self._follower = asyncio.get_running_loop().create_task(
                 self._follow(retrainer), name="follow-weights"
             )
 
-    async def _follow(self, retrainer: Retrainer) -> None:
+    async def _follow(self, retrainer: Follower) -> None:
         while True:
             try:
                 await retrainer.load_published(self)

@@ -2,7 +2,7 @@
 
 Bounded in count (`learning.feedback_window`) and age (`learning.feedback_ttl_s`), in memory
 only: after a restart, earlier ids get 404. Replicas sharing a state Redis keep them there
-instead (gateway/state/feedback.py). Keyed by (tenant, request id), so a tenant can
+instead (gateway/learning/shared_feedback.py). Keyed by (tenant, request id), so a tenant can
 only ever find its own requests, even when two tenants send the same `x-request-id`.
 """
 

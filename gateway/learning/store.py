@@ -43,7 +43,7 @@ def key_of(rec: Record) -> str:
 
 class LabelStore:
     # Labels stored fleet-wide since the last retrain, where a shared store counts them
-    # (state/labels.py); None here: each process counts its own.
+    # (shared_labels.py); None here: each process counts its own.
     since: int | None = None
 
     def __init__(

@@ -1,6 +1,6 @@
 """Per-key limits: requests and tokens per minute, and a daily cloud budget in USD.
 
-Counters live in Redis when `limits.redis_url` is set (any URL gateway/state/redis.py takes:
+Counters live in Redis when `limits.redis_url` is set (any URL gateway/redis_client.py takes:
 one server, Sentinel or Cluster), so gateways behind one load balancer share them; in process
 otherwise. Both keep the same rules:
 

@@ -151,7 +151,7 @@ class RedisCounters:
     """The counters in Redis, each operation one script call bounded by `timeout_s`."""
 
     def __init__(self, url: str, *, timeout_s: float = 0.1, client: Any = None) -> None:
-        from ..state.redis import connect
+        from ..redis_client import connect
 
         self.timeout_s = timeout_s
         self.client = client if client is not None else connect(url, timeout_s=timeout_s)

@@ -7,9 +7,11 @@ pod without it a warning says that replicas would not share state.
 
 - store.py: the client, the key layout (one hash tag per operation) and StateUnavailable;
 - responses.py: stored Responses;
-- feedback.py: issued request ids, the once-only feedback claim, the feedback rate;
-- labels.py: the learning loop's labels;
 - fleet.py: the fleet-wide shadow cap, the trainer lease and the published weights.
+
+The learning loop's shared feedback registry and labels live with the loop
+(learning/shared_feedback.py, learning/shared_labels.py), on this store's client; the one
+Redis client factory every Redis user shares is redis_client.py.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..durable import Record
-from ..learning.store import NO_KEY, LabelStore, Source
-from .store import StateStore
+from ..state.store import StateStore
+from .store import NO_KEY, LabelStore, Source
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import time
 from array import array
 from typing import Any, Literal
 
-from ..learning.recent import Issued
-from .store import StateStore
+from ..state.store import StateStore
+from .recent import Issued
 
 PENDING: Literal["pending"] = "pending"
 
