@@ -801,6 +801,16 @@ class StateSettings(_Section):
         gt=0,
         description="The trainer lease's lifetime, renewed while it trains (a crash frees it).",
     )
+    wait_replicas: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Redis replicas a stored response, label or feedback claim must reach (Redis WAIT,"
+            " up to timeout_ms) before the client is told it is kept, else 503: behind Sentinel"
+            " set 1 so a failover loses nothing acknowledged. 0: the master's word (a failover"
+            " may lose the last writes). Not for Cluster URLs."
+        ),
+    )
 
     def path(self, p: Path) -> Path:
         """`p` as the gateway opens it: absolute paths as given, relative ones under `dir`."""
@@ -874,6 +884,9 @@ class Settings(BaseSettings):
                 " not share stored responses, feedback or labels; set state.redis_url"
                 " (a non-evicting Redis) or state.replicas: 1"
             )
+        if v.wait_replicas and (v.redis_url or "").split("://", 1)[0].endswith("+cluster"):
+            # WAIT answers for the one node it reaches; a Cluster spreads keys over masters.
+            raise ValueError("state.wait_replicas is for one server or Sentinel, not a Cluster")
         return v
 
     @classmethod

@@ -406,6 +406,8 @@ async def test_nothing_acknowledged_is_lost_across_a_sentinel_failover(
                     "GATEWAY_STATE__REDIS_URL": group.url,
                     "GATEWAY_STATE__KEY_PREFIX": prefix,
                     "GATEWAY_STATE__REPLICAS": "2",
+                    # Acknowledged only once the replica has it (Redis WAIT): the promise.
+                    "GATEWAY_STATE__WAIT_REPLICAS": "1",
                     "GATEWAY_POLICY__FILE": str(policy),
                     "GATEWAY_LEARNING__STORE": str(tmp_path / f"labels-{i}.sqlite3"),
                     "GATEWAY_LOCAL__PARALLEL": "1",

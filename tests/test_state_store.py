@@ -10,6 +10,7 @@ import importlib.util
 import secrets
 from array import array
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -114,5 +115,29 @@ async def test_an_unreachable_state_redis_is_state_unavailable() -> None:
         with pytest.raises(StateUnavailable) as info:
             await RedisResponses(store, ResponsesSettings()).get("a", "r1")
         assert info.value.status == 503 and info.value.code == "state_store_unavailable"
+    finally:
+        await store.close()
+
+
+def test_wait_replicas_is_refused_for_a_cluster() -> None:
+    from gateway.settings import Settings
+
+    with pytest.raises(ValueError, match="wait_replicas"):
+        Settings(state=StateSettings(redis_url="redis+cluster://127.0.0.1:7000", wait_replicas=1))
+
+
+async def test_a_write_no_replica_holds_is_not_acknowledged(redis_server: Any) -> None:
+    """state.wait_replicas 1 on a lone server: the write is done, yet the client is told 503
+    (no replica has it), never 200 for what a failover could lose; 0 acknowledges it."""
+    settings = StateSettings(
+        redis_url=redis_server.url, key_prefix=secrets.token_hex(4), wait_replicas=1, timeout_ms=200
+    )
+    store = StateStore(settings)
+    try:
+        r = RedisResponses(store, ResponsesSettings())
+        with pytest.raises(StateUnavailable, match="on 0 of the 1"):
+            await r.put("a", "r1", entry(1))
+        store.settings = settings.model_copy(update={"wait_replicas": 0})
+        assert await r.put("a", "r2", entry(2))
     finally:
         await store.close()

@@ -111,6 +111,7 @@ class FeedbackRegistry:
         got: Any = await self.state.run(
             "claim feedback",
             lambda: self.state.client.set(key, b"1", nx=True, px=self.ttl_ms),
+            durable=True,
         )
         return bool(got)
 

@@ -116,7 +116,7 @@ class RedisLabelStore(LabelStore):
             self.per_key or 0,
         ]
         got = await self.state.run(
-            "store a label", lambda: self._add(keys=[self._k("rows")], args=args)
+            "store a label", lambda: self._add(keys=[self._k("rows")], args=args), durable=True
         )
         _id, dropped, self._len, self._dropped, self.since = (int(x) for x in got)
         return int(dropped)

@@ -245,7 +245,9 @@ class RedisResponses:
         ]
         for iid, b in items.items():
             flat += [iid, b]
-        await self.state.run("store a response", lambda: self._put(keys=keys, args=flat))
+        await self.state.run(
+            "store a response", lambda: self._put(keys=keys, args=flat), durable=True
+        )
         return True
 
     async def delete(self, tenant: str | None, rid: str) -> bool:

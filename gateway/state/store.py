@@ -70,12 +70,21 @@ class StateStore:
             s = self._scripts[name] = self.client.register_script(source)
         return s
 
-    async def run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """`op()` against the state Redis; an outage becomes StateUnavailable (logged)."""
+    async def run(self, what: str, op: Callable[[], Awaitable[T]], *, durable: bool = False) -> T:
+        """`op()` against the state Redis; an outage becomes StateUnavailable (logged).
+
+        `durable`: a write the client is told is kept (a stored response, a label, a feedback
+        claim). With `state.wait_replicas` the answer waits (Redis WAIT) until that many
+        replicas hold it, so a Sentinel failover cannot lose it: replication is asynchronous,
+        and a master that dies right after answering takes its last writes with it.
+        """
         from redis.exceptions import RedisError
 
         try:
-            return await op()
+            result = await op()
+            if durable and self.settings.wait_replicas:
+                await self._replicated(what)
+            return result
         except (TimeoutError, RedisError, OSError) as exc:
             log.error(
                 "state redis unavailable",
@@ -84,6 +93,21 @@ class StateStore:
             raise StateUnavailable(
                 f"The gateway's shared state store did not answer ({what}); try again.",
             ) from exc
+
+    async def _replicated(self, what: str) -> None:
+        n = self.settings.wait_replicas
+        # Half the operation bound: the socket timeout (the whole bound) must not fire first.
+        wait_ms = max(1, self.settings.timeout_ms // 2)
+        acked = int(await self.client.execute_command("WAIT", n, wait_ms))
+        if acked < n:
+            log.error(
+                "state write not replicated in time",
+                extra={"operation": what, "replicas": acked, "wanted": n},
+            )
+            raise StateUnavailable(
+                f"The gateway's shared state store kept this ({what}) on {acked} of the"
+                f" {n} replicas state.wait_replicas asks for; try again.",
+            )
 
     async def ping(self) -> bool:
         try:
