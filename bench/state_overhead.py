@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import tempfile
 import time
@@ -169,7 +170,7 @@ def _processes(tmp: Path) -> Iterator[dict[str, list[int]]]:
         upstream = stack.enter_context(Proc([PY, "-m", "bench.upstream", "--port", str(up)]))
         url = f"redis://127.0.0.1:{rport}/0"
         shared = {"GATEWAY_LIMITS__REDIS_URL": url, "GATEWAY_STATE__REDIS_URL": url}
-        plan = {
+        plan: dict[str, list[dict[str, str]]] = {
             CONFIGS[0]: [{}],
             CONFIGS[1]: [{**shared, "GATEWAY_STATE__KEY_PREFIX": "bench1"}],
             CONFIGS[2]: [
@@ -180,9 +181,10 @@ def _processes(tmp: Path) -> Iterator[dict[str, list[int]]]:
         ports: dict[str, list[int]] = {}
         gateways: list[tuple[Proc, int]] = []
         for name, envs in plan.items():
-            started = [_gateway(up, e) for e in envs]
-            for proc, _ in started:
-                stack.enter_context(proc)
+            started = []
+            for e in envs:  # each one stopped on exit from the moment it exists
+                proc, port = _gateway(up, e)
+                started.append((stack.enter_context(proc), port))
             gateways += started
             ports[name] = [p for _, p in started]
         _wait_redis(r, rport)
@@ -194,8 +196,6 @@ def _processes(tmp: Path) -> Iterator[dict[str, list[int]]]:
 
 
 def _wait_redis(proc: Proc, port: int) -> None:
-    import socket
-
     for _ in range(200):
         if proc.proc.poll() is not None:
             raise RuntimeError(f"redis-server exited; log in {proc.log.name}")
