@@ -106,8 +106,13 @@ def wrk(
     connections: int,
     seconds: int,
     headers: dict[str, str] | None = None,
+    threads: int = 1,
+    script: str | None = None,
 ) -> WrkResult:
-    """POST `body` to `url` with wrk: latency percentiles, requests/s and error count."""
+    """POST `body` to `url` with wrk: latency percentiles, requests/s and error count.
+
+    `script`, when given, is the whole Lua script in place of the one made from `body` and
+    `headers` (a benchmark that spreads requests over hosts or chains them)."""
     exe = shutil.which("wrk")
     if exe is None:
         raise SystemExit("wrk is missing: apt-get install wrk (make bench does)")
@@ -116,10 +121,12 @@ def wrk(
         ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
         + [f'wrk.headers["{k}"] = "{v}"' for k, v in hdrs.items()]
     )
+    if script is not None:
+        lua = script
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(lua)
     out = subprocess.run(
-        [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", fh.name, url],
+        [exe, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", fh.name, url],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
