@@ -155,6 +155,9 @@ class RedisCounters:
 
         self.timeout_s = timeout_s
         self.client = client if client is not None else connect(url, timeout_s=timeout_s)
+        # EVALSHA after the first call: the script's text does not cross the wire per request.
+        self._add = self.client.register_script(_ADD)
+        self._reserve = self.client.register_script(_RESERVE)
 
     async def get(self, key: str) -> float:
         async with asyncio.timeout(self.timeout_s):
@@ -163,14 +166,14 @@ class RedisCounters:
 
     async def add(self, key: str, amount: float, ttl_s: int) -> float:
         async with asyncio.timeout(self.timeout_s):
-            value = await self.client.eval(_ADD, 1, key, _num(amount), ttl_s)
+            value = await self._add(keys=[key], args=[_num(amount), ttl_s])
         return float(value)
 
     async def reserve(self, plan: Plan) -> tuple[int, bool]:
         args = [*map(_num, plan.caps), *map(_num, plan.amounts), MINUTE_TTL_S, DAY_TTL_S]
         async with asyncio.timeout(self.timeout_s):
-            code, spent = await self.client.eval(
-                _RESERVE, 3, *plan.keys, *args, "1" if plan.refuse_spent else "0"
+            code, spent = await self._reserve(
+                keys=list(plan.keys), args=[*args, "1" if plan.refuse_spent else "0"]
             )
         return int(code), bool(spent)
 
