@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ..errors import GatewayError
 from ..settings import StateSettings
-from .redis import connect
+from ..redis_client import connect
 
 log = logging.getLogger(__name__)
 
