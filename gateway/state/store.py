@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..errors import GatewayError
-from ..settings import StateSettings
 from ..redis_client import connect
+from ..settings import StateSettings
 
 log = logging.getLogger(__name__)
 
