@@ -34,6 +34,7 @@ QUESTION = {
 # The cache's default mode stores only deterministic answers (`temperature: 0`).
 CACHED_QUESTION = {**QUESTION, "temperature": 0}
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
+HIT_ROW = "edge-gateway cache hit (in-process LRU)"
 
 
 def _gateway(port: int, extra_env: dict[str, str], upstream: int) -> Proc:
@@ -101,9 +102,12 @@ def proxy_overhead(seconds: int, results: dict[str, Any], *, litellm: bool = Tru
         upstream.wait_http(f"http://127.0.0.1:{up}/v1/models")
         gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
         results["memory"]["gateway (model loaded, idle)"] = gateway.rss_mb()
-        targets = {
-            "upstream direct": (f"http://127.0.0.1:{up}/v1/chat/completions", {}),
-            "edge-gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", NO_CACHE),
+        gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        targets: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
+            "upstream direct": (f"http://127.0.0.1:{up}/v1/chat/completions", {}, QUESTION),
+            "edge-gateway": (gw_url, NO_CACHE, QUESTION),
+            # The same gateway's in-process LRU (no Redis here): a hit beside a pass-through.
+            HIT_ROW: (gw_url, {}, CACHED_QUESTION),
         }
         if proxy is not None:
             proxy.wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
@@ -111,16 +115,17 @@ def proxy_overhead(seconds: int, results: dict[str, Any], *, litellm: bool = Tru
             targets["LiteLLM proxy"] = (
                 f"http://127.0.0.1:{ll_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {master}"},
+                QUESTION,
             )
-        for url, headers in targets.values():  # warm-up: a first request may take seconds
-            _post(url, QUESTION, headers)
+        for url, headers, body in targets.values():  # warm-up: a first may take seconds
+            _post(url, body, headers)  # (and stores the entry the hit row reads)
             with contextlib.suppress(RuntimeError):
-                wrk(url, QUESTION, connections=1, seconds=2, headers=headers)
+                wrk(url, body, connections=1, seconds=2, headers=headers)
         rows: dict[str, dict[int, WrkResult]] = {n: {} for n in targets}
         for conns in (1, 32):
-            for name, (url, headers) in targets.items():
+            for name, (url, headers, body) in targets.items():
                 rows[name][conns] = wrk(
-                    url, QUESTION, connections=conns, seconds=seconds, headers=headers
+                    url, body, connections=conns, seconds=seconds, headers=headers
                 )
         results["memory"]["gateway (after cloud load)"] = gateway.rss_mb()
         if proxy is not None:
@@ -301,6 +306,12 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"- Overhead added at p50, 1 connection: edge-gateway **{gw1['p50_ms'] - up1['p50_ms']:.2f}"
         " ms**" + (f", LiteLLM proxy {ll[1]['p50_ms'] - up1['p50_ms']:.2f} ms." if ll else "."),
     ]
+    if HIT_ROW in proxy:
+        hit = proxy[HIT_ROW][32]["rps"] / proxy["edge-gateway"][32]["rps"]
+        lines.append(
+            "- A cache hit (in-process LRU, `temperature: 0`) at 32 connections / the "
+            f"pass-through: **{hit:.2f}x**."
+        )
     if ll:
         lines.append(
             "- Throughput at 32 connections: edge-gateway / LiteLLM proxy = "

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .errors import GatewayError
+from .jsonfast import loads
 
 DONE = b"data: [DONE]\n\n"
 
@@ -36,4 +37,4 @@ async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 def objects(payload: bytes) -> list[dict[str, Any]]:
     """The JSON objects of ready-made `data: {...}` frames (one or more in one payload)."""
-    return [json.loads(line[6:]) for line in payload.split(b"\n") if line.startswith(b"data: {")]
+    return [loads(line[6:]) for line in payload.split(b"\n") if line.startswith(b"data: {")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import aiohttp
 
 from ..errors import GatewayError
+from ..jsonfast import dumps, loads
 from ..schemas import AnyRequest
 
 if TYPE_CHECKING:
@@ -48,13 +48,13 @@ class Chunk:
     @property
     def data(self) -> bytes:
         if self._data is None:
-            self._data = json.dumps(self._obj, separators=(",", ":")).encode()
+            self._data = dumps(self._obj)
         return self._data
 
     @property
     def obj(self) -> dict[str, Any]:
         if self._obj is None:
-            self._obj = json.loads(self._data or b"{}")
+            self._obj = loads(self._data or b"{}")
         return self._obj
 
 
@@ -68,7 +68,7 @@ class Completion:
 
     def body(self) -> bytes:
         if self.raw is None:
-            self.raw = json.dumps(self.obj, separators=(",", ":")).encode()
+            self.raw = dumps(self.obj)
         return self.raw
 
 

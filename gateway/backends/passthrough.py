@@ -8,7 +8,6 @@ headers, see tier.py); from any other upstream no response header is read.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import UpstreamError, UpstreamTimeout
+from ..jsonfast import dumps, loads
 from ..schemas import AnyRequest
 from ..settings import CloudModel, CloudSettings
 from ..sse import iter_sse_data
@@ -57,8 +57,9 @@ class PassthroughBackend:
         async with up.first_byte():
             resp = await up.session.post(
                 up.base + _PATHS[endpoint],
-                json=self._body(req, stream=stream),
-                headers=up.headers(),
+                # orjson's bytes: aiohttp's `json=` would run the stdlib encoder per call.
+                data=dumps(self._body(req, stream=stream)),
+                headers={**up.headers(), "Content-Type": "application/json"},
                 timeout=up.timeout,
             )
             if resp.status >= 400:
@@ -83,7 +84,7 @@ class PassthroughBackend:
         raw, tier = await self._post(req, endpoint, stream=False)
         raw = scrub_bytes(raw, self.model)
         try:
-            obj = json.loads(raw)
+            obj = loads(raw)
         except ValueError:
             raise BackendUnavailable(
                 f"cloud model '{self.name}' sent a malformed answer",

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..jsonfast import canonical, dumps, loads
 from ..schemas import AnyRequest, ChatRequest
 from ..settings import CacheSettings
 
@@ -31,14 +31,10 @@ def cache_key(
 ) -> str:
     """sha256 over the canonical JSON of everything that changes the answer, and the tenant."""
     body = {k: v for k, v in req.upstream_body().items() if k not in _DELIVERY_ONLY}
-    material = json.dumps(
-        {"target": target, "endpoint": endpoint, "tenant": tenant or "", "body": body},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=str,
+    material = canonical(
+        {"target": target, "endpoint": endpoint, "tenant": tenant or "", "body": body}
     )
-    return prefix + hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+    return prefix + hashlib.sha256(material).hexdigest()
 
 
 def cacheable(req: AnyRequest, mode: str) -> bool:
@@ -251,7 +247,7 @@ class ResponseCache:
             return
         items = []
         for key, obj in entries:
-            raw = json.dumps(obj, separators=(",", ":")).encode()
+            raw = dumps(obj)
             if len(raw) <= self.settings.max_entry_bytes:
                 items.append((key, raw))
         if items:
@@ -272,7 +268,7 @@ class ResponseCache:
 
     def put(self, key: str, obj: dict[str, Any]) -> None:
         """Store in the background: the client never waits for the cache."""
-        raw = json.dumps(obj, separators=(",", ":")).encode()
+        raw = dumps(obj)
         if len(raw) > self.settings.max_entry_bytes or not self._usable():
             return
         self._spawn(self._put(key, raw))
@@ -298,7 +294,7 @@ def _decode(raw: bytes | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        obj = json.loads(raw)
+        obj = loads(raw)
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None

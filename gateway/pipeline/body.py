@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..errors import InvalidRequest
+from ..jsonfast import fast_loads
 from ..schemas import ChatRequest, CompletionRequest
 from ..settings import ServerSettings
 
@@ -21,6 +22,17 @@ _CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_p
 async def read_json(request: web.Request) -> dict[str, Any]:
     # Content-Type is not enforced: `curl -d` sends form encoding and users expect it to work.
     raw = await request.read()  # bounded by the app's client_max_size (413 above it)
+    try:
+        # orjson first (several times faster): what it takes, the stdlib reads alike; what it
+        # refuses (lone surrogates, NaN, bad UTF-8, maybe-huge integers) gets the stdlib's
+        # verdict below.
+        fast = fast_loads(raw)
+    except ValueError:
+        pass
+    else:
+        if not isinstance(fast, dict):
+            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+        return fast
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

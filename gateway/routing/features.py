@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..jsonfast import canonical
 from ..schemas import AnyRequest, ChatRequest
 from .complexity import ComplexityScorer, Scorer
 from .privacy import scan_chat, scan_completion
@@ -17,6 +20,22 @@ NEEDS = ("tools", "images", "json_schema", "multiple_choices", "logprobs")
 LOCAL_CANNOT = ("images",)
 # OpenAI counts a few tokens of framing per chat message.
 _PER_MESSAGE = 3
+# The text-only part of the features (privacy scan, token count) of recent small requests, by
+# their canonical body: a client repeating a request (a cache hit) is not scanned and
+# tokenized again. Small bodies only, so the memo stays within a few MiB.
+MEMO_ENTRIES = 512
+MEMO_MAX_BYTES = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """What a request's content says, whatever the policy's scorer (it may be retrained in
+    place, so complexity is never memoised)."""
+
+    pii: tuple[str, ...]
+    tokens: int
+    asked: str
+    needs: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +82,9 @@ class FeatureExtractor:
     def __init__(self, *, scorer: ComplexityScorer, local_n_ctx: int) -> None:
         self.scorer = scorer
         self.local_n_ctx = local_n_ctx
+        self._memo: OrderedDict[tuple[type, bytes], _Text] = OrderedDict()
+        # extract runs on the loop, and in a worker thread for a large request.
+        self._lock = threading.Lock()
 
     def extract(
         self,
@@ -80,25 +102,17 @@ class FeatureExtractor:
         The privacy scan reads the whole request (routing/privacy.py), first: past
         `scan_budget` it raises privacy.TooLarge before any other work is spent.
         """
-        scan = scan_chat if isinstance(req, ChatRequest) else scan_completion
-        pii = scan(req, budget=scan_budget)
-        text = req.prompt_text()
-        tokens = count_tokens(text)
-        if isinstance(req, ChatRequest):
-            tokens += _PER_MESSAGE * len(req.messages) + _PER_MESSAGE
-            # Score what the user asks, not the system prompt boilerplate around it.
-            asked = "\n".join(m.text() for m in req.messages if m.role == "user") or text
-        else:
-            asked = text
+        text = self._text(req, scan_budget)
+        tokens = text.tokens
         max_tokens = req.requested_max_tokens()
-        complexity = (scorer or self.scorer).score(asked, max_tokens=max_tokens)
+        complexity = (scorer or self.scorer).score(text.asked, max_tokens=max_tokens)
         return Features(
             model=req.model,
             prompt_tokens=tokens,
             complexity=round(complexity.score, 4),
             complexity_reasons=complexity.reasons,
-            needs=needs_of(req),
-            pii=pii,
+            needs=text.needs,
+            pii=text.pii,
             tenant=tenant,
             cloud_reachable=cloud_reachable,
             local_queue_depth=local_queue_depth,
@@ -107,3 +121,32 @@ class FeatureExtractor:
             exceeds_local_context=tokens * 1.1 >= self.local_n_ctx,
             max_tokens=max_tokens,
         )
+
+    def _text(self, req: AnyRequest, scan_budget: int | None) -> _Text:
+        body = canonical(req.upstream_body()) if req.content_chars() <= MEMO_MAX_BYTES else b""
+        if len(body) > MEMO_MAX_BYTES:
+            body = b""  # tools or other fields make it large: not memoised
+        key = (type(req), body)
+        if body:
+            with self._lock:
+                known = self._memo.get(key)
+                if known is not None:
+                    self._memo.move_to_end(key)
+                    return known
+        scan = scan_chat if isinstance(req, ChatRequest) else scan_completion
+        pii = scan(req, budget=scan_budget)  # may raise privacy.TooLarge: nothing memoised
+        text = req.prompt_text()
+        tokens = count_tokens(text)
+        if isinstance(req, ChatRequest):
+            tokens += _PER_MESSAGE * len(req.messages) + _PER_MESSAGE
+            # Score what the user asks, not the system prompt boilerplate around it.
+            asked = "\n".join(m.text() for m in req.messages if m.role == "user") or text
+        else:
+            asked = text
+        out = _Text(pii=pii, tokens=tokens, asked=asked, needs=needs_of(req))
+        if body:
+            with self._lock:
+                self._memo[key] = out
+                while len(self._memo) > MEMO_ENTRIES:
+                    self._memo.popitem(last=False)
+        return out

@@ -1,0 +1,119 @@
+"""Hot-path A/B: checkouts (or event loops) alternately against one fake upstream, with wrk.
+
+Per variant and round: the upstream direct and the pass-through at 1 connection (p50, so the
+overhead is their difference), the pass-through at 32 (req/s), and `temperature: 0` cache
+hits from the in-process LRU at 1 and 32. Medians over the rounds, and the load average:
+
+    .venv/bin/python -m bench.hot_ab --variant before=/tmp/base --variant after=. \\
+        --variant after-uvloop=.:uvloop --rounds 2 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.common import PY, Proc, free_port, wrk
+
+QUESTION = {
+    "model": "up",
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "temperature": 0,
+}
+NO_CACHE = {"Cache-Control": "no-cache, no-store"}
+# What each figure measures: connections, headers (no-cache for a pass-through).
+FIGURES = {
+    "pass1": (1, NO_CACHE),
+    "pass32": (32, NO_CACHE),
+    "hit1": (1, {}),
+    "hit32": (32, {}),
+}
+
+
+def _command(port: int, loop: str) -> list[str]:
+    if loop != "uvloop":
+        return [PY, "-m", "gateway", "serve", "--port", str(port)]
+    boot = (
+        "import asyncio, runpy, sys, uvloop;"
+        " asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
+        f" sys.argv = ['gateway', 'serve', '--port', '{port}'];"
+        " runpy.run_module('gateway', run_name='__main__', alter_sys=True)"
+    )
+    return [PY, "-c", boot]
+
+
+def _post(url: str, headers: dict[str, str]) -> None:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(QUESTION).encode(),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        r.read()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--variant", action="append", required=True, help="name=checkout[:uvloop]")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    variants = [v.split("=", 1) for v in args.variant]
+    res: dict[str, dict[str, list[float]]] = {
+        n: {k: [] for k in ("up1", *FIGURES)} for n, _ in variants
+    }
+    loads: list[float] = []
+    up = free_port()
+    with Proc([PY, "-m", "bench.upstream", "--port", str(up)]) as upstream:
+        upstream.wait_http(f"http://127.0.0.1:{up}/v1/models")
+        direct = f"http://127.0.0.1:{up}/v1/chat/completions"
+        for r in range(args.rounds):
+            for name, spec in variants:
+                tree, _, loop = spec.partition(":")
+                port = free_port()
+                env = {
+                    "GATEWAY_CLOUD__MODELS": json.dumps(
+                        [{"name": "up", "model": "openai/gpt-4o-mini", "api_base": direct[:-17]}]
+                    ),
+                    "GATEWAY_SERVER__LOG_LEVEL": "WARNING",
+                }
+                with Proc(_command(port, loop), env=env, cwd=Path(tree).resolve()) as gateway:
+                    gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
+                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                    _post(url, NO_CACHE)
+                    _post(url, {})  # stores the entry the hits read
+                    time.sleep(0.3)
+                    wrk(url, QUESTION, connections=1, seconds=2, headers=NO_CACHE)  # warm-up
+                    got = res[name]
+                    got["up1"].append(
+                        wrk(direct, QUESTION, connections=1, seconds=args.seconds).p50_ms
+                    )
+                    for key, (conns, headers) in FIGURES.items():
+                        w = wrk(
+                            url, QUESTION, connections=conns, seconds=args.seconds, headers=headers
+                        )
+                        if w.errors:
+                            raise SystemExit(f"{name} {key}: {w.errors} errors")
+                        got[key].append(w.p50_ms if conns == 1 else w.rps)
+                loads.append(os.getloadavg()[0])
+                print(r, name, {k: v[-1] for k, v in res[name].items()}, f"load {loads[-1]:.1f}")
+    print("medians (1 connection: p50 ms; 32 connections: req/s)")
+    for name, d in res.items():
+        m = {k: round(statistics.median(v), 3) for k, v in d.items()}
+        m["overhead_ms"] = round(
+            statistics.median(p - q for p, q in zip(d["pass1"], d["up1"], strict=True)), 3
+        )
+        m["hit32/pass32"] = round(
+            statistics.median(h / p for h, p in zip(d["hit32"], d["pass32"], strict=True)), 2
+        )
+        print(name, m)
+    print("load averages", [round(x, 1) for x in loads])
+
+
+if __name__ == "__main__":
+    main()
