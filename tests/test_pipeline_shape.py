@@ -38,9 +38,11 @@ async def test_every_endpoint_opens_and_attempts_through_the_same_code(
     encoders: list[str] = []
     admit, run, relay = Opening.admit, Attempt.run, stream._relay
 
-    async def spy_admit(cls: type[Opening], request: web.Request, services: Any) -> Opening:
+    async def spy_admit(
+        cls: type[Opening], request: web.Request, services: Any, req: Any = None
+    ) -> Opening:
         opened.append(request.path)
-        return await admit(request, services)
+        return await admit(request, services, req)
 
     async def spy_run(self: Attempt, one: Any) -> Any:
         attempts.append(self.wording)
