@@ -248,6 +248,12 @@ class LocalEmbedder:
             n_ubatch=s.n_batch,
             n_threads=s.n_threads,
             n_threads_batch=s.n_threads,
+            # Flash attention, as llama-server and llama-bench run it (their `auto` turns it on
+            # wherever the backend has the kernel, the CPU included); llama-cpp-python's
+            # default turns it off. Without it the attention of a packed decode materialises
+            # and soft-maxes every token against every cell: the decode measured 8-10% slower
+            # than llama-server's on the same GGUF (docs/BENCHMARKS.md, section 9).
+            flash_attn=True,
             verbose=False,
         )
         # Read between graph nodes on the worker: a decode stops part-way once its job is
