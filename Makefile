@@ -85,12 +85,14 @@ bench-deps: setup system-deps
 		$(PY) -m pip install -q 'llama-cpp-python[server]'
 	$(MAKE) llama-server
 
-# llama.cpp's own server, built from the llama.cpp source vendored in the llama-cpp-python
-# sdist the venv has installed (same llama.cpp commit as the gateway). Never committed.
+# llama.cpp's own server and llama-bench (its raw prompt-processing rate, the yardstick of the
+# embedding benchmark), built from the llama.cpp source vendored in the llama-cpp-python sdist
+# the venv has installed (same llama.cpp commit as the gateway). Never committed.
 BENCH_DIR := .bench
 LLAMA_SERVER := $(BENCH_DIR)/llama-server
+LLAMA_BENCH := $(BENCH_DIR)/llama-bench
 llama-server: setup
-	@test -x $(LLAMA_SERVER) || { set -e; \
+	@test -x $(LLAMA_SERVER) -a -x $(LLAMA_BENCH) || { set -e; \
 		v=$$($(PY) -c 'import llama_cpp; print(llama_cpp.__version__)'); \
 		mkdir -p $(BENCH_DIR)/src; \
 		test -f $(BENCH_DIR)/src/llama_cpp_python-$$v.tar.gz || \
@@ -101,8 +103,9 @@ llama-server: setup
 		cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
 			-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF \
 			>/dev/null && \
-		cmake --build build --target llama-server -j2 && \
-		cp build/bin/llama-server $(CURDIR)/$(LLAMA_SERVER); }
+		cmake --build build --target llama-server llama-bench -j2 && \
+		cp build/bin/llama-server $(CURDIR)/$(LLAMA_SERVER) && \
+		cp build/bin/llama-bench $(CURDIR)/$(LLAMA_BENCH); }
 
 bench: bench-deps
 	$(PY) -m bench.run_all
