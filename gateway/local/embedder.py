@@ -39,12 +39,6 @@ log = logging.getLogger(__name__)
 
 _POOLING = {"mean": 1, "cls": 2, "last": 3}  # llama_pooling_type
 _ABORTED = 2  # llama_decode's return code when the abort callback said stop
-# ggml's CPU flash-attention query tile (GGML_FA_TILE_Q). A decode of fewer tokens runs its
-# other kernel, which rounds the queries and the running sum to f16: one short input alone
-# would come out in another direction (cosine 0.9994) than the same input packed in a larger
-# decode (the tiled kernel, f32 throughout). So a smaller decode is padded to the tile with a
-# filler sequence, attended by nothing and read by nobody.
-_FA_TILE = 64
 
 
 class _Abandoned(Exception):
@@ -132,9 +126,7 @@ class LocalEmbedder:
         group: list[int] = []
         used = 0
         for i, toks in enumerate(seqs):
-            # One sequence id stays free for the filler of a short decode.
-            full = len(group) >= self.n_seq_max - 1
-            if group and (used + len(toks) > self.settings.n_batch or full):
+            if group and (used + len(toks) > self.settings.n_batch or len(group) >= self.n_seq_max):
                 groups.append(group)
                 group, used = [], 0
             group.append(i)
@@ -202,15 +194,6 @@ class LocalEmbedder:
                 # Every token is an output in embedding mode; pooling reads them per sequence.
                 batch.logits[n] = True
                 n += 1
-        if n < _FA_TILE <= self.settings.n_batch:
-            filler = len(group)  # its own sequence: masked from every real one
-            for pos in range(_FA_TILE - n):
-                batch.token[n] = seqs[group[0]][0]
-                batch.pos[n] = pos
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = filler
-                batch.logits[n] = True
-                n += 1
         batch.n_tokens = n
         mem = lib.llama_get_memory(ctx)
         if mem:  # non-causal (BERT) models keep no KV cache
@@ -265,12 +248,6 @@ class LocalEmbedder:
             n_ubatch=s.n_batch,
             n_threads=s.n_threads,
             n_threads_batch=s.n_threads,
-            # Flash attention, as llama-server and llama-bench run it (their `auto` turns it on
-            # wherever the backend has the kernel, the CPU included); llama-cpp-python's
-            # default turns it off. Without it the attention of a packed decode materialises
-            # and soft-maxes every token against every cell: the decode measured 8-10% slower
-            # than llama-server's on the same GGUF (docs/BENCHMARKS.md, section 9).
-            flash_attn=True,
             verbose=False,
         )
         # Read between graph nodes on the worker: a decode stops part-way once its job is
