@@ -233,9 +233,14 @@ def main() -> None:
     if args.write:
         doc = ROOT / "docs" / "BENCHMARKS.md"
         body = doc.read_text()
-        if SECTION in body:
-            body = body[: body.index(SECTION)].rstrip() + "\n"
-        doc.write_text(body.rstrip() + "\n\n" + text)
+        if SECTION in body:  # replace the section in place; the sections after it stay
+            start = body.index(SECTION)
+            end = body.find("\n## ", start + len(SECTION))
+            rest = body[end:] if end >= 0 else ""
+            body = body[:start] + text.rstrip() + "\n" + rest
+            doc.write_text(body)
+        else:
+            doc.write_text(body.rstrip() + "\n\n" + text)
 
 
 if __name__ == "__main__":
