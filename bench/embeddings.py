@@ -7,6 +7,11 @@ wall time of the level, the median over rounds, servers alternating per round. T
 per-input cache is bypassed (`Cache-Control: no-cache, no-store`). The vectors of both servers
 for the same texts are compared too (cosine), to show both compute the same thing.
 
+Both are also put against llama.cpp's raw prompt-processing rate for the model: `llama-bench`
+(built from the same vendored source by `make llama-server`) with the same threads and batch and
+a prompt the size of a 16-input request, run before and after the rounds; a server's share is
+its tokens per second (inputs/s times the tokens an input has) over that rate.
+
     .venv/bin/python -m bench.embeddings --rounds 3 --write   # after `make llama-server`
 """
 
@@ -16,6 +21,7 @@ import argparse
 import datetime as dt
 import json
 import statistics
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -35,6 +41,10 @@ def _text(i: int, run: str) -> str:
 
 
 def _post(url: str, inputs: list[str]) -> list[list[float]]:
+    return _post_usage(url, inputs)[0]
+
+
+def _post_usage(url: str, inputs: list[str]) -> tuple[list[list[float]], int]:
     body = json.dumps({"model": "local", "input": inputs, "encoding_format": "float"}).encode()
     req = urllib.request.Request(
         url,
@@ -43,7 +53,25 @@ def _post(url: str, inputs: list[str]) -> list[list[float]]:
     )
     with urllib.request.urlopen(req, timeout=600) as r:
         obj = json.loads(r.read())
-    return [d["embedding"] for d in sorted(obj["data"], key=lambda d: d["index"])]
+    vectors = [d["embedding"] for d in sorted(obj["data"], key=lambda d: d["index"])]
+    return vectors, int(obj.get("usage", {}).get("prompt_tokens", 0))
+
+
+def _pp_rate(bench: Path, model: str, threads: int, n_batch: int, tokens: int) -> float | None:
+    """llama-bench's prompt-processing tokens/s for a `tokens`-token prompt (None: no binary)."""
+    if not bench.is_file():
+        return None
+    out = subprocess.run(
+        [
+            str(bench),
+            *("-m", model, "-p", str(tokens), "-n", "0", "-r", "3", "-o", "json"),
+            *("-t", str(threads), "-b", str(n_batch), "-ub", str(n_batch)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(json.loads(out)[0]["avg_ts"])
 
 
 def _level(url: str, batch: int, inputs: int, run: str) -> float:
@@ -92,6 +120,8 @@ def _servers(model: str, threads: int, n_batch: int, llama_server: Path) -> dict
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model = str(args.model or embedded_model_path())
     servers = _servers(model, args.threads, args.n_batch, args.llama_server)
+    # A 16-input request of these texts is about 330 tokens: the prompt llama-bench times.
+    pp = [_pp_rate(args.llama_bench, model, args.threads, args.n_batch, 16 * 21)]
     procs = {name: Proc(cmd, env=env) for name, (cmd, env, _, _) in servers.items()}
     try:
         for name, (_, _, base, health) in servers.items():
@@ -101,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _post(url, [_text(i, "warm") for i in range(8)])
         probe = [_text(i, "probe") for i in range(8)]
         a, b = (np.asarray(_post(u, probe)) for u in urls.values())
+        _, probe_tokens = _post_usage(urls["edge-gateway"], probe)
         cosines = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         rates: dict[str, dict[int, list[float]]] = {n: {k: [] for k in BATCHES} for n in urls}
         for r in range(args.rounds):
@@ -114,6 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for p in procs.values():
             p.stop()
+    pp.append(_pp_rate(args.llama_bench, model, args.threads, args.n_batch, 16 * 21))
+    rates_pp = [x for x in pp if x is not None]
     return {
         "date": dt.date.today().isoformat(),
         "machine": machine(),
@@ -125,6 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cosine_min": float(cosines.min()),
         "rss_mb": rss,
         "width": int(a.shape[1]),
+        "tokens_per_input": probe_tokens / len(probe),
+        "llama_bench_pp": rates_pp,
     }
 
 
@@ -161,6 +196,17 @@ def render(res: dict[str, Any], command: str) -> str:
         f"{res['rss_mb']['llama-server --embedding']:.0f} MB.",
         "",
     ]
+    if res["llama_bench_pp"]:
+        pp = statistics.median(res["llama_bench_pp"])
+        tpi = res["tokens_per_input"]
+        runs = ", ".join(f"{x:.0f}" for x in res["llama_bench_pp"])
+        lines += [
+            f"llama.cpp's raw rate, `llama-bench -p {16 * 21} -n 0 -t {a['threads']} -b "
+            f"{a['n_batch']} -ub {a['n_batch']}` before and after the rounds: {runs} tokens/s. "
+            f"At {tpi:.1f} tokens an input, 16 inputs per request: the gateway "
+            f"{gw[16] * tpi / pp:.0%} of it, llama-server {ls[16] * tpi / pp:.0%}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -172,6 +218,7 @@ def main() -> None:
     ap.add_argument("--n-batch", type=int, default=512)
     ap.add_argument("--model", type=Path, default=None, help="GGUF (default: embedded SmolLM2)")
     ap.add_argument("--llama-server", type=Path, default=ROOT / ".bench" / "llama-server")
+    ap.add_argument("--llama-bench", type=Path, default=ROOT / ".bench" / "llama-bench")
     ap.add_argument("--write", action="store_true", help="append the section to BENCHMARKS.md")
     args = ap.parse_args()
     res = run(args)
@@ -186,9 +233,14 @@ def main() -> None:
     if args.write:
         doc = ROOT / "docs" / "BENCHMARKS.md"
         body = doc.read_text()
-        if SECTION in body:
-            body = body[: body.index(SECTION)].rstrip() + "\n"
-        doc.write_text(body.rstrip() + "\n\n" + text)
+        if SECTION in body:  # replace the section in place; the sections after it stay
+            start = body.index(SECTION)
+            end = body.find("\n## ", start + len(SECTION))
+            rest = body[end:] if end >= 0 else ""
+            body = body[:start] + text.rstrip() + "\n" + rest
+            doc.write_text(body)
+        else:
+            doc.write_text(body.rstrip() + "\n\n" + text)
 
 
 if __name__ == "__main__":
