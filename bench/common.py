@@ -156,3 +156,11 @@ def machine() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {sys.version.split()[0]}"
+
+
+def have_llama_cpp_server() -> bool:
+    """llama-cpp-python's `[server]` extra is installed (`make bench-deps` installs it); a
+    fresh `make setup` has no FastAPI, and the short run then leaves that peer out."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("fastapi", "sse_starlette", "uvicorn"))

@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import PY, ROOT, Proc, free_port, machine
+from bench.common import PY, ROOT, Proc, free_port, have_llama_cpp_server, machine
 from gateway.local import embedded_model_path
 
 LLAMA_SERVER = ROOT / ".bench" / "llama-server"
@@ -159,6 +159,8 @@ def _servers(
             {},
             "/health",
         )
+    if not have_llama_cpp_server():
+        return out
     out["llama_cpp.server"] = (
         [
             *(PY, "-m", "llama_cpp.server", "--model", model),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import classifier_latency, local_concurrency, local_tokens
-from bench.common import PY, ROOT, Proc, WrkResult, free_port, machine, wrk
+from bench.common import PY, ROOT, Proc, WrkResult, free_port, have_llama_cpp_server, machine, wrk
 
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
 QUESTION = {
@@ -179,46 +179,51 @@ def local_path(runs: int, max_tokens: int, results: dict[str, Any]) -> None:
     from gateway.settings import LocalSettings
 
     cfg = LocalSettings()
-    with (
-        Proc(
-            [PY, "-m", "gateway", "serve", "--port", str(gw_port)],
-            env={"GATEWAY_SERVER__LOG_LEVEL": "WARNING"},
-        ) as gateway,
-        Proc(
-            [
-                PY,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(embedded_model_path()),
-                "--n_ctx",
-                str(cfg.n_ctx),
-                "--n_threads",
-                str(cfg.n_threads),
-                "--n_batch",
-                str(cfg.n_batch),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ls_port),
-            ]
-        ) as server,
-    ):
+    peer_cmd = [
+        PY,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(embedded_model_path()),
+        "--n_ctx",
+        str(cfg.n_ctx),
+        "--n_threads",
+        str(cfg.n_threads),
+        "--n_batch",
+        str(cfg.n_batch),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ls_port),
+    ]
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(
+            Proc(
+                [PY, "-m", "gateway", "serve", "--port", str(gw_port)],
+                env={"GATEWAY_SERVER__LOG_LEVEL": "WARNING"},
+            )
+        )
+        # llama_cpp.server needs llama-cpp-python's [server] extra (bench-deps installs it).
+        server = stack.enter_context(Proc(peer_cmd)) if have_llama_cpp_server() else None
         gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
-        server.wait_http(f"http://127.0.0.1:{ls_port}/v1/models")
         gw_url, ls_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{ls_port}"
+        if server is not None:
+            server.wait_http(f"{ls_url}/v1/models")
         local_tokens.direct_runs(1, 16)
         asyncio.run(local_tokens.gateway_runs(gw_url, 1, 16))
-        asyncio.run(local_tokens.gateway_runs(ls_url, 1, 16))
+        if server is not None:
+            asyncio.run(local_tokens.gateway_runs(ls_url, 1, 16))
         direct: list[Any] = []
         through: list[Any] = []
         peer: list[Any] = []
         for _ in range(runs):  # alternate, so drift hits all three alike
             direct += local_tokens.direct_runs(1, max_tokens)
             through += asyncio.run(local_tokens.gateway_runs(gw_url, 1, max_tokens))
-            peer += asyncio.run(local_tokens.gateway_runs(ls_url, 1, max_tokens))
+            if server is not None:
+                peer += asyncio.run(local_tokens.gateway_runs(ls_url, 1, max_tokens))
         results["memory"]["gateway (after local load)"] = gateway.rss_mb()
-        results["memory"]["llama_cpp.server (after local load)"] = server.rss_mb()
+        if server is not None:
+            results["memory"]["llama_cpp.server (after local load)"] = server.rss_mb()
 
     def summary(rs: list[Any]) -> dict[str, float]:
         return {
@@ -230,7 +235,7 @@ def local_path(runs: int, max_tokens: int, results: dict[str, Any]) -> None:
     results["local"] = {
         "llama-cpp-python direct": summary(direct),
         "edge-gateway": summary(through),
-        "llama_cpp.server": summary(peer),
+        **({"llama_cpp.server": summary(peer)} if peer else {}),
         "runs": runs,
         "max_tokens": max_tokens,
     }
@@ -348,6 +353,8 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     ]
     direct_tps = results["local"]["llama-cpp-python direct"]["tokens_per_s"]
     for name in ("llama-cpp-python direct", "edge-gateway", "llama_cpp.server"):
+        if name not in results["local"]:
+            continue  # a peer not installed (the short run without bench-deps)
         r = results["local"][name]
         lines.append(
             f"| {name} | {r['tokens_per_s']:.1f} | {r['ttft_ms']:.1f} | "
