@@ -20,10 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on and this run has not handed out before: two calls in a row
+    may otherwise get the same port back from the kernel (the first is closed again at once),
+    and two servers of one step then race for it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Proc:
