@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.http.server import GatewayRunner
-from gateway.settings import Settings, load_settings
+from gateway.local import LocalBackend
+from gateway.settings import LocalSettings, Settings, load_settings
 
 # A real Redis Cluster and a Sentinel-watched master + replica, for every module that asks.
 from tests.redis_servers import own_redis_sentinel, redis_cluster, redis_sentinel  # noqa: F401
@@ -251,3 +252,22 @@ def own_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.kill()
+
+
+# Local backends a test starts with its own settings, closed after it (the engine tests).
+Factory = Callable[..., Awaitable[LocalBackend]]
+
+
+@pytest.fixture
+async def backend_factory() -> AsyncIterator[Factory]:
+    started: list[LocalBackend] = []
+
+    async def start(**settings: Any) -> LocalBackend:
+        b = LocalBackend(LocalSettings(**settings))
+        await b.load()
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        await b.close()

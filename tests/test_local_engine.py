@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,27 +14,9 @@ from openai import AsyncOpenAI
 from gateway.errors import ContextLengthExceeded
 from gateway.local import LocalBackend
 from gateway.schemas import ChatRequest, CompletionRequest
-from gateway.settings import LocalSettings
-from tests.conftest import RunningGateway
+from tests.conftest import Factory, RunningGateway
 
 WORDS = ["apple", "zebra", "kettle", "violin", "marble", "falcon", "copper", "tundra"]
-
-Factory = Callable[..., Awaitable[LocalBackend]]
-
-
-@pytest.fixture
-async def backend_factory() -> AsyncIterator[Factory]:
-    started: list[LocalBackend] = []
-
-    async def start(**settings: Any) -> LocalBackend:
-        b = LocalBackend(LocalSettings(**settings))
-        await b.load()
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        await b.close()
 
 
 def chat(content: str, **kw: Any) -> ChatRequest:

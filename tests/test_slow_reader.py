@@ -9,18 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import pytest
 
-from gateway.local import LocalBackend
 from gateway.schemas import ChatRequest
-from gateway.settings import LocalSettings
-from tests.conftest import RunningGateway
-
-Factory = Callable[..., Awaitable[LocalBackend]]
+from tests.conftest import Factory, RunningGateway
 
 TEXT = re.compile(rb'"content":\s?"(?!")')  # a chunk with text (not the role's empty one)
 # Long enough that turn 1 is still generating when turn 2 arrives, on any box.
@@ -63,21 +58,6 @@ def turn2(first: list[dict[str, str]]) -> list[dict[str, str]]:
         {"role": "assistant", "content": "Step 1:"},
         {"role": "user", "content": "Never mind. What about croissant dough?"},
     ]
-
-
-@pytest.fixture
-async def backend_factory() -> AsyncIterator[Factory]:
-    started: list[LocalBackend] = []
-
-    async def start(**settings: Any) -> LocalBackend:
-        b = LocalBackend(LocalSettings(**settings))
-        await b.load()
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        await b.close()
 
 
 def request(msgs: list[dict[str, str]], **kw: Any) -> ChatRequest:
