@@ -1,4 +1,5 @@
-"""The one `llama_batch` the engine fills every step, written through numpy views of its arrays."""
+"""The one `llama_batch` the engine fills every step, written through numpy views of its arrays,
+and which waiting prompts go into it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import ctypes
 from typing import Any
 
 import numpy as np
+
+from .slots import Slot
 
 
 class Batch:
@@ -61,3 +64,29 @@ class Batch:
         if self.raw is not None:
             self.lib.llama_batch_free(self.raw)
             self.raw = None
+
+
+def plan_prefill(prefilling: list[Slot], chunk: int) -> list[tuple[Slot, int]]:
+    """The prompts this step prefills, shortest first, and how many tokens of each.
+
+    The shorter half of the waiting prompts (rounded up), whole prompts only once one is in,
+    at most `chunk` tokens. Every token of a step costs about the same on a CPU, prompt or
+    decode, and each step has a fixed cost on top (the weights are read once per step). One
+    big step (llama-server's way) gives every waiting client its first token at the end of
+    all the work; one prompt per step pays the fixed cost every time; halving gives half the
+    clients their first token after half the work, all of them within about log2(n) steps. A
+    part of the next prompt would delay the first tokens of those the step finishes and
+    finish nothing itself; a prompt longer than the chunk is prefilled a chunk at a time."""
+    order = sorted(prefilling, key=lambda s: len(s.job.prompt) - s.prompt_pos)  # type: ignore[union-attr]
+    plan: list[tuple[Slot, int]] = []
+    budget = chunk
+    for s in order[: (len(order) + 1) // 2]:
+        left = len(s.job.prompt) - s.prompt_pos  # type: ignore[union-attr]
+        if plan and left > budget:
+            break
+        take = min(budget, left)
+        plan.append((s, take))
+        budget -= take
+        if budget <= 0:
+            break
+    return plan

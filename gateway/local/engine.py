@@ -3,12 +3,13 @@
 Each step the engine admits waiting jobs into free slots (reusing the KV of the free slot whose
 tokens share the longest prefix with the new prompt, or copying a longer one from a busy slot:
 a client that stops reading an answer and sends its next turn at once finds its history in
-the slot still generating the answer it did not read), prefills at most `prefill_chunk` prompt
-tokens (shortest remaining prompt first, so a long prompt never stalls the streams already
-running), adds one token for every decoding slot, and runs the whole batch in ONE
-`llama_decode`. Then it samples per slot, hands text to each job (one thread-safe wake-up of
-the event loop per step, at most every `flush_s` per job) and frees finished, stopped or
-abandoned slots at once. With nothing to do it sleeps on a condition variable.
+the slot still generating the answer it did not read), prefills the shorter half of the waiting
+prompts, at most `prefill_chunk` tokens (`plan_prefill`: a burst gets half its first tokens after
+half the work, and a long prompt never stalls the streams already running), adds one token
+for every decoding slot, and runs the whole batch in ONE `llama_decode`. Then it samples per
+slot, hands text to each job (one thread-safe wake-up of the event loop per step, at most every
+`flush_s` per job) and frees finished, stopped or abandoned slots at once. With nothing to do
+it sleeps on a condition variable.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections import deque
 
 from ..errors import GatewayError, InternalError, NotReady
-from .batch import Batch
+from .batch import Batch, plan_prefill
 from .constraint import ConstraintError
 from .handover import hand_over, pair_logprobs
 from .model import Model
@@ -259,16 +260,11 @@ class Engine:
             elif s.state == PREFILL:
                 prefilling.append(s)
         n_decode = batch.n
-        budget = self.prefill_chunk
-        if prefilling:
-            prefilling.sort(key=lambda s: len(s.job.prompt) - s.prompt_pos)  # type: ignore[union-attr]
         for s in prefilling:
-            if budget <= 0:
-                s.chunk = 0
-                continue
+            s.chunk = 0
+        for s, take in plan_prefill(prefilling, self.prefill_chunk):
             prompt = s.job.prompt  # type: ignore[union-attr]
             start = s.prompt_pos
-            take = min(budget, len(prompt) - start)
             whole = start + take == len(prompt)
             last = batch.add_run(
                 prompt[start : start + take], len(s.cache), s.seq, last_logits=whole
@@ -276,7 +272,6 @@ class Engine:
             if whole:
                 outputs.append((s, last))
             s.chunk = take
-            budget -= take
         n = batch.n
         rc = batch.decode(self.ctx)
         self.steps += 1
