@@ -722,13 +722,32 @@ class LocalEmbeddingSettings(_Section):
         "auto",
         description="Pooling: auto takes the GGUF's own; a model without one (a chat model): mean.",
     )
-    n_ctx: int = Field(2048, ge=64, description="KV cells shared by the inputs of one decode call.")
+    n_ctx: int = Field(
+        8192,
+        ge=64,
+        description=(
+            "KV cells of the embedding context, a stream of n_batch cells per input: n_ctx /"
+            " n_batch inputs embed side by side in one decode call (8192: 16, 184 MiB for"
+            " SmolLM2)."
+        ),
+    )
     n_batch: int = Field(
         512,
         ge=8,
-        description="Most tokens per decode call, and so per input (400 above it).",
+        le=2048,
+        description=(
+            "Most tokens per decode call, and so per input (400 above it); decoded as one"
+            " micro-batch, whose compute buffer grows with it."
+        ),
     )
     n_threads: int = Field(2, ge=1, description="CPU threads for embedding.")
+    flash_attn: bool = Field(
+        True,
+        description=(
+            "llama.cpp's flash attention in the embedding decode (llama-server's default where"
+            " the device has it); off: the same vectors to about 1e-4, some 8% slower."
+        ),
+    )
     max_queue: int = Field(
         16, ge=1, description="Embedding requests that may wait for the model; beyond this, 429."
     )

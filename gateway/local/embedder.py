@@ -5,10 +5,11 @@ it), by the worker thread itself; every decode runs on that thread, so the conte
 used by two requests at once and the event loop never waits on llama.cpp.
 
 The inputs of a request are packed into as few `llama_decode` calls as fit `n_batch` tokens
-(and the context's sequence limit), one sequence id each, and read back pooled per sequence.
-llama-cpp-python's `Llama.embed` does the same packing but takes text only and silently cuts
-inputs longer than the batch; token-id inputs and a 400 for an over-long input need the loop
-here, on the context that `Llama` built.
+and the context's `n_ctx / n_batch` KV streams, one sequence and stream each, and read back
+pooled per sequence. llama-cpp-python's `Llama.embed` does the same packing but takes text only,
+silently cuts inputs longer than the batch and shares one KV buffer among the inputs (with
+flash attention an input then embeds differently alone and packed); token-id inputs, a 400 for
+an over-long input and a stream per input need the loop and the context here.
 
 A job nobody waits for any more (its deadline passed, its client left) stops at once: the
 waiting side sets the job's stop flag, which llama.cpp's abort callback reads between the
@@ -21,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,12 +34,13 @@ import numpy as np
 from ..errors import ContextLengthExceeded, InvalidRequest, NoRouteAvailable, QueueFull
 from ..settings import LocalEmbeddingSettings
 from ..vectors import Item, normalise
-from .model import embedded_model_path, llama_lib
+from .model import Model, embedded_model_path, llama_lib
 
 log = logging.getLogger(__name__)
 
 _POOLING = {"mean": 1, "cls": 2, "last": 3}  # llama_pooling_type
 _ABORTED = 2  # llama_decode's return code when the abort callback said stop
+_FLASH_OFF, _FLASH_ON = 0, 1  # llama_flash_attn_type
 
 
 class _Abandoned(Exception):
@@ -53,7 +55,8 @@ class LocalEmbedder:
         self.name = settings.name
         self.path = settings.model_path or None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
-        self._llm: Any = None
+        self._model: Model | None = None  # weights and vocabulary
+        self._ctx: Any = None  # the llama.cpp context every decode runs on
         self._batch: Any = None
         self.width: int | None = None
         self.pooling: str | None = None
@@ -149,13 +152,14 @@ class LocalEmbedder:
         return list(vectors), [len(s) for s in seqs]
 
     def _tokens(self, i: int, item: Item) -> list[int]:
-        llm = self._llm
+        model = self._model
+        assert model is not None  # loaded before the first input is tokenized
         if isinstance(item, str):
             # Special tokens as the model adds them (BOS, or CLS/SEP for BERT models); text
-            # that looks like a control token stays text.
-            toks = list(llm.tokenize(item.encode("utf-8"), add_bos=True, special=False))
+            # that looks like a control token stays text. Nothing to embed in "": a 400.
+            toks = model.tokenize(item, add_bos=True, special=False) if item else []
         else:
-            n_vocab = llm.n_vocab()
+            n_vocab = model.n_vocab
             bad = next((t for t in item if t >= n_vocab), None)
             if bad is not None:
                 raise InvalidRequest(
@@ -181,7 +185,7 @@ class LocalEmbedder:
         self, group: list[int], seqs: list[list[int]], out: list[np.ndarray | None]
     ) -> None:
         lib = llama_lib()
-        ctx = self._llm.ctx
+        ctx = self._ctx
         batch = self._batch
         n = 0
         for seq, i in enumerate(group):
@@ -214,7 +218,7 @@ class LocalEmbedder:
     # -- lifecycle --------------------------------------------------------------------------
 
     def _ensure_loaded(self) -> None:
-        if self._llm is not None:
+        if self._ctx is not None:
             return
         try:
             self._load()
@@ -227,42 +231,52 @@ class LocalEmbedder:
 
     def _load(self) -> None:
         lib = llama_lib()  # also quiets llama.cpp's logging
-        import llama_cpp
-
         s = self.settings
-        path = str(s.model_path or embedded_model_path())
+        path = Path(s.model_path or embedded_model_path())
         started = time.perf_counter()
-        pooling: str = s.pooling
-        if pooling == "auto":
-            # The GGUF says how it was trained to pool; a chat model says nothing: mean.
-            raw = _pooling_metadata(lib, path)
-            names = {v: k for k, v in _POOLING.items()}
-            pooling = names.get(int(raw), "mean") if raw and raw.isdigit() else "mean"
-        llm = llama_cpp.Llama(
-            path,
-            embedding=True,
-            pooling_type=_POOLING[pooling],
-            n_ctx=s.n_ctx,
-            n_batch=s.n_batch,
+        model = Model(path)
+        try:
+            pooling: str = s.pooling
+            if pooling == "auto":
+                # The GGUF says how it was trained to pool; a chat model says nothing: mean.
+                raw = model.meta(f"{model.meta('general.architecture') or ''}.pooling_type")
+                names = {v: k for k, v in _POOLING.items()}
+                pooling = names.get(int(raw), "mean") if raw and raw.isdigit() else "mean"
+            p = lib.llama_context_default_params()
+            p.embeddings = True
+            p.pooling_type = _POOLING[pooling]
+            p.n_ctx = s.n_ctx
             # A pooled sequence must sit in one micro-batch: the physical batch is the logical.
-            n_ubatch=s.n_batch,
-            n_threads=s.n_threads,
-            n_threads_batch=s.n_threads,
-            verbose=False,
-        )
+            p.n_batch = p.n_ubatch = s.n_batch
+            # One KV stream of n_batch cells per input side by side (llama-server's slots):
+            # each input attends over its own cells only, so it embeds to the same vector
+            # alone or packed with others, and flash attention has no other inputs' cells to
+            # skip. One shared buffer packs more inputs into the same memory, but then the
+            # attention kernel, and the vector, depends on how many were packed together.
+            p.n_seq_max = max(1, s.n_ctx // s.n_batch)
+            p.kv_unified = False
+            p.n_threads = p.n_threads_batch = s.n_threads
+            p.flash_attn_type = _FLASH_ON if s.flash_attn else _FLASH_OFF
+            p.no_perf = True
+            ctx = lib.llama_init_from_model(model.model, p)
+            if not ctx:
+                raise RuntimeError("llama.cpp could not create the embedding context")
+        except BaseException:
+            model.close()
+            raise
         # Read between graph nodes on the worker: a decode stops part-way once its job is
         # abandoned (llama_decode then returns 2, and the next decode clears the memory).
         self._abort_cb = lib.ggml_abort_callback(lambda _data: self._stop.is_set())
-        lib.llama_set_abort_callback(llm.ctx, self._abort_cb, None)
-        self.n_seq_max = int(lib.llama_n_seq_max(llm.ctx))
+        lib.llama_set_abort_callback(ctx, self._abort_cb, None)
+        self.n_seq_max = int(lib.llama_n_seq_max(ctx))
         self._batch = lib.llama_batch_init(s.n_batch, 0, 1)
-        self.width = int(llm.n_embd())
+        self.width = int(lib.llama_model_n_embd(model.model))
         self.pooling = pooling
-        self._llm = llm
+        self._model, self._ctx = model, ctx
         log.info(
             "local embedding model loaded",
             extra={
-                "model": path.rsplit("/", 1)[-1],
+                "model": path.name,
                 "width": self.width,
                 "pooling": pooling,
                 "seconds": round(time.perf_counter() - started, 2),
@@ -274,29 +288,13 @@ class LocalEmbedder:
             if self._batch is not None:
                 llama_lib().llama_batch_free(self._batch)
                 self._batch = None
-            if self._llm is not None:
-                self._llm.close()
-                self._llm = None
+            if self._ctx is not None:
+                llama_lib().llama_free(self._ctx)
+                self._ctx = None
+            if self._model is not None:
+                self._model.close()
+                self._model = None
 
         # On the worker, after any running job: the context is never freed under a decode.
         await asyncio.wrap_future(self._pool.submit(free))
         self._pool.shutdown(wait=False)
-
-
-def _pooling_metadata(lib: Any, path: str) -> str | None:
-    """`{arch}.pooling_type` of a GGUF, read with a vocabulary-only load (no weights)."""
-    params = lib.llama_model_default_params()
-    params.vocab_only = True
-    model = lib.llama_model_load_from_file(path.encode("utf-8"), params)
-    if not model:
-        return None
-    try:
-
-        def meta(key: str) -> str | None:
-            buf = ctypes.create_string_buffer(256)
-            n = lib.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
-            return buf.value.decode("utf-8", "replace") if n >= 0 else None
-
-        return meta(f"{meta('general.architecture') or ''}.pooling_type")
-    finally:
-        lib.llama_model_free(model)

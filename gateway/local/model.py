@@ -50,12 +50,36 @@ def llama_lib() -> Any:
 
     with _backend_lock:
         if not _backend_ready:
-            from llama_cpp._logger import set_verbose
-
-            set_verbose(False)  # llama.cpp's own chatter goes to stderr otherwise
+            _quiet_llama_log(llama_cpp)
             llama_cpp.llama_backend_init()
             _backend_ready = True
     return llama_cpp
+
+
+_LOG_ERROR, _LOG_CONT = 4, 5  # ggml_log_level (ggml.h): NONE DEBUG INFO WARN ERROR CONT
+_log_callback: Any = None  # kept alive: llama.cpp holds the pointer
+
+
+def _quiet_llama_log(llama_cpp: Any) -> None:
+    """llama.cpp's errors go to this module's logger; its chatter nowhere.
+
+    llama-cpp-python's own filter reads the level numbers of an older ggml (3 was ERROR, now
+    WARN), so with it every warning still reached stderr raw, e.g. one per embedding context
+    whose pooling differs from the GGUF's."""
+    global _log_callback
+    import logging
+
+    log = logging.getLogger(__name__)
+    shown = [False]  # a CONT line belongs to the line before it
+
+    def relay(level: int, text: bytes, _user: Any) -> None:
+        if level != _LOG_CONT:
+            shown[0] = level >= _LOG_ERROR
+        if shown[0]:
+            log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+    _log_callback = llama_cpp.llama_log_callback(relay)
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
 @dataclass
@@ -152,17 +176,18 @@ class Model:
 
     # -- tokens ------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
-        """Thread-safe: llama_tokenize only reads the vocabulary."""
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        """Thread-safe: llama_tokenize only reads the vocabulary. `special`: text spelling a
+        control token is that token (a rendered chat template), else it stays text."""
         raw = text.encode("utf-8")
         lib = self.lib
         cap = len(raw) + 8
         buf = (lib.llama_token * cap)()
-        n = lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_bos, True)
+        n = lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_bos, special)
         if n < 0:
             cap = -n
             buf = (lib.llama_token * cap)()
-            n = lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_bos, True)
+            n = lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_bos, special)
             if n < 0:
                 raise ValueError("the prompt could not be tokenized")
         if n == 0:  # an empty prompt: generation starts from BOS, as llama-cpp-python does
