@@ -94,7 +94,7 @@ def _servers(model: str, threads: int, n_batch: int, llama_server: Path) -> dict
                 "GATEWAY_LOCAL__EMBEDDING__POOLING": "mean",
                 "GATEWAY_LOCAL__EMBEDDING__N_THREADS": str(threads),
                 "GATEWAY_LOCAL__EMBEDDING__N_BATCH": str(n_batch),
-                # A KV stream of n_batch cells per input, 16 side by side: llama-server -np 16 below.
+                # A KV stream of n_batch cells per input, 16 side by side: llama-server -np 16.
                 "GATEWAY_LOCAL__EMBEDDING__N_CTX": str(16 * n_batch),
                 "GATEWAY_LOCAL__N_THREADS": str(threads),
                 "GATEWAY_LOCAL__PARALLEL": "1",
