@@ -53,3 +53,10 @@ def test_n_batch_beyond_2048_is_refused_naming_it() -> None:
     with pytest.raises(SettingsError) as err:
         load_settings(local={"embedding": {"n_batch": 4096, "n_ctx": 16384}})
     assert "local.embedding.n_batch" in str(err.value)
+
+
+async def test_streams_stop_at_what_llama_cpp_takes() -> None:
+    # 4096 / 8 would be 512 streams; llama.cpp takes no more sequences than outputs per decode
+    # (n_batch), and would abort the process on a context with more.
+    (vectors, e) = await embed(LocalEmbeddingSettings(n_ctx=4096, n_batch=8), [["pump", "seal"]])
+    assert e.n_seq_max == 8 and vectors.shape == (2, e.width)

@@ -253,7 +253,9 @@ class LocalEmbedder:
             # alone or packed with others, and flash attention has no other inputs' cells to
             # skip. One shared buffer packs more inputs into the same memory, but then the
             # attention kernel, and the vector, depends on how many were packed together.
-            p.n_seq_max = max(1, s.n_ctx // s.n_batch)
+            # llama.cpp also takes at most 256 sequences, and no more than n_batch outputs.
+            cap = min(lib.llama_max_parallel_sequences(), s.n_batch)
+            p.n_seq_max = max(1, min(s.n_ctx // s.n_batch, cap))
             p.kv_unified = False
             p.n_threads = p.n_threads_batch = s.n_threads
             p.flash_attn_type = _FLASH_ON if s.flash_attn else _FLASH_OFF
