@@ -91,21 +91,27 @@ class Fleet:
             yield False
             return
 
+        # Every wait below has the state store's bound: a Redis call that never answers (a
+        # connection left mid-reply by a cancelled renewal, a master mid-failover) must not
+        # hold the trainer, or the replica's shutdown, for ever; the lease lapses by itself.
+        bound = self.state.settings.timeout_ms / 1000
+
         async def renew() -> None:
             while True:
                 await asyncio.sleep(self.lease_ms / 3000)
                 with contextlib.suppress(Exception):
-                    await self._renew(keys=[key], args=[token, self.lease_ms])
+                    await asyncio.wait_for(
+                        self._renew(keys=[key], args=[token, self.lease_ms]), bound
+                    )
 
         renewing = asyncio.create_task(renew(), name="trainer-lease")
         try:
             yield True
         finally:
             renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            await asyncio.wait({renewing}, timeout=bound)
             try:
-                await self._release(keys=[key], args=[token])
+                await asyncio.wait_for(self._release(keys=[key], args=[token]), bound)
             except Exception:  # it lapses by itself after lease_ttl_s
                 log.warning("trainer lease not released; it expires by itself")
 

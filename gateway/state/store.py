@@ -14,6 +14,7 @@ An operation that needs the state Redis and cannot reach it raises `StateUnavail
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -116,4 +117,9 @@ class StateStore:
             return False
 
     async def close(self) -> None:
-        await self.client.aclose()
+        # Bounded: a connection stuck mid-reply must not hold the shutdown. Closing is local
+        # (no round trip), so a second is plenty even when the operation bound is tighter.
+        try:
+            await asyncio.wait_for(self.client.aclose(), max(1.0, self.settings.timeout_ms / 1000))
+        except (TimeoutError, OSError):
+            log.warning("state redis connections not closed in time")
