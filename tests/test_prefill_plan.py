@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from gateway.local.batch import plan_prefill
+from gateway.local.batch import MAX_SKIPS, plan_prefill
 from gateway.local.slots import Slot
 
 
@@ -46,3 +46,18 @@ def test_a_prompt_longer_than_the_chunk_is_prefilled_a_chunk_at_a_time() -> None
     assert planned(waiting(1000, done=900), 256) == [(0, 100)]
     # Beside a short one, the short one goes first and the long one waits a step.
     assert planned(waiting(1000, 20), 256) == [(1, 20)]
+
+
+def test_a_long_prompt_passed_over_for_max_skips_steps_goes_first() -> None:
+    # Short prompts that keep arriving would otherwise keep a long one out for ever.
+    slots = waiting(1000, 20, 30)
+    assert planned(slots, 256) == [(1, 20), (2, 30)]
+    slots[0].skipped = MAX_SKIPS - 1
+    assert planned(slots, 256) == [(1, 20), (2, 30)]
+    slots[0].skipped = MAX_SKIPS
+    # It goes first with a chunk; the short ones wait for the next step (whole ones only).
+    assert planned(slots, 256) == [(0, 256)]
+    assert planned(waiting(100, 20, 30), 256)[0] == (1, 20)
+    starved = waiting(100, 20, 30)
+    starved[0].skipped = MAX_SKIPS
+    assert planned(starved, 256) == [(0, 100), (1, 20)]  # still the shorter half: 2 of 3

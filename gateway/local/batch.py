@@ -66,6 +66,9 @@ class Batch:
             self.raw = None
 
 
+MAX_SKIPS = 4  # steps a waiting prompt may be passed over before it goes first
+
+
 def plan_prefill(prefilling: list[Slot], chunk: int) -> list[tuple[Slot, int]]:
     """The prompts this step prefills, shortest first, and how many tokens of each.
 
@@ -76,11 +79,19 @@ def plan_prefill(prefilling: list[Slot], chunk: int) -> list[tuple[Slot, int]]:
     all the work; one prompt per step pays the fixed cost every time; halving gives half the
     clients their first token after half the work, all of them within about log2(n) steps. A
     part of the next prompt would delay the first tokens of those the step finishes and
-    finish nothing itself; a prompt longer than the chunk is prefilled a chunk at a time."""
-    order = sorted(prefilling, key=lambda s: len(s.job.prompt) - s.prompt_pos)  # type: ignore[union-attr]
+    finish nothing itself; a prompt longer than the chunk is prefilled a chunk at a time.
+
+    Shortest first alone would starve a long prompt while short ones keep arriving: one passed
+    over for `MAX_SKIPS` steps in a row goes first in the next."""
+
+    def rank(s: Slot) -> tuple[bool, int]:
+        return s.skipped < MAX_SKIPS, len(s.job.prompt) - s.prompt_pos  # type: ignore[union-attr]
+
+    order = sorted(prefilling, key=rank)
+    starving = sum(1 for s in order if s.skipped >= MAX_SKIPS)
     plan: list[tuple[Slot, int]] = []
     budget = chunk
-    for s in order[: (len(order) + 1) // 2]:
+    for s in order[: max(starving, (len(order) + 1) // 2)]:
         left = len(s.job.prompt) - s.prompt_pos  # type: ignore[union-attr]
         if plan and left > budget:
             break

@@ -197,6 +197,7 @@ class Engine:
         best.job = job
         best.state = PREFILL
         best.prompt_pos = shared
+        best.skipped = 0
         best.sampler = sampler
         best.text = TextStream(job.params.stop)
         best.generated = 0
@@ -272,6 +273,8 @@ class Engine:
             if whole:
                 outputs.append((s, last))
             s.chunk = take
+        for s in prefilling:
+            s.skipped = 0 if s.chunk else s.skipped + 1
         n = batch.n
         rc = batch.decode(self.ctx)
         self.steps += 1

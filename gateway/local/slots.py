@@ -63,6 +63,7 @@ class Slot:
         "prompt_pos",
         "sampler",
         "seq",
+        "skipped",
         "state",
         "text",
     )
@@ -74,6 +75,7 @@ class Slot:
         self.cache: list[int] = []  # tokens whose K/V this sequence holds, in position order
         self.prompt_pos = 0  # next prompt token to prefill
         self.chunk = 0  # prompt tokens in the batch being decoded
+        self.skipped = 0  # steps in a row its prompt was left out of the batch (plan_prefill)
         self.sampler: Sampler | None = None
         self.text: TextStream | None = None
         self.last_token = -1
