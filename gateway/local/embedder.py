@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 _POOLING = {"mean": 1, "cls": 2, "last": 3}  # llama_pooling_type
 _ABORTED = 2  # llama_decode's return code when the abort callback said stop
-_FLASH_OFF, _FLASH_ON = 0, 1  # llama_flash_attn_type
 
 
 class _Abandoned(Exception):
@@ -258,7 +257,11 @@ class LocalEmbedder:
             p.n_seq_max = max(1, min(s.n_ctx // s.n_batch, cap))
             p.kv_unified = False
             p.n_threads = p.n_threads_batch = s.n_threads
-            p.flash_attn_type = _FLASH_ON if s.flash_attn else _FLASH_OFF
+            p.flash_attn_type = (
+                lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if s.flash_attn
+                else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
             p.no_perf = True
             ctx = lib.llama_init_from_model(model.model, p)
             if not ctx:

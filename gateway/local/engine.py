@@ -263,6 +263,7 @@ class Engine:
         n_decode = batch.n
         for s in prefilling:
             s.chunk = 0
+            s.skipped += 1  # unless planned, below
         for s, take in plan_prefill(prefilling, self.prefill_chunk):
             prompt = s.job.prompt  # type: ignore[union-attr]
             start = s.prompt_pos
@@ -273,8 +274,7 @@ class Engine:
             if whole:
                 outputs.append((s, last))
             s.chunk = take
-        for s in prefilling:
-            s.skipped = 0 if s.chunk else s.skipped + 1
+            s.skipped = 0
         n = batch.n
         rc = batch.decode(self.ctx)
         self.steps += 1

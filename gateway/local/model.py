@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import importlib.util
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,6 @@ def _quiet_llama_log(llama_cpp: Any) -> None:
     WARN), so with it every warning still reached stderr raw, e.g. one per embedding context
     whose pooling differs from the GGUF's."""
     global _log_callback
-    import logging
-
     log = logging.getLogger(__name__)
     shown = [False]  # a CONT line belongs to the line before it
 
