@@ -121,6 +121,12 @@ class Model:
     def __init__(self, path: Path) -> None:
         lib = self.lib = llama_lib()
         params = lib.llama_model_default_params()
+        # No extra buffer types (AMX, repacked weights): on a CPU with AMX tiles (Xeon
+        # Sapphire Rapids and later) llama.cpp 0.3.36 puts Q4_1 weights in its AMX buffer and
+        # the engine's multi-sequence decodes crash in its matmul (segfault on the first
+        # batch of 8; llama.cpp issue 20824 is the same crash). The plain CPU buffer is what
+        # every other x86 box already runs.
+        params.use_extra_bufts = False
         self.path = path
         self.model = lib.llama_model_load_from_file(str(path).encode("utf-8"), params)
         if not self.model:
