@@ -75,6 +75,7 @@ class Dispatcher:
             local_queue_depth=self.local.queue_depth,
             local_queue_full=not self.local.has_room(),
             scorer=self.policies.current.scorer,
+            detector=self.policies.current.detector,
             scan_budget=scan_budget,
         )
 

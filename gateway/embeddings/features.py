@@ -6,7 +6,7 @@ import functools
 from typing import Any
 
 from ..routing.features import Features
-from ..routing.pii import detect_pii
+from ..routing.pii import TOKEN_IDS, Detector, default_detector
 from ..routing.privacy import embedding_strings
 from ..routing.tokens import count_tokens, encoder
 from .request import EmbeddingRequest
@@ -21,6 +21,7 @@ def embedding_features(
     local_queue_full: bool,
     n_batch: int,
     scan_budget: int | None = None,
+    detector: Detector | None = None,
 ) -> Features:
     """The features of an embedding request (off the loop when large).
 
@@ -38,6 +39,7 @@ def embedding_features(
         pii=_pii(
             [*req.texts(), *others],
             [i for i in items if not isinstance(i, str)],
+            detector or default_detector(),
         ),
         tenant=tenant,
         cloud_reachable=cloud_reachable,
@@ -56,7 +58,7 @@ def _vocabularies() -> tuple[Any, ...]:
     return (encoder(), tiktoken.get_encoding("cl100k_base"))  # encoder() sets the offline cache
 
 
-def _pii(texts: list[str], token_inputs: list[list[int]]) -> tuple[str, ...]:
+def _pii(texts: list[str], token_inputs: list[list[int]], detector: Detector) -> tuple[str, ...]:
     """Private data in the inputs, token-id inputs included, and in every other string of the
     request (`user`, unknown fields: routing/privacy.py), all in one scan.
 
@@ -77,5 +79,5 @@ def _pii(texts: list[str], token_inputs: list[list[int]]) -> tuple[str, ...]:
             except (KeyError, ValueError, OverflowError):  # ids outside this vocabulary
                 pass
         unscanned = unscanned or not readable
-    found = detect_pii("\x00".join(decoded))  # NUL: no match spans two strings (privacy.py)
-    return (*found, "token_ids") if unscanned else found
+    found = detector.find("\x00".join(decoded))  # NUL: no match spans two strings (privacy.py)
+    return (*found, TOKEN_IDS) if unscanned else found

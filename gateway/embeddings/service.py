@@ -124,6 +124,7 @@ class EmbeddingService:
             local_queue_full=not self.local.has_room(),
             n_batch=self.settings.local.embedding.n_batch,
             scan_budget=scan_budget,
+            detector=self.policies.current.detector,
         )
 
     async def decide(

@@ -10,6 +10,7 @@ from typing import Any
 from ..jsonfast import canonical
 from ..schemas import AnyRequest, ChatRequest
 from .complexity import ComplexityScorer, Scorer
+from .pii import Detector
 from .privacy import scan_chat, scan_completion
 from .tokens import count_tokens
 
@@ -82,7 +83,8 @@ class FeatureExtractor:
     def __init__(self, *, scorer: ComplexityScorer, local_n_ctx: int) -> None:
         self.scorer = scorer
         self.local_n_ctx = local_n_ctx
-        self._memo: OrderedDict[tuple[type, bytes], _Text] = OrderedDict()
+        # Keyed by the detector too: a reloaded policy may look for other kinds.
+        self._memo: OrderedDict[tuple[type, Detector | None, bytes], _Text] = OrderedDict()
         # extract runs on the loop, and in a worker thread for a large request.
         self._lock = threading.Lock()
 
@@ -95,14 +97,15 @@ class FeatureExtractor:
         local_queue_depth: int,
         local_queue_full: bool,
         scorer: Scorer | None = None,
+        detector: Detector | None = None,
         scan_budget: int | None = None,
     ) -> Features:
-        """The request's features; `scorer` is the policy's own, if it has one.
+        """The request's features; `scorer` and `detector` are the policy's own.
 
         The privacy scan reads the whole request (routing/privacy.py), first: past
         `scan_budget` it raises privacy.TooLarge before any other work is spent.
         """
-        text = self._text(req, scan_budget)
+        text = self._text(req, scan_budget, detector)
         tokens = text.tokens
         max_tokens = req.requested_max_tokens()
         complexity = (scorer or self.scorer).score(text.asked, max_tokens=max_tokens)
@@ -122,11 +125,11 @@ class FeatureExtractor:
             max_tokens=max_tokens,
         )
 
-    def _text(self, req: AnyRequest, scan_budget: int | None) -> _Text:
+    def _text(self, req: AnyRequest, scan_budget: int | None, detector: Detector | None) -> _Text:
         body = canonical(req.upstream_body()) if req.content_chars() <= MEMO_MAX_BYTES else b""
         if len(body) > MEMO_MAX_BYTES:
             body = b""  # tools or other fields make it large: not memoised
-        key = (type(req), body)
+        key = (type(req), detector, body)
         if body:
             with self._lock:
                 known = self._memo.get(key)
@@ -134,7 +137,8 @@ class FeatureExtractor:
                     self._memo.move_to_end(key)
                     return known
         scan = scan_chat if isinstance(req, ChatRequest) else scan_completion
-        pii = scan(req, budget=scan_budget)  # may raise privacy.TooLarge: nothing memoised
+        # May raise privacy.TooLarge: nothing memoised.
+        pii = scan(req, budget=scan_budget, detector=detector)
         text = req.prompt_text()
         tokens = count_tokens(text)
         if isinstance(req, ChatRequest):

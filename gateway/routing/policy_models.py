@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from .complexity import Complexity
 from .features import Features
 from .learned import LearnedScorer
+from .pii import UNKNOWN_KINDS, Detector, PrivacyConfig
 
 LOCAL = "local"
 CLOUD = "cloud"
@@ -67,7 +68,11 @@ class When(_Strict):
     prompt_tokens: Range | None = None
     complexity: Range | None = None
     needs: list[Need] | None = Field(None, description="any of these needs; `any` for any need")
-    pii: bool | list[Literal["email", "phone", "card", "iban"]] | None = None
+    pii: bool | list[str] | None = Field(
+        None,
+        description="any private data (true), none (false), or any of these kinds (the "
+        "policy's privacy.kinds and pattern names); a scan that could not finish matches all",
+    )
     tenant: list[str] | None = Field(None, description="tenant ids (sha256 of the key, 12 hex)")
     cloud_reachable: bool | None = None
     local_queue_depth: Range | None = None
@@ -99,7 +104,9 @@ class When(_Strict):
                     return None
                 why.append("pii=" + (",".join(f.pii) if f.pii else "none"))
             else:
-                hit = [k for k in f.pii if k in self.pii]
+                # `unscanned` and `token_ids` may hide any kind: they match every list (fail
+                # closed).
+                hit = [k for k in f.pii if k in self.pii or k in UNKNOWN_KINDS]
                 if not hit:
                     return None
                 why.append("pii=" + ",".join(hit))
@@ -211,6 +218,11 @@ class Policy(_Strict):
     )
     rules: list[Rule] = Field(default_factory=list)
     offline: Offline = Field(default_factory=Offline)
+    privacy: PrivacyConfig = Field(
+        default_factory=PrivacyConfig,
+        description="what the private-data scan looks for (kinds, regions, own patterns)",
+    )
+    _detector: Detector | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Policy:
@@ -219,6 +231,27 @@ class Policy(_Strict):
         if dup:
             raise ValueError(f"rule names must be unique: {sorted(dup)}")
         return self
+
+    @model_validator(mode="after")
+    def _known_pii_kinds(self) -> Policy:
+        known = self.privacy.all_kinds()
+        for r in self.rules:
+            if isinstance(r.when.pii, list):
+                unknown = [k for k in r.when.pii if k not in known]
+                if unknown:
+                    raise ValueError(
+                        f"rule {r.name!r}: pii kinds {unknown} are not scanned for "
+                        f"(privacy.kinds and pattern names: {list(known)})"
+                    )
+        return self
+
+    @property
+    def detector(self) -> Detector:
+        """The private-data detector of this policy, built once (it loads libphonenumber's
+        metadata for every region): a reload builds a new one with the new policy."""
+        if self._detector is None:
+            self._detector = Detector(self.privacy)
+        return self._detector
 
     def cloud_threshold(self) -> float | None:
         """The complexity at and above which the first complexity rule sends `auto` traffic

@@ -1,7 +1,7 @@
 """Which strings of a request leave the box, and the one private-data scan over all of them.
 
 Deny by default: every string value and every object key of the request, at any depth, is
-scanned (routing/pii.py), whatever field it is in, known to the gateway or not: a tool-call's
+scanned (routing/pii/), whatever field it is in, known to the gateway or not: a tool-call's
 `arguments`, `user`, a message's `name`, `metadata` keys and values, a JSON schema's property
 names and descriptions, fields OpenAI adds next year. The only strings skipped are those at
 the few allow-listed paths below (roles, part and tool types, tool and call names and ids,
@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .pii import detect_pii
+from .pii import Detector, default_detector
 
 # Joins the collected strings: no detector pattern matches across a NUL (none allows it in a
 # match, and it is a non-word character for the `\b` anchors), so two neighbouring strings can
@@ -148,17 +148,28 @@ def _check(size: int, budget: int | None) -> None:
         raise TooLarge
 
 
-def scan(root: Any, allowed: dict[str, Any], *, budget: int | None = None) -> tuple[str, ...]:
-    """The kinds of private data (routing/pii.py) anywhere in `root` but allow-listed ids."""
-    return detect_pii(_SEP.join(strings(root, allowed, budget=budget)))
+def scan(
+    root: Any,
+    allowed: dict[str, Any],
+    *,
+    budget: int | None = None,
+    detector: Detector | None = None,
+) -> tuple[str, ...]:
+    """The kinds of private data (routing/pii/) anywhere in `root` but allow-listed ids;
+    `detector` is the policy's (the default configuration's when None)."""
+    return (detector or default_detector()).find(_SEP.join(strings(root, allowed, budget=budget)))
 
 
-def scan_chat(req: Any, *, budget: int | None = None) -> tuple[str, ...]:
-    return scan(req, _CHAT, budget=budget)
+def scan_chat(
+    req: Any, *, budget: int | None = None, detector: Detector | None = None
+) -> tuple[str, ...]:
+    return scan(req, _CHAT, budget=budget, detector=detector)
 
 
-def scan_completion(req: Any, *, budget: int | None = None) -> tuple[str, ...]:
-    return scan(req, _COMPLETION, budget=budget)
+def scan_completion(
+    req: Any, *, budget: int | None = None, detector: Detector | None = None
+) -> tuple[str, ...]:
+    return scan(req, _COMPLETION, budget=budget, detector=detector)
 
 
 def embedding_strings(req: Any, *, budget: int | None = None) -> list[str]:

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         local_queue_depth=0,
         local_queue_full=False,
         scorer=policy.scorer,  # the policy's learned weights, when it names some
+        detector=policy.detector,  # and its privacy: section
     )
     local_names = [settings.local.model_name, *(m.name for m in settings.local.models)]
     windows = context_windows(settings.cloud.models)
