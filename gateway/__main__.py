@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.server.log_level)
+    setup_logging(settings.server.log_level, bodies=settings.server.log_bodies)
     try:
         app = create_app(settings)
     except PolicyError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed with extra= and is ours to print.
@@ -12,6 +13,27 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 
 
 class JsonFormatter(logging.Formatter):
+    """`bodies` off (server.log_bodies, the default): an exception is written as its class
+    and where it was raised, never its message. Messages quote what they failed on (a
+    client's schema in a grammar error, a field's value in a validation error, a request
+    line in a parse error), and that may be private."""
+
+    def __init__(self, *, bodies: bool = False) -> None:
+        super().__init__()
+        self.bodies = bodies
+
+    def formatException(self, ei: Any) -> str:
+        if self.bodies:
+            return super().formatException(ei)
+        lines = []
+        exc: BaseException | None = ei[1]
+        while exc is not None:
+            frames = traceback.extract_tb(exc.__traceback__)
+            lines.append(type(exc).__name__ + " (message withheld: server.log_bodies is off)")
+            lines += [f"  {f.filename}:{f.lineno} in {f.name}" for f in frames]
+            exc = exc.__cause__ or exc.__context__
+        return "\n".join(lines)
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -29,9 +51,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, bodies: bool = False) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(bodies=bodies))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -317,7 +317,8 @@ class _Handler(RequestHandler):
         elif status >= 500:
             log.error("unhandled error below the app", exc_info=exc)
         else:
-            log.info("unparsable request", extra={"status": status, "error": message})
+            # Not aiohttp's message: it quotes the bytes it could not parse, the client's.
+            log.info("unparsable request", extra={"status": status})
         err: GatewayError = (
             InternalError("The server had an error processing your request.")
             if status >= 500

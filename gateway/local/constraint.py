@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 
 class ConstraintError(RuntimeError):
-    """The matcher refused a token or has nothing left to allow: a defect, never the client's."""
+    """The matcher refused a token or has nothing left to allow. The mask allows only tokens
+    the grammar takes, so this is llguidance giving up on the grammar itself (a parser row
+    past its item limit, say, from an `anyOf` of hundreds of objects): the schema's cost."""
 
 
 class Grammars:
@@ -73,7 +75,19 @@ class Grammars:
                 param=grammar.param,
                 code="invalid_schema",
             )
-        done = CompiledGrammar(matcher, self._model.n_vocab)
+        done = CompiledGrammar(matcher, self._model.n_vocab, grammar.param)
+        try:
+            # The first token's mask, now: a grammar llguidance compiles but cannot start
+            # (an `anyOf` of hundreds of objects past its lexer's limits) is the client's
+            # schema to simplify, a 400 here rather than a 500 at the first token.
+            done.matcher().apply(np.zeros(self._model.n_vocab, dtype=np.float32))
+        except ConstraintError as exc:
+            raise InvalidRequest(
+                f"The schema in '{grammar.param}' is too complex for the local model's "
+                f"grammar engine: {exc}",
+                param=grammar.param,
+                code="unsupported_schema",
+            ) from None
         with self._lock:
             self._compiled[grammar.text] = done
             while len(self._compiled) > self._keep:
@@ -84,11 +98,12 @@ class Grammars:
 class CompiledGrammar:
     """A matcher at the start of the grammar, never advanced itself: answers get copies."""
 
-    __slots__ = ("_start", "n_vocab")
+    __slots__ = ("_start", "n_vocab", "param")
 
-    def __init__(self, start: Any, n_vocab: int) -> None:
+    def __init__(self, start: Any, n_vocab: int, param: str) -> None:
         self._start = start
         self.n_vocab = n_vocab
+        self.param = param  # the request field the grammar came from, for errors
 
     def matcher(self) -> Matcher:
         return Matcher(self._start.deep_copy(), self.n_vocab)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 
-from ..errors import GatewayError, InternalError, NotReady
+from ..errors import GatewayError, InternalError, InvalidRequest, NotReady
 from .batch import Batch, plan_prefill
 from .constraint import ConstraintError
 from .handover import hand_over, pair_logprobs
@@ -305,10 +305,19 @@ class Engine:
         try:
             token = slot.sampler.sample(self.ctx, idx)
         except ConstraintError:
-            # Only a defect gets here (the mask allows only tokens the grammar takes): say so
-            # rather than send an answer the schema does not hold.
-            log.exception("grammar refused the sampled token")
-            self._fail(slot, InternalError("local model failed to follow the grammar"))
+            # llguidance gave up on the grammar (its limits, reached by the client's schema):
+            # the client's to simplify, so a 400 naming the field, never an answer the schema
+            # does not hold. The log has no message: it would quote the schema.
+            log.warning("grammar engine gave up", extra={"param": params.grammar_param()})
+            self._fail(
+                slot,
+                InvalidRequest(
+                    "The schema is too complex for the local model's grammar engine; "
+                    "simplify it (fewer alternatives) or use a cloud model.",
+                    param=params.grammar_param(),
+                    code="unsupported_schema",
+                ),
+            )
             return
         model = self.model
         if model.is_eog(token):

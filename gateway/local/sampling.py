@@ -41,6 +41,9 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    def grammar_param(self) -> str | None:
+        return self.grammar.param if self.grammar is not None else None
+
 
 class Sampler:
     """A llama_sampler chain for one request; freed when the request leaves its slot."""
