@@ -110,18 +110,31 @@ async def test_no_error_path_logs_client_text(
     await post(
         "invalid_schema", "/chat/completions", json=chat("local", response_format=bad_schema)
     )
-    await post("unreadable", "/chat/completions", data=f'{{"model": "{EMAIL}", ',
-               headers={"content-type": "application/json"})  # fmt: skip
+    await post(
+        "unreadable",
+        "/chat/completions",
+        data=f'{{"model": "{EMAIL}", ',
+        headers={"content-type": "application/json"},
+    )
     await post("wrong_types", "/chat/completions", json={"model": "local", "messages": EMAIL})
     await post("unknown_model", "/chat/completions", json=chat(EMAIL))
     await post("too_large", "/chat/completions", json=chat("local", user=EMAIL * 20_000))
     await post("bad_param", "/chat/completions", json=chat("local", temperature=EMAIL))
-    await post("unknown_response", "/responses",
-               json={"model": "local", "input": "hi", "previous_response_id": f"resp_{MARK}"})  # fmt: skip
-    await post("bad_item_reference", "/responses",
-               json={"model": "local", "input": [{"type": "item_reference", "id": EMAIL}]})  # fmt: skip
-    await post("embedding_format", "/embeddings",
-               json={"model": "local", "input": EMAIL, "encoding_format": MARK})  # fmt: skip
+    await post(
+        "unknown_response",
+        "/responses",
+        json={"model": "local", "input": "hi", "previous_response_id": f"resp_{MARK}"},
+    )
+    await post(
+        "bad_item_reference",
+        "/responses",
+        json={"model": "local", "input": [{"type": "item_reference", "id": EMAIL}]},
+    )
+    await post(
+        "embedding_format",
+        "/embeddings",
+        json={"model": "local", "input": EMAIL, "encoding_format": MARK},
+    )
     async with http.get(f"{url}/responses/resp_{MARK}") as r:
         statuses["get_unknown_response"] = r.status
     # The cloud failing, refusing, and cutting a stream, for a request without private data

@@ -50,9 +50,10 @@ _SENTENCES = (
 
 @dataclass(frozen=True)
 class Sample:
-    kind: str  # email | phone | card | iban | none
+    kind: str  # email | phone | card | iban
     locale: str
-    value: str
+    value: str  # as Faker wrote it
+    spelled: str  # as it is in `text`
     text: str
 
 
@@ -101,7 +102,7 @@ def private_samples(*, per_kind: int = 4, seed: int = 1) -> list[Sample]:
                 value = make()
                 spelled = _respell(kind, value, rng)
                 text = rng.choice(_SENTENCES).replace("{kind}", kind).format(spelled)
-                out.append(Sample(kind, locale, value, text))
+                out.append(Sample(kind, locale, value, spelled, text))
     # Non-ASCII addresses, as the probe sent them and as Faker's locales do not.
     for address in (
         "jörg@müller-bau.de",
@@ -109,7 +110,7 @@ def private_samples(*, per_kind: int = 4, seed: int = 1) -> list[Sample]:
         "用户@例子.中国",
         "info(at)firma.de",
     ):
-        out.append(Sample("email", "idn", address, f"Schreiben Sie an {address} bitte."))
+        out.append(Sample("email", "idn", address, address, f"Schreiben Sie an {address} bitte."))
     return out
 
 

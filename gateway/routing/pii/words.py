@@ -37,8 +37,8 @@ _NUMBER_WORD = re.compile(
     r"\b(?:number|numéro|nummer|número|numero|numer|číslo|nr|no)\b|番号|号码", re.IGNORECASE
 )
 # Between a word and the number it names: no digit and no end of a sentence (`Tel.` and
-# `Nr.` are abbreviations, not ends).
-_BREAK = re.compile(r"[\d;!?。；！？\n]|\.\s+[A-Z][a-z]{2,}")
+# `Nr.` are abbreviations, not ends), and not another string of the request (joined by NUL).
+_BREAK = re.compile(r"[\d;!?。；！？\n\x00]|\.\s+[A-Z][a-z]{2,}")
 
 
 def named(before: str) -> str | None:
