@@ -20,7 +20,7 @@ from .config import (
     OperatorPattern,
     PrivacyConfig,
 )
-from .detector import Detector, describe
+from .detector import Detector
 from .numbers import iban_ok
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "OperatorPattern",
     "PrivacyConfig",
     "default_detector",
-    "describe",
     "detect_pii",
     "iban_ok",
     "luhn_ok",

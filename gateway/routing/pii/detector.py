@@ -8,7 +8,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 from stdnum import damm, luhn, verhoeff
 from stdnum.iso7064 import mod_11_2, mod_11_10, mod_37_2, mod_97_10
@@ -34,6 +33,8 @@ _CHECKSUMS: dict[str, Callable[[str], bool]] = {
 # bracketed "at" cannot hold any built-in kind (operator patterns are tried regardless).
 _PREFILTER = re.compile(r"\d|@|[\[({<]\s?at\s?[\])}>]", re.IGNORECASE)
 _ALNUM = re.compile(r"[^0-9A-Za-z]")
+_NON_DIGIT = re.compile(r"\D")
+_DIGIT_CHECKSUMS = ("luhn", "verhoeff", "damm", "mod11_10")
 
 
 class ScanTimeout(Exception):
@@ -46,13 +47,16 @@ class _Pattern:
         self.regex = re.compile(spec.regex, re.IGNORECASE if spec.ignore_case else 0)
         self.checksum = _CHECKSUMS[spec.checksum]
         self.any = spec.checksum == "none"
+        # Luhn, Verhoeff, Damm and mod 11,10 check digits: the match's digits (`PID` + a
+        # number); the others check letters too (ISO 7064 mod 97-10, 11-2 with X, 37-2).
+        self.keep = _NON_DIGIT if spec.checksum in _DIGIT_CHECKSUMS else _ALNUM
 
     def found(self, text: str) -> bool:
         for m in self.regex.finditer(text):
             if self.any:
                 return True
             try:
-                if self.checksum(_ALNUM.sub("", m.group()).upper()):
+                if self.checksum(self.keep.sub("", m.group()).upper()):
                     return True
             except Exception:  # stdnum raises on letters where its algorithm takes digits
                 continue
@@ -138,14 +142,3 @@ def _blank(s: str, spans: list[tuple[int, int]]) -> str:
 def _check(deadline: float) -> None:
     if time.monotonic() > deadline:
         raise ScanTimeout
-
-
-def describe(detector: Any) -> dict[str, Any]:
-    """What the status page and the policy check show of a detector: never a value."""
-    c: PrivacyConfig = detector.config
-    return {
-        "kinds": list(c.kinds),
-        "regions": list(c.regions),
-        "patterns": [p.name for p in c.patterns],
-        "national_id_regions": c.national_id_regions(),
-    }
