@@ -82,6 +82,46 @@ def long_prompts(count: int = 50) -> list[str]:
     return out
 
 
+def _distinct(text: str, i: int) -> str:
+    return f"{text} (request {_word(i)})"
+
+
+def _word(i: int) -> str:
+    """A distinct word for each number, without digits (digits would wake the detectors)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        out += letters[i % 26]
+        i //= 26
+        if not i:
+            return out
+
+
+def _dense(i: int) -> str:
+    rng = random.Random(i)
+    parts = [
+        f"Order #{rng.randint(10_000, 99_999_999)} shipped on 2024-0{rng.randint(1, 9)}-1{i % 10}.",
+        f"Total {rng.randint(1, 99)} {rng.randint(100, 999)},{rng.randint(10, 99)} EUR incl. VAT.",
+        f"Version {rng.randint(1, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 99)} is installed.",
+        f"Meter reading {rng.randint(1000, 99999)}.{rng.randint(0, 9)} kWh, lot 2023-0{i % 9}.",
+        "The meeting covered budget, hiring and the roadmap for the next quarter.",
+    ]
+    body = []
+    while sum(len(p) + 1 for p in body) < 1900:
+        body.append(rng.choice(parts))
+    body.insert(
+        len(body) // 2,
+        f"Call me on +33 6 {rng.randint(10, 99)} 34 56 78 or {_word(i)}@example.org.",
+    )
+    return " ".join(body)[:2000]
+
+
+def _chat(text: str) -> ChatRequest:
+    return ChatRequest.model_validate(
+        {"model": "auto", "messages": [{"role": "user", "content": text}]}
+    )
+
+
 def _stats(samples: list[float]) -> dict[str, float]:
     samples.sort()
     return {
@@ -142,7 +182,12 @@ def measure(n: int = 10_000, weights: Path | None = None) -> dict[str, Any]:
 
     def features_of(req: ChatRequest) -> Features:
         return extractor.extract(
-            req, tenant=None, cloud_reachable=True, local_queue_depth=0, local_queue_full=False
+            req,
+            tenant=None,
+            cloud_reachable=True,
+            local_queue_depth=0,
+            local_queue_full=False,
+            detector=policy.detector,
         )
 
     def decision_of(req: ChatRequest) -> object:
@@ -172,8 +217,18 @@ def measure(n: int = 10_000, weights: Path | None = None) -> dict[str, Any]:
             local_queue_depth=0,
             local_queue_full=False,
             scorer=learned,
+            detector=policy.detector,
         )
         return router.decide(policy, f)
+
+    # Distinct 2 KB chat prompts (no two alike, so the features memo never answers): plain
+    # text, and text dense with numbers (dates, amounts, orders) holding a phone number and
+    # an e-mail address, the detectors' busiest case.
+    plain_2k = [_distinct(longs[i % len(longs)][:2000], i) for i in range(n)]
+    dense_2k = [_dense(i) for i in range(n)]
+    chat_2k = [_chat(t) for t in plain_2k]
+    chat_dense = [_chat(t) for t in dense_2k]
+    scan = policy.detector.find
 
     for text in texts[:200]:  # warm-up: regex caches, branch predictors, allocator
         scorer.score(text)
@@ -189,9 +244,19 @@ def measure(n: int = 10_000, weights: Path | None = None) -> dict[str, Any]:
             learned.score, [longs[i % len(longs)] for i in range(n)]
         ),
         "features + policy decision, learned": _timed(learned_decision_of, reqs),
+        "features + decision, 2 KB chat prompt": _timed(decision_of, chat_2k),
+        "features + decision, 2 KB dense with numbers": _timed(decision_of, chat_dense),
     }
+    # Linear in the request's size: the privacy scan of 10 KB, 100 KB and 1 MB of the same
+    # dense text, per KB.
+    scaling = {}
+    for kb in (10, 100, 1000):
+        text = "\n".join(dense_2k[: kb // 2 + 1])[: kb * 1024]
+        times = _timed(scan, [text] * max(3, min(50, 2000 // kb)))
+        scaling[f"{kb} KB"] = statistics.median(times) * 1000 / kb
     return {
         "n": n,
+        "scan_ms_per_kb": scaling,
         "rows": {k: _stats(v) for k, v in rows.items()},
         "learned_terms": n_terms,
         "learned_rss_mb": rss_added,
@@ -208,6 +273,8 @@ def main() -> None:
     print(f"{'what':<42}{'median ms':>11}{'p99 ms':>10}{'max ms':>10}   (n={result['n']})")
     for name, r in result["rows"].items():
         print(f"{name:<42}{r['median_ms']:>11.4f}{r['p99_ms']:>10.4f}{r['max_ms']:>10.4f}")
+    per_kb = ", ".join(f"{k}: {v:.4f}" for k, v in result["scan_ms_per_kb"].items())
+    print(f"privacy scan, ms per KB of dense text: {per_kb}")
     print(
         f"learned weights: {result['learned_terms']} terms; loading them held "
         f"{result['learned_heap_mb']:.1f} MB of Python heap, RSS grew "

@@ -3,8 +3,9 @@
 Private data comes from Faker (not a list written by hand): phone numbers, e-mail addresses,
 card numbers and IBANs as its providers write them for each locale, then respelled the way
 people type or paste them: fullwidth digits and `＠` (a Japanese or Chinese input method),
-no-break and thin spaces (copied from a web page), lower-case and grouped IBANs, cards in
-groups of four, `00` for `+`, extensions. Each goes into a sentence of one of several
+Arabic-Indic, Persian and Devanagari digits, no-break, thin and zero-width spaces (copied
+from a web page), lower-case and grouped IBANs, cards in groups of four, `00` for `+`,
+extensions. Each goes into a sentence of one of several
 languages, some of which write numbers right against the words around them.
 
 Look-alikes are generated too, from templates with random parts: order and invoice numbers,
@@ -32,6 +33,11 @@ LOCALES = (
 )  # fmt: skip
 
 _FULLWIDTH = str.maketrans("0123456789@+-() ", "０１２３４５６７８９＠＋－（）\u3000")
+# Digits of the scripts people type phone numbers in: Arabic-Indic, Persian, Devanagari.
+_SCRIPTS = [
+    str.maketrans("0123456789", "".join(chr(base + i) for i in range(10)))
+    for base in (0x660, 0x6F0, 0x966)
+]
 _SENTENCES = (
     "Please call me back on {}.",
     "My {kind} is {} if you need it.",
@@ -63,10 +69,14 @@ def _respell(kind: str, value: str, rng: random.Random) -> str:
         groups = [value[i : i + 4] for i in range(0, len(value), 4)]
         sep = rng.choice([" ", "-", "\u00a0", "\u202f", " "])
         out = value if c < 0.2 else sep.join(groups)
+        if rng.random() < 0.1:
+            out = "\u200b".join(groups)  # pasted with zero-width spaces
         return out.translate(_FULLWIDTH) if rng.random() < 0.25 else out
     if kind == "iban":
         grouped = " ".join(value[i : i + 4] for i in range(0, len(value), 4))
-        out = rng.choice([value, grouped, grouped.replace(" ", "\u00a0")])
+        out = rng.choice(
+            [value, grouped, grouped.replace(" ", "\u00a0"), grouped.replace(" ", "\u200b")]
+        )
         return out.lower() if rng.random() < 0.5 else out
     if kind == "phone":
         if c < 0.45:
@@ -75,8 +85,10 @@ def _respell(kind: str, value: str, rng: random.Random) -> str:
             return value.replace(" ", "\u00a0")
         if c < 0.7:
             return value.replace(" ", "\u202f")
-        if c < 0.85:
+        if c < 0.8:
             return value.translate(_FULLWIDTH)
+        if c < 0.85:
+            return value.translate(rng.choice(_SCRIPTS))
         if value.startswith("+"):
             return "00" + value[1:]
         return value + rng.choice([" ext. 12", " x204", ""])
@@ -167,5 +179,21 @@ def look_alikes(*, count: int = 240, seed: int = 1) -> list[str]:
         lambda: f"uuid {rng.getrandbits(128):032x} belongs to the job.",
         lambda: f"Release {d():%Y.%m.%d} and {d():%Y.%m}.{r(1, 9)} are out.",
         lambda: f"Opening hours {r(7, 10)}:00-{r(16, 20)}:30, {d():%d.%m.}-{d():%d.%m.%Y}.",
+        lambda: f"Part no. {r(1000, 9999)}-{r(1000, 9999)}-{r(10, 99)} is in stock.",
+        lambda: f"Reading {r(0, 9)}.{r(1000, 999999)} mSv/h at {d():%H:%M}.",
+        lambda: f"Batch B-{d():%Y-%m}-{r(1, 9999):04d} passed QC.",
+        lambda: f"Invoice {d():%Y}/{r(1, 999999):06d} dated {d():%d.%m.%Y}.",
+        lambda: f"MAC {':'.join(f'{r(0, 255):02X}' for _ in range(6))} joined.",
+        lambda: f"Build {d():%Y%m%d}.{r(1, 9)} of app {r(1, 9)}.{r(0, 99)}.{r(0, 999)}.",
+        lambda: f"GPS {r(0, 89)}.{r(1000, 9999)} N, {r(0, 179)}.{r(1000, 9999)} E.",
+        lambda: f"Stock {r(1, 9)} {r(100, 999)} units at {r(1, 99)},{r(10, 99)} € each.",
+        lambda: f"Elapsed {r(0, 23):02d}:{r(0, 59):02d}:{r(0, 59):02d}.{r(0, 999):03d}.",
+        lambda: f"Lottery numbers {' '.join(f'{r(1, 49):02d}' for _ in range(6))}.",
+        lambda: f"Sizes {r(10, 20)} {r(21, 30)} {r(31, 40)} {r(41, 50)} and {r(51, 60)} fit.",
+        lambda: f"Case #{r(0, 99_999_999):08d} was escalated.",
+        lambda: f"See CVE-{d():%Y}-{r(1000, 99999)} for details.",
+        lambda: f"Balance {r(1, 9)} {r(100, 999)} {r(100, 999)},{r(10, 99)} on the account.",
+        lambda: f"Postcode {r(10000, 99999)}, {r(1, 200)} Main Street.",
+        lambda: f"Firmware v{r(1, 9)}.{r(0, 9)}.{r(0, 9)}-rc{r(1, 5)} build {r(1000, 99999)}.",
     ]
     return [rng.choice(makers)() for _ in range(count)]

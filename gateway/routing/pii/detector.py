@@ -108,22 +108,24 @@ class Detector:
         if self._email and has_email(folded):
             found.append("email")
         _check(deadline)
-        taken: list[tuple[int, int]] = []
-        # Cards and IBANs first: their digit groups are never read again as phone numbers.
+        # Cards and IBANs first: their digit groups are never read again as phone numbers,
+        # nor are those of an IBAN-shaped account number that fails its check.
+        ibans = numbers.may_hold_iban(folded)
+        accounts = numbers.account_spans(folded) if ibans else []
+        taken = list(accounts)
         if self._card or self._phones is not None:
-            cards = numbers.card_spans(folded)
+            cards = numbers.card_spans(folded, accounts)
             taken += cards
             if self._card and cards:
                 found.append("card")
         _check(deadline)
-        if self._iban and numbers.iban_spans(folded):
+        if self._iban and ibans and numbers.iban_spans(folded):
             found.append("iban")
-        taken += numbers.account_spans(folded)
         _check(deadline)
-        if self._phones is not None:
-            rest = _blank(folded, taken + self._phones.not_phones(folded))
-            if self._phones.found(rest, lambda: _check(deadline)):
-                found.append("phone")
+        if self._phones is not None and self._phones.found(
+            _blank(folded, taken), lambda: _check(deadline)
+        ):
+            found.append("phone")
         _check(deadline)
         if self._national and numbers.has_national_id(folded, self._national):
             found.append("national_id")

@@ -21,5 +21,12 @@ _DOT = r"(?:\.|\s?[\[({<]\s?(?:dot|DOT|Dot)\s?[\])}>]\s?)"
 _EMAIL = re.compile(rf"[\w.!#$%&'*+/=?^`{{|}}~-]{_AT}(?:{_LABEL}{_DOT}){{1,8}}{_TLD}(?![\w-])")
 
 
+# The address pattern starts with a class most characters are in, so the engine tries it
+# almost everywhere: look for what every address has first (an `@`, or a bracketed "at").
+_SPELLED_AT = re.compile(r"[\[({<]\s?at\s?[\])}>]", re.IGNORECASE)
+
+
 def has_email(text: str) -> bool:
+    if "@" not in text and _SPELLED_AT.search(text) is None:
+        return False
     return _EMAIL.search(text) is not None

@@ -38,6 +38,10 @@ _ACCOUNT = re.compile(
     r"(?:[ -]?\d{1,4})?(?![A-Za-z0-9_])"
 )
 _SEPARATORS = re.compile(r"[ .-]")
+# The same runs, only those of 12 digits or more (the regex engine skips the rest).
+_LONG_RUN = re.compile(r"(?<![A-Za-z0-9_])\d(?:[ .-]?\d){11,}(?![A-Za-z0-9_])")
+# What every IBAN starts with, looked for once before the patterns that must try each letter.
+_IBAN_START = re.compile(r"[A-Za-z]{2}\d\d")
 _ASCII_ALNUM = re.compile(r"[A-Za-z0-9]")
 # `SN-6382-3308-4653`, `INV-2024-...`: digits hyphenated onto letters are a code's.
 _CODE_PREFIX = re.compile(r"[A-Za-z]-$")
@@ -70,16 +74,18 @@ def _card_ok(digits: str) -> bool:
     return luhn.is_valid(digits)
 
 
-def card_spans(text: str) -> list[tuple[int, int]]:
-    """Where payment card numbers (12 to 19 digits, Luhn) are in folded text."""
+def card_spans(text: str, accounts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Where payment card numbers (12 to 19 digits, Luhn) are in folded text, outside the
+    IBAN-shaped `accounts`."""
     spans = []
-    accounts = account_spans(text)
-    for m in _DIGIT_RUN.finditer(text):
+    for m in _LONG_RUN.finditer(text):
         run = m.group()
+        if len(run) < 12:
+            continue
         if any(start <= m.start() < end for start, end in accounts):
             continue
         if (
-            sum(c.isdigit() for c in run) < 12
+            len(run) - run.count(" ") - run.count(".") - run.count("-") < 12
             or text[max(0, m.start() - 2) : m.start()].strip() == "+"
         ):
             continue  # a `+` starts an international phone number, never a card
@@ -103,6 +109,11 @@ def _card_grouped(window: str, groups: list[str]) -> bool:
         if window.startswith(g) and "".join(groups[i:]).startswith(window):
             return len(g) == 4 or len(g) == len(window)
     return True
+
+
+def may_hold_iban(text: str) -> bool:
+    """Two letters and two digits somewhere: else neither IBANs nor account numbers."""
+    return _IBAN_START.search(text) is not None
 
 
 def account_spans(text: str) -> list[tuple[int, int]]:

@@ -32,24 +32,15 @@ _CANDIDATE = re.compile(
     r"(?<![A-Za-z0-9_+@/.,:-])"
     r"(?P<num>(?:\+ ?|\(\+?)?\d(?:[ ./()\-]{1,3}\d|\d){5,19})"
     rf"(?P<ext>\s?{_EXT}\s?\d{{1,6}})?"
-    r"(?![A-Za-z0-9_])"
+    r"(?![A-Za-z0-9_]|[-./:]\d)"  # never cut inside a run of numbers (`2027-12-14T20`)
 )
 _GROUPS = re.compile(r"\d+")
 _DATE = re.compile(
     r"(?:(?:19|20)\d\d[-./](?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])"
     r"|(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|1[0-2])[-./](?:19|20)?\d\d"
-    r"|(?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])[-./](?:19|20)?\d\d)(?!\d)"
-)
-# Dates (and date-times) anywhere in a text, not inside a longer run of digits and dots:
-# `03.12.19.45.67` is a French phone number, `03.12.19` a date.
-_DATE_IN_TEXT = re.compile(
-    r"(?<![\d.])(?:"
-    r"(?:19|20)\d\d([-./])(?:0?[1-9]|1[0-2])\1(?:0?[1-9]|[12]\d|3[01])"
-    r"(?:[T ]\d\d?:\d\d(?::\d\d)?)?"
-    r"|(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|1[0-2])\2(?:19|20)?\d\d"
-    r"|(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])/(?:19|20)?\d\d"
-    r"|(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?=[\s-]|$)"
-    r")(?!\d|[.]\d)"
+    r"|(?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])[-./](?:19|20)?\d\d"
+    # a day and month before a range: `26.09.-01.02.2017`
+    r"|(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?=[ -]))(?![\d]|\.\d)"
 )
 _COMPACT_DATE = re.compile(
     r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
@@ -78,11 +69,6 @@ class PhoneFinder:
             if phonenumbers.PhoneMetadata.metadata_for_region(region) is None:
                 raise ValueError(f"libphonenumber knows no region {region!r}")
 
-    @staticmethod
-    def not_phones(text: str) -> list[tuple[int, int]]:
-        """Where dates are: their digits are never read as a phone number's."""
-        return [m.span() for m in _DATE_IN_TEXT.finditer(text)]
-
     def found(self, text: str, check: Callable[[], None]) -> bool:
         """Whether `text` holds a phone number; `check` runs before each candidate (the
         caller's deadline)."""
@@ -94,26 +80,34 @@ class PhoneFinder:
 
     def _is_phone(self, text: str, m: re.Match[str]) -> bool:
         raw = m.group("num")
-        before = text[max(0, m.start() - NEAR) : m.start()]
-        said = named(before)
         international = raw.startswith(("+", "(+"))
+        extension = m.group("ext") is not None
+        whole = international or not _excluded_shape(raw)
+        # A run that holds a phone number beside other numbers (`2024-03-15 06 12 34 56 78`)
+        # is tried in parts between spaces, never cut inside a spaced-out group.
+        groups = list(_GROUPS.finditer(raw))
+        seps = [raw[groups[i - 1].end() : groups[i].start()] for i in range(1, len(groups))]
+        # Only where the run is written two ways (a date's hyphens, then a number's spaces):
+        # a run spaced all alike is one thing, a list (`13 35 36 15 26 33`) or one number.
+        mixed = len(set(seps)) > 1
+        cuts = [0] + [i for i in range(1, len(groups)) if mixed and " " in seps[i - 1]]
+        if not whole and len(cuts) < 2:
+            return False  # a date, an address, a decimal: the cheap answer, most numbers
+        before = text[max(0, m.start() - NEAR) : m.start()]
+        after = text[m.end("num") : m.end("num") + 12]
+        if not extension and (_UNIT_AFTER.match(after) or _AMOUNT_BEFORE.search(before)):
+            return False
+        said = named(before)
         if said == "other" and not international:
             return False
-        after = text[m.end("num") : m.end("num") + 12]
-        if m.group("ext") is None and (_UNIT_AFTER.match(after) or _AMOUNT_BEFORE.search(before)):
-            return False
-        if not international and _excluded_shape(raw):
-            return False
-        extension = m.group("ext") is not None
-        if self._judge(raw, said == "phone", extension=extension):
+        if whole and self._judge(raw, said == "phone", extension=extension):
             return True
-        # A run that holds a phone number beside other numbers: try it group by group.
-        groups = list(_GROUPS.finditer(raw))
-        if len(groups) < 3:
+        if len(cuts) < 2:
             return False
-        for start in range(len(groups)):
-            for end in range(len(groups) - 1, start, -1):
-                if start == 0 and end == len(groups) - 1:
+        ends = [c - 1 for c in cuts[1:]] + [len(groups) - 1]
+        for start in cuts:
+            for end in reversed(ends):
+                if end < start or (start == 0 and end == len(groups) - 1):
                     continue
                 part = raw[groups[start].start() : groups[end].end()]
                 if start == 0 and raw[0] in "+(":
@@ -130,10 +124,15 @@ class PhoneFinder:
             raw.startswith("00") and len(digits) >= 9 and digits[2] != "0"
         ):
             number = "+" + (digits if raw.lstrip("(").startswith("+") else digits[2:])
-            if 7 <= len(digits) <= 17 and _possible(number, None):
+            # A `+` and a real country code: a person reads a phone number, whether or not
+            # the rest has that country's length (fake and mistyped numbers are private too).
+            if 8 <= len(digits) <= 17 and _country_code(number):
                 return True
         if not 6 <= len(digits) <= 15:
             return False
+        sizes = [len(g) for g in _GROUPS.findall(raw)]
+        if len(sizes) >= 6 and set(sizes) == {2}:
+            return False  # six pairs or more: a list of small numbers, not a national number
         sure = (
             digits[0] == "0"
             or "(" in raw
@@ -144,12 +143,23 @@ class PhoneFinder:
         if sure:
             return len(digits) >= 7 and any(_possible(raw, r) for r in self.regions)
         if not raw.isdigit():
-            # Grouped as the region groups its numbers: `609 141 777` in Poland, `91 41 77 76`
-            # or `9141 7776` in Denmark; `238 514 626` (bytes) is grouped as no region does.
+            # Spaced out in pairs and small groups as people space phone numbers, three
+            # groups or more (`706 69 07`, `605 702 73 46`): a possible number of a region.
+            # Otherwise grouped as the region groups its numbers: `609 141 777` in Poland,
+            # `9141 7776` in Denmark; `238 514 626` (bytes) is grouped as no region does.
+            if len(digits) >= 7 and _phone_grouping(raw):
+                return any(_possible(raw, r) for r in self.regions)
             return any(_fits(raw, r) for r in self.regions)
         if len(digits) < 8 or _COMPACT_DATE.fullmatch(digits):
             return False
         return any(_valid(raw, r) for r in self.regions)
+
+
+def _phone_grouping(raw: str) -> bool:
+    """Three or more groups of 2 to 4 digits, some of 2 and some longer (a serial's groups
+    are all of 4, an amount's thousands of 3, a list of small numbers all of 2)."""
+    sizes = [len(g) for g in _GROUPS.findall(raw)]
+    return len(sizes) >= 3 and all(2 <= n <= 4 for n in sizes) and 2 in sizes and max(sizes) > 2
 
 
 def _fits(raw: str, region: str) -> bool:
@@ -191,6 +201,14 @@ def _is_decimal(s: str) -> bool:
     if len(groups) == 2 and len(groups[0]) <= 3 and " " not in s and "-" not in s:
         return True
     return False
+
+
+def _country_code(number: str) -> bool:
+    try:
+        phonenumbers.parse(number, None)
+    except NumberParseException:
+        return False
+    return True
 
 
 def _possible(raw: str, region: str | None) -> bool:

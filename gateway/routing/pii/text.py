@@ -38,9 +38,14 @@ def _table() -> dict[int, str | None]:
     return table
 
 
+@functools.cache
+def _mapped() -> frozenset[str]:
+    return frozenset(map(chr, _table()))
+
+
 def prepare() -> None:
     """Build the table now (at start-up) rather than on the first request."""
-    _table()
+    _mapped()
 
 
 def fold(text: str) -> str:
@@ -50,4 +55,7 @@ def fold(text: str) -> str:
     """
     if text.isascii():
         return text
-    return unicodedata.normalize("NFKC", text).translate(_table())
+    text = unicodedata.normalize("NFKC", text)
+    # Most non-ASCII text (accents, curly quotes, CJK) has nothing the table maps: a set
+    # look-up per character, in C, tells so and skips the slower translation.
+    return text if _mapped().isdisjoint(text) else text.translate(_table())
