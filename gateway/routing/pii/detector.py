@@ -119,7 +119,9 @@ class Detector:
             if self._card and cards:
                 found.append("card")
         _check(deadline)
-        if self._iban and ibans and numbers.iban_spans(folded):
+        valid = numbers.iban_spans(folded) if ibans else []
+        taken += valid
+        if self._iban and valid:
             found.append("iban")
         _check(deadline)
         if self._phones is not None and self._phones.found(

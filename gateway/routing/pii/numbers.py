@@ -144,24 +144,27 @@ def iban_spans(text: str) -> list[tuple[int, int]]:
     spans = []
     for m in _IBAN_RUN.finditer(text):
         raw = m.group()
-        # The compact length after each group (a group ends at a separator or the run's end
-        # when the text goes on with a non-alphanumeric character).
+        # (characters of the IBAN so far, where in `raw` they end) after each group: a group
+        # ends at a separator, or at the run's end when the text goes on with no letter or
+        # digit.
         ends, n = [], 0
-        for c in raw:
+        for i, c in enumerate(raw):
             if c in " -":
-                ends.append(n)
+                ends.append((n, i))
             else:
                 n += 1
         if _ASCII_ALNUM.match(text, m.end()) is None:
-            ends.append(n)
+            ends.append((n, len(raw)))
         compact = re.sub(r"[ -]", "", raw)
-        if any(iban_ok(compact[:k]) for k in reversed(ends)):
-            spans.append(m.span())
+        for k, end in reversed(ends):
+            if iban_ok(compact[:k]):
+                spans.append((m.start(), m.start() + end))  # the IBAN, not the words after
+                break
     return spans
 
 
-# National identifiers python-stdnum validates, by ISO 3166 region. Loaded only for the
-# regions an operator lists under `privacy.national_id_regions`.
+# National identifiers python-stdnum validates, by ISO 3166 region. Loaded only with
+# `national_id` in privacy.kinds, for those of privacy.regions listed here.
 NATIONAL_IDS: dict[str, tuple[str, ...]] = {
     "US": ("stdnum.us.ssn",),
     "FR": ("stdnum.fr.nir",),

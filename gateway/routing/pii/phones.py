@@ -48,16 +48,19 @@ _COMPACT_DATE = re.compile(
 )
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _NANP = re.compile(r"\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}")
-# What comes right after a measurement or an amount, or right before an amount.
+# What comes right after a measurement or an amount. Units that are also words or
+# particles of the languages around a phone number (`in`, `s'il`, `A bientôt`, `h`) are left
+# out: a phone number followed by one must not be taken for a measurement.
 _UNIT_AFTER = re.compile(
-    r"\s?(?:%|°|‰|[€$£¥₹₺]|(?:[kKMGTmµnc]?(?:g|m|l|L|W|Wh|V|A|Hz|Pa|B|b|s|t|J|N|bar)"
-    r"|h|min|sec|rpm|psi|ft|in|mi|lb|lbs|oz|km/h|mph|EUR|USD|GBP|CHF|JPY|CNY|INR|kr|zł|Kč|TL"
-    r"|hPa|kWh|MWh|ppm|px|pt|dB|dpi|mAh|cal|kcal|bytes|byte|octets|bits|people|persons|users|"
-    r"units|items|pieces|pcs|times|visitors|inhabitants|residents|rows|records|views|"
-    r"downloads|tons|tonnes|words|characters|chars|tokens|steps|votes|Einwohner|habitants|"
+    r"\s?(?:%|°|‰|[€$£¥₹₺]"
+    r"|(?:[kKMGTmµnc](?:g|m|l|L|W|Wh|V|A|Hz|Pa|B|b|s|t|J|N|bar)|g|m|V|W|l)(?=[\s.,;:)]|$)"
+    r"|(?:Hz|Pa|bar|min|sec|rpm|psi|ft|lb|lbs|oz|km/h|mph|EUR|USD|GBP|CHF|JPY|CNY|INR|kr|zł|Kč|TL"
+    r"|hPa|kWh|MWh|ppm|px|dB|dpi|mAh|kcal|bytes|byte|octets|bits|people|persons|users|"
+    r"units|items|pieces|pcs|visitors|inhabitants|residents|rows|records|views|"
+    r"downloads|tons|tonnes|words|characters|chars|tokens|votes|Einwohner|habitants|"
     r"Stück|personnes|personas|abitanti)\b)"
 )
-_AMOUNT_BEFORE = re.compile(r"(?:[€$£¥₹₺]|EUR|USD|GBP|CHF|CNY|JPY|INR|R\$)\s?$")
+_CURRENCIES = ("€", "$", "£", "¥", "₹", "₺", "EUR", "USD", "GBP", "CHF", "CNY", "JPY", "INR")
 
 
 class PhoneFinder:
@@ -83,25 +86,27 @@ class PhoneFinder:
         international = raw.startswith(("+", "(+"))
         extension = m.group("ext") is not None
         whole = international or not _excluded_shape(raw)
-        # A run that holds a phone number beside other numbers (`2024-03-15 06 12 34 56 78`)
-        # is tried in parts between spaces, never cut inside a spaced-out group.
-        groups = list(_GROUPS.finditer(raw))
-        seps = [raw[groups[i - 1].end() : groups[i].start()] for i in range(1, len(groups))]
-        # Only where the run is written two ways (a date's hyphens, then a number's spaces):
-        # a run spaced all alike is one thing, a list (`13 35 36 15 26 33`) or one number.
-        mixed = len(set(seps)) > 1
-        cuts = [0] + [i for i in range(1, len(groups)) if mixed and " " in seps[i - 1]]
-        if not whole and len(cuts) < 2:
+        if not whole and " " not in raw:
             return False  # a date, an address, a decimal: the cheap answer, most numbers
-        before = text[max(0, m.start() - NEAR) : m.start()]
-        after = text[m.end("num") : m.end("num") + 12]
-        if not extension and (_UNIT_AFTER.match(after) or _AMOUNT_BEFORE.search(before)):
-            return False
-        said = named(before)
+        if not extension:
+            if _UNIT_AFTER.match(text, m.end("num"), m.end("num") + 12):
+                return False
+            if text[max(0, m.start() - 6) : m.start()].rstrip().endswith(_CURRENCIES):
+                return False
+        said = named(text[max(0, m.start() - NEAR) : m.start()])
         if said == "other" and not international:
             return False
         if whole and self._judge(raw, said == "phone", extension=extension):
             return True
+        # A run that holds a phone number beside other numbers (`2024-03-15 06 12 34 56 78`)
+        # is tried in parts between spaces, never cut inside a spaced-out group; and only
+        # where the run is written two ways (a date's hyphens, then a number's spaces): a run
+        # spaced all alike is one thing, a list (`13 35 36 15 26 33`) or one number.
+        groups = list(_GROUPS.finditer(raw))
+        seps = [raw[groups[i - 1].end() : groups[i].start()] for i in range(1, len(groups))]
+        if len(set(seps)) < 2:
+            return False
+        cuts = [0] + [i for i in range(1, len(groups)) if " " in seps[i - 1]]
         if len(cuts) < 2:
             return False
         ends = [c - 1 for c in cuts[1:]] + [len(groups) - 1]
