@@ -14,7 +14,7 @@ from stdnum.iso7064 import mod_11_2, mod_11_10, mod_37_2, mod_97_10
 
 from . import numbers, text
 from .config import UNSCANNED, OperatorPattern, PrivacyConfig
-from .emails import has_email
+from .emails import has_email, mentions_at
 from .phones import PhoneFinder
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ _CHECKSUMS: dict[str, Callable[[str], bool]] = {
 }
 # Digits in any script have been folded to ASCII; a request without a digit, an `@` or a
 # bracketed "at" cannot hold any built-in kind (operator patterns are tried regardless).
-_PREFILTER = re.compile(r"\d|@|[\[({<]\s?at\s?[\])}>]", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
 _ALNUM = re.compile(r"[^0-9A-Za-z]")
 _NON_DIGIT = re.compile(r"\D")
 _DIGIT_CHECKSUMS = ("luhn", "verhoeff", "damm", "mod11_10")
@@ -95,7 +95,7 @@ class Detector:
     def _find(self, raw: str, deadline: float) -> tuple[str, ...]:
         found: list[str] = []
         folded = text.fold(raw)
-        if _PREFILTER.search(folded) is not None:
+        if _DIGIT.search(folded) is not None or mentions_at(folded):
             found.extend(self._builtin(folded, deadline))
         for pattern in self._patterns:
             _check(deadline)

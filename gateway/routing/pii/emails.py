@@ -26,7 +26,10 @@ _EMAIL = re.compile(rf"[\w.!#$%&'*+/=?^`{{|}}~-]{_AT}(?:{_LABEL}{_DOT}){{1,8}}{_
 _SPELLED_AT = re.compile(r"[\[({<]\s?at\s?[\])}>]", re.IGNORECASE)
 
 
+def mentions_at(text: str) -> bool:
+    """An `@` or a bracketed "at": what every address has, found fast."""
+    return "@" in text or _SPELLED_AT.search(text) is not None
+
+
 def has_email(text: str) -> bool:
-    if "@" not in text and _SPELLED_AT.search(text) is None:
-        return False
-    return _EMAIL.search(text) is not None
+    return mentions_at(text) and _EMAIL.search(text) is not None

@@ -39,9 +39,10 @@ _ACCOUNT = re.compile(
 )
 _SEPARATORS = re.compile(r"[ .-]")
 # The same runs, only those of 12 digits or more (the regex engine skips the rest).
-_LONG_RUN = re.compile(r"(?<![A-Za-z0-9_])\d(?:[ .-]?\d){11,}(?![A-Za-z0-9_])")
+# (The digit comes before the look-behind so the engine can skip ahead to digits.)
+_LONG_RUN = re.compile(r"\d(?<![A-Za-z0-9_]\d)(?:[ .-]?\d){11,}(?![A-Za-z0-9_])")
 # What every IBAN starts with, looked for once before the patterns that must try each letter.
-_IBAN_START = re.compile(r"[A-Za-z]{2}\d\d")
+_IBAN_START = re.compile(r"\d(?<=[A-Za-z]{2}\d)\d")  # digits first: the engine skips to them
 _ASCII_ALNUM = re.compile(r"[A-Za-z0-9]")
 # `SN-6382-3308-4653`, `INV-2024-...`: digits hyphenated onto letters are a code's.
 _CODE_PREFIX = re.compile(r"[A-Za-z]-$")

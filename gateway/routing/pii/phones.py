@@ -35,6 +35,9 @@ _CANDIDATE = re.compile(
     r"(?![A-Za-z0-9_]|[-./:]\d)"  # never cut inside a run of numbers (`2027-12-14T20`)
 )
 _GROUPS = re.compile(r"\d+")
+# Six digits close together, which every candidate has: a quick scan (it starts with a digit,
+# so the engine skips ahead to digits) before the candidate pattern tries every position.
+_SIX_DIGITS = re.compile(r"\d(?:[ ./()\-]{0,3}\d){5}")
 _DATE = re.compile(
     r"(?:(?:19|20)\d\d[-./](?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])"
     r"|(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|1[0-2])[-./](?:19|20)?\d\d"
@@ -75,6 +78,8 @@ class PhoneFinder:
     def found(self, text: str, check: Callable[[], None]) -> bool:
         """Whether `text` holds a phone number; `check` runs before each candidate (the
         caller's deadline)."""
+        if _SIX_DIGITS.search(text) is None:
+            return False  # most text: no run of six digits, nothing to read
         for m in _CANDIDATE.finditer(text):
             check()
             if self._is_phone(text, m):
