@@ -70,6 +70,8 @@ def _windows(groups: list[str], low: int, high: int) -> Iterator[str]:
 
 
 def _card_ok(digits: str) -> bool:
+    if digits.startswith("00"):
+        return False  # the international call prefix: `0097042953832` is a phone number
     if len(digits) == 12 and not digits.startswith(_TWELVE_DIGIT_PREFIXES):
         return False
     return luhn.is_valid(digits)

@@ -35,6 +35,8 @@ _CANDIDATE = re.compile(
     r"(?![A-Za-z0-9_]|[-./:]\d)"  # never cut inside a run of numbers (`2027-12-14T20`)
 )
 _GROUPS = re.compile(r"\d+")
+# Digits spaced or hyphenated, nothing else: a version's dots and a date's slashes are not.
+_SPACED = re.compile(r"\d+(?:[ -]\d+)+")
 # Six digits close together, which every candidate has: a quick scan (it starts with a digit,
 # so the engine skips ahead to digits) before the candidate pattern tries every position.
 _SIX_DIGITS = re.compile(r"\d(?:[ ./()\-]{0,3}\d){5}")
@@ -42,6 +44,7 @@ _DATE = re.compile(
     r"(?:(?:19|20)\d\d[-./](?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])"
     r"|(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|1[0-2])[-./](?:19|20)?\d\d"
     r"|(?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])[-./](?:19|20)?\d\d"
+    r"|(?:0?[1-9]|1[0-2])[/.-](?:19|20)\d\d"  # a month: `12/2002`
     # a day and month before a range: `26.09.-01.02.2017`
     r"|(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?=[ -]))(?![\d]|\.\d)"
 )
@@ -50,7 +53,7 @@ _COMPACT_DATE = re.compile(
     r"|(?:0[1-9]|[12]\d|3[01])(?:0[1-9]|1[0-2])(?:19|20)\d\d"
 )
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
-_NANP = re.compile(r"\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}")
+_NANP = re.compile(r"(?:1[ .-]?)?\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}")
 # What comes right after a measurement or an amount. Units that are also words or
 # particles of the languages around a phone number (`in`, `s'il`, `A bientôt`, `h`) are left
 # out: a phone number followed by one must not be taken for a measurement.
@@ -151,15 +154,19 @@ class PhoneFinder:
             or _NANP.fullmatch(raw) is not None
         )
         if sure:
-            return len(digits) >= 7 and any(_possible(raw, r) for r in self.regions)
+            shortest = 6 if phone_word else 7  # `My phone is 800193`
+            return len(digits) >= shortest and any(_possible(raw, r) for r in self.regions)
         if not raw.isdigit():
             # Spaced out in pairs and small groups as people space phone numbers, three
             # groups or more (`706 69 07`, `605 702 73 46`): a possible number of a region.
-            # Otherwise grouped as the region groups its numbers: `609 141 777` in Poland,
-            # `9141 7776` in Denmark; `238 514 626` (bytes) is grouped as no region does.
+            # Grouped as an amount: only as the region groups its valid numbers (`609 141
+            # 777` in Poland; `238 514 626` is grouped as no region does). Otherwise a valid
+            # number of a region (`6974 002 975` in Greece).
             if len(digits) >= 7 and _phone_grouping(raw):
                 return any(_possible(raw, r) for r in self.regions)
-            return any(_fits(raw, r) for r in self.regions)
+            if _thousands(raw) or not _SPACED.fullmatch(raw):
+                return any(_fits(raw, r) for r in self.regions)
+            return any(_valid(raw, r) for r in self.regions)
         if len(digits) < 8 or _COMPACT_DATE.fullmatch(digits):
             return False
         return any(_valid(raw, r) for r in self.regions)
@@ -170,6 +177,13 @@ def _phone_grouping(raw: str) -> bool:
     are all of 4, an amount's thousands of 3, a list of small numbers all of 2)."""
     sizes = [len(g) for g in _GROUPS.findall(raw)]
     return len(sizes) >= 3 and all(2 <= n <= 4 for n in sizes) and 2 in sizes and max(sizes) > 2
+
+
+def _thousands(raw: str) -> bool:
+    """Grouped as an amount is (`238 514 626`, `1.234.567`): one to three digits, then
+    groups of three."""
+    sizes = [len(g) for g in _GROUPS.findall(raw)]
+    return sizes[0] <= 3 and all(n == 3 for n in sizes[1:])
 
 
 def _fits(raw: str, region: str) -> bool:
