@@ -42,6 +42,11 @@ class InvalidRequest(GatewayError):
     type = "invalid_request_error"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
 class ContextLengthExceeded(InvalidRequest):
     default_code = "context_length_exceeded"
 

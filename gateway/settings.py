@@ -116,6 +116,11 @@ class ServerSettings(_Section):
     keepalive_timeout_s: float = Field(
         75.0, gt=0, description="An idle kept-alive connection is closed after this long."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="On a box without client keys, host names /v1 answers besides loopback "
+        "names and IP addresses (DNS rebinding: a page's own name resolved to this box).",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_bodies: bool = Field(False, description="Log prompt and answer text (off: privacy).")
 

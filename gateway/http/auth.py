@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..errors import Forbidden, Unauthorized
-from ..services import KEYRING
+from ..errors import Forbidden, Unauthorized, UnsupportedMediaType
+from ..services import KEYRING, SETTINGS
 from .access import Access, policy_of
 from .middlewares import Handler
 from .ui import over_loopback
@@ -69,7 +70,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if ring.is_client(key):
             raise Forbidden("This key may not use the admin API.")
         raise Unauthorized("A valid admin key is required.")
-    if ring.enforced:
+    if not ring.enforced:
+        _open_box_guard(request)
+    else:
         if key is None:
             raise Unauthorized(
                 "You didn't provide an API key. Provide it in the Authorization header "
@@ -79,6 +82,57 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise Unauthorized("Incorrect API key provided.")
     request[TENANT] = tenant_id(key) if key else None
     return await handler(request)
+
+
+def _open_box_guard(request: web.Request) -> None:
+    """A box without client keys answers anyone who reaches it, so it must not be reached
+    through a browser on someone else's behalf: a page of another site posting a form or a
+    `text/plain` body (no CORS preflight), or a page whose own DNS name was rebound to this
+    box (the browser then sends that name as Host and a matching Origin)."""
+    if _cross_site(request):
+        raise Forbidden(
+            "A gateway without API keys does not take requests from other sites "
+            "(Origin / Sec-Fetch-Site); set GATEWAY_SERVER__API_KEYS to serve browsers.",
+            code="cross_site_request",
+        )
+    host = request.url.host or ""
+    if not _plain_host(host) and host.lower() not in _allowed_hosts(request):
+        raise Forbidden(
+            f"A gateway without API keys answers only loopback names, IP addresses and "
+            f"server.allowed_hosts, not the host name {host[:64]!r}.",
+            code="host_not_allowed",
+        )
+    if request.method == "POST" and _simple_body(request):
+        raise UnsupportedMediaType(
+            "Request bodies are JSON: send Content-Type: application/json "
+            "(a gateway without API keys refuses what a web page may send without asking)."
+        )
+
+
+# The bodies a page of any site may POST without a CORS preflight (the browser's "simple"
+# requests), and none at all: a client of the API sends JSON and says so.
+_SIMPLE_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+
+
+def _simple_body(request: web.Request) -> bool:
+    return "Content-Type" not in request.headers or request.content_type in _SIMPLE_TYPES
+
+
+def _plain_host(host: str) -> bool:
+    """A loopback name or an IP address: no DNS name an attacker's page could rebind."""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+        ".localhost"
+    ):
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _allowed_hosts(request: web.Request) -> set[str]:
+    return {h.lower() for h in request.app[SETTINGS].server.allowed_hosts}
 
 
 def _cross_site(request: web.Request) -> bool:
