@@ -184,9 +184,35 @@ def _locate(schema: dict[str, Any], param: str, message: str) -> str:
     return param
 
 
+# What a grammar may cost, priced before llguidance builds it. An integer `multipleOf` m
+# becomes a lexer automaton of m states, built up front: measured on 2 cores, 10,000 takes
+# 0.02 s, 50,000 0.14 s, 200,000 1.3 s and 999,983 13-18 s and 350 MB (the cost grows faster
+# than m, and no llguidance limit stops it). The bound is on the sum over the schema, so a
+# hundred large ones cost no more than one.
+MAX_MULTIPLE_OF = 10_000
+
+
+def _priced(schema: dict[str, Any], param: str) -> None:
+    """A 400 naming the keyword that would make the grammar cost more than its budget."""
+    total = 0
+    for where, node in _subschemas(schema, param):
+        m = node.get("multipleOf")
+        if isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 1 and m == int(m):
+            total += int(m)
+            if total > MAX_MULTIPLE_OF:
+                raise InvalidRequest(
+                    f"The local model's grammar engine cannot enforce '{where}.multipleOf' "
+                    f"({int(m)}): integer divisors in one schema may add up to "
+                    f"{MAX_MULTIPLE_OF:,}; use a smaller one or a cloud model.",
+                    param=f"{where}.multipleOf",
+                    code="unsupported_schema",
+                )
+
+
 def compile_schema(schema: dict[str, Any], param: str) -> dict[str, Any]:
     """The schema as the compiler takes it; a schema it cannot enforce is the client's 400
     naming the keyword by the client's own path (`param` is where the schema sits)."""
+    _priced(schema, param)
     try:
         doc = _compiler_input(schema)
     except RecursionError:
