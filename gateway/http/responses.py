@@ -19,7 +19,12 @@ from ..errors import GatewayError, NotFound
 from ..pipeline.body import RESPONSES_SHAPE, parse_request, read_json, validated
 from ..pipeline.outcome import choice_text
 from ..responses.error_names import ErrorNames
-from ..responses.references import referable, references, with_references
+from ..responses.references import (
+    check_expanded_size,
+    referable,
+    references,
+    with_references,
+)
 from ..responses.render import Events, Shell, history_of, whole
 from ..responses.request import ResponsesRequest, check_lengths
 from ..responses.store import Stored
@@ -63,7 +68,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if refs:
         # What the Vercel AI SDK sends for earlier turns when storing (its default): resolved
         # here, so every route (local, cloud, cache) gets the conversation as chat messages.
-        found = await store.items(tenant, refs)
+        # Each distinct item fetched once, however often it is referenced, and the input's
+        # size with every reference expanded bounded before anything is built from it.
+        found = await store.items(tenant, list(dict.fromkeys(refs)))
+        check_expanded_size(req.input, found, server.max_body_bytes)
         req.input = with_references(req.input, found)
     plan = to_chat(req, previous)
     names = ErrorNames(plan.origins)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import NotFound
+from ..errors import NotFound, PayloadTooLarge
+from ..jsonfast import dumps
 from .request import item_string
 
 
@@ -50,6 +51,29 @@ def with_references(
             )
         out.append(stored)
     return out
+
+
+def check_expanded_size(
+    value: str | list[dict[str, Any]], found: dict[str, dict[str, Any]], limit: int
+) -> None:
+    """A 413 when `input` with its references expanded would be larger than `limit` bytes
+    (`server.max_body_bytes`, the bound a client sending the items itself meets). A thousand
+    references to one large stored item would otherwise become a thousand copies of it in
+    the upstream body: measured by each distinct item's size times its references, before
+    anything is expanded."""
+    if isinstance(value, str):
+        return
+    sizes = {iid: len(dumps(item)) for iid, item in found.items()}
+    total = 0
+    for i, item in enumerate(value):
+        if _is_reference(item):
+            total += sizes.get(str(item.get("id")), 0)
+        if total > limit:
+            raise PayloadTooLarge(
+                f"The input's item references expand to more than {limit} bytes "
+                f"(server.max_body_bytes), at input[{i}].",
+                param=f"input[{i}]",
+            )
 
 
 def referable(value: str | list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
