@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..pipeline.outcome import choice_text
+from ..routing.tokens import count_tokens
 from ..services import LIFECYCLE, LIMITER, LOCAL, METRICS, OUTBOX, PRICES, SETTINGS, STATUS
 from ..telemetry.record import routing_record
 from .access import policy_of
@@ -50,6 +52,7 @@ class RequestRecord:
     accounted: bool = False
     # What the limiter reserved at admission: settled once the answer is in, else given back.
     admission: Admission | None = None
+    chunks: int = 0  # a stream's chunks from the backend, sent or not
 
     def decided(self, features: Features, decision: Decision) -> None:
         self.features, self.decision = features, decision
@@ -182,6 +185,8 @@ def _answered(
             m.cascade_escalated_local_tokens.inc(o.cascade.local_tokens)
     if record.accounted:
         return
+    if not record.prompt_tokens and not record.completion_tokens:
+        _estimate_usage(record, o)
     cost = app[PRICES].cost(
         price_model(app[SETTINGS], o), record.prompt_tokens, record.completion_tokens
     )
@@ -195,6 +200,18 @@ def _answered(
         cost if route == "cloud" else 0.0,
         record.admission,
     )
+
+
+def _estimate_usage(record: RequestRecord, o: Outcome) -> None:
+    """What an answer without `usage` used, as the cloud bills it: a stream the client
+    dropped (the usage chunk never came), an upstream that sends none. The prompt as the
+    router counted it (tiktoken), the answer's text counted, or a stream's chunks (a token
+    each, as providers stream them)."""
+    record.prompt_tokens = o.features.prompt_tokens
+    if o.completion is not None:
+        record.completion_tokens = count_tokens(choice_text(o.completion.obj))
+    else:
+        record.completion_tokens = record.chunks
 
 
 def price_model(settings: Settings, outcome: Outcome) -> str | None:

@@ -148,6 +148,7 @@ async def _relay(
 ) -> None:
     """Write the backend's chunks as the endpoint encodes them, counting time to first token."""
     async for chunk in timed_chunks(chunks, record):
+        record.chunks += 1
         out = encoder.encode(chunk, record)
         if out:
             await resp.write(out)

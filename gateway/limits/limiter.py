@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import GatewayError, RateLimited
+from ..jsonfast import dumps
 from ..settings import LimitSettings
 from .counters import DAY_TTL_S, MINUTE_TTL_S, Counters, Plan
 
@@ -53,8 +54,14 @@ class Admission:
 
 
 def estimate_prompt_tokens(req: Any) -> int:
-    """Prompt tokens from the character count (no tokenizer on the admission path)."""
+    """Prompt tokens from the character count (no tokenizer on the admission path): the
+    text, and what else goes upstream and is billed as prompt (tool and function
+    definitions, a response schema), so a 400 KB tool description is reserved as such."""
     chars = req.content_chars() if hasattr(req, "content_chars") else 0
+    for name in ("tools", "functions", "response_format"):
+        extra = getattr(req, name, None)
+        if extra:
+            chars += len(dumps(extra))
     if hasattr(req, "items"):  # an embedding request: strings and token lists
         chars = sum(len(i) * (1 if isinstance(i, str) else _CHARS_PER_TOKEN) for i in req.items())
     tokens = math.ceil(chars / _CHARS_PER_TOKEN)
