@@ -22,7 +22,7 @@ from .base import (
     Kind,
     http_probe,
 )
-from .scrub import scrub
+from .scrub import StreamScrub, scrub
 from .tier import TierReport
 from .upstream import bearer_headers, openai_body, split_params
 
@@ -151,14 +151,19 @@ class LiteLLMBackend:
         wrapper = await self._call(req, endpoint, stream=True)
         tier = self._report(wrapper)  # the headers came with the stream: on the first chunk
         it = wrapper.__aiter__()
+        scrub = StreamScrub(self.model)
         try:
             while True:
                 # Bound each gap, not the whole stream; a timeout must not span our yields.
                 try:
                     chunk = await asyncio.wait_for(anext(it), self.settings.read_timeout_s)
                 except StopAsyncIteration:
+                    if (rest := scrub.tail()) is not None:
+                        yield Chunk(obj=rest)
                     return
-                yield Chunk(obj=chunk.model_dump(exclude_none=True), tier=tier)
+                obj = chunk.model_dump(exclude_none=True)
+                scrub.obj(obj)
+                yield Chunk(obj=obj, tier=tier)
                 tier = None
         except TimeoutError:
             raise UpstreamError(

@@ -29,7 +29,7 @@ from .base import (
     http_probe,
 )
 from .client import Upstream
-from .scrub import scrub_bytes
+from .scrub import StreamScrub, scrub_bytes
 from .tier import TierReport
 from .upstream import openai_body
 
@@ -103,11 +103,14 @@ class PassthroughBackend:
         resp: aiohttp.ClientResponse = await self._post(req, endpoint, stream=True)
         complete = False
         tier = self._report(resp)  # rides on the first chunk: the answer's headers come first
+        scrub = StreamScrub(self.model)
         try:
             async for data in iter_sse_data(aiter(resp.content)):
-                yield Chunk(data=scrub_bytes(data, self.model), tier=tier)
+                yield Chunk(data=scrub.data(data), tier=tier)
                 tier = None
             complete = True
+            if (rest := scrub.tail()) is not None:
+                yield Chunk(obj=rest)
         except (aiohttp.ClientError, EOFError, TimeoutError) as exc:
             # Bytes may already be with the client: this becomes an in-band SSE error event.
             kind = "timed out" if isinstance(exc, TimeoutError) else "dropped"
