@@ -116,6 +116,15 @@ class ServerSettings(_Section):
     keepalive_timeout_s: float = Field(
         75.0, gt=0, description="An idle kept-alive connection is closed after this long."
     )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A client that takes nothing of a response for this long (its socket full, the"
+            " gateway's send buffer past 64 KiB) is cut, its buffer freed and its stream's"
+            " upstream released (as nginx's send_timeout)."
+        ),
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="On a box without client keys, host names /v1 answers besides loopback "

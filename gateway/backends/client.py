@@ -26,9 +26,16 @@ _PROVIDER_FAULT = {401, 403, 408, 409, 429}
 
 
 def upstream_session(cloud: CloudSettings, *, limit: int) -> aiohttp.ClientSession:
-    """A pooled session for upstream calls (connect timeout per call; no total bound)."""
+    """A pooled session for upstream calls (connect timeout per call; no total bound).
+
+    One upstream may hold at most half the pool: streams to one (slow, or read by nobody)
+    never leave another upstream without a connection, nor time its requests out into an
+    open breaker.
+    """
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),
+        connector=aiohttp.TCPConnector(
+            limit=limit, limit_per_host=max(1, limit // 2), ttl_dns_cache=300
+        ),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=cloud.connect_timeout_s),
     )
 
