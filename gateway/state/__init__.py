@@ -50,7 +50,8 @@ def build_state(settings: Settings) -> StateStore | None:
 def build_responses(settings: Settings, state: StateStore | None) -> Responses:
     if state is None:
         return LocalResponses(ResponseStore(settings.responses))
-    return RedisResponses(state, settings.responses)
+    keyed = bool(settings.server.api_keys or settings.server.api_keys_file)
+    return RedisResponses(state, settings.responses, shared=not keyed)
 
 
 async def state_ctx(app: web.Application) -> AsyncIterator[None]:

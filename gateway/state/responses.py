@@ -13,7 +13,9 @@ however many replicas write at once.
 Keys of one tenant T (prefix P): `P:{r:T}:resp:<id>` the entry's JSON, `P:{r:T}:items:<id>` a
 hash of its referable items, `P:{r:T}:lru` (zset id -> use sequence), `P:{r:T}:exp` (zset
 id -> expiry, ms), `P:{r:T}:size` (hash id -> bytes), `P:{r:T}:bytes` (their sum),
-`P:{r:T}:idx` (hash item id -> JSON list of ids holding it, latest last), `P:{r:T}:seq`.
+`P:{r:T}:ix:<item id>` (zset of the ids holding that item, by when they were stored: adding
+and dropping a holder costs O(log n) however many responses reuse an item id; a JSON list
+re-encoded on every put and drop made single commands take 400-810 ms), `P:{r:T}:seq`.
 Expired entries are dropped by the next write of the tenant; the entry keys also carry a
 Redis TTL an hour past expiry, so a tenant that never writes again leaves nothing behind.
 
@@ -74,13 +76,7 @@ local function drop(rid)
   if not size then return false end
   local iids = redis.call('HKEYS', base .. 'items:' .. rid)
   for _, iid in ipairs(iids) do
-    local raw = redis.call('HGET', base .. 'idx', iid)
-    if raw then
-      local holders, kept = cjson.decode(raw), {}
-      for _, h in ipairs(holders) do if h ~= rid then kept[#kept + 1] = h end end
-      if #kept == 0 then redis.call('HDEL', base .. 'idx', iid)
-      else redis.call('HSET', base .. 'idx', iid, cjson.encode(kept)) end
-    end
+    redis.call('ZREM', base .. 'ix:' .. iid, rid)
   end
   redis.call('DEL', base .. 'resp:' .. rid, base .. 'items:' .. rid)
   redis.call('ZREM', base .. 'lru', rid)
@@ -109,13 +105,13 @@ local keep = ttl + 3600000
 redis.call('SET', base .. 'resp:' .. rid, ARGV[4], 'PX', keep)
 if #ARGV > 8 then
   local pairs_ = {}
+  local stored_at = redis.call('INCR', base .. 'seq')
   for i = 9, #ARGV, 2 do
     pairs_[#pairs_ + 1] = ARGV[i]
     pairs_[#pairs_ + 1] = ARGV[i + 1]
-    local raw = redis.call('HGET', base .. 'idx', ARGV[i])
-    local holders = raw and cjson.decode(raw) or {}
-    holders[#holders + 1] = rid
-    redis.call('HSET', base .. 'idx', ARGV[i], cjson.encode(holders))
+    local ix = base .. 'ix:' .. ARGV[i]
+    redis.call('ZADD', ix, stored_at, rid)
+    redis.call('PEXPIRE', ix, keep)
   end
   redis.call('HSET', base .. 'items:' .. rid, unpack(pairs_))
   redis.call('PEXPIRE', base .. 'items:' .. rid, keep)
@@ -157,10 +153,9 @@ _ITEMS = (
 local out = {}
 for i = 3, #ARGV do
   local iid = ARGV[i]
-  local raw = redis.call('HGET', base .. 'idx', iid)
-  if raw then
-    local holders = cjson.decode(raw)
-    for j = #holders, 1, -1 do
+  local holders = redis.call('ZREVRANGE', base .. 'ix:' .. iid, 0, -1)
+  if #holders > 0 then
+    for j = 1, #holders do
       local rid = holders[j]
       if live(rid) then
         local item = redis.call('HGET', base .. 'items:' .. rid, iid)
@@ -189,10 +184,25 @@ return 1
 )
 
 
-class RedisResponses:
-    """Stored Responses in the state Redis (see the module's docstring)."""
+# On a box without client keys every made-up Bearer token would be a tenant with its own
+# share: there, all callers share one, each still reading only what its token stored.
+_OPEN = "open"
+_SEP = "\x1f"
 
-    def __init__(self, state: StateStore, settings: ResponsesSettings) -> None:
+
+class RedisResponses:
+    """Stored Responses in the state Redis (see the module's docstring).
+
+    `shared` (a box without client keys, where tokens are not identities): every caller's
+    entries count against one tenant's bounds, so seventeen made-up tokens cannot each store
+    their share until the `noeviction` Redis is full; ids are kept under the caller's token,
+    so one still cannot read what another stored.
+    """
+
+    def __init__(
+        self, state: StateStore, settings: ResponsesSettings, *, shared: bool = False
+    ) -> None:
+        self.shared = shared
         self.state = state
         self.ttl_ms = settings.store_ttl_s * 1000
         self.max_per_tenant = settings.store_max_per_tenant
@@ -203,29 +213,44 @@ class RedisResponses:
         self._delete = state.script("responses.delete", _DELETE)
 
     def _args(self, tenant: str | None) -> tuple[list[str], list[Any]]:
-        base = self.state.responses_key(tenant, "")
+        base = self.state.responses_key(_OPEN if self.shared else tenant, "")
         return [base + "lru"], [base, int(time.time() * 1000)]
+
+    def _id(self, tenant: str | None, rid: str) -> str:
+        """An id as stored: the caller's own on a shared box, as it is otherwise."""
+        return f"{tenant or ''}{_SEP}{rid}" if self.shared else rid
+
+    def _own(self, tenant: str | None, stored: str) -> str:
+        return stored[len(tenant or "") + 1 :] if self.shared else stored
 
     async def get(self, tenant: str | None, rid: str) -> Stored | None:
         keys, args = self._args(tenant)
+        sid = self._id(tenant, rid)
         got = await self.state.run(
-            "get a stored response", lambda: self._get(keys=keys, args=[*args, rid])
+            "get a stored response", lambda: self._get(keys=keys, args=[*args, sid])
         )
         if not got:
             return None
         obj = json.loads(got[0])
         pairs = got[1:]
-        items = {pairs[i].decode(): json.loads(pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)}
+        items = {
+            self._own(tenant, pairs[i].decode()): json.loads(pairs[i + 1])
+            for i in range(0, len(pairs) - 1, 2)
+        }
         return Stored(obj["response"], obj["history"], items)
 
     async def items(self, tenant: str | None, ids: list[str]) -> dict[str, dict[str, Any]]:
         if not ids:
             return {}
         keys, args = self._args(tenant)
+        sids = [self._id(tenant, i) for i in ids]
         got = await self.state.run(
-            "find referenced items", lambda: self._items(keys=keys, args=[*args, *ids])
+            "find referenced items", lambda: self._items(keys=keys, args=[*args, *sids])
         )
-        return {got[i].decode(): json.loads(got[i + 1]) for i in range(0, len(got) - 1, 2)}
+        return {
+            self._own(tenant, got[i].decode()): json.loads(got[i + 1])
+            for i in range(0, len(got) - 1, 2)
+        }
 
     async def put(self, tenant: str | None, rid: str, entry: Stored) -> bool:
         """False (nothing kept, nothing dropped) when the entry alone is larger than one
@@ -236,7 +261,7 @@ class RedisResponses:
         keys, args = self._args(tenant)
         flat: list[Any] = [
             *args,
-            rid,
+            self._id(tenant, rid),
             raw,
             size,
             self.ttl_ms,
@@ -244,7 +269,7 @@ class RedisResponses:
             self.max_bytes_per_tenant,
         ]
         for iid, b in items.items():
-            flat += [iid, b]
+            flat += [self._id(tenant, iid), b]
         await self.state.run(
             "store a response", lambda: self._put(keys=keys, args=flat), durable=True
         )
@@ -252,8 +277,9 @@ class RedisResponses:
 
     async def delete(self, tenant: str | None, rid: str) -> bool:
         keys, args = self._args(tenant)
+        sid = self._id(tenant, rid)
         n = await self.state.run(
-            "delete a stored response", lambda: self._delete(keys=keys, args=[*args, rid])
+            "delete a stored response", lambda: self._delete(keys=keys, args=[*args, sid])
         )
         return bool(n)
 

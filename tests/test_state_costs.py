@@ -1,0 +1,85 @@
+"""What one client chooses does not set what a state Redis command costs (issue 33).
+
+The probe: one key reused 1,000 item ids across 250 stored responses; every put and drop
+decoded and re-encoded each item's JSON list of holders, single commands took 400-810 ms,
+PING 878 ms, another tenant's Responses calls went from 0.01 s to 0.5-1.5 s and limits went
+unenforced. And on an open box every made-up Bearer token was a tenant with its own share
+until the `noeviction` Redis was full. Against a real redis-server: the index is a sorted set
+per item id now, and an open box's callers share one tenant's bounds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.responses.store import Stored
+from gateway.settings import ResponsesSettings, StateSettings
+from gateway.state.responses import RedisResponses
+from gateway.state.store import StateStore
+from tests.conftest import RedisServer
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[StateStore]:
+    s = StateStore(StateSettings(redis_url=redis_server.url, key_prefix=secrets.token_hex(4)))
+    yield s
+    await s.close()
+
+
+async def test_reused_item_ids_keep_every_command_fast(
+    store: StateStore, redis_server: RedisServer
+) -> None:
+    import redis.asyncio as aioredis
+
+    admin = aioredis.from_url(redis_server.url)
+    await admin.config_set("slowlog-log-slower-than", 10_000)  # microseconds: 10 ms
+    await admin.slowlog_reset()
+    r = RedisResponses(
+        store,
+        ResponsesSettings(
+            store_max_per_tenant=1000,
+            store_max_bytes=256 * 2**20,
+            store_max_bytes_per_tenant=256 * 2**20,
+        ),
+    )
+    items = {f"item_{j}": {"type": "message", "id": f"item_{j}"} for j in range(1000)}
+    slowest = 0.0
+    for n in range(250):
+        t0 = time.perf_counter()
+        await r.put("a", f"resp_{n}", Stored({"id": f"resp_{n}"}, [], items))
+        slowest = max(slowest, time.perf_counter() - t0)
+        if n % 50 == 0:  # another tenant meanwhile: its calls stay quick
+            t0 = time.perf_counter()
+            await r.put("b", f"b_{n}", Stored({"id": f"b_{n}"}, [], {"x": {"n": n}}))
+            assert await r.get("b", f"b_{n}") is not None
+            assert time.perf_counter() - t0 < 0.05
+    # The latest live holder of a reused id answers; dropping holders is cheap too.
+    found = await r.items("a", ["item_7", "item_999"])
+    assert set(found) == {"item_7", "item_999"}
+    for n in range(0, 250, 2):
+        assert await r.delete("a", f"resp_{n}")
+    slow = await admin.slowlog_get(10)
+    await admin.config_set("slowlog-log-slower-than", 10_000)
+    await admin.aclose()
+    assert slow == [], [(e["duration"], e["command"][:60]) for e in slow]
+    assert slowest < 0.1, slowest  # one put of 1,000 items, round trip included
+
+
+async def test_an_open_box_shares_one_bound_among_made_up_tokens(store: StateStore) -> None:
+    share = 1024 * 1024
+    r = RedisResponses(store, ResponsesSettings(store_max_bytes_per_tenant=share), shared=True)
+    body = {"id": "x", "pad": "p" * 200_000}
+    for n in range(17):
+        assert await r.put(f"token-{n}", "resp_1", Stored(body, [], {"it": {"n": n}}))
+    # Seventeen tokens, 200 KB each: together they hold one share, not seventeen.
+    total = await store.run("read", lambda: store.client.get(store.responses_key("open", "bytes")))
+    assert 0 < int(total) <= share
+    # Each still reads only its own: the newest are there, another token's id is unknown.
+    assert (await r.get("token-16", "resp_1")) is not None
+    assert (await r.items("token-16", ["it"])) == {"it": {"n": 16}}
+    assert (await r.get("someone-else", "resp_1")) is None
+    assert (await r.get("token-0", "resp_1")) is None  # evicted by the shared bound
