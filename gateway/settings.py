@@ -404,6 +404,13 @@ class LimitSettings(_Section):
     """Per-key request, token and budget limits (0 means unlimited)."""
 
     requests_per_minute: int = Field(0, ge=0, description="Requests per key per minute.")
+    max_concurrent_per_key: int = Field(
+        128,
+        ge=0,
+        description="Requests of one key in progress at once on this replica (0: no bound);"
+        " past it 429 too_many_concurrent_requests. Below the 256 upstream connections, so"
+        " one key's streams cannot hold them all.",
+    )
     tokens_per_minute: int = Field(0, ge=0, description="Prompt+completion tokens per minute.")
     daily_cloud_budget_usd: float = Field(0.0, ge=0, description="Cloud spend per key per day.")
     budget_exceeded: Literal["local", "refuse"] = Field(

@@ -53,6 +53,7 @@ class RequestRecord:
     # What the limiter reserved at admission: settled once the answer is in, else given back.
     admission: Admission | None = None
     chunks: int = 0  # a stream's chunks from the backend, sent or not
+    in_flight: str | None = None  # the key counted in progress (limits.max_concurrent_per_key)
 
     def decided(self, features: Features, decision: Decision) -> None:
         self.features, self.decision = features, decision
@@ -98,6 +99,8 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         if task is not None:
             in_flight.discard(task)
+        request.app[LIMITER].leave(record.in_flight)  # whatever the route or the outcome
+        record.in_flight = None
         _account(request, record, status)
 
 

@@ -55,6 +55,7 @@ class Opening:
         now and settled when the answer is in (observe), so concurrency cannot overshoot."""
         tenant = tenant_of(request)
         record = request[RECORD]
+        record.in_flight = services.limiter.enter(tenant)  # observe gives it back at the end
         record.admission = await services.limiter.admit(tenant, req)
         budget_spent = record.admission.budget_spent
         cc = CacheControl.parse(request.headers.get("Cache-Control"))

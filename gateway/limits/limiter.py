@@ -25,7 +25,7 @@ _PER_MESSAGE = 3
 _CHARS_PER_TOKEN = 4
 _LOG_EVERY_S = 30.0
 
-Refusal = Literal["requests", "tokens", "budget"]
+Refusal = Literal["requests", "tokens", "budget", "concurrency"]
 _REFUSALS: dict[int, Refusal] = {1: "requests", 2: "tokens", 3: "budget"}
 
 
@@ -94,6 +94,7 @@ class Limiter:
         self._prices, self._cloud_models = prices, cloud_models or {}
         self._clock = clock
         self._pending: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, int] = {}
         self._logged_at = -math.inf
         self._unlogged = 0
 
@@ -188,6 +189,34 @@ class Limiter:
             token_key=plan.keys[1] if s.tokens_per_minute else None,
             budget_key=plan.keys[2] if s.daily_cloud_budget_usd else None,
         )
+
+    def enter(self, tenant: str | None) -> str | None:
+        """Count one more request of the key in progress; 429 past
+        `limits.max_concurrent_per_key`. Returns what `leave` takes back (None: unbounded)."""
+        cap = self.settings.max_concurrent_per_key
+        if not cap:
+            return None
+        who = self._who(tenant)
+        n = self._in_flight.get(who, 0)
+        if n >= cap:
+            self._on_limited("concurrency")
+            raise RateLimited(
+                f"Too many concurrent requests: {cap} of this key are in progress "
+                "(limits.max_concurrent_per_key).",
+                retry_after=1,
+                code="too_many_concurrent_requests",
+            )
+        self._in_flight[who] = n + 1
+        return who
+
+    def leave(self, who: str | None) -> None:
+        if who is None:
+            return
+        n = self._in_flight.get(who, 0) - 1
+        if n > 0:
+            self._in_flight[who] = n
+        else:
+            self._in_flight.pop(who, None)
 
     def _refuse(self, what: Refusal) -> None:
         s = self.settings
