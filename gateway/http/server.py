@@ -20,11 +20,8 @@ burst with a count, never once per connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import resource
-import socket
-import struct
 from typing import Any
 
 import orjson
@@ -36,6 +33,7 @@ from ..errors import BodyTimeout, GatewayError, InternalError, InvalidRequest
 from ..metrics import Metrics
 from ..services import METRICS, SETTINGS
 from ..settings import ServerSettings
+from .sending import SendTimeout, bound_send_buffer
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +100,6 @@ class _Burst:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-# The kernel's send buffer per client connection (Linux doubles it): 512 KiB in flight is
-# 40 Mbit/s at 100 ms, more than an edge box's clients read of answers and streams.
-SEND_BUFFER_BYTES = 256 * 1024
 
 
 class ConnectionLimits:
@@ -196,7 +189,7 @@ def fit_fd_limit(wanted: int) -> int:
     return fitted
 
 
-class _Handler(RequestHandler):
+class _Handler(SendTimeout, RequestHandler):
     """One connection: counted against the caps, timed while its request arrives."""
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits, **kwargs: Any) -> None:
@@ -210,7 +203,6 @@ class _Handler(RequestHandler):
         self._body: Any = None  # the payload the body timer watches
         self._cut = False  # the body timed out: close once the 408 is written
         self._partial = False  # some bytes of a request head arrived
-        self._stalled: asyncio.TimerHandle | None = None  # the client takes nothing we send
 
     # -- the caps ---------------------------------------------------------------------------
 
@@ -227,13 +219,7 @@ class _Handler(RequestHandler):
             self._limits.dropped(refused, self._loop, self._address)
             return
         self._counted = True
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # A bounded kernel buffer per connection: past it the answer waits in ours, where
-            # send_timeout_s sees a client that reads nothing (the kernel would hold megabytes
-            # of it, for as long as the connection lives).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        bound_send_buffer(transport)
         super().connection_made(transport)
         self._arm("header", self._limits.settings.header_timeout_s)
 
@@ -241,9 +227,7 @@ class _Handler(RequestHandler):
         if self._refused:
             return
         self._disarm()
-        if self._stalled is not None:
-            self._stalled.cancel()
-            self._stalled = None
+        self._unstall()
         if self._counted:
             self._counted = False
             self._limits.release(self._address)
@@ -268,38 +252,6 @@ class _Handler(RequestHandler):
         elif data and self._waiting_for is None and (self._body is None or self._body.is_eof()):
             # The first bytes of a next request on a kept-alive connection.
             self._arm("header", self._limits.settings.header_timeout_s)
-
-    # -- the write side ---------------------------------------------------------------------
-
-    def pause_writing(self) -> None:
-        # The send buffer passed its high-water mark: the client is not reading what is
-        # written. It gets send_timeout_s to take some, else the connection is cut (the
-        # buffer, a large answer's megabytes, goes with it; a stream's writer fails and
-        # releases its upstream).
-        super().pause_writing()
-        if self._stalled is None:
-            self._stalled = self._loop.call_later(
-                self._limits.settings.send_timeout_s, self._send_expired
-            )
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._stalled is not None:
-            self._stalled.cancel()
-            self._stalled = None
-
-    def _send_expired(self) -> None:
-        self._stalled = None
-        if self.transport is None:
-            return
-        self._limits.dropped("send_timeout", self._loop, self._address)
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            # A reset, not a close: what the kernel still holds for this client is dropped
-            # too, rather than trickled to a reader that is not reading.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()
 
     # -- the timeouts -----------------------------------------------------------------------
 

@@ -33,6 +33,17 @@ class ConstraintError(RuntimeError):
     past its item limit, say, from an `anyOf` of hundreds of objects): the schema's cost."""
 
 
+def too_complex(param: str | None) -> InvalidRequest:
+    """The client's 400 for a grammar llguidance gives up on while answering (the log line
+    that goes with it carries no message: it would quote the schema)."""
+    return InvalidRequest(
+        "The schema is too complex for the local model's grammar engine; simplify it (fewer "
+        "alternatives) or use a cloud model.",
+        param=param,
+        code="unsupported_schema",
+    )
+
+
 class Grammars:
     """Compiled grammars for one model's vocabulary; thread-safe, bounded."""
 

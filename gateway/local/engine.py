@@ -19,9 +19,9 @@ import threading
 import time
 from collections import deque
 
-from ..errors import GatewayError, InternalError, InvalidRequest, NotReady
+from ..errors import GatewayError, InternalError, NotReady
 from .batch import Batch, plan_prefill
-from .constraint import ConstraintError
+from .constraint import ConstraintError, too_complex
 from .handover import hand_over, pair_logprobs
 from .model import Model
 from .sampling import Sampler, TextStream, TokenLogprob, log_softmax_top, token_text
@@ -306,18 +306,9 @@ class Engine:
             token = slot.sampler.sample(self.ctx, idx)
         except ConstraintError:
             # llguidance gave up on the grammar (its limits, reached by the client's schema):
-            # the client's to simplify, so a 400 naming the field, never an answer the schema
-            # does not hold. The log has no message: it would quote the schema.
+            # a 400 naming the field, never an answer the schema does not hold.
             log.warning("grammar engine gave up", extra={"param": params.grammar_param()})
-            self._fail(
-                slot,
-                InvalidRequest(
-                    "The schema is too complex for the local model's grammar engine; "
-                    "simplify it (fewer alternatives) or use a cloud model.",
-                    param=params.grammar_param(),
-                    code="unsupported_schema",
-                ),
-            )
+            self._fail(slot, too_complex(params.grammar_param()))
             return
         model = self.model
         if model.is_eog(token):
