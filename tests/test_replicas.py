@@ -217,8 +217,13 @@ async def test_a_responses_conversation_continues_reads_and_deletes_on_every_rep
 
 
 async def test_per_tenant_bounds_hold_for_the_fleet(fleet: Fleet, state_url: str) -> None:
-    """Concurrent stores from two replicas: the tenant keeps its newest `max_per_tenant`."""
-    a, b = fleet(2, GATEWAY_RESPONSES__STORE_MAX_PER_TENANT="3")
+    """Concurrent stores from two replicas: the tenant keeps its newest `max_per_tenant`.
+    With client keys: on a box without them all callers share one tenant's bounds."""
+    a, b = fleet(
+        2,
+        GATEWAY_RESPONSES__STORE_MAX_PER_TENANT="3",
+        GATEWAY_SERVER__API_KEYS='["sk-bounded", "sk-other"]',
+    )
     key = "sk-bounded"
     async with aiohttp.ClientSession() as s:
         results = await asyncio.gather(
