@@ -132,9 +132,9 @@ async def test_a_model_edited_in_place_is_hashed_again_on_reload(
 
 # -- connections: caps and slow clients ---------------------------------------------------------
 
-HALF_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: box\r\nContent-Ty"
+HALF_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty"
 HALF_BODY = (
-    b"POST /v1/chat/completions HTTP/1.1\r\nHost: box\r\nContent-Type: application/json\r\n"
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     b"Content-Length: 4000\r\n\r\n" + b'{"model": "local", "messages": [' + b" " * 200
 )
 

@@ -145,7 +145,7 @@ def document() -> dict[str, Any]:
                             },
                             "The routing decision and the features behind it",
                         ),
-                        **errors(400, 401, 404, 413, 429),
+                        **errors(400, 401, 403, 404, 413, 415, 429),
                     },
                 }
             },
@@ -162,7 +162,7 @@ def document() -> dict[str, Any]:
                             },
                             "The label stored",
                         ),
-                        **errors(400, 401, 404, 409, 413),
+                        **errors(400, 401, 403, 404, 409, 413, 415),
                     },
                 }
             },
@@ -180,7 +180,7 @@ def document() -> dict[str, Any]:
                                 },
                             }
                         ),
-                        **errors(401),
+                        **errors(401, 403),
                     },
                 }
             },

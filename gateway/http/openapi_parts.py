@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
-# The statuses a generating endpoint may answer with besides 200.
-GEN_ERRORS = (400, 401, 404, 413, 429, 502, 503, 504)
+# The statuses a generating endpoint may answer with besides 200 (403 and 415: a box without
+# client keys refuses other sites, rebound host names and bodies that are not JSON).
+GEN_ERRORS = (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
 
 
 def errors(*statuses: int) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def response_paths() -> dict[str, Any]:
                         "description": "A stored response",
                         "content": {"application/json": {"schema": _RESPONSE}},
                     },
-                    **errors(401, 404),
+                    **errors(401, 403, 404),
                 },
             },
             "delete": {
@@ -97,7 +97,7 @@ def response_paths() -> dict[str, Any]:
                             }
                         },
                     },
-                    **errors(401, 404),
+                    **errors(401, 403, 404),
                 },
             },
         },
