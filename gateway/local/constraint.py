@@ -88,10 +88,11 @@ class Grammars:
             )
         done = CompiledGrammar(matcher, self._model.n_vocab, grammar.param)
         try:
-            # The first token's mask, now: a grammar llguidance compiles but cannot start
-            # (an `anyOf` of hundreds of objects past its lexer's limits) is the client's
-            # schema to simplify, a 400 here rather than a 500 at the first token.
-            done.matcher().apply(np.zeros(self._model.n_vocab, dtype=np.float32))
+            # The first two tokens' masks, now, along the first ways the grammar may start: a
+            # grammar llguidance compiles but cannot follow (an `anyOf` of hundreds of
+            # objects, past its 2,000 items per parser row once an object opens) is the
+            # client's schema to simplify, a 400 here rather than one answer in two failing.
+            _probe(done, self._model.n_vocab)
         except ConstraintError as exc:
             raise InvalidRequest(
                 f"The schema in '{grammar.param}' is too complex for the local model's "
@@ -104,6 +105,21 @@ class Grammars:
             while len(self._compiled) > self._keep:
                 self._compiled.popitem(last=False)
         return done
+
+
+PROBES = 16  # first tokens tried at compile time (about 1 ms each)
+
+
+def _probe(done: CompiledGrammar, n_vocab: int) -> None:
+    """Raise ConstraintError if the grammar fails at its first token or, after any of its
+    first PROBES allowed first tokens, at its second."""
+    logits = np.zeros(n_vocab, dtype=np.float32)
+    done.matcher().apply(logits)
+    for token in np.flatnonzero(logits == 0)[:PROBES]:
+        m = done.matcher()
+        m.apply(np.zeros(n_vocab, dtype=np.float32))
+        m.advance(int(token))
+        m.apply(np.zeros(n_vocab, dtype=np.float32))
 
 
 class CompiledGrammar:
