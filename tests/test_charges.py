@@ -9,7 +9,6 @@ carrying a 400 KB tool description used 600,360 tokens against 3,000 a minute.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +18,8 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import RunningGateway, free_port
+from tests.fakes.server import sse
+from tests.fakes.server import upstream as serving
 
 CHUNKS = 60
 
@@ -55,32 +56,19 @@ class Upstream:
         await resp.prepare(request)
         for i in range(CHUNKS):
             delta = {"index": 0, "delta": {"content": f" w{i}"}, "finish_reason": None}
-            await resp.write(
-                b"data: " + json.dumps({**base, "choices": [delta]}).encode() + b"\n\n"
-            )
+            await resp.write(sse({**base, "choices": [delta]}))
             await asyncio.sleep(0.01)
         usage = {"prompt_tokens": 9, "completion_tokens": CHUNKS, "total_tokens": 9 + CHUNKS}
-        await resp.write(
-            b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n"
-        )
+        await resp.write(sse({**base, "choices": [], "usage": usage}))
         await resp.write(b"data: [DONE]\n\n")
         return resp
-
-    async def models(self, _r: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = Upstream()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", up.chat)
-    app.router.add_get("/v1/models", up.models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", up.port).start()
-    yield up
-    await runner.cleanup()
+    async with serving(up.chat, up.port):
+        yield up
 
 
 def settings(up: Upstream, **limits: Any) -> dict[str, Any]:

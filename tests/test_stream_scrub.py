@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.backends.scrub import REDACTED, StreamScrub
 from gateway.settings import CloudModel
 from tests.conftest import RunningGateway, free_port
+from tests.fakes.server import sse, upstream
 
 KEY = "sk-upstream-secret-0123456789"
 
@@ -41,28 +42,17 @@ class Echo:
                 "delta": {"content": p},
                 "finish_reason": "stop" if last else None,
             }
-            await resp.write(
-                b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n"
-            )
+            await resp.write(sse({**base, "choices": [choice]}))
         await resp.write(b"data: [DONE]\n\n")
         return resp
-
-    async def models(self, _r: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
 
 @pytest.fixture
 async def echo(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Echo]:
     monkeypatch.setenv("ECHO_KEY", KEY)
     up = Echo()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", up.chat)
-    app.router.add_get("/v1/models", up.models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", up.port).start()
-    yield up
-    await runner.cleanup()
+    async with upstream(up.chat, up.port):
+        yield up
 
 
 def streamed_text(raw: str) -> str:

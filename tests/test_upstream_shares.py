@@ -10,7 +10,6 @@ pool: another key's request to another upstream is answered at once.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import RunningGateway, free_port
+from tests.fakes.server import sse, upstream
 
 CAP = 20
 
@@ -56,33 +56,18 @@ class Upstream:
         try:
             for _ in range(600):  # a minute of a slow answer
                 delta = {"index": 0, "delta": {"content": " x"}, "finish_reason": None}
-                await resp.write(
-                    b"data: " + json.dumps({**base, "choices": [delta]}).encode() + b"\n\n"
-                )
+                await resp.write(sse({**base, "choices": [delta]}))
                 await asyncio.sleep(0.1)
         finally:
             self.open -= 1
         return resp
 
-    async def models(self, _r: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
-
 
 @pytest.fixture
 async def upstreams() -> AsyncIterator[tuple[Upstream, Upstream]]:
-    ups = (Upstream(slow=True), Upstream(slow=False))
-    runners = []
-    for up in ups:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", up.chat)
-        app.router.add_get("/v1/models", up.models)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", up.port).start()
-        runners.append(runner)
-    yield ups
-    for runner in runners:
-        await runner.cleanup()
+    slow, fast = Upstream(slow=True), Upstream(slow=False)
+    async with upstream(slow.chat, slow.port), upstream(fast.chat, fast.port):
+        yield slow, fast
 
 
 async def test_one_keys_streams_leave_room_for_another_key_and_upstream(

@@ -5,9 +5,12 @@ or in a thread of its own (for gateway processes and sync tests)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
 import threading
-from typing import Self
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -93,3 +96,31 @@ class LoopbackServer:
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _one_model(_request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+
+@contextlib.asynccontextmanager
+async def upstream(chat: Handler, port: int) -> AsyncIterator[None]:
+    """A minimal OpenAI-compatible upstream on 127.0.0.1:`port` for one test's own behaviour:
+    `chat` answers /v1/chat/completions, /v1/models lists one model (the health probe)."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", _one_model)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def sse(obj: dict[str, Any]) -> bytes:
+    """One server-sent event of a JSON object, as OpenAI streams chunks."""
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
