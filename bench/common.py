@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -174,3 +175,25 @@ def have_llama_cpp_server() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) for m in ("fastapi", "sse_starlette", "uvicorn"))
+
+
+def plain_cpu_llama(**kwargs: Any) -> Any:
+    """llama-cpp-python's `Llama` on the plain CPU buffer, as the gateway loads its models
+    (gateway/local/model.py: no extra buffer types, whose AMX matmul crashes on batches): a
+    peer in the same run uses the same kernels. Its constructor takes no such option, so the
+    default parameters it asks llama.cpp for are amended for this one call."""
+    import llama_cpp.llama_cpp as lib
+    from llama_cpp import Llama
+
+    original = lib.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        return Llama(**kwargs)
+    finally:
+        lib.llama_model_default_params = original

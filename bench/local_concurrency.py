@@ -30,7 +30,15 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import PY, ROOT, Proc, free_port, have_llama_cpp_server, machine
+from bench.common import (
+    PY,
+    ROOT,
+    Proc,
+    free_port,
+    have_llama_cpp_server,
+    machine,
+    plain_cpu_llama,
+)
 from gateway.local import embedded_model_path
 
 LLAMA_SERVER = ROOT / ".bench" / "llama-server"
@@ -291,9 +299,7 @@ def second_turn(runs: int) -> dict[str, Any]:
 
 
 def _prompt_tokens() -> int:
-    from llama_cpp import Llama
-
-    llama = Llama(model_path=str(embedded_model_path()), n_ctx=256, verbose=False)
+    llama = plain_cpu_llama(model_path=str(embedded_model_path()), n_ctx=256, verbose=False)
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     eos = llama.detokenize([llama.token_eos()], special=True).decode()

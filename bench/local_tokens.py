@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.common import plain_cpu_llama
 from gateway.local import embedded_model_path
 from gateway.settings import LocalSettings
 
@@ -31,11 +32,10 @@ MESSAGES = [{"role": "user", "content": PROMPT}]
 @functools.cache
 def _direct_model() -> tuple[Any, list[int]]:
     """One Llama for all direct runs, and the prompt tokens exactly as the gateway builds them."""
-    from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     cfg = LocalSettings()
-    llama = Llama(
+    llama = plain_cpu_llama(
         model_path=str(embedded_model_path()),
         n_ctx=cfg.n_ctx,
         n_threads=cfg.n_threads,
