@@ -1,23 +1,28 @@
 """A client that reads nothing holds nothing for long (issue 33).
 
 The probe: 100 connections asked for a stored response holding 7 MB of `tools` and read
-nothing; RSS went 405 -> 1,623 MiB and every connection was still held after 100 s. Now a
-connection whose client takes nothing for `server.send_timeout_s` is cut and its buffer
-freed, while other clients are served.
+nothing; RSS went 405 -> 1,623 MiB and every connection was still held after 100 s; 250 cloud
+streams that read nothing held 250 pooled upstream connections for 300 s. Now a connection
+whose client takes nothing for `server.send_timeout_s` is cut and its buffer freed, a stream's
+upstream connection with it, while other clients are served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
 import time
 from typing import Any
 
 import aiohttp
 import psutil
+from aiohttp import web
 
-from tests.conftest import RunningGateway, cloud_settings
+from tests.conftest import RunningGateway, cloud_settings, free_port
 from tests.fakes.cloud import FakeCloud
+from tests.fakes.server import sse, upstream
 
 SEND_TIMEOUT_S = 1.0
 CONNECTIONS = 100
@@ -90,3 +95,109 @@ async def test_clients_that_read_nothing_are_cut_after_the_send_timeout(
     assert cut_by < SEND_TIMEOUT_S + 3
     # Each connection buffered at most its answer (under 1 MiB) until it was cut.
     assert grown < CONNECTIONS * 2 * 2**20, grown
+
+
+class EndlessUpstream:
+    """A cloud that streams as fast as it is read, until its reader goes: 16 KB a chunk."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.open = 0
+        self.opened = 0
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        if not body.get("stream"):
+            msg = {"role": "assistant", "content": "fast"}
+            return web.json_response(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        self.open += 1
+        self.opened += 1
+        delta = {"index": 0, "delta": {"content": "x" * 16_000}, "finish_reason": None}
+        chunk = sse({**base, "choices": [delta]})
+        try:
+            for _ in range(10_000):  # 160 MB: far more than any buffer on the way
+                await resp.write(chunk)
+        except ConnectionError:
+            pass
+        finally:
+            self.open -= 1
+        return resp
+
+
+STREAMS = 250
+
+
+async def test_cloud_streams_that_nobody_reads_are_cut_and_release_the_upstream(
+    gateway_factory: Any,
+) -> None:
+    endless, other = EndlessUpstream(), EndlessUpstream()
+
+    def model(name: str, up: EndlessUpstream) -> dict[str, Any]:
+        return {"name": name, "model": "openai/m", "api_base": f"http://127.0.0.1:{up.port}/v1"}
+
+    async with upstream(endless.chat, endless.port), upstream(other.chat, other.port):
+        gw: RunningGateway = await gateway_factory(
+            server={
+                "api_keys": ["sk-a", "sk-b"],
+                "send_timeout_s": SEND_TIMEOUT_S,
+                "max_connections_per_address": 1024,
+            },
+            cloud={"models": [model("endless", endless), model("other", other)]},
+            limits={"max_concurrent_per_key": 1024},
+        )
+        payload = json.dumps(
+            {"model": "endless", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+        ).encode()
+        request = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer sk-a\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+        rss = psutil.Process().memory_info().rss
+        conns = []
+        for _ in range(STREAMS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, limit=2**10)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            writer.write(request)
+            conns.append((reader, writer))
+        peak = 0
+        try:
+            # Meanwhile another key's request to another upstream is answered at once.
+            async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-b"}) as s:
+                body = {"model": "other", "messages": [{"role": "user", "content": "hi"}]}
+                t0 = time.monotonic()
+                async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                    assert r.status == 200, await r.text()
+                assert time.monotonic() - t0 < 2.0
+            # Every stream fills what lies between the cloud and its reader, stalls, and is
+            # cut send_timeout_s later; half the pool at a time (128 upstream connections),
+            # so the second half is cut one round after the first.
+            deadline = time.monotonic() + 4 * (SEND_TIMEOUT_S + 3)
+            while endless.opened < STREAMS or endless.open > 0:
+                peak = max(peak, psutil.Process().memory_info().rss - rss)
+                assert time.monotonic() < deadline, (endless.opened, endless.open)
+                await asyncio.sleep(0.1)
+            assert endless.opened == STREAMS
+        finally:
+            for _, w in conns:
+                w.close()
+        # Each stream held at most about a megabyte in the gateway while it lived.
+        assert peak < STREAMS * 2**20, peak
+        # The streams' clients were cut: what each got is far from the 160 MB the cloud had.
+        for reader, _ in conns:
+            got = 0
+            with contextlib.suppress(ConnectionError):
+                while chunk := await asyncio.wait_for(reader.read(2**16), 5):
+                    got += len(chunk)
+            assert got < 8 * 2**20, got
