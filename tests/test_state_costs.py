@@ -5,7 +5,8 @@ decoded and re-encoded each item's JSON list of holders, single commands took 40
 PING 878 ms, another tenant's Responses calls went from 0.01 s to 0.5-1.5 s and limits went
 unenforced. And on an open box every made-up Bearer token was a tenant with its own share
 until the `noeviction` Redis was full. Against a real redis-server: the index is a sorted set
-per item id now, and an open box's callers share one tenant's bounds.
+per item id now, the limits sharing that Redis stay enforced meanwhile, and an open box's
+callers share one tenant's bounds.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.errors import RateLimited
+from gateway.limits.counters import RedisCounters
+from gateway.limits.limiter import Limiter
 from gateway.responses.store import Stored
-from gateway.settings import ResponsesSettings, StateSettings
+from gateway.settings import LimitSettings, ResponsesSettings, StateSettings
 from gateway.state.responses import RedisResponses
 from gateway.state.store import StateStore
 from tests.conftest import RedisServer
@@ -46,6 +50,14 @@ async def test_reused_item_ids_keep_every_command_fast(
             store_max_bytes_per_tenant=256 * 2**20,
         ),
     )
+    # The limits live in the same Redis, as in the shipped compose file: another tenant's
+    # limits are checked meanwhile, and must neither fail open nor let a request through.
+    unenforced: list[tuple[str, str]] = []
+    limiter = Limiter(
+        LimitSettings(requests_per_minute=1_000_000, timeout_s=0.1),
+        RedisCounters(redis_server.url, timeout_s=0.1),
+        on_unenforced=lambda stage, reason: unenforced.append((stage, reason)),
+    )
     items = {f"item_{j}": {"type": "message", "id": f"item_{j}"} for j in range(1000)}
     slowest = 0.0
     for n in range(250):
@@ -57,6 +69,7 @@ async def test_reused_item_ids_keep_every_command_fast(
             await r.put("b", f"b_{n}", Stored({"id": f"b_{n}"}, [], {"x": {"n": n}}))
             assert await r.get("b", f"b_{n}") is not None
             assert time.perf_counter() - t0 < 0.05
+        assert (await limiter.admit(f"other-{n}")).reserved
     # The latest live holder of a reused id answers; dropping holders is cheap too.
     found = await r.items("a", ["item_7", "item_999"])
     assert set(found) == {"item_7", "item_999"}
@@ -64,6 +77,17 @@ async def test_reused_item_ids_keep_every_command_fast(
         assert await r.delete("a", f"resp_{n}")
     slow = await admin.slowlog_get(128)
     await admin.aclose()
+    assert unenforced == []
+    # And the limits still bite: a tenant past its requests per minute is refused.
+    tight = Limiter(
+        LimitSettings(requests_per_minute=3), RedisCounters(redis_server.url, timeout_s=0.1)
+    )
+    for _ in range(3):
+        await tight.admit("tenant-c")
+    with pytest.raises(RateLimited):
+        await tight.admit("tenant-c")
+    await tight.close()
+    await limiter.close()
     # Under 10 ms each (on a quiet box the slowest is about 4 ms; the JSON lists took 36 ms
     # and more as the holders grew, for every put): a rare scheduling hiccup of a loaded
     # box is allowed, a cost that grows with the holders is not.
@@ -85,3 +109,39 @@ async def test_an_open_box_shares_one_bound_among_made_up_tokens(store: StateSto
     assert (await r.items("token-16", ["it"])) == {"it": {"n": 16}}
     assert (await r.get("someone-else", "resp_1")) is None
     assert (await r.get("token-0", "resp_1")) is None  # evicted by the shared bound
+
+
+async def test_the_overall_bound_holds_however_many_keys_store(
+    redis_server: RedisServer,
+) -> None:
+    from gateway.state import build_responses
+    from tests.conftest import make_settings
+
+    whole = 1024 * 1024
+    keys = [f"sk-{n}" for n in range(8)]
+    settings = make_settings(
+        server={"api_keys": keys},
+        state={"redis_url": redis_server.url, "key_prefix": secrets.token_hex(4)},
+        responses={"store_max_bytes": whole, "store_max_bytes_per_tenant": whole},
+    )
+    store = StateStore(settings.state)
+    try:
+        r = build_responses(settings, store)
+        body = {"id": "x", "pad": "p" * 50_000}
+        for key in keys:  # every key stores what one key alone may
+            for n in range(40):
+                assert await r.put(key, f"resp_{n}", Stored(body, [], {}))
+
+        async def held(key: str) -> int:
+            got = await store.run(
+                "read", lambda: store.client.get(store.responses_key(key, "bytes"))
+            )
+            return int(got or 0)
+
+        totals = [await held(k) for k in keys]
+        # Eight keys, each over its part: together within the whole, each holding its part.
+        assert sum(totals) <= whole, totals
+        assert min(totals) > whole // len(keys) - 60_000, totals
+        assert (await r.get("sk-3", "resp_39")) is not None
+    finally:
+        await store.close()

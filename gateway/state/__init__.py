@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..keyring import KeyRing
 from ..responses.store import ResponseStore
 from ..settings import Settings
 from .responses import LocalResponses, RedisResponses, Responses
@@ -50,8 +51,15 @@ def build_state(settings: Settings) -> StateStore | None:
 def build_responses(settings: Settings, state: StateStore | None) -> Responses:
     if state is None:
         return LocalResponses(ResponseStore(settings.responses))
-    keyed = bool(settings.server.api_keys or settings.server.api_keys_file)
-    return RedisResponses(state, settings.responses, shared=not keyed)
+    keys = len(set(KeyRing(settings.server).client_digests))
+    responses = RedisResponses(state, settings.responses, shared=not keys, tenants=keys)
+    r = settings.responses
+    if responses.max_bytes_per_tenant < r.store_max_bytes_per_tenant:
+        log.info(
+            "each key's share of stored responses is its part of responses.store_max_bytes",
+            extra={"keys": keys, "bytes_per_key": responses.max_bytes_per_tenant},
+        )
+    return responses
 
 
 async def state_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -19,9 +19,12 @@ re-encoded on every put and drop made single commands take 400-810 ms), `P:{r:T}
 Expired entries are dropped by the next write of the tenant; the entry keys also carry a
 Redis TTL an hour past expiry, so a tenant that never writes again leaves nothing behind.
 
-The store as a whole (`store_max_entries`, `store_max_bytes`) is bounded by the Redis itself
-here: per-tenant bounds are atomic in one slot, a bound over all tenants could not be on a
-Cluster. Size the state Redis for the tenants' bounds (docs say so).
+The store as a whole (`store_max_entries`, `store_max_bytes`) is bounded by construction: a
+bound over all tenants could not be atomic on a Cluster (each tenant is its own slot), so the
+whole is divided between the tenants there can be (the configured client keys; one on a box
+without keys) and each tenant's share is the smaller of its own bound and its part of the
+whole. However many replicas and tenants write, the sum stays within the overall bounds and
+the state Redis never fills from stored responses.
 """
 
 from __future__ import annotations
@@ -196,17 +199,29 @@ class RedisResponses:
     `shared` (a box without client keys, where tokens are not identities): every caller's
     entries count against one tenant's bounds, so seventeen made-up tokens cannot each store
     their share until the `noeviction` Redis is full; ids are kept under the caller's token,
-    so one still cannot read what another stored.
+    so one still cannot read what another stored. `tenants`: how many keys may store (the
+    overall bounds are divided between them).
     """
 
     def __init__(
-        self, state: StateStore, settings: ResponsesSettings, *, shared: bool = False
+        self,
+        state: StateStore,
+        settings: ResponsesSettings,
+        *,
+        shared: bool = False,
+        tenants: int = 1,
     ) -> None:
         self.shared = shared
         self.state = state
         self.ttl_ms = settings.store_ttl_s * 1000
-        self.max_per_tenant = settings.store_max_per_tenant
-        self.max_bytes_per_tenant = settings.store_max_bytes_per_tenant
+        # Each tenant's part of the overall bounds (see the module's docstring).
+        parts = 1 if shared else max(1, tenants)
+        self.max_per_tenant = max(
+            1, min(settings.store_max_per_tenant, settings.store_max_entries // parts)
+        )
+        self.max_bytes_per_tenant = max(
+            1, min(settings.store_max_bytes_per_tenant, settings.store_max_bytes // parts)
+        )
         self._put = state.script("responses.put", _PUT)
         self._get = state.script("responses.get", _GET)
         self._items = state.script("responses.items", _ITEMS)
