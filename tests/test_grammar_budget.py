@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+import pytest
 
 from tests.conftest import RunningGateway
 
@@ -96,3 +97,59 @@ async def test_a_divisor_within_the_budget_is_enforced(
     ) as r:
         body = await r.json()
     assert r.status == 200, body
+
+
+def test_the_grammar_cache_is_bounded_in_bytes_and_keeps_no_abandoned_build() -> None:
+    import threading
+
+    from gateway.local.constraint import Grammars
+    from gateway.local.model import Model, embedded_model_path
+    from gateway.local.structured import schema_grammar
+
+    model = Model(embedded_model_path())
+    try:
+        grammars = Grammars(model, max_bytes=4 * 2**20)
+
+        def grammar(i: int, width: int = 8) -> Any:
+            props = {f"f{i}_{j}": {"type": "string", "maxLength": 40} for j in range(width)}
+            return schema_grammar({"type": "object", "properties": props}, "response_format")
+
+        for i in range(200):
+            grammars.compile(grammar(i))
+            assert grammars.bytes <= grammars.max_bytes
+        # Bounded by what they cost, not by a count: 200 distinct grammars, a few dozen kept.
+        assert 0 < len(grammars) < 200
+        # The most recent is kept; a hit costs nothing more.
+        kept, held = len(grammars), grammars.bytes
+        grammars.compile(grammar(199))
+        assert (len(grammars), grammars.bytes) == (kept, held)
+
+        # A build whose request left meanwhile serves nobody later: it is not kept.
+        gone = threading.Event()
+        gone.set()
+        compiled = grammars.compile(grammar(1000), gone)
+        assert compiled.matcher() is not None
+        assert (len(grammars), grammars.bytes) == (kept, held)
+
+        # One grammar that alone costs more than the whole cache is used, not kept.
+        tiny = Grammars(model, max_bytes=1024)
+        tiny.compile(grammar(1))
+        assert (len(tiny), tiny.bytes) == (0, 0)
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 64 * 2**20])
+async def test_local_grammar_cache_bytes_is_the_bound_served(
+    gateway_factory: Any, http: aiohttp.ClientSession, cache_bytes: int
+) -> None:
+    from gateway.services import LOCAL
+
+    gw: RunningGateway = await gateway_factory(local={"grammar_cache_bytes": cache_bytes})
+    async with http.post(f"{gw.base_url}/chat/completions", json=chat(multiple_of(7))) as r:
+        assert r.status == 200, await r.text()
+    loaded = gw.app[LOCAL].default.current
+    assert loaded is not None
+    grammars = loaded.backend._grammars
+    assert grammars is not None and grammars.max_bytes == cache_bytes
+    assert len(grammars) == (0 if cache_bytes == 0 else 1)

@@ -9,6 +9,7 @@ logits (constraint.py). The plain single-choice answer keeps the backend's own, 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncGenerator
 from contextlib import AbstractContextManager, aclosing
@@ -42,7 +43,9 @@ class _Backend(Protocol):
 
     def admit(self) -> AbstractContextManager[Engine]: ...
 
-    def compile_grammar(self, grammar: structured.Grammar) -> CompiledGrammar: ...
+    def compile_grammar(
+        self, grammar: structured.Grammar, gone: threading.Event | None = None
+    ) -> CompiledGrammar: ...
 
     def render_chat(
         self, messages: list[dict[str, str]], stops: list[str]
@@ -111,7 +114,7 @@ class Answer:
 
     # -- planning --------------------------------------------------------------------------
 
-    def _plan(self, n_ctx: int) -> None:
+    def _plan(self, n_ctx: int, gone: threading.Event | None = None) -> None:
         req, backend = self.req, self.backend
         n = req.n or 1
         prompts: list[tuple[list[int], list[str], str]] = []
@@ -120,7 +123,7 @@ class Answer:
             self.tools = tool_calls.tool_plan(req)
             spec = self.tools.grammar if self.tools else structured.response_grammar(req)
             if spec is not None:
-                grammar = backend.compile_grammar(spec)
+                grammar = backend.compile_grammar(spec, gone)
             messages = tool_calls.chat_messages(req, self.tools)
             prompts.append(backend.render_chat(messages, req.stop_list()))
         else:
@@ -151,7 +154,12 @@ class Answer:
             # A grammar compiles in milliseconds (the vocabulary's bridge, the first time, in
             # a second or so): never on the event loop.
             if _structured(self.req) or self.req.content_chars() > INLINE_PROMPT_CHARS:
-                await asyncio.to_thread(self._plan, engine.n_ctx_slot)
+                gone = threading.Event()
+                try:
+                    await asyncio.to_thread(self._plan, engine.n_ctx_slot, gone)
+                except asyncio.CancelledError:
+                    gone.set()  # the client left: what its compile builds is not kept
+                    raise
             else:
                 self._plan(engine.n_ctx_slot)
             for c in self.choices:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
@@ -143,7 +144,7 @@ class LocalBackend:
             model.close()
             raise
         self._model = model
-        self._grammars = Grammars(model)
+        self._grammars = Grammars(model, max_bytes=s.grammar_cache_bytes)
         log.info(
             "local model loaded",
             extra={
@@ -306,12 +307,15 @@ class LocalBackend:
             return self.render_chat(messages, req.stop_list())
         return self.render_text(req.prompt_text(), req.stop_list())
 
-    def compile_grammar(self, grammar: Grammar) -> CompiledGrammar:
-        """The grammar for this model's vocabulary. Blocks (milliseconds): not on the loop."""
+    def compile_grammar(
+        self, grammar: Grammar, gone: threading.Event | None = None
+    ) -> CompiledGrammar:
+        """The grammar for this model's vocabulary. Blocks (milliseconds): not on the loop.
+        `gone` set: the request left while it was built (not kept)."""
         grammars = self._grammars
         if grammars is None:
             raise NotReady("the local model is not loaded", code="model_loading")
-        return grammars.compile(grammar)
+        return grammars.compile(grammar, gone)
 
     def render_chat(
         self, messages: list[dict[str, str]], stops: list[str]

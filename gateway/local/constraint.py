@@ -14,6 +14,7 @@ nothing but the end of generation can follow.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -44,15 +45,31 @@ def too_complex(param: str | None) -> InvalidRequest:
     )
 
 
-class Grammars:
-    """Compiled grammars for one model's vocabulary; thread-safe, bounded."""
+# What a compiled grammar is counted as in the cache, at least: measured on SmolLM2's
+# vocabulary, a matcher costs 50-75 KiB however small its grammar and 30-110 bytes per byte
+# of grammar text (objects, enums, patterns of 0.3-30 KB).
+_FLOOR_BYTES = 64 * 1024
+_BYTES_PER_CHAR = 128
 
-    def __init__(self, model: Model, *, keep: int = 64) -> None:
+
+class Grammars:
+    """Compiled grammars for one model's vocabulary; thread-safe, bounded in bytes.
+
+    A grammar is counted as the larger of the process's RSS growth while it was built
+    (builds are one at a time, so the growth is its own: a `multipleOf` lexer is hundreds of
+    MB where its text is a hundred bytes) and an estimate from its text. The least recently
+    used go once the sum passes `max_bytes`; one that alone passes it is used and not kept,
+    and neither is one whose request left while it was built.
+    """
+
+    def __init__(self, model: Model, *, max_bytes: int = 64 * 2**20) -> None:
         self._model = model
-        self._keep = keep
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._building = threading.Lock()
         self._tokenizer: Any = None
-        self._compiled: OrderedDict[str, CompiledGrammar] = OrderedDict()
+        self._compiled: OrderedDict[str, tuple[CompiledGrammar, int]] = OrderedDict()
+        self.bytes = 0
 
     def tokenizer(self) -> Any:
         """The vocabulary as llguidance sees it (built on first use: off the event loop)."""
@@ -69,16 +86,40 @@ class Grammars:
                 )
             return self._tokenizer
 
-    def compile(self, grammar: Grammar) -> CompiledGrammar:
-        """The grammar ready for matchers. Any thread; milliseconds the first time per text."""
+    def compile(self, grammar: Grammar, gone: threading.Event | None = None) -> CompiledGrammar:
+        """The grammar ready for matchers. Any thread; milliseconds the first time per text.
+        `gone` is set when the request that asked has left: what was built is not kept."""
         with self._lock:
-            done = self._compiled.get(grammar.text)
-            if done is not None:
+            hit = self._compiled.get(grammar.text)
+            if hit is not None:
                 self._compiled.move_to_end(grammar.text)
-                return done
+                return hit[0]
+        tokenizer = self.tokenizer()
+        with self._building:
+            before = _rss()
+            done = self._build(grammar, tokenizer)
+            cost = max(_rss() - before, _FLOOR_BYTES + _BYTES_PER_CHAR * len(grammar.text))
+        if cost <= self.max_bytes and not (gone is not None and gone.is_set()):
+            self._keep(grammar.text, done, cost)
+        return done
+
+    def _keep(self, text: str, done: CompiledGrammar, cost: int) -> None:
+        with self._lock:
+            if text in self._compiled:
+                return
+            self._compiled[text] = (done, cost)
+            self.bytes += cost
+            while self.bytes > self.max_bytes:
+                _, (_, freed) = self._compiled.popitem(last=False)
+                self.bytes -= freed
+
+    def __len__(self) -> int:
+        return len(self._compiled)
+
+    def _build(self, grammar: Grammar, tokenizer: Any) -> CompiledGrammar:
         from llguidance import LLMatcher
 
-        matcher = LLMatcher(self.tokenizer(), grammar.text, log_level=0)
+        matcher = LLMatcher(tokenizer, grammar.text, log_level=0)
         if matcher.is_error():
             raise InvalidRequest(
                 f"The grammar for '{grammar.param}' cannot be served by the local model: "
@@ -100,11 +141,19 @@ class Grammars:
                 param=grammar.param,
                 code="unsupported_schema",
             ) from None
-        with self._lock:
-            self._compiled[grammar.text] = done
-            while len(self._compiled) > self._keep:
-                self._compiled.popitem(last=False)
         return done
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss() -> int:
+    """The process's resident bytes now (Linux); 0 where /proc is not (the estimate counts)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 PROBES = 16  # first tokens tried at compile time (about 1 ms each)
