@@ -26,7 +26,7 @@ from .http.observe import observe_middleware
 from .http.responses import RESPONSE_STORE
 from .keyring import KeyRing
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
-from .local.fleet import Fleet
+from .local.pool import ModelPool
 from .metrics import Metrics
 from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor
@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> web.Application:
     status = app[STATUS] = StatusBoard(
         recent=settings.ui.recent_decisions, show_prompts=settings.ui.show_prompts
     )
-    local = app[LOCAL] = Fleet(settings.local, metrics=metrics)
+    local = app[LOCAL] = ModelPool(settings.local, metrics=metrics)
     cloud_names = [m.name for m in settings.cloud.models]
 
     def reloaded(result: str) -> None:
@@ -187,7 +187,7 @@ async def _learning(app: web.Application) -> AsyncIterator[None]:
         await learning.close()  # cancels shadow judgements, then closes the store
 
 
-def _watch_local(metrics: Metrics, local: Fleet, settings: Settings) -> None:
+def _watch_local(metrics: Metrics, local: ModelPool, settings: Settings) -> None:
     metrics.local_queue_depth.set_function(lambda: local.queue_depth)
     metrics.local_in_flight.set_function(lambda: local.in_flight)
     metrics.local_queue_capacity.set(settings.local.max_queue)

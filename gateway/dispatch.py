@@ -23,7 +23,7 @@ from .cascade import (
     token_logprobs,
 )
 from .errors import ContextLengthExceeded, GatewayError, ModelNotFound
-from .local.fleet import Fleet
+from .local.pool import ModelPool
 from .pipeline.attempt import CHAT, Attempt, budget_refusal
 from .pipeline.deciding import features_of, naming
 from .pipeline.outcome import Outcome, choice_text
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class Dispatcher:
-    local: Fleet
+    local: ModelPool
     clouds: dict[str, Backend]
     breakers: dict[str, Breaker]
     extractor: FeatureExtractor

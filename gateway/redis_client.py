@@ -32,7 +32,7 @@ _SINGLE = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True)
-class Shape:
+class RedisTarget:
     """What a Redis URL names, parsed without connecting."""
 
     kind: Kind
@@ -76,11 +76,11 @@ def _credentials(netloc: str) -> tuple[str | None, str | None]:
     return unquote(user) or None, unquote(password) or None
 
 
-def parse(url: str) -> Shape:
+def parse(url: str) -> RedisTarget:
     """The shape a URL names; ValueError with the reason when it names none (never connects)."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in _SINGLE:
-        return Shape(kind="single", url=url, tls=scheme == "rediss")
+        return RedisTarget(kind="single", url=url, tls=scheme == "rediss")
     if scheme not in _SENTINEL + _CLUSTER:
         raise ValueError(
             f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix://,"
@@ -100,7 +100,7 @@ def parse(url: str) -> Shape:
                 f"Redis Cluster has only database 0: drop '/{'/'.join(parts)}' from the URL"
                 " (the gateway's keys are prefixed, so they can share database 0)"
             )
-        return Shape(
+        return RedisTarget(
             kind="cluster",
             url=url,
             hosts=_hosts(netloc, 6379),
@@ -114,7 +114,7 @@ def parse(url: str) -> Shape:
         db = int(parts[1]) if len(parts) == 2 else 0
     except ValueError:
         raise ValueError(f"bad database number {parts[1]!r} in a Sentinel Redis URL") from None
-    return Shape(
+    return RedisTarget(
         kind="sentinel",
         url=url,
         hosts=_hosts(netloc, 26379),
@@ -208,7 +208,7 @@ def _cluster_class() -> Any:
 
 
 def _sentinel_master(
-    shape: Shape, common: dict[str, Any], auth: dict[str, Any], max_connections: int | None
+    shape: RedisTarget, common: dict[str, Any], auth: dict[str, Any], max_connections: int | None
 ) -> Any:
     import redis.asyncio as redis
     from redis.asyncio.sentinel import Sentinel, SentinelManagedSSLConnection

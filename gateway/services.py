@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .keyring import KeyRing
     from .learning import Learning
     from .limits import Limiter
-    from .local.fleet import Fleet
+    from .local.pool import ModelPool
     from .metrics import Metrics
     from .routing.live_policy import PolicyStore
     from .settings import Settings
@@ -63,7 +63,7 @@ KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 POLICY_STORE: web.AppKey[PolicyStore] = web.AppKey("policy_store")  # hot-reloaded
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
-LOCAL: web.AppKey[Fleet] = web.AppKey("local")  # the default model and local.models
+LOCAL: web.AppKey[ModelPool] = web.AppKey("local")  # the default model and local.models
 PRICES: web.AppKey[Prices] = web.AppKey("prices")
 EMBEDDINGS: web.AppKey[EmbeddingService] = web.AppKey("embeddings")  # POST /v1/embeddings
 STATUS: web.AppKey[StatusBoard] = web.AppKey("status")  # what the status page shows

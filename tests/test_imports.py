@@ -14,3 +14,20 @@ def test_every_gateway_module_imports() -> None:
     assert len(names) > 100
     for name in names:
         importlib.import_module(name)
+
+
+def test_no_class_name_means_two_things() -> None:
+    """One name, one concept: a class name defined in two places of gateway/ (three `Shape`s,
+    two `Fleet`s and two `Job`s once) sends a reader to the wrong one."""
+    import ast
+    from collections import defaultdict
+    from pathlib import Path
+
+    root = Path(gateway.__file__).parent
+    where: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                where[node.name].append(f"{path.relative_to(root)}:{node.lineno}")
+    twice = {name: places for name, places in where.items() if len(places) > 1}
+    assert not twice, twice

@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.errors import GatewayError
 from gateway.local import embedded_model_path, memory
-from gateway.local import fleet as fleet_module
+from gateway.local import pool as fleet_module
 from gateway.local.entry import Loaded, ModelUnavailable
-from gateway.local.fleet import Fleet
+from gateway.local.pool import ModelPool
 from gateway.local.swap import ModelConflict, ModelRefused
 from gateway.settings import LocalSettings
 from tests.conftest import GatewayProcess, RunningGateway
@@ -547,7 +547,9 @@ class _Estimate:
 
 
 @pytest.fixture
-def fake_fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+def fake_fleet(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Callable[..., ModelPool]]:
     """A fleet of tiny files on stand-in engines: the default `d` and the names a, b, c."""
     _FakeEngine.made = []
     monkeypatch.setattr(_FakeEngine, "load_s", 0.0)
@@ -555,30 +557,30 @@ def fake_fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Call
     monkeypatch.setattr(memory, "estimate", lambda *a, **k: _Estimate())
     monkeypatch.setattr(memory, "available", lambda: (1 << 40, "MemAvailable"))
 
-    async def smoke(self: Fleet, loaded: Loaded) -> None:
+    async def smoke(self: ModelPool, loaded: Loaded) -> None:
         return None
 
-    monkeypatch.setattr(Fleet, "_smoke", smoke)
+    monkeypatch.setattr(ModelPool, "_smoke", smoke)
     paths = {}
     for n in "dabcxy":
         paths[n] = tmp_path / f"{n}.gguf"
         paths[n].write_bytes(n.encode() * 64)
 
-    def make(**local: Any) -> Fleet:
+    def make(**local: Any) -> ModelPool:
         settings = LocalSettings(
             model_path=paths["d"],
             model_name="d",
             models=[{"name": n, "path": str(paths[n])} for n in "abc"],
             **local,
         )
-        return Fleet(settings)
+        return ModelPool(settings)
 
     make.paths = paths  # type: ignore[attr-defined]
     yield make
 
 
 async def test_lru_never_closes_a_file_a_request_leased_meanwhile(
-    fake_fleet: Callable[..., Fleet],
+    fake_fleet: Callable[..., ModelPool],
 ) -> None:
     fleet = fake_fleet(max_loaded=3)
     await fleet.load()
@@ -605,7 +607,7 @@ async def test_lru_never_closes_a_file_a_request_leased_meanwhile(
     await fleet.close()
 
 
-async def test_swap_into_an_unloaded_name_makes_room(fake_fleet: Callable[..., Fleet]) -> None:
+async def test_swap_into_an_unloaded_name_makes_room(fake_fleet: Callable[..., ModelPool]) -> None:
     fleet = fake_fleet(max_loaded=2)
     await fleet.load()
     paths = fake_fleet.paths  # type: ignore[attr-defined]
@@ -616,7 +618,7 @@ async def test_swap_into_an_unloaded_name_makes_room(fake_fleet: Callable[..., F
     await fleet.close()
 
 
-async def test_waiting_for_room_leaves_the_lock_free(fake_fleet: Callable[..., Fleet]) -> None:
+async def test_waiting_for_room_leaves_the_lock_free(fake_fleet: Callable[..., ModelPool]) -> None:
     fleet = fake_fleet(max_loaded=2, load_timeout_s=3.0)
     await fleet.load()
     a, d = fleet.entries["a"], fleet.entries["d"]
@@ -636,7 +638,7 @@ async def test_waiting_for_room_leaves_the_lock_free(fake_fleet: Callable[..., F
 
 
 async def test_a_canary_for_a_name_unloaded_meanwhile_is_a_conflict(
-    fake_fleet: Callable[..., Fleet],
+    fake_fleet: Callable[..., ModelPool],
 ) -> None:
     fleet = fake_fleet(max_loaded=3)
     await fleet.load()
@@ -655,7 +657,7 @@ async def test_a_canary_for_a_name_unloaded_meanwhile_is_a_conflict(
 
 
 async def test_close_waits_for_a_load_and_closes_what_it_made(
-    fake_fleet: Callable[..., Fleet], monkeypatch: pytest.MonkeyPatch
+    fake_fleet: Callable[..., ModelPool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fleet = fake_fleet(max_loaded=3)
     await fleet.load()
@@ -671,7 +673,7 @@ async def test_close_waits_for_a_load_and_closes_what_it_made(
 
 
 async def test_a_failed_model_is_not_reparsed_on_every_request(
-    fake_fleet: Callable[..., Fleet], monkeypatch: pytest.MonkeyPatch
+    fake_fleet: Callable[..., ModelPool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fleet = fake_fleet(max_loaded=3)
     await fleet.load()
@@ -701,7 +703,7 @@ async def test_a_failed_model_is_not_reparsed_on_every_request(
 
 
 async def test_swaps_refuse_fifos_and_devices_quickly(
-    fake_fleet: Callable[..., Fleet], tmp_path: Path
+    fake_fleet: Callable[..., ModelPool], tmp_path: Path
 ) -> None:
     fleet = fake_fleet(max_loaded=3)
     await fleet.load()

@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.app import create_app
-from gateway.http.access import ROUTE_POLICIES, Access, RoutePolicy, policy_of, undeclared
+from gateway.http.access import ROUTE_POLICIES, Access, AccessRule, policy_of, undeclared
 from gateway.http.routes import TABLE, add_routes
 from gateway.http.server import GatewayRunner
 from tests.conftest import make_settings
@@ -37,7 +37,7 @@ async def test_a_route_added_without_a_policy_stops_the_app_at_start() -> None:
     await runner.cleanup()
 
 
-async def _policy(app: web.Application, method: str, path: str) -> RoutePolicy:
+async def _policy(app: web.Application, method: str, path: str) -> AccessRule:
     request = make_mocked_request(method, path, app=app)
     match = await app.router.resolve(request)  # as aiohttp does before any middleware
     match.add_app(app)
@@ -67,4 +67,4 @@ async def _policy(app: web.Application, method: str, path: str) -> RoutePolicy:
 async def test_policy_of_a_request(method: str, path: str, access: Access, traffic: bool) -> None:
     app = web.Application()
     add_routes(app)
-    assert await _policy(app, method, path) == RoutePolicy(access, traffic=traffic)
+    assert await _policy(app, method, path) == AccessRule(access, traffic=traffic)

@@ -1,6 +1,6 @@
 """What each route declares about itself: who may call it, and whether it counts as traffic.
 
-The route table (routes.py) gives every route a `RoutePolicy`; the auth middleware reads its
+The route table (routes.py) gives every route a `AccessRule`; the auth middleware reads its
 access class and the observe middleware its `traffic` flag, so no middleware keeps a list of
 paths of its own. A route added without a policy stops the app at start-up (`declared`).
 """
@@ -25,7 +25,7 @@ class Access(enum.Enum):
 
 
 @dataclass(frozen=True)
-class RoutePolicy:
+class AccessRule:
     access: Access
     traffic: bool = False  # counted in the request metrics, the request log and the status board
 
@@ -34,13 +34,13 @@ class RoutePolicy:
 class RoutePolicies:
     """The declared policy of every route's resource, and what a path no route serves gets."""
 
-    by_resource: dict[AbstractResource, RoutePolicy]
+    by_resource: dict[AbstractResource, AccessRule]
     # Paths no route serves (404) take the policy of the first prefix they start with, else
     # `unmatched`; they are never traffic.
-    prefixes: tuple[tuple[str, RoutePolicy], ...]
-    unmatched: RoutePolicy
+    prefixes: tuple[tuple[str, AccessRule], ...]
+    unmatched: AccessRule
 
-    def of(self, request: web.Request) -> RoutePolicy:
+    def of(self, request: web.Request) -> AccessRule:
         resource = request.match_info.route.resource
         if resource is not None and request.match_info.http_exception is None:
             return self.by_resource[resource]
@@ -66,7 +66,7 @@ def _serves(resource: AbstractResource, path: str) -> bool:
 ROUTE_POLICIES: web.AppKey[RoutePolicies] = web.AppKey("route_policies", RoutePolicies)
 
 
-def policy_of(request: web.Request) -> RoutePolicy:
+def policy_of(request: web.Request) -> AccessRule:
     return request.app[ROUTE_POLICIES].of(request)
 
 

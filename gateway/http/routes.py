@@ -6,17 +6,17 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractResource
 
 from . import chat, embeddings, feedback, models, ops, responses, ui
-from .access import ROUTE_POLICIES, Access, RoutePolicies, RoutePolicy
+from .access import ROUTE_POLICIES, Access, AccessRule, RoutePolicies
 from .middlewares import Handler
 
-PUBLIC = RoutePolicy(Access.PUBLIC)
-TRAFFIC = RoutePolicy(Access.KEY, traffic=True)  # what clients come for: metered and logged
-KEYED = RoutePolicy(Access.KEY)  # discovery and explanations: keyed, but not traffic
-ADMIN = RoutePolicy(Access.ADMIN)
-LOOPBACK = RoutePolicy(Access.LOOPBACK)
+PUBLIC = AccessRule(Access.PUBLIC)
+TRAFFIC = AccessRule(Access.KEY, traffic=True)  # what clients come for: metered and logged
+KEYED = AccessRule(Access.KEY)  # discovery and explanations: keyed, but not traffic
+ADMIN = AccessRule(Access.ADMIN)
+LOOPBACK = AccessRule(Access.LOOPBACK)
 
 # (method, path, handler, policy). A path served by several methods declares one policy.
-TABLE: tuple[tuple[str, str, Handler, RoutePolicy], ...] = (
+TABLE: tuple[tuple[str, str, Handler, AccessRule], ...] = (
     ("POST", "/v1/chat/completions", chat.chat_completions, TRAFFIC),
     ("POST", "/v1/completions", chat.completions, TRAFFIC),
     ("POST", "/v1/responses", responses.create_response, TRAFFIC),
@@ -47,7 +47,7 @@ UNMATCHED = (("/admin/", ADMIN), ("/ui/", LOOPBACK))
 
 
 def add_routes(app: web.Application) -> None:
-    by_resource: dict[AbstractResource, RoutePolicy] = {}
+    by_resource: dict[AbstractResource, AccessRule] = {}
     for method, path, handler, policy in TABLE:
         if method == "GET":
             route = app.router.add_get(path, handler)  # and HEAD, as aiohttp adds it

@@ -34,7 +34,7 @@ from .curve import routing_curve
 from .metrics import LearningMetrics
 from .recent import Issued, RecentRequests
 from .retrain import Retrainer, Rules
-from .shadow import Answered, Job, Shadower
+from .shadow import Answered, Shadower, ShadowJob
 from .store import LabelStore
 
 if TYPE_CHECKING:
@@ -218,7 +218,9 @@ class Learning:
             if private:  # the cascade never escalates private prompts; belt and braces
                 return
             why = self.shadow.escalated(
-                Job(request_id, req, endpoint, outcome, record, asked, tenant, prompt, answered),
+                ShadowJob(
+                    request_id, req, endpoint, outcome, record, asked, tenant, prompt, answered
+                ),
                 c.local_text,
                 outcome.completion.obj,
             )
@@ -234,7 +236,7 @@ class Learning:
         if req.stream and record.answer_parts is None:
             record.answer_parts = []  # collect the streamed text for the judge
         self.shadow.start(
-            Job(request_id, req, endpoint, outcome, record, asked, tenant, prompt, answered)
+            ShadowJob(request_id, req, endpoint, outcome, record, asked, tenant, prompt, answered)
         )
 
     async def feedback(self, tenant: str | None, request_id: str, score: float) -> float:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NotFound
 from ..settings import LearningSettings
-from ..state.fleet import Fleet, ShadowCap
+from ..state.fleet import ShadowCap, TrainerLease
 from ..state.store import StateStore, StateUnavailable
 from .recent import Issued
 from .shared_feedback import PENDING, FeedbackRegistry
@@ -52,7 +52,7 @@ class FleetLearning:
             state, window=conf.feedback_window, ttl_s=conf.feedback_ttl_s
         )
         self.shadow_cap = ShadowCap(state, conf.shadow_max_per_hour)
-        self.trainer = Fleet(state)
+        self.trainer = TrainerLease(state)
         self._writes: dict[tuple[str | None, str], asyncio.Task[None]] = {}
         self._follower: asyncio.Task[None] | None = None
         self.weights_version = 0  # the published version this replica runs

@@ -47,7 +47,7 @@ class Answered(Protocol):
 
 
 @dataclass
-class Job:
+class ShadowJob:
     request_id: str
     req: AnyRequest
     endpoint: Endpoint
@@ -144,7 +144,7 @@ class Shadower:
             return "busy"
         return None
 
-    def start(self, job: Job) -> None:
+    def start(self, job: ShadowJob) -> None:
         self._launch(self._run(job), f"shadow-{job.request_id}")
 
     def _launch(self, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -165,7 +165,7 @@ class Shadower:
         self.metrics.cloud_tokens.labels(call, "completion").inc(c)
         self.metrics.cloud_spend.inc(self.prices.cost(self._litellm.get(target), p, c))
 
-    def escalated(self, job: Job, local: str, cloud_obj: dict[str, Any]) -> str | None:
+    def escalated(self, job: ShadowJob, local: str, cloud_obj: dict[str, Any]) -> str | None:
         """A cascade escalation already has both answers: only the judge is asked, off the
         request path, within the same hourly cap, pause and concurrency as shadowing.
         Returns why it is not judged, or None when it is."""
@@ -181,7 +181,7 @@ class Shadower:
 
     async def _run(
         self,
-        job: Job,
+        job: ShadowJob,
         *,
         source: Source = "shadow",
         local: str | None = None,

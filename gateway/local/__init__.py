@@ -17,7 +17,7 @@ Several models:
 - memory.py     the resident-size estimate from a GGUF's own metadata, and what the box has
 - verify.py     a file's SHA-256 and its detached Ed25519 signature (a leaf)
 - entry.py      a model name and the files serving it
-- fleet.py      the named models: residency, leases, LRU and keep-alive
+- pool.py       the named models: residency, leases, LRU and keep-alive
 - route.py      one request's lease on its model's file
 - swap.py       verified swaps, canary, promote and rollback
 """

@@ -1,4 +1,4 @@
-"""A model name and the files serving it: what the fleet's residency and swaps both keep."""
+"""A model name and the files serving it: what the model pool's residency and swaps both keep."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ class InsufficientMemory(Exception):
 
 
 @dataclass(frozen=True)
-class Shape:
+class GgufLayout:
     """What the estimate needs from a GGUF's metadata and tensor table."""
 
     architecture: str
@@ -61,7 +61,7 @@ class Estimate:
     """The expected resident size of one model at a given context and slot count."""
 
     path: Path
-    shape: Shape
+    shape: GgufLayout
     n_ctx_total: int
     weights: int
     kv: int
@@ -89,11 +89,11 @@ class Estimate:
         }
 
 
-_shapes: dict[tuple[str, int, int], Shape] = {}
+_shapes: dict[tuple[str, int, int], GgufLayout] = {}
 _shapes_lock = threading.Lock()
 
 
-def read_shape(path: Path) -> Shape:
+def read_shape(path: Path) -> GgufLayout:
     """The GGUF's shape; cached per (path, size, mtime): GGUFReader parses every token string,
     seconds for a 262k vocabulary, so a reload on demand must not pay it again. Blocking."""
     try:
@@ -111,7 +111,7 @@ def read_shape(path: Path) -> Shape:
     return shape
 
 
-def _parse(path: Path, size: int) -> Shape:
+def _parse(path: Path, size: int) -> GgufLayout:
     from gguf import GGUFReader  # numpy-heavy: only when a file is checked
 
     try:
@@ -146,7 +146,7 @@ def _parse(path: Path, size: int) -> Shape:
     head_dim = n_embd // max(1, n_head)
     tokens = reader.get_field("tokenizer.ggml.tokens")
     n_vocab = len(tokens.data) if tokens is not None else number("vocab_size", 0)
-    return Shape(
+    return GgufLayout(
         architecture=arch,
         tensor_bytes=tensor_bytes,
         n_layer=number("block_count"),

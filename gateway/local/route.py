@@ -11,7 +11,7 @@ from .entry import Entry, Loaded
 
 
 class Leases(Protocol):
-    """What a route needs of the fleet (fleet.py): a lease on the name's file, and its end."""
+    """What a route needs of the model pool (pool.py): a lease on the name's file, and its end."""
 
     @property
     def ready(self) -> bool: ...
@@ -27,8 +27,8 @@ class ModelRoute:
     kind: Kind = "local"
     name = "local"
 
-    def __init__(self, fleet: Leases, entry: Entry, *, metrics: Any = None) -> None:
-        self.fleet = fleet
+    def __init__(self, pool: Leases, entry: Entry, *, metrics: Any = None) -> None:
+        self.pool = pool
         self.entry = entry
         self._metrics = metrics
         self.model_name = entry.name
@@ -39,10 +39,10 @@ class ModelRoute:
         try:
             return await loaded.backend.complete(req, endpoint)
         finally:
-            self.fleet.release(loaded, self.entry)
+            self.pool.release(loaded, self.entry)
 
     async def _lease(self) -> Loaded:
-        loaded = await self.fleet.acquire(self.entry)
+        loaded = await self.pool.acquire(self.entry)
         self.served_by = loaded.file_id
         metrics = self._metrics
         if metrics is not None:
@@ -59,13 +59,13 @@ class ModelRoute:
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
         finally:
-            self.fleet.release(loaded, self.entry)
+            self.pool.release(loaded, self.entry)
 
     # The Backend protocol's other two members, which the dispatcher's attempt types a route
-    # by: nobody probes a local route (the fleet is not behind a breaker) and it owns nothing
-    # to close (the fleet closes the engines).
+    # by: nobody probes a local route (the model pool is not behind a breaker) and it owns nothing
+    # to close (the pool closes the engines).
     async def probe(self, *, deep: bool = False) -> bool | None:
-        return self.fleet.ready
+        return self.pool.ready
 
     async def close(self) -> None:
         return None

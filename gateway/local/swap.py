@@ -47,9 +47,9 @@ class ModelConflict(GatewayError):
 
 
 class Swaps(ABC):
-    """Admin changes to the files behind the fleet's names, one swap per name at a time.
+    """Admin changes to the files behind the model pool's names, one swap per name at a time.
 
-    The fleet (fleet.py) is made of this: what a swap needs of it, its lock, room under
+    The model pool (pool.py) is made of this: what a swap needs of it, its lock, room under
     max_loaded, loads, closes and the smoke test, are declared here and written there."""
 
     settings: LocalSettings

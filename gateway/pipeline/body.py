@@ -90,7 +90,7 @@ def too_many(what: str, n: int, bound: int, setting: str, param: str, code: str)
 
 
 @dataclass(frozen=True, slots=True)
-class Shape:
+class BodyBounds:
     """The list bounds of one request body, checked on the raw JSON before validation spends
     time on a hostile body: its items (messages, Responses input) and their content parts,
     then each other bounded list as (field, what the message calls it, setting, code)."""
@@ -119,7 +119,7 @@ class Shape:
 
 
 _TOOLS = ("tools", "tools", "max_tools", "too_many_tools")
-CHAT_SHAPE = Shape(
+CHAT_SHAPE = BodyBounds(
     "messages",
     "messages",
     (
@@ -128,7 +128,7 @@ CHAT_SHAPE = Shape(
         ("stop", "stop sequences", "max_stop", "too_many_stop_sequences"),
     ),
 )
-RESPONSES_SHAPE = Shape("input", "input items", (_TOOLS,))
+RESPONSES_SHAPE = BodyBounds("input", "input items", (_TOOLS,))
 
 
 def validated(model: type[M], body: dict[str, Any]) -> M:

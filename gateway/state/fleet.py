@@ -68,7 +68,7 @@ class ShadowCap:
         return bool(got)
 
 
-class Fleet:
+class TrainerLease:
     """The trainer lease and the published weights."""
 
     def __init__(self, state: StateStore) -> None:

@@ -36,11 +36,11 @@ DEFAULT_REGIONS: tuple[str, ...] = (
 Checksum = Literal["none", "luhn", "mod97", "mod11_2", "mod11_10", "mod37_2", "verhoeff", "damm"]
 
 
-class _Strict(BaseModel):
+class _StrictSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class OperatorPattern(_Strict):
+class OperatorPattern(_StrictSection):
     """A site-specific identifier (employee number, patient id): a regular expression and,
     optionally, the checksum a match must pass (python-stdnum's algorithms)."""
 
@@ -65,7 +65,7 @@ class OperatorPattern(_Strict):
         return self
 
 
-class PrivacyConfig(_Strict):
+class PrivacyConfig(_StrictSection):
     kinds: list[Kind] = Field(
         default_factory=lambda: list(DEFAULT_KINDS),
         description="what is looked for; `national_id` validates the regions' identifiers",

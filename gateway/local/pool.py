@@ -1,6 +1,6 @@
 """Named local models: each its own engine, an LRU of resident ones, leases on their files.
 
-The fleet is what the dispatcher calls "local" (its swaps are swap.py). Every request leases
+The model pool is what the dispatcher calls "local" (its swaps are swap.py). Every request leases
 the file now serving its model name for as long as it runs; a swap only moves the name to a
 new, already loaded and smoke-tested file, so requests running on the old one finish there
 and the old engine is closed when its last lease ends. Loads, unloads and swaps go one at a
@@ -36,12 +36,12 @@ from .verify import file_sha256
 log = logging.getLogger(__name__)
 
 # After a load fails, requests for that model get the same 503 for this long instead of each
-# one re-parsing the GGUF (under the fleet's lock) only to fail again. Short, and no setting:
+# one re-parsing the GGUF (under the pool's lock) only to fail again. Short, and no setting:
 # a file fixed on disk is picked up within half a minute, an admin swap at once.
 FAILED_RETRY_S = 30.0
 
 
-class Fleet(Swaps):
+class ModelPool(Swaps):
     """The local backend the dispatcher sees: the default model plus `local.models`; its
     swaps, canaries and rollbacks are swap.Swaps."""
 
