@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,6 +26,9 @@ from pydantic_settings import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config" / "gateway.yaml"
+
+# What `model` means to the router itself: no local, cloud or embedding model may take them.
+RESERVED_MODEL_NAMES = frozenset({"auto", "local", "cloud"})
 
 
 class _Section(BaseModel):
@@ -278,7 +282,7 @@ class LocalSettings(_Section):
         names = [self.model_name, *(m.name for m in self.models)]
         if len(names) != len(set(names)):
             raise ValueError("local model names (model_name and models[].name) must be unique")
-        reserved = {"auto", "local", "cloud"} & set(names)
+        reserved = RESERVED_MODEL_NAMES & set(names)
         if reserved:
             raise ValueError(f"local model name {sorted(reserved)[0]!r} is reserved")
         return self
@@ -380,10 +384,14 @@ def _redis_url(v: str | None) -> str | None:
     return v.strip()
 
 
+# Every Redis URL setting (cache, limits, state): one type, one check.
+RedisUrl = Annotated[str | None, AfterValidator(_redis_url)]
+
+
 class CacheSettings(_Section):
     """Response cache for cloud answers."""
 
-    redis_url: str | None = Field(
+    redis_url: RedisUrl = Field(
         None,
         description=(
             "redis://host:port/db, rediss://, unix://, redis+sentinel://h:p,h:p/service/db or"
@@ -402,11 +410,6 @@ class CacheSettings(_Section):
     )
     key_prefix: str = Field("egw:cache:", description="Prefix of every cache key.")
 
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_shape(cls, v: str | None) -> str | None:
-        return _redis_url(v)
-
 
 class LimitSettings(_Section):
     """Per-key request, token and budget limits (0 means unlimited)."""
@@ -424,7 +427,7 @@ class LimitSettings(_Section):
     budget_exceeded: Literal["local", "refuse"] = Field(
         "local", description="What happens past the budget: route local or refuse (429)."
     )
-    redis_url: str | None = Field(
+    redis_url: RedisUrl = Field(
         None,
         description=(
             "Share counters across gateways (any URL form cache.redis_url takes; a Cluster has"
@@ -452,11 +455,6 @@ class LimitSettings(_Section):
             " on unchecked, closed refuses it (503 limits_unavailable)."
         ),
     )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_shape(cls, v: str | None) -> str | None:
-        return _redis_url(v)
 
 
 class UiSettings(_Section):
@@ -821,7 +819,7 @@ class StateSettings(_Section):
         ),
     )
 
-    redis_url: str | None = Field(
+    redis_url: RedisUrl = Field(
         None,
         description=(
             "Redis shared by every replica for stored responses, the feedback registry, the"
@@ -891,7 +889,7 @@ class Settings(BaseSettings):
     @classmethod
     def _unique_names(cls, v: CloudSettings) -> CloudSettings:
         names = [m.name for m in v.models]
-        reserved = {"auto", "local", "cloud"} & set(names)
+        reserved = RESERVED_MODEL_NAMES & set(names)
         if reserved:
             raise ValueError(f"cloud model name {sorted(reserved)[0]!r} is reserved")
         if len(names) != len(set(names)):
@@ -901,7 +899,7 @@ class Settings(BaseSettings):
         if tiers:
             # Embeddings relay no routing headers: a tier there would promise what it cannot.
             raise ValueError(f"embedding model {tiers[0]!r}: tier applies to cloud.models only")
-        if {"auto", "local", "cloud"} & set(embed) or len(embed) != len(set(embed)):
+        if RESERVED_MODEL_NAMES & set(embed) or len(embed) != len(set(embed)):
             raise ValueError("embedding model names must be unique and not auto, local or cloud")
         return v
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import curves
 from .learned import (
     DENSE,
     FEATURE_VERSION,
@@ -52,16 +53,7 @@ class Example:
 
 def gain_apgr(scores: Sequence[float], gains: Sequence[float]) -> float:
     """APGR with per-prompt gains (strong - weak for CSVs); nan when nothing can be gained."""
-    gap = sum(gains)
-    if gap <= 0:
-        return math.nan
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    recovered, area = 0.0, 0.0
-    for i in order:
-        prev = recovered
-        recovered += gains[i]
-        area += (prev + recovered) / 2
-    return area / gap / len(scores)
+    return curves.apgr(scores, gains)
 
 
 def _round(x: float) -> float:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..routing import curves
 from ..routing.complexity import ComplexityScorer, Scorer
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -44,24 +45,10 @@ def apgr(scores: Sequence[float], weak: Sequence[bool], strong: Sequence[bool]) 
     n = len(scores)
     if n == 0 or len(weak) != n or len(strong) != n:
         raise ValueError("scores, weak and strong must be non-empty and of equal length")
-    weak_correct = sum(map(bool, weak))
-    gap = sum(map(bool, strong)) - weak_correct  # in prompts
-    if gap <= 0:
+    gains = [float(int(bool(s)) - int(bool(w))) for s, w in zip(strong, weak, strict=True)]
+    if sum(gains) <= 0:
         raise ValueError("the strong model is not better than the weak one on this data")
-    order = sorted(range(n), key=lambda i: -scores[i])
-    # Performance gap recovered after k prompts went to the strong model, k = 0..n.
-    recovered = 0
-    pgr = [0.0]
-    for i in order:
-        recovered += int(bool(strong[i])) - int(bool(weak[i]))
-        pgr.append(recovered / gap)
-    area = (sum(pgr) - (pgr[0] + pgr[-1]) / 2) / n  # trapezoids of width 1/n
-    cpt = 1.0
-    for k in range(1, n + 1):
-        if pgr[k] >= 0.5:
-            cpt = (k - 1 + (0.5 - pgr[k - 1]) / (pgr[k] - pgr[k - 1])) / n
-            break
-    return area, cpt
+    return curves.apgr(scores, gains), curves.cost_to_half(scores, gains)
 
 
 def random_baseline(
