@@ -36,6 +36,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _gguf_file(v: Path | None) -> Path | None:
+    """A model file setting: empty is the default model; a path must name a file."""
+    if v is None or str(v) == "":
+        return None
+    v = _resolve(v)
+    if not v.is_file():
+        raise ValueError(f"no GGUF file at {v}")
+    return v
+
+
 def _resolve(path: Path) -> Path:
     """Relative paths mean the working directory, else the checkout (so `make run` works)."""
     if path.is_absolute() or path.exists():
@@ -258,12 +268,7 @@ class LocalSettings(_Section):
     @field_validator("model_path")
     @classmethod
     def _model_exists(cls, v: Path | None) -> Path | None:
-        if v is None or str(v) == "":
-            return None
-        v = _resolve(v)
-        if not v.is_file():
-            raise ValueError(f"no GGUF file at {v}")
-        return v
+        return _gguf_file(v)
 
     @field_validator("trusted_keys")
     @classmethod
@@ -797,7 +802,7 @@ class LocalEmbeddingSettings(_Section):
     @field_validator("model_path")
     @classmethod
     def _model_exists(cls, v: Path | None) -> Path | None:
-        return LocalSettings._model_exists(v)
+        return _gguf_file(v)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> LocalEmbeddingSettings:

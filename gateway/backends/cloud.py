@@ -94,9 +94,9 @@ class LiteLLMBackend:
                 self.name, self.settings.first_byte_timeout_s
             ) from None
         except Exception as exc:
-            raise self._map(exc) from None
+            raise self.map_error(exc) from None
 
-    def _map(self, exc: Exception) -> GatewayError:
+    def map_error(self, exc: Exception) -> GatewayError:
         """litellm's exception classes to ours; messages scrubbed of the key."""
         e = self._errors
         name = f"cloud model '{self.name}'"

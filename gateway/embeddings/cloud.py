@@ -215,7 +215,7 @@ class LiteLLMEmbedder:
                 self.name, self._chat.settings.first_byte_timeout_s
             ) from None
         except Exception as exc:
-            raise self._chat._map(exc) from None
+            raise self._chat.map_error(exc) from None
 
         # litellm has parsed the body already (on the loop, inside litellm); turning millions
         # of floats into arrays is pure Python again, so large answers go to a thread.

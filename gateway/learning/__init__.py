@@ -318,7 +318,9 @@ class Learning:
         key = (len(self.store), self.store.dropped, id(policy))
         if self._curve is not None and self._curve[0] == key:
             return self._curve[1]
-        scorer: Scorer = getattr(policy.scorer, "_model", None) or self.retrainer.shipped
+        scorer: Scorer = (
+            policy.scorer.model if policy.scorer is not None else None
+        ) or self.retrainer.shipped
         rows = await self.store.rows() if len(self.store) else []
         result = await asyncio.to_thread(
             routing_curve,

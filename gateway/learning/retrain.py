@@ -283,7 +283,7 @@ class Retrainer:
                     # Another replica is training on the same labels: it publishes for all.
                     log.info("router retrain skipped: another replica holds the trainer lease")
                     return RetrainResult(False, "another_replica_training")
-                await self._reset_since()
+                await self.store.reset_since()
                 result = await self._run(publish=True)
         result.at = time.time()
         self.last = result
@@ -309,11 +309,6 @@ class Retrainer:
             },
         )
         return result
-
-    async def _reset_since(self) -> None:
-        reset = getattr(self.store, "reset_since", None)
-        if reset is not None:
-            await reset()
 
     async def load_published(self, fleet: FleetLearning) -> bool:
         """Load weights another replica published, if newer than those running here."""
@@ -342,7 +337,9 @@ class Retrainer:
         path = policy.scorer.path if policy.scorer is not None else None
         if path is None:
             return RetrainResult(False, "no_weights_file")  # the policy reads no weights to replace
-        current: Scorer = getattr(policy.scorer, "_model", None) or self.shipped
+        current: Scorer = (
+            policy.scorer.model if policy.scorer is not None else None
+        ) or self.shipped
         before = await asyncio.to_thread(_read_or_none, path)
         rows = await self.store.rows()
         result = await asyncio.to_thread(

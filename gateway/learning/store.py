@@ -64,6 +64,10 @@ class LabelStore:
     def __len__(self) -> int:
         return len(self.log)
 
+    async def reset_since(self) -> None:
+        """A retrain starts: nothing to reset here (each process counts its own labels; the
+        shared store, shared_labels.py, keeps the fleet's count)."""
+
     @property
     def dropped(self) -> int:
         return self.log.dropped

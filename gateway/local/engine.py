@@ -171,7 +171,7 @@ class Engine:
             left += list(self._waiting)
             self._waiting.clear()
         for job in left:
-            job._events.append(("error", NotReady("the local model shut down")))
+            job.outbox.append(("error", NotReady("the local model shut down")))
         for s in self.slots:
             if s.job is not None:
                 self._release(s)
@@ -206,7 +206,7 @@ class Engine:
         self.busy += 1
         if shared and self._observer is not None:
             self._observer.reused(shared)
-        job._events.append(("start",))
+        job.outbox.append(("start",))
         self._dirty.append(job)
 
     def _copy_prefix(self, src: Slot, dst: Slot, n: int) -> int:
@@ -337,7 +337,7 @@ class Engine:
             if emitted or text.stopped:
                 pair_logprobs(slot, emitted)
         elif emitted:
-            job._items.append(emitted)
+            job.pending.append(emitted)
         if text.stopped or slot.sampler.complete:
             # A grammar that is complete allows only the end of generation: the answer is whole
             # now, without one more decode to sample it.
@@ -349,7 +349,7 @@ class Engine:
             slot.state = DECODE
             # The first text goes out at once (time to first token); later text in batches:
             # every hand-over wakes the event loop, which takes CPU from llama.cpp.
-            if job._items and (not job._text_sent or now - job._last_flush >= self.flush_s):
+            if job.pending and (not job.text_sent or now - job.last_flush >= self.flush_s):
                 self._dirty.append(job)
 
     def _finish(self, slot: Slot, reason: str) -> None:
@@ -360,7 +360,7 @@ class Engine:
             if job.params.logprobs is not None:
                 pair_logprobs(slot, rest, final=True)
             elif rest:
-                job._items.append(rest)
+                job.pending.append(rest)
         job.finish = reason
         self._release(slot)
         self._dirty.append(job)
@@ -370,7 +370,7 @@ class Engine:
         job = slot.job
         assert job is not None
         job.finish = "error"
-        job._events.append(("error", error))
+        job.outbox.append(("error", error))
         self._release(slot)
         self._dirty.append(job)
 
@@ -381,7 +381,7 @@ class Engine:
         job = slot.job
         if job is not None:
             job.finish = "error"
-            job._events.append(("error", error))
+            job.outbox.append(("error", error))
             self._release(slot)
             self._dirty.append(job)
 

@@ -26,7 +26,7 @@ def pair_logprobs(slot: Slot, emitted: str, *, final: bool = False) -> None:
             keep.append(e)
     slot.pending_lp = keep
     if emitted or ready:
-        slot.job._items.append((emitted, ready))
+        slot.job.pending.append((emitted, ready))
 
 
 def hand_over(dirty: list[Job], post: Post) -> None:
@@ -40,16 +40,16 @@ def hand_over(dirty: list[Job], post: Post) -> None:
         if id(job) in seen:
             continue
         seen.add(id(job))
-        events = [e for e in job._events if e[0] == "start"]
-        if job._items:
-            events.append(("text", job._items))
-            job._items = []
-            job._text_sent = True
-        events += [e for e in job._events if e[0] != "start"]
+        events = [e for e in job.outbox if e[0] == "start"]
+        if job.pending:
+            events.append(("text", job.pending))
+            job.pending = []
+            job.text_sent = True
+        events += [e for e in job.outbox if e[0] != "start"]
         if job.finish is not None and job.finish != "error":
             events.append(("done", job.finish))
-        job._events = []
-        job._last_flush = now
+        job.outbox = []
+        job.last_flush = now
         if events and not job.cancelled:
             batch.append((job, events))
     dirty.clear()

@@ -43,11 +43,13 @@ class Job:
     finish: str | None = None
     freed_at_step: int | None = None  # engine step at which the slot was released
     cancelled_at_step: int | None = None
-    # engine thread only
-    _items: list[Any] = field(default_factory=list)
-    _events: list[Event] = field(default_factory=list)
-    _last_flush: float = 0.0
-    _text_sent: bool = False
+    # The engine thread's bookkeeping (engine.py and its hand-over, handover.py; nothing else
+    # touches them): text not yet flushed to the sink, events waiting for the next post,
+    # when text was last flushed, and whether any text has gone out.
+    pending: list[Any] = field(default_factory=list)
+    outbox: list[Event] = field(default_factory=list)
+    last_flush: float = 0.0
+    text_sent: bool = False
 
 
 class Slot:

@@ -54,6 +54,14 @@ def _dump(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def encode(entry: Stored) -> tuple[bytes, dict[str, bytes], int]:
+    """An entry as both stores keep and size it (this one and the state Redis's): its JSON,
+    its items' JSON by id, and what it costs its tenant (items counted with their ids)."""
+    raw = _dump({"response": entry.response, "history": entry.history})
+    items = {iid: _dump(item) for iid, item in entry.items.items()}
+    return raw, items, len(raw) + sum(len(iid) + len(b) for iid, b in items.items())
+
+
 class ResponseStore:
     def __init__(
         self, settings: ResponsesSettings, *, clock: Callable[[], float] = time.monotonic
@@ -83,9 +91,7 @@ class ResponseStore:
     def put(self, tenant: str | None, rid: str, entry: Stored) -> bool:
         """Keep an entry; False (nothing kept, nothing dropped) when it alone is larger than one
         tenant may hold: storing it would push out all of the tenant's other entries."""
-        raw = _dump({"response": entry.response, "history": entry.history})
-        items = {iid: _dump(item) for iid, item in entry.items.items()}
-        size = len(raw) + sum(len(iid) + len(b) for iid, b in items.items())
+        raw, items, size = encode(entry)
         if size > self.max_bytes_per_tenant:  # <= max_bytes (settings check it)
             return False
         key = (tenant or "", rid)

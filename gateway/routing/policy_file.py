@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .learned import LearnedScorer, WeightsError
+from .learned import WeightsError
 from .policy_models import CACHE, CASCADE, CLOUD, LOCAL, Policy
 
 
@@ -74,8 +74,7 @@ def parse_policy(
         if not weights.is_absolute():
             weights = (base_dir or Path.cwd()) / weights
         try:
-            policy.scorer._model = LearnedScorer.load(weights)
-            policy.scorer._path = weights
+            policy.scorer.load(weights)
         except WeightsError as exc:
             line = _line_of(node, ["scorer", "weights"])
             raise PolicyError(f"{source}:{line}: field scorer.weights: {exc}") from None

@@ -202,6 +202,17 @@ class ScorerConfig(_Strict):
     def path(self) -> Path | None:
         return self._path
 
+    @property
+    def model(self) -> LearnedScorer | None:
+        """The loaded weights (None until load_policy loads them)."""
+        return self._model
+
+    def load(self, path: Path) -> None:
+        """Load the weights from `path` (the file `weights` names, resolved by the loader);
+        WeightsError when the file is not a scorer's."""
+        self._model = LearnedScorer.load(path)
+        self._path = path
+
     def score(self, text: str, *, max_tokens: int | None = None) -> Complexity:
         """Scores with the loaded weights (load_policy loads them; unloaded is a bug)."""
         if self._model is None:

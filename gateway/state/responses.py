@@ -34,7 +34,7 @@ import json
 import time
 from typing import Any, Protocol
 
-from ..responses.store import ResponseStore, Stored, _dump
+from ..responses.store import ResponseStore, Stored, encode
 from ..settings import ResponsesSettings
 from .store import StateStore
 
@@ -270,7 +270,7 @@ class RedisResponses:
     async def put(self, tenant: str | None, rid: str, entry: Stored) -> bool:
         """False (nothing kept, nothing dropped) when the entry alone is larger than one
         tenant may hold, as in the in-process store."""
-        raw, items, size = await asyncio.to_thread(_encode, entry)
+        raw, items, size = await asyncio.to_thread(encode, entry)
         if size > self.max_bytes_per_tenant:
             return False
         keys, args = self._args(tenant)
@@ -297,10 +297,3 @@ class RedisResponses:
             "delete a stored response", lambda: self._delete(keys=keys, args=[*args, sid])
         )
         return bool(n)
-
-
-def _encode(entry: Stored) -> tuple[bytes, dict[str, bytes], int]:
-    """The entry as the in-process store sizes it: JSON bytes, items counted with their ids."""
-    raw = _dump({"response": entry.response, "history": entry.history})
-    items = {iid: _dump(item) for iid, item in entry.items.items()}
-    return raw, items, len(raw) + sum(len(iid) + len(b) for iid, b in items.items())
