@@ -23,6 +23,7 @@ from gateway.local import LocalBackend
 from gateway.settings import LocalSettings, Settings, load_settings
 
 # A real Redis Cluster and a Sentinel-watched master + replica, for every module that asks.
+from tests.children import spawn
 from tests.redis_servers import own_redis_sentinel, redis_cluster, redis_sentinel  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +107,7 @@ class GatewayProcess:
         full_env = {**os.environ, **(env or {})}
         # A file, not a pipe: a chatty gateway must never block on a full pipe.
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [sys.executable, "-m", "gateway", "serve", "--port", str(self.port), *(args or [])],
             cwd=ROOT,
             env=full_env,
@@ -203,7 +204,7 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [
                 self.exe,
                 "--port",

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.children import spawn
+
 SERVICE = "egw"
 
 
@@ -94,7 +96,7 @@ class _Processes:
 
     def spawn(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
         with open(self.dir / f"{name}.log", "wb") as log:  # the child keeps its own copy
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+            proc = spawn(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         self.procs.append(proc)
         return proc
 

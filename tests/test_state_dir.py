@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import load_settings
+from tests.children import spawn
 from tests.conftest import ROOT, GatewayProcess, free_port
 from tests.fakes.otlp import FakeCollector
 
@@ -91,7 +92,7 @@ class _ReadOnlyGateway(GatewayProcess):
             "HOME": str(cwd),  # nothing may be written to a home directory either
             **env,
         }
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [*prefix, sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
             cwd=cwd,
             env=full_env,
