@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .backends.base import Backend, BackendUnavailable, Chunk, Endpoint
 from .backends.health import Breaker
@@ -22,14 +22,14 @@ from .cascade import (
     strip_logprobs,
     token_logprobs,
 )
-from .errors import ContextLengthExceeded, GatewayError, ModelNotFound
+from .errors import ContextLengthExceeded, ModelNotFound
 from .local.pool import ModelPool
-from .pipeline.attempt import CHAT, Attempt, budget_refusal
+from .pipeline.attempt import CHAT, Attempt, Skipped, budget_refusal
 from .pipeline.deciding import features_of, naming
 from .pipeline.outcome import Outcome, choice_text
 from .routing.features import FeatureExtractor, Features
 from .routing.live_policy import PolicyStore
-from .routing.policy import CACHE, LOCAL, Decision, Router, why_local_cannot
+from .routing.policy import CACHE, LOCAL, Decision, Router, UnknownModel
 from .schemas import AnyRequest
 
 log = logging.getLogger(__name__)
@@ -87,17 +87,16 @@ class Dispatcher:
         budget_spent: bool = False,
         stream: bool = False,
     ) -> tuple[Features, Decision]:
-        # An unknown model is refused before any rule can match it (an enforced privacy rule
-        # would otherwise answer a typo from the local model).
-        if req.model != "auto" and self.router.resolve(req.model) is None:
+        f = await features_of(self.features, req, tenant, size=req.content_chars())
+        try:
+            decision = self.router.decide(
+                self.policies.current, f, stream=stream, budget_spent=budget_spent
+            )
+        except UnknownModel:
             raise ModelNotFound(
                 f"The model '{req.model}' does not exist or you do not have access to it.",
                 param="model",
-            )
-        f = await features_of(self.features, req, tenant, size=req.content_chars())
-        decision = self.router.decide(
-            self.policies.current, f, stream=stream, budget_spent=budget_spent
-        )
+            ) from None
         return f, decision
 
     # -- answering --------------------------------------------------------------------------
@@ -136,9 +135,9 @@ class Dispatcher:
                 f"{self.max_prompt_tokens}.",
                 param="messages",
             )
-        why_not_local = why_local_cannot(f)  # once per request; None when local can answer
-        if decision.rule == Router.BUDGET_RULE and why_not_local:
-            raise budget_refusal(why_not_local)  # the budget is spent, the local model cannot
+        if decision.budget_bound and decision.why_not_local:
+            # The budget is spent and the local model cannot answer: the budget's 429.
+            raise budget_refusal(decision.why_not_local)
         # Entries are cloud answers keyed by the cloud model that gave them; a local-bound
         # request may still fall back to one (offline order `cache`) under the first model.
         cloud_bound = decision.target != LOCAL
@@ -156,12 +155,12 @@ class Dispatcher:
             hit = await plan.fetch(stream=req.stream, degraded=False)
             if hit is not None:
                 return self._from_cache(hit, plan, f, decision)
-        attempt = Attempt(decision, self.breakers, CHAT, why_not_local)
+        attempt = Attempt(decision, self.breakers, CHAT)
         outcome = await attempt.run(
             lambda target, i: self._try(target, i, attempt, req, endpoint, f, plan)
         )
         if decision.cascade is not None and outcome.route == LOCAL:
-            return await self._escalate(req, endpoint, f, outcome)
+            return await self._escalate(req, endpoint, f, outcome, attempt)
         return outcome
 
     async def _try(
@@ -178,14 +177,10 @@ class Dispatcher:
         if target == CACHE:
             hit = await plan.fetch(stream=req.stream, degraded=i > 0)
             if hit is None:
-                attempt.causes.append("no cached answer")
-                return None
+                raise Skipped("no cached answer")
             return self._from_cache(hit, plan, f, attempt.decision)
         backend: Backend
         if target == LOCAL:
-            if i > 0 and attempt.why_not_local:
-                attempt.causes.append(f"local cannot serve: {attempt.why_not_local}")
-                return None
             backend = self.local.route(attempt.decision.model)  # leases that model's file
             if attempt.decision.cascade is not None and not req.stream:
                 req = probing(req)  # token logprobs for the confidence, stripped afterwards
@@ -209,7 +204,7 @@ class Dispatcher:
         return outcome
 
     async def _escalate(
-        self, req: AnyRequest, endpoint: Endpoint, f: Features, local: Outcome
+        self, req: AnyRequest, endpoint: Endpoint, f: Features, local: Outcome, attempt: Attempt
     ) -> Outcome:
         """`route: cascade`: keep a confident local answer, redo an unsure one in the cloud."""
         cascade = local.decision.cascade
@@ -244,26 +239,13 @@ class Dispatcher:
             record.outcome = "private"
             record.why += "; not escalated: private data in the prompt"
             return local
-        breaker = self.breakers[cascade.to]
-        if not breaker.allow():
-            cause = breaker.last_cause or "breaker open"
-            return _keep_unsure(local, record, f"{cascade.to} unreachable ({cause})")
-        try:
-            cloud = await self._attempt(
-                self.clouds[cascade.to],
-                req,
-                endpoint,
-                f,
-                replace(local.decision, target=cascade.to),
-            )
-        except GatewayError as exc:
+        cloud, why_not = await attempt.escalate(
+            cascade.to,
+            lambda: self._attempt(self.clouds[cascade.to], req, endpoint, f, local.decision),
+        )
+        if cloud is None:
             # Down, failing or refusing this request: the local answer is still an answer.
-            cause = exc.cause if isinstance(exc, BackendUnavailable) else str(exc.status)
-            if isinstance(exc, BackendUnavailable):
-                breaker.failure(exc.cause, unreachable=exc.unreachable)
-            log.warning("cascade escalation failed", extra={"target": cascade.to, "cause": cause})
-            return _keep_unsure(local, record, f"{cascade.to} failed ({cause})")
-        breaker.success()
+            return _keep_unsure(local, record, why_not or "")
         record.escalated, record.outcome = True, "escalated"
         # A tier that answered degraded gave its own local model's answer, not the cloud's:
         # no cloud answer to judge the local one against (learning pairs need one).

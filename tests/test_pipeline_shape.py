@@ -94,3 +94,48 @@ async def test_embedding_breakers_are_chats_breakers(
         text = await r.text()
     assert 'edge_gateway_breaker_state{target="gpt-fake"} 0.0' in text
     assert 'edge_gateway_breaker_state{target="embed-fake"} 0.0' in text
+
+
+async def test_the_decision_the_router_returns_is_the_one_every_step_runs(
+    gateway_factory: Any, fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """The decision is final when `Router.decide` returns it: the attempt loop runs that very
+    object, and the answer (an escalated cascade's cloud answer included) reports it."""
+    from gateway.dispatch import Dispatcher
+    from gateway.routing.policy import Router
+    from tests.test_cascade import ALWAYS, policy_file
+
+    decided: list[Any] = []
+    ran: list[Any] = []
+    answered: list[Any] = []
+    escalated: list[bool] = []
+    decide, init, handle = Router.decide, Attempt.__init__, Dispatcher.handle
+
+    def spy_decide(self: Router, *a: Any, **kw: Any) -> Any:
+        d = decide(self, *a, **kw)
+        decided.append(d)
+        return d
+
+    def spy_init(self: Attempt, decision: Any, *a: Any, **kw: Any) -> None:
+        ran.append(decision)
+        init(self, decision, *a, **kw)
+
+    async def spy_handle(self: Dispatcher, *a: Any, **kw: Any) -> Any:
+        outcome = await handle(self, *a, **kw)
+        answered.append(outcome.decision)
+        escalated.append(outcome.cascade is not None and outcome.cascade.escalated)
+        return outcome
+
+    monkeypatch.setattr(Router, "decide", spy_decide)
+    monkeypatch.setattr(Attempt, "__init__", spy_init)
+    monkeypatch.setattr(Dispatcher, "handle", spy_handle)
+    for policy in (None, policy_file(tmp_path, ALWAYS)):  # the default, a cascade
+        extra = {} if policy is None else {"policy": {"file": str(policy)}}
+        gw: RunningGateway = await gateway_factory(**settings(fake_cloud), **extra)
+        c = openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+        for model in ("auto", "cloud", "local"):
+            await c.chat.completions.create(model=model, messages=HELLO, max_tokens=4)
+    assert len(decided) == len(ran) == len(answered) == 6
+    for d, r, a in zip(decided, ran, answered, strict=True):
+        assert d is r is a
+    assert any(escalated), escalated  # an escalated cascade was among them

@@ -35,7 +35,7 @@ from ..pipeline.deciding import features_of, naming
 from ..pipeline.outcome import Outcome
 from ..routing.features import Features
 from ..routing.live_policy import PolicyStore
-from ..routing.policy import LOCAL, Decision, Router
+from ..routing.policy import LOCAL, Decision, Router, UnknownModel
 from ..settings import CloudModel, Settings
 from .cache import EmbeddingCache
 from .compute import Computed, Embedder, compute
@@ -130,15 +130,16 @@ class EmbeddingService:
     async def decide(
         self, req: EmbeddingRequest, tenant: str | None, *, budget_spent: bool
     ) -> tuple[Features, Decision]:
-        if req.model != "auto" and self.router.resolve(req.model) is None:
+        size = sum(len(i) for i in req.items())
+        f = await features_of(self.features, req, tenant, size=size)  # tiktoken, pii scans
+        try:
+            d = self.router.decide(self.policies.current, f, budget_spent=budget_spent)
+        except UnknownModel:
             raise ModelNotFound(
                 f"The model '{req.model}' does not exist or is not an embedding model.",
                 param="model",
-            )
-        size = sum(len(i) for i in req.items())
-        f = await features_of(self.features, req, tenant, size=size)  # tiktoken, pii scans
-        d = self.router.decide(self.policies.current, f, budget_spent=budget_spent)
-        if req.model != "auto":
+            ) from None
+        if d.requested is not None:
             self._named_model_kept(req, f, d)
         return f, d
 
@@ -151,11 +152,10 @@ class EmbeddingService:
         keeps the input on the box (as a private chat request the local model cannot serve
         is a 400), a 429 when the daily cloud budget is spent (as chat's), headers saying why.
         """
-        named = self.router.resolve(req.model)
-        if d.target == named:
+        if d.target == d.requested:
             return
         why = {"x-gateway-route": d.route, "x-gateway-reason": d.reason}
-        if d.rule == Router.BUDGET_RULE:
+        if d.budget_bound:
             err: GatewayError = RateLimited(
                 f"The daily cloud budget is spent, and '{req.model}' is a cloud model: the "
                 "local embedding model's vectors are not interchangeable with its. Retry "

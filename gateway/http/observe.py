@@ -220,7 +220,10 @@ def _estimate_usage(record: RequestRecord, o: Outcome) -> None:
 def price_model(settings: Settings, outcome: Outcome) -> str | None:
     """The litellm model whose price an answer is counted at (what the cloud would cost)."""
     models = {m.name: m.model for m in settings.cloud.models}
-    target = outcome.decision.target
+    cascade = outcome.cascade
+    # An escalated cascade was answered by the cloud model it escalated to; otherwise the
+    # decision's target is what the answer is priced at.
+    target = cascade.to if cascade is not None and cascade.escalated else outcome.decision.target
     if target in models:
         return models[target]
     return next(iter(models.values()), None)

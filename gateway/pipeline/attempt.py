@@ -26,7 +26,7 @@ from ..errors import (
     RateLimited,
 )
 from ..local.entry import ModelUnavailable
-from ..routing.policy import LOCAL, Decision, Router
+from ..routing.policy import LOCAL, Decision
 from .outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -64,20 +64,28 @@ def budget_refusal(why_not_local: str, param: str | None = None) -> RateLimited:
     return err
 
 
-class Attempt:
-    """The targets one request tries in order, and what went wrong with each."""
+class Skipped(Exception):
+    """What one target's caller raises when that target has no answer to try (a cache
+    miss): the attempt notes why and goes on to the next."""
 
-    def __init__(
-        self,
-        decision: Decision,
-        breakers: dict[str, Breaker],
-        wording: Wording,
-        why_not_local: str | None = None,
-    ) -> None:
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class Attempt:
+    """The targets one request tries in order, and what went wrong with each.
+
+    The decision is the router's, read and never changed. The attempt owns the breakers:
+    which target is skipped, what a failure feeds back, and a cascade's escalation."""
+
+    def __init__(self, decision: Decision, breakers: dict[str, Breaker], wording: Wording) -> None:
         self.decision = decision
         self.breakers = breakers
         self.wording = wording
-        self.why_not_local = why_not_local
+        # Why the local model cannot answer: what the features showed (chat; an embedding
+        # request's local refusals come when its fields are read), then what it refused.
+        self.why_not_local = decision.why_not_local if wording.chat else None
         self.local_param: str | None = None  # the field the local model refused, if it named one
         self.targets = [decision.target, *decision.fallbacks]
         self.causes: list[str] = []
@@ -89,10 +97,37 @@ class Attempt:
         for i, target in enumerate(self.targets):
             if i > 0 and not self.decision.allow_degraded:
                 break
-            outcome = await one(target, i)
+            if i > 0 and target == LOCAL and self.why_not_local:
+                self.causes.append(f"local cannot serve: {self.why_not_local}")
+                continue
+            try:
+                outcome = await one(target, i)
+            except Skipped as skip:
+                self.causes.append(skip.cause)
+                continue
             if outcome is not None:
                 return self.finish(outcome, degraded=i > 0)
         raise self.nothing_left()
+
+    async def escalate(
+        self, target: str, answer: Callable[[], Awaitable[T]]
+    ) -> tuple[T | None, str | None]:
+        """A cascade's second opinion from `target` after an answer was had: (its answer,
+        None), or (None, why not) when its breaker is open or it fails (the failure fed to
+        the breaker, as any attempt's)."""
+        breaker = self.breakers[target]
+        if not breaker.allow():
+            return None, f"{target} unreachable ({breaker.last_cause or 'breaker open'})"
+        try:
+            got = await answer()
+        except GatewayError as exc:
+            cause = exc.cause if isinstance(exc, BackendUnavailable) else str(exc.status)
+            if isinstance(exc, BackendUnavailable):
+                breaker.failure(exc.cause, unreachable=exc.unreachable)
+            log.warning("cascade escalation failed", extra={"target": target, "cause": cause})
+            return None, f"{target} failed ({cause})"
+        breaker.success()
+        return got, None
 
     def allow(self, target: str, i: int) -> bool:
         """False (the skip noted) when the target's breaker is open."""
@@ -168,7 +203,7 @@ class Attempt:
         choice itself (the client's `model`, or the policy's route with the cloud fine) does
         its 400 stand.
         """
-        if self.wording.chat and self.decision.rule == Router.BUDGET_RULE:
+        if self.wording.chat and self.decision.budget_bound:
             raise budget_refusal(exc.message, exc.param) from None
         if i == 0:
             raise exc

@@ -30,6 +30,12 @@ class Decision:
     cache_mode: CacheMode
     cascade: CascadeRoute | None = None  # `route: cascade`: target is local, this escalates
     model: str | None = None  # the named local model to answer with; None: the default
+    # Worked out here once, for every later step: why the local model cannot answer this
+    # request (None: it can), whether the spent budget put the request on the local model,
+    # and the backend the client's `model` names (None for `auto`).
+    why_not_local: str | None = None
+    budget_bound: bool = False
+    requested: str | None = None
 
     @property
     def route(self) -> str:
@@ -43,6 +49,10 @@ class CascadeRoute:
     to: str  # the resolved cloud model's name
     threshold: Thresholds
     stream_decision: Decision | None  # `stream: cloud`: the decision streams take instead
+
+
+class UnknownModel(KeyError):
+    """The request names a model this router serves under no name (the caller's 404)."""
 
 
 class Router:
@@ -82,7 +92,16 @@ class Router:
     def decide(
         self, policy: Policy, f: Features, *, stream: bool = False, budget_spent: bool = False
     ) -> Decision:
-        d = self._by_rules(policy, f)
+        """The decision, final: every later step reads it and none changes it. Raises
+        UnknownModel when the request names a model nothing here serves, before any rule
+        (an enforced privacy rule would otherwise answer a typo from the local model)."""
+        requested = None
+        if f.model != "auto":
+            requested = self.resolve(f.model)
+            if requested is None:
+                raise UnknownModel(f.model)
+        why_not_local = why_local_cannot(f)
+        d = self._by_rules(policy, f, requested, why_not_local)
         if self.embeddings:
             # The cache is looked up for every target anyway; only `auto` may change models.
             fallbacks = tuple(t for t in d.fallbacks if t != CACHE) if f.model == "auto" else ()
@@ -101,17 +120,20 @@ class Router:
                 fallbacks=() if self.embeddings else d.fallbacks,
                 rule=self.BUDGET_RULE,
                 reason=f"rule={self.BUDGET_RULE}; daily cloud budget spent",
+                budget_bound=True,
             )
-        return d
+        return replace(d, why_not_local=why_not_local, requested=requested)
 
-    def _by_rules(self, policy: Policy, f: Features) -> Decision:
-        explicit = f.model != "auto"
+    def _by_rules(
+        self, policy: Policy, f: Features, requested: str | None, why_not_local: str | None
+    ) -> Decision:
+        explicit = requested is not None
         for rule in policy.rules:
             if explicit and not rule.enforce:
                 continue
             why = rule.when.match(f)
             if why is not None and rule.cascade is not None:
-                cascaded = self._cascade(policy, rule, rule.cascade, why, f)
+                cascaded = self._cascade(policy, rule, rule.cascade, why, f, why_not_local)
                 if cascaded is not None:
                     return cascaded
             elif why is not None:
@@ -126,23 +148,39 @@ class Router:
                     # embedding model) still means local: a privacy rule must never be skipped.
                     model = rule.model if rule.model in self.local_models else None
                     return self._decision(
-                        policy, f, target, rule.name, why, model=model, on_box=on_box
+                        policy, f, target, rule.name, why, why_not_local, model=model, on_box=on_box
                     )
                 return self._decision(
-                    policy, f, target, rule.name, why, model=self._named(f), on_box=on_box
+                    policy,
+                    f,
+                    target,
+                    rule.name,
+                    why,
+                    why_not_local,
+                    model=self._named(f),
+                    on_box=on_box,
                 )
-        if explicit:
-            target = self.resolve(f.model)
-            if target is None:
-                raise KeyError(f.model)
+        if requested is not None:
             return self._decision(
-                policy, f, target, "model", [f"model={f.model}"], model=self._named(f)
+                policy,
+                f,
+                requested,
+                "model",
+                [f"model={f.model}"],
+                why_not_local,
+                model=self._named(f),
             )
         target = self.resolve(policy.default) or LOCAL
-        return self._decision(policy, f, target, "default", [])
+        return self._decision(policy, f, target, "default", [], why_not_local)
 
     def _cascade(
-        self, policy: Policy, rule: Rule, config: CascadeConfig, why: list[str], f: Features
+        self,
+        policy: Policy,
+        rule: Rule,
+        config: CascadeConfig,
+        why: list[str],
+        f: Features,
+        why_not_local: str | None,
     ) -> Decision | None:
         """Local first, `config.to` for unsure answers; None when no such cloud model exists."""
         to = self.resolve(config.to)
@@ -151,10 +189,12 @@ class Router:
         streams = None
         if config.stream == CLOUD:
             streams = self._decision(
-                policy, f, to, rule.name, [*why, "stream: cascade.stream=cloud"]
+                policy, f, to, rule.name, [*why, "stream: cascade.stream=cloud"], why_not_local
             )
         model = rule.model if rule.model in self.local_models else self._named(f)
-        local = self._decision(policy, f, LOCAL, rule.name, [*why, f"cascade to {to}"], model=model)
+        local = self._decision(
+            policy, f, LOCAL, rule.name, [*why, f"cascade to {to}"], why_not_local, model=model
+        )
         return replace(local, cascade=CascadeRoute(to, config.threshold, streams))
 
     def _named(self, f: Features) -> str | None:
@@ -173,6 +213,7 @@ class Router:
         target: str,
         rule: str,
         why: list[str],
+        why_not_local: str | None,
         *,
         model: str | None = None,
         on_box: bool = False,
@@ -189,7 +230,7 @@ class Router:
         too_small = self.too_small(target, f)
         if too_small is not None:
             why = [*why, f"{target} cannot serve: {too_small}"]
-            target = self._past_window(f, target, rule, fallbacks)
+            target = self._past_window(f, target, rule, fallbacks, why_not_local)
         reason = f"rule={rule}" + (f"; {'; '.join(why)}" if why else "")
         return Decision(
             target=target,
@@ -201,7 +242,14 @@ class Router:
             model=model if target == LOCAL else None,
         )
 
-    def _past_window(self, f: Features, target: str, rule: str, fallbacks: list[str]) -> str:
+    def _past_window(
+        self,
+        f: Features,
+        target: str,
+        rule: str,
+        fallbacks: list[str],
+        why_not_local: str | None,
+    ) -> str:
         """The target standing in for one whose context window the request exceeds, taken out
         of `fallbacks`: the next that can serve (never the cache, which answers nothing new;
         the local model when it fits). The model the client named is refused, as OpenAI
@@ -209,7 +257,7 @@ class Router:
         window = self.windows[target]
         nxt = None
         if rule != "model":
-            able = (t for t in fallbacks if t != CACHE and (t != LOCAL or not why_local_cannot(f)))
+            able = (t for t in fallbacks if t != CACHE and (t != LOCAL or not why_not_local))
             nxt = next(able, None)
         if nxt is None:
             raise ContextLengthExceeded(

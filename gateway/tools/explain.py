@@ -12,7 +12,7 @@ from ..errors import ContextLengthExceeded
 from ..http.ops import explanation
 from ..routing.complexity import ComplexityScorer
 from ..routing.features import FeatureExtractor
-from ..routing.policy import Router
+from ..routing.policy import Router, UnknownModel
 from ..routing.policy_file import PolicyError, load_policy
 from ..routing.windows import context_windows
 from ..schemas import ChatRequest
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     router = Router(cloud_names=names, local_names=local_names, windows=windows)
     try:
         decision = router.decide(policy, features)
-    except KeyError:
+    except UnknownModel:
         print(f"edge-gateway: unknown model {args.model!r}", file=sys.stderr)
         return 2
     except ContextLengthExceeded as exc:
