@@ -133,7 +133,7 @@ def _eval_router(args: argparse.Namespace) -> int:
 
 
 def _train_router(args: argparse.Namespace) -> int:
-    from .learning.store import read_store_examples
+    from .learning.labels import read_store_examples
     from .tools.train_router import run
 
     return run(args, store_reader=read_store_examples)

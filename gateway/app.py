@@ -28,6 +28,7 @@ from .keyring import KeyRing
 from .limits import Counters, Limiter, MemoryCounters, RedisCounters
 from .local.pool import ModelPool
 from .metrics import Metrics
+from .responses.stores import build_responses
 from .routing.complexity import ComplexityScorer, Scorer
 from .routing.features import FeatureExtractor
 from .routing.live_policy import PolicyStore
@@ -53,13 +54,13 @@ from .services import (
     Services,
 )
 from .settings import Settings
-from .state import STATE, build_responses, build_state, state_ctx
+from .state import STATE, build_state, state_ctx
 from .status import StatusBoard
 from .telemetry import Outbox
 
 if TYPE_CHECKING:
     from .learning import Learning
-    from .state.store import StateStore
+    from .state.state_store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -31,3 +31,23 @@ def test_no_class_name_means_two_things() -> None:
                 where[node.name].append(f"{path.relative_to(root)}:{node.lineno}")
     twice = {name: places for name, places in where.items() if len(places) > 1}
     assert not twice, twice
+
+
+# Module names two packages share because they mean the same thing in each: cloud models
+# (for chat, for embeddings), the router's features (of a chat, of embedding inputs), the
+# fleet of replicas (its shared state, its learning), Prometheus metrics, local model files
+# (the admin API, the CLI) and a request body (Responses, embeddings).
+SAME_CONCEPT = {"__init__", "cloud", "features", "fleet", "metrics", "models", "request"}
+
+
+def test_no_module_name_means_two_things() -> None:
+    """Four `store.py` once stored four different things; each now says what it stores."""
+    from collections import defaultdict
+    from pathlib import Path
+
+    root = Path(gateway.__file__).parent
+    where: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(root.rglob("*.py")):
+        where[path.stem].append(str(path.relative_to(root)))
+    twice = {n: p for n, p in where.items() if len(p) > 1 and n not in SAME_CONCEPT}
+    assert not twice, twice

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.responses.store import ResponseStore, Stored
+from gateway.responses.in_process import ResponseStore, Stored
 from gateway.settings import ResponsesSettings
 from tests.conftest import RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud

@@ -20,8 +20,8 @@ import pytest
 from gateway.app import create_app
 from gateway.durable import DurableLog, Record
 from gateway.http.auth import tenant_id
+from gateway.learning.labels import NO_KEY, LabelStore, key_of
 from gateway.learning.retrain import Rules, evaluate, held_out, key_weights
-from gateway.learning.store import NO_KEY, LabelStore, key_of
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.learned import LearnedScorer, vector
 from gateway.routing.training import Example, gain_apgr, train
@@ -245,7 +245,7 @@ def test_key_weights_keep_the_largest_key_from_deciding_the_fit() -> None:
     # outnumber theirs and the fit learns A's story; capped at an equal share, it learns theirs.
     rows = rows_from({"aaaa": (110, False), "bbbb": (45, True), "cccc": (45, True)})
     honest = rows_from({"bbbb": (60, True)}, start=5000, seed=11)  # unseen prompts of B
-    # As the label store reads its rows: the gain is the label (learning/store.py).
+    # As the label store reads its rows: the gain is the label (learning/labels.py).
     examples = [
         Example("", float(r.body["label"]), float(r.body["label"]), vector=r.body["v"])
         for r in rows
@@ -313,8 +313,8 @@ async def test_the_per_key_retrain_rules_need_two_keys(
 def test_a_feedback_label_keeps_its_feature_version() -> None:
     # The recent-requests window re-packs the vector; without its version a feedback label
     # reads as version 1 and is never trained on.
+    from gateway.learning.labels import trains_router
     from gateway.learning.recent import RecentRequests
-    from gateway.learning.store import trains_router
     from gateway.routing.learned import FEATURE_VERSION, vector, vector_version
 
     recent = RecentRequests(8, 60.0)

@@ -27,7 +27,7 @@ from gateway.durable import Record
 from gateway.learning.shared_labels import RedisLabelStore
 from gateway.settings import StateSettings
 from gateway.state.fleet import TrainerLease as FleetState
-from gateway.state.store import StateStore
+from gateway.state.state_store import StateStore
 from tests.conftest import ROOT, GatewayProcess, RedisServer
 from tests.fakes.cloud import FakeCloud
 

@@ -11,7 +11,7 @@ import openai
 import pydantic
 import pytest
 
-from gateway.responses.store import ResponseStore, Stored
+from gateway.responses.in_process import ResponseStore, Stored
 from gateway.settings import ResponsesSettings
 from tests.conftest import RunningGateway, cloud_settings
 from tests.fakes.cloud import FakeCloud

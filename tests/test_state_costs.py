@@ -20,10 +20,10 @@ import pytest
 from gateway.errors import RateLimited
 from gateway.limits.counters import RedisCounters
 from gateway.limits.limiter import Limiter
-from gateway.responses.store import Stored
+from gateway.responses.in_process import Stored
+from gateway.responses.stores import RedisResponses
 from gateway.settings import LimitSettings, ResponsesSettings, StateSettings
-from gateway.state.responses import RedisResponses
-from gateway.state.store import StateStore
+from gateway.state.state_store import StateStore
 from tests.conftest import RedisServer
 
 
@@ -114,7 +114,7 @@ async def test_an_open_box_shares_one_bound_among_made_up_tokens(store: StateSto
 async def test_the_overall_bound_holds_however_many_keys_store(
     redis_server: RedisServer,
 ) -> None:
-    from gateway.state import build_responses
+    from gateway.responses.stores import build_responses
     from tests.conftest import make_settings
 
     whole = 1024 * 1024

@@ -17,11 +17,11 @@ import pytest
 from gateway.learning.recent import Issued
 from gateway.learning.shared_feedback import PENDING, FeedbackRegistry
 from gateway.learning.shared_labels import RedisLabelStore
-from gateway.responses.store import Stored
+from gateway.responses.in_process import Stored
+from gateway.responses.stores import RedisResponses
 from gateway.settings import ResponsesSettings, StateSettings
 from gateway.state.fleet import ShadowCap
-from gateway.state.responses import RedisResponses
-from gateway.state.store import StateStore, StateUnavailable
+from gateway.state.state_store import StateStore, StateUnavailable
 
 SHAPES = {"redis": "redis_server"}
 if importlib.util.find_spec("tests.redis_servers") is not None:  # Cluster and Sentinel servers

@@ -1,7 +1,7 @@
 """Response cache for cloud answers: stores, stream assembly and replay, the per-request step."""
 
+from .answers import LRUStore, RedisStore, ResponseCache, Store, cache_key, cacheable
 from .step import CacheControl, CacheHit, CachePlan
-from .store import LRUStore, RedisStore, ResponseCache, Store, cache_key, cacheable
 from .streams import StreamAssembler, as_hit, assemble_then, replay
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..backends.base import Chunk, Completion
 from ..schemas import AnyRequest
-from .store import ResponseCache, cacheable
+from .answers import ResponseCache, cacheable
 from .streams import as_hit, assemble_then, replay
 
 

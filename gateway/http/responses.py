@@ -3,7 +3,8 @@
 The request becomes a chat request (responses/translate.py) and goes through the same
 dispatcher as /v1/chat/completions: policy, cache, local model or cloud, failover. The
 answer comes back in the Responses shape (responses/render.py) and, unless `store` is false,
-is kept on the box (responses/store.py) for `previous_response_id` and retrieval.
+is kept on the box (responses/in_process.py, or the state Redis: responses/stores.py) for
+`previous_response_id` and retrieval.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import GatewayError, NotFound
 from ..pipeline.body import RESPONSES_SHAPE, parse_request, read_json, validated
 from ..pipeline.outcome import choice_text
 from ..responses.error_names import ErrorNames
+from ..responses.in_process import Stored
 from ..responses.references import (
     check_expanded_size,
     referable,
@@ -27,11 +29,10 @@ from ..responses.references import (
 )
 from ..responses.render import Events, Shell, history_of, whole
 from ..responses.request import ResponsesRequest, check_lengths
-from ..responses.store import Stored
+from ..responses.stores import Responses
 from ..responses.translate import ChatPlan, to_chat
 from ..schemas import ChatRequest
 from ..settings import ServerSettings
-from ..state.responses import Responses
 from .auth import tenant_of
 from .observe import RequestRecord
 from .opening import Opening, services_of

@@ -2,7 +2,7 @@
 
 `Learning` is built by create_app only when `learning.enabled`; with it off nothing is
 stored, nothing is shadowed and POST /v1/feedback answers 404. The pieces:
-- store.py: the bounded, durable label store (`add` is the way in for every source);
+- labels.py: the bounded, durable label store (`add` is the way in for every source);
 - recent.py: request ids recently issued per tenant, for client feedback;
 - shadow.py and judge.py: shadow judging of a share of local answers by a cloud judge;
 - retrain.py: periodic retraining with a canary, applied by policy reload.
@@ -31,18 +31,18 @@ from ..routing.live_policy import PolicyStore
 from ..routing.policy import LOCAL
 from ..schemas import AnyRequest, ChatRequest
 from .curve import routing_curve
+from .labels import LabelStore
 from .metrics import LearningMetrics
 from .recent import Issued, RecentRequests
 from .retrain import Retrainer, Rules
 from .shadow import Answered, Shadower, ShadowJob
-from .store import LabelStore
 
 if TYPE_CHECKING:
     from ..backends.base import Endpoint
     from ..costs import Prices
     from ..dispatch import Dispatcher, Outcome
     from ..settings import Settings
-    from ..state.store import StateStore
+    from ..state.state_store import StateStore
     from .fleet import FleetLearning
 
 log = logging.getLogger(__name__)

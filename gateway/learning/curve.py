@@ -17,8 +17,8 @@ from ..durable import Record
 from ..routing.complexity import Scorer, squash
 from ..routing.curves import gap_curve, random_curve, recovered_at, share_at
 from ..routing.training import gain_apgr
+from .labels import trains_router
 from .retrain import current_raw
-from .store import trains_router
 
 
 def _squash(scorer: Scorer, raw: float) -> float:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import NotFound
 from ..settings import LearningSettings
 from ..state.fleet import ShadowCap, TrainerLease
-from ..state.store import StateStore, StateUnavailable
+from ..state.state_store import StateStore, StateUnavailable
 from .recent import Issued
 from .shared_feedback import PENDING, FeedbackRegistry
 from .shared_labels import RedisLabelStore

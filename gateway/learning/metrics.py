@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from ..metrics import counter, gauge, register
-from .store import SOURCES
+from .labels import SOURCES
 
 SKIP_REASONS = (
     "private",

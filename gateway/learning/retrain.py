@@ -41,8 +41,8 @@ from ..routing.learned import LearnedScorer, WeightsError
 from ..routing.live_policy import PolicyStore
 from ..routing.policy_file import PolicyError
 from ..routing.training import dumps, gain_apgr, train
+from .labels import LabelStore, example_of, key_of, trains_router
 from .metrics import LearningMetrics
-from .store import LabelStore, example_of, key_of, trains_router
 
 if TYPE_CHECKING:
     from .fleet import FleetLearning

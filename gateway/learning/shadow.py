@@ -25,8 +25,8 @@ from ..errors import GatewayError
 from ..routing.learned import vector
 from ..schemas import AnyRequest, ChatRequest
 from . import judge
+from .labels import LabelStore, Source
 from .metrics import LearningMetrics
-from .store import LabelStore, Source
 
 if TYPE_CHECKING:
     from ..costs import Prices

@@ -17,7 +17,7 @@ import time
 from array import array
 from typing import Any, Literal
 
-from ..state.store import StateStore
+from ..state.state_store import StateStore
 from .recent import Issued
 
 PENDING: Literal["pending"] = "pending"

@@ -1,6 +1,6 @@
 """The learning loop's labels in the state Redis: every replica's labels in one store.
 
-The same rules as the SQLite store (learning/store.py): at most `learning.max_labels` rows,
+The same rules as the SQLite store (learning/labels.py): at most `learning.max_labels` rows,
 the oldest dropped first and counted; at most `learning.max_labels_per_key` rows per tenant,
 that tenant's own oldest dropped first; each row has a stable id (the retrainer's held-back
 share hashes it). One Lua script per label on keys tagged `{fleet}` (one slot), so the caps
@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..durable import Record
-from ..state.store import StateStore
-from .store import NO_KEY, LabelStore, Source
+from ..state.state_store import StateStore
+from .labels import NO_KEY, LabelStore, Source
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ labels in SQLite, feedback ids and the shadow cap in memory): right for one proc
 `state.replicas` above 1 start-up refuses to run without it (settings.py); in a Kubernetes
 pod without it a warning says that replicas would not share state.
 
-- store.py: the client, the key layout (one hash tag per operation) and StateUnavailable;
-- responses.py: stored Responses;
+- state_store.py: the client, the key layout (one hash tag per operation) and StateUnavailable;
 - fleet.py: the fleet-wide shadow cap, the trainer lease and the published weights.
 
-The learning loop's shared feedback registry and labels live with the loop
-(learning/shared_feedback.py, learning/shared_labels.py), on this store's client; the one
+Stored Responses keep their Redis half beside the in-process one (responses/stores.py), and
+the learning loop's shared feedback registry and labels live with the loop
+(learning/shared_feedback.py, learning/shared_labels.py), all on this store's client; the one
 Redis client factory every Redis user shares is redis_client.py.
 """
 
@@ -22,17 +22,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..keyring import KeyRing
-from ..responses.store import ResponseStore
 from ..settings import Settings
-from .responses import LocalResponses, RedisResponses, Responses
-from .store import StateStore, StateUnavailable
+from .state_store import StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 
 STATE: web.AppKey[StateStore | None] = web.AppKey("state_store")
 
-__all__ = ["STATE", "StateStore", "StateUnavailable", "build_responses", "build_state"]
+__all__ = ["STATE", "StateStore", "StateUnavailable", "build_state"]
 
 
 def build_state(settings: Settings) -> StateStore | None:
@@ -46,20 +43,6 @@ def build_state(settings: Settings) -> StateStore | None:
             " (and state.replicas) when the Deployment runs more than one"
         )
     return None
-
-
-def build_responses(settings: Settings, state: StateStore | None) -> Responses:
-    if state is None:
-        return LocalResponses(ResponseStore(settings.responses))
-    keys = len(set(KeyRing(settings.server).client_digests))
-    responses = RedisResponses(state, settings.responses, shared=not keys, tenants=keys)
-    r = settings.responses
-    if responses.max_bytes_per_tenant < r.store_max_bytes_per_tenant:
-        log.info(
-            "each key's share of stored responses is its part of responses.store_max_bytes",
-            extra={"keys": keys, "bytes_per_key": responses.max_bytes_per_tenant},
-        )
-    return responses
 
 
 async def state_ctx(app: web.Application) -> AsyncIterator[None]:

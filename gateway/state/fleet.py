@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from .store import StateStore
+from .state_store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Stored Responses as the handlers see them: in this process, or in the state Redis.
 
 `Responses` is what http/responses.py awaits. `LocalResponses` is the in-process store
-(responses/store.py) called off the event loop, as before. `RedisResponses` keeps the same
+(responses/in_process.py) called off the event loop, as before. `RedisResponses` keeps the same
 rules in the state Redis so that any replica continues, reads or deletes a conversation any
 other replica stored: entries expire `responses.store_ttl_s` after they were stored; a tenant
 holds at most `store_max_per_tenant` entries and `store_max_bytes_per_tenant` bytes and pays
@@ -31,12 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any, Protocol
 
-from ..responses.store import ResponseStore, Stored, encode
-from ..settings import ResponsesSettings
-from .store import StateStore
+from ..keyring import KeyRing
+from ..settings import ResponsesSettings, Settings
+from ..state.state_store import StateStore
+from .in_process import ResponseStore, Stored, encode
+
+log = logging.getLogger(__name__)
 
 
 class Responses(Protocol):
@@ -297,3 +301,18 @@ class RedisResponses:
             "delete a stored response", lambda: self._delete(keys=keys, args=[*args, sid])
         )
         return bool(n)
+
+
+def build_responses(settings: Settings, state: StateStore | None) -> Responses:
+    """The in-process store, or the state Redis's when `state.redis_url` is set."""
+    if state is None:
+        return LocalResponses(ResponseStore(settings.responses))
+    keys = len(set(KeyRing(settings.server).client_digests))
+    responses = RedisResponses(state, settings.responses, shared=not keys, tenants=keys)
+    r = settings.responses
+    if responses.max_bytes_per_tenant < r.store_max_bytes_per_tenant:
+        log.info(
+            "each key's share of stored responses is its part of responses.store_max_bytes",
+            extra={"keys": keys, "bytes_per_key": responses.max_bytes_per_tenant},
+        )
+    return responses

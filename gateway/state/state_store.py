@@ -2,7 +2,7 @@
 
 Every key starts with `state.key_prefix`, then a Redis Cluster hash tag that names what one
 operation touches, so that the keys of one script or transaction always share a hash slot:
-- `{r:<tenant>}`: one tenant's stored responses (state/responses.py);
+- `{r:<tenant>}`: one tenant's stored responses (responses/stores.py);
 - `{f:<tenant>}`: one tenant's issued request ids, feedback claims and feedback counts;
 - `{fleet}`: what the whole fleet shares: the shadow cap, the labels, the trainer lease and
   the published weights.

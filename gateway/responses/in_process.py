@@ -6,7 +6,7 @@ recently used entries, never another tenant's: one API key filling its share (sa
 conversations) pushes out nothing of anyone else. Only when the store as a whole is over its
 bound does the least recently used entry overall go. A tenant sees only its own entries:
 another tenant's id is as unknown as a made-up one. This is one process's store: replicas share
-stored responses through the state Redis instead (`state.redis_url`, gateway/state/responses.py).
+stored responses through the state Redis instead (`state.redis_url`, gateway/responses/stores.py).
 
 Each entry also keeps its items by id (the response's output items and the input items that
 carry an id), so that an `item_reference` input item finds the item it names without decoding
