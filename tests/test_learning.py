@@ -24,7 +24,7 @@ from gateway.http.auth import tenant_id
 from gateway.learning import judge
 from gateway.learning.labels import LabelStore, read_store_examples
 from gateway.learning.recent import RecentRequests
-from gateway.learning.retrain import evaluate, held_out
+from gateway.learning.verdict import evaluate, held_out
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.learned import LearnedScorer, read_weights, vector
 from gateway.routing.training import Example, train

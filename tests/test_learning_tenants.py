@@ -21,7 +21,7 @@ from gateway.app import create_app
 from gateway.durable import DurableLog, Record
 from gateway.http.auth import tenant_id
 from gateway.learning.labels import NO_KEY, LabelStore, key_of
-from gateway.learning.retrain import Rules, evaluate, held_out, key_weights
+from gateway.learning.verdict import Rules, evaluate, held_out, key_weights
 from gateway.routing.complexity import ComplexityScorer
 from gateway.routing.learned import LearnedScorer, vector
 from gateway.routing.training import Example, gain_apgr, train

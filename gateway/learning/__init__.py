@@ -9,7 +9,7 @@ stored, nothing is shadowed and POST /v1/feedback answers 404. The pieces:
 
 Labels come from clients, so each API key is bounded (issue 21): its labels in the store
 (`learning.max_labels_per_key`), its feedback per hour (`learning.feedback_per_key_per_hour`),
-and, on a box with two or more keys, its share and weight in a retrain (retrain.Rules).
+and, on a box with two or more keys, its share and weight in a retrain (verdict.Rules).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from .curve import routing_curve
 from .labels import LabelStore
 from .metrics import LearningMetrics
 from .recent import Issued, RecentRequests
-from .retrain import Retrainer, Rules
+from .retrain import Retrainer
 from .shadow import Answered, Shadower, ShadowJob
+from .verdict import Rules
 
 if TYPE_CHECKING:
     from ..backends.base import Endpoint

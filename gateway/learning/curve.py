@@ -18,7 +18,7 @@ from ..routing.complexity import Scorer, squash
 from ..routing.curves import gap_curve, random_curve, recovered_at, share_at
 from ..routing.training import gain_apgr
 from .labels import trains_router
-from .retrain import current_raw
+from .verdict import current_raw
 
 
 def _squash(scorer: Scorer, raw: float) -> float:

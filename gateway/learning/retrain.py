@@ -24,25 +24,19 @@ bearer token would do on an open box, so counting "keys" there would measure not
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import math
 import os
 import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..durable import Record
-from ..routing.complexity import ComplexityScorer, Scorer
-from ..routing.learned import LearnedScorer, WeightsError
+from ..routing.complexity import Scorer
 from ..routing.live_policy import PolicyStore
 from ..routing.policy_file import PolicyError
-from ..routing.training import dumps, gain_apgr, train
-from .labels import LabelStore, example_of, key_of, trains_router
+from ..routing.training import dumps
+from .labels import LabelStore
 from .metrics import LearningMetrics
+from .verdict import RetrainResult, Rules, evaluate
 
 if TYPE_CHECKING:
     from .fleet import FleetLearning
@@ -51,186 +45,6 @@ log = logging.getLogger(__name__)
 
 # Refusals about whose labels these are (issue 21), logged as warnings.
 _TENANT_REASONS = frozenset({"feedback_only", "one_key", "holdout_few_keys", "worse_for_a_key"})
-
-_GOLDEN = 2654435761  # Knuth's multiplicative hash: ids spread evenly over [0, 2^32)
-
-
-def held_out(row_id: int, share: float) -> bool:
-    return (row_id * _GOLDEN % 2**32) / 2**32 < share
-
-
-@dataclass(frozen=True)
-class Rules:
-    """What a retrain demands beyond "at least as good" (see the module's docstring)."""
-
-    feedback_alone: bool = False  # learning.retrain_on_feedback
-    tenants: bool = False  # two or more API keys: the per-key rules below apply
-    max_key_share: float = 0.5
-    key_weight_share: float = 0.25
-    canary_min_keys: int = 2
-
-
-@dataclass
-class RetrainResult:
-    accepted: bool
-    reason: str  # "better", "as_good" when accepted; why not otherwise
-    current: float | None = None  # APGR of the router in force on the held-back rows
-    candidate: float | None = None
-    trained_on: int = 0
-    held_back: int = 0
-    doc: dict[str, Any] | None = None
-    keys: int = 0  # tenants among the labels used
-    top_key: str | None = None  # the tenant id supplying the most of them, and its share
-    top_share: float | None = None
-    worse_for: str | None = None  # a tenant whose held-back labels the candidate ranks worse
-    at: float = 0.0  # when it ran (unix time)
-
-    def summary(self) -> dict[str, Any]:
-        """What the status page shows of it (tenant ids are hashes, never keys)."""
-        return {
-            "result": "accepted" if self.accepted else "refused",
-            "reason": self.reason,
-            "at": self.at or None,
-            "apgr_current": self.current,
-            "apgr_candidate": self.candidate,
-            "trained_on": self.trained_on,
-            "held_back": self.held_back,
-            "keys": self.keys,
-            "top_key": self.top_key,
-            "top_key_share": self.top_share,
-            "worse_for_key": self.worse_for,
-        }
-
-
-def key_weights(counts: dict[str, int], share: float) -> dict[str, float]:
-    """Per-label weight of each key's labels so that no key's total is over `share` of all.
-
-    Water-filling: keys over the cap are brought down to it, which lowers the total, so the
-    cap is recomputed until no further key is over it. Keys under it keep weight 1. With
-    fewer than 1/share keys the cap is an equal share (it cannot be lower).
-    """
-    live = {k: n for k, n in counts.items() if n > 0}
-    if not live:
-        return {}
-    cap = max(share, 1.0 / len(live))
-    capped: set[str] = set()
-    level = 0.0
-    while True:
-        free = sum(n for k, n in live.items() if k not in capped)
-        rest = 1.0 - cap * len(capped)
-        if rest <= 1e-12 or free == 0:  # every key at the cap: equal totals
-            level = float(max(live.values()))
-            capped = set(live)
-            break
-        level = cap * free / rest  # the capped keys' total: cap x (free + capped totals)
-        over = {k for k, n in live.items() if k not in capped and n > level * (1 + 1e-9)}
-        if not over:
-            break
-        capped |= over
-    return {k: (level / n if k in capped else 1.0) for k, n in live.items()}
-
-
-def current_raw(scorer: Scorer, rec: Record) -> float | None:
-    """The router in force's linear score of a stored row; None when it cannot be computed."""
-    vec = rec.body["v"]
-    prompt = rec.body.get("prompt")
-    if isinstance(scorer, LearnedScorer):
-        raw = scorer.raw_vector(vec)
-        if raw is None and prompt:
-            raw = scorer.raw(prompt)[0]
-        return raw
-    if isinstance(scorer, ComplexityScorer):
-        # The shipped scorer is linear in the same dense features (length, signals, lines).
-        return scorer.raw_dense(vec["dense"])
-    if prompt:
-        return scorer.score(prompt).score
-    return None
-
-
-def evaluate(
-    rows: Sequence[Record],
-    current: Scorer,
-    *,
-    share: float,
-    min_labels: int,
-    seed: int = 0,
-    rules: Rules | None = None,
-) -> RetrainResult:
-    """Fit on the rows not held back and compare with `current` on those held back (CPU)."""
-    rules = rules or Rules()
-    rows = [r for r in rows if trains_router(r)]
-    if len(rows) < min_labels:
-        return RetrainResult(False, "too_few_labels")
-    by_key = Counter(key_of(r) for r in rows)
-    top_key, top_n = by_key.most_common(1)[0]
-    who = RetrainResult(False, "", keys=len(by_key), top_key=top_key, top_share=top_n / len(rows))
-    judged = [r for r in rows if r.kind != "feedback"]
-    if not rules.feedback_alone and len(judged) < min_labels:
-        # Clients' own scores are theirs to choose: without the opt-in they never decide a
-        # retrain by themselves.
-        who.reason = "feedback_only"
-        return who
-    if rules.tenants and top_n / len(rows) > rules.max_key_share + 1e-12:
-        who.reason = "one_key"
-        return who
-    hold = [r for r in rows if held_out(r.id, share)]
-    if not rules.feedback_alone:
-        hold = [r for r in hold if r.kind != "feedback"]  # only judges vouch for new weights
-    fit_rows = [r for r in rows if not held_out(r.id, share)]
-    gains = [float(r.body["label"]) for r in hold]
-    who.held_back = len(hold)
-    if not hold or not 0 < sum(gains) < len(gains):
-        who.reason = "holdout_one_label"
-        return who
-    if rules.tenants and len({key_of(r) for r in hold}) < rules.canary_min_keys:
-        who.reason = "holdout_few_keys"
-        return who
-    examples = [example_of(r) for r in fit_rows]
-    if rules.tenants:
-        weight = key_weights(Counter(key_of(r) for r in fit_rows), rules.key_weight_share)
-        examples = [
-            dataclasses.replace(e, weight=weight[key_of(r)])
-            for e, r in zip(examples, fit_rows, strict=True)
-        ]
-    who.trained_on = len(fit_rows)
-    try:
-        doc = train(examples, seed=seed, hashed=True)
-        candidate = LearnedScorer(doc, source="<retrain>")
-    except (ValueError, WeightsError) as exc:
-        log.info("retrain: cannot fit", extra={"error": str(exc)})
-        who.reason = "cannot_fit"
-        return who
-    cand = [candidate.raw_vector(r.body["v"]) or 0.0 for r in hold]
-    cur_or_none = [current_raw(current, r) for r in hold]
-    who.doc = doc
-    if any(c is None for c in cur_or_none):
-        who.reason = "current_unscorable"  # text-term weights and no kept prompts
-        return who
-    cur = [c or 0.0 for c in cur_or_none]
-    who.candidate = gain_apgr(cand, gains)
-    who.current = gain_apgr(cur, gains)
-    if math.isnan(who.candidate) or math.isnan(who.current):
-        who.reason = "holdout_one_label"
-        return who
-    if who.candidate + 1e-9 < who.current:
-        who.reason = "worse"
-        return who
-    if rules.tenants:
-        # A mix can hide one tenant's loss behind another's gain: each key's own held-back
-        # labels (where they hold both kinds) must be ranked at least as well.
-        for key in sorted({key_of(r) for r in hold}):
-            idx = [i for i, r in enumerate(hold) if key_of(r) == key]
-            g = [gains[i] for i in idx]
-            if not 0 < sum(g) < len(g):
-                continue
-            mine_cand = gain_apgr([cand[i] for i in idx], g)
-            mine_cur = gain_apgr([cur[i] for i in idx], g)
-            if mine_cand + 1e-9 < mine_cur:
-                who.reason, who.worse_for = "worse_for_a_key", key
-                return who
-    who.accepted = True
-    who.reason = "better" if who.candidate > who.current + 1e-9 else "as_good"
-    return who
 
 
 class Retrainer:
