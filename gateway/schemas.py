@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any, Literal
 
@@ -150,80 +149,6 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
-
-
-def chat_response(
-    *,
-    rid: str,
-    model: str,
-    text: str,
-    finish_reason: str,
-    usage_: dict[str, Any],
-    logprobs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage_,
-        "system_fingerprint": None,
-    }
-
-
-def chat_chunk(
-    *,
-    rid: str,
-    model: str,
-    created: int,
-    delta: dict[str, Any] | None,
-    finish_reason: str | None = None,
-    usage_: dict[str, Any] | None = None,
-    logprobs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return stream_chunk(True, rid, model, created, delta, finish_reason, usage_, logprobs)
-
-
-def completion_response(
-    *,
-    rid: str,
-    model: str,
-    text: str,
-    finish_reason: str,
-    usage_: dict[str, Any],
-    logprobs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        ],
-        "usage": usage_,
-    }
-
-
-def completion_chunk(
-    *,
-    rid: str,
-    model: str,
-    created: int,
-    text: str | None,
-    finish_reason: str | None = None,
-    usage_: dict[str, Any] | None = None,
-    logprobs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return stream_chunk(False, rid, model, created, text, finish_reason, usage_, logprobs)
 
 
 def stream_chunk(

@@ -17,14 +17,15 @@ _MARKER = "\x00TEXT\x00"
 
 
 class ChunkSequence:
-    """Chunks of one streamed answer: same id, model and creation time throughout."""
+    """Chunks of one streamed answer: same id, model and creation time throughout. `index` is
+    the choice a chunk belongs to (an answer with several choices interleaves them)."""
 
     def __init__(self, endpoint: Endpoint, *, model: str) -> None:
         self.chat = endpoint == "chat"
         self.rid = new_id("chatcmpl" if self.chat else "cmpl")
         self.model = model
         self.created = int(time.time())
-        self._frame: tuple[bytes, bytes] | None = None
+        self._frames: dict[int, tuple[bytes, bytes]] = {}
 
     def _make(
         self,
@@ -34,36 +35,42 @@ class ChunkSequence:
         finish: str | None = None,
         usage: dict[str, Any] | None = None,
         logprobs: dict[str, Any] | None = None,
+        index: int = 0,
     ) -> Chunk:
         rid, model, created = self.rid, self.model, self.created
         content = delta if self.chat else text
         obj = stream_chunk(self.chat, rid, model, created, content, finish, usage, logprobs)
+        if index:
+            obj["choices"][0]["index"] = index
         return Chunk(obj=obj)
 
-    def role(self, role: str = "assistant") -> Chunk | None:
+    def role(self, role: str = "assistant", *, index: int = 0) -> Chunk | None:
         """The opening chunk of a chat stream; completions have none."""
-        return self._make(delta={"role": role, "content": ""}, text=None) if self.chat else None
+        if not self.chat:
+            return None
+        return self._make(delta={"role": role, "content": ""}, text=None, index=index)
 
-    def text(self, piece: str, *, logprobs: dict[str, Any] | None = None) -> Chunk:
-        return self._make(delta={"content": piece}, text=piece, logprobs=logprobs)
+    def text(self, piece: str, *, logprobs: dict[str, Any] | None = None, index: int = 0) -> Chunk:
+        return self._make(delta={"content": piece}, text=piece, logprobs=logprobs, index=index)
 
-    def tool_calls(self, calls: list[dict[str, Any]]) -> Chunk:
-        return self._make(delta={"tool_calls": calls}, text=None)
+    def tool_calls(self, calls: list[dict[str, Any]], *, index: int = 0) -> Chunk:
+        return self._make(delta={"tool_calls": calls}, text=None, index=index)
 
-    def finish(self, reason: str) -> Chunk:
-        return self._make(delta={}, text="", finish=reason)
+    def finish(self, reason: str, *, index: int = 0) -> Chunk:
+        return self._make(delta={}, text="", finish=reason, index=index)
 
     def usage(self, usage: dict[str, Any]) -> Chunk:
         """The usage-only chunk (no choices) that `stream_options.include_usage` asks for."""
         return self._make(delta=None, text=None, usage=usage)
 
-    def frames(self, pieces: list[str]) -> Chunk:
+    def frames(self, pieces: list[str], *, index: int = 0) -> Chunk:
         """Plain text pieces as ready SSE frames: the JSON is built once and the text spliced
         in, instead of a dict and json.dumps per token (the local model's hot path)."""
-        if self._frame is None:
-            head, tail = self.text(_MARKER).data.split(json.dumps(_MARKER).encode())
-            self._frame = (b"data: " + head, tail + b"\n\n")
-        head, tail = self._frame
+        frame = self._frames.get(index)
+        if frame is None:
+            head, tail = self.text(_MARKER, index=index).data.split(json.dumps(_MARKER).encode())
+            frame = self._frames[index] = (b"data: " + head, tail + b"\n\n")
+        head, tail = frame
         return Chunk(
             sse=b"".join(head + json.dumps(p).encode() + tail for p in pieces),
             plain=True,

@@ -1,14 +1,17 @@
-"""Answers that are more than one plain text: several choices, prompt lists, echo, grammars.
+"""Every local answer, one path: one plain text, several choices, prompt lists, echo, grammars.
 
 Every choice is its own engine job (`n` choices of `p` prompts are `n * p` parallel sequences,
-sharing their prompt's KV through prefix reuse); their events are merged by choice index. A
-grammar (JSON output, tool calls) is compiled here, off the event loop, and masks each job's
-logits (constraint.py). The plain single-choice answer keeps the backend's own, faster path.
+sharing their prompt's KV through prefix reuse); their typed events (Started, Text, Done,
+Failed) are merged by choice index. A grammar (JSON output, tool calls) is compiled here, off
+the event loop, and masks each job's logits (constraint.py). Whole answers are built by
+`whole`, streams by `Streamer` on the chunk builder the cache's replays share
+(backends/chunks.py), plain text as ready SSE frames.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncGenerator
@@ -17,22 +20,17 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.base import Chunk, Completion, Endpoint
-from ..schemas import (
-    AnyRequest,
-    ChatRequest,
-    CompletionRequest,
-    chat_chunk,
-    completion_chunk,
-    new_id,
-    usage,
-)
+from ..backends.chunks import ChunkSequence
+from ..schemas import AnyRequest, ChatRequest, CompletionRequest, new_id, usage
 from . import structured, tool_calls
-from .engine import Event, Job
+from .engine import Done, Event, Failed, Job, Started, Text
 from .sampling import SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from .constraint import CompiledGrammar
     from .engine import Engine
+
+log = logging.getLogger(__name__)
 
 
 class _Backend(Protocol):
@@ -60,15 +58,6 @@ class _Backend(Protocol):
 
 # Prompts longer than this are templated and tokenized off the event loop.
 INLINE_PROMPT_CHARS = 8192
-
-
-def wanted(req: AnyRequest) -> bool:
-    """Whether the request needs this path rather than the single plain answer."""
-    if (req.n or 1) > 1 or _structured(req):
-        return True
-    if isinstance(req, ChatRequest):
-        return False
-    return isinstance(req.prompt, list) or bool(req.echo) or req.suffix is not None
 
 
 def _structured(req: AnyRequest) -> bool:
@@ -171,10 +160,10 @@ class Answer:
                 index, events = await queue.get()
                 choice = self.choices[index]
                 for event in events:
-                    if event[0] == "error":
-                        raise event[1]
-                    if event[0] == "done":
-                        choice.finish = event[1]
+                    if isinstance(event, Failed):
+                        raise event.error
+                    if isinstance(event, Done):
+                        choice.finish = event.finish
                         left -= 1
                     yield choice, event
         finally:
@@ -195,23 +184,39 @@ class Answer:
     # -- whole answers ---------------------------------------------------------------------
 
     async def complete(self) -> Completion:
+        started = time.perf_counter()
         async with aclosing(self._events()) as events:
             async for choice, event in events:
-                if event[0] == "text":
-                    _collect(choice, event[1])
-
+                if isinstance(event, Text):
+                    _collect(choice, event.items)
+        self._logged(started)
         return Completion(whole(self))
 
     # -- streams ---------------------------------------------------------------------------
 
     async def stream(self) -> AsyncGenerator[Chunk, None]:
-
+        started = time.perf_counter()
         out = Streamer(self)
         async with aclosing(self._events()) as events:
             async for choice, event in events:
-                for obj in out.on(choice, event):
-                    yield Chunk(obj=obj)
-        yield Chunk(obj=out.usage_chunk())
+                for chunk in out.on(choice, event):
+                    yield chunk
+        self._logged(started)
+        yield out.usage_chunk()
+
+    def _logged(self, started: float) -> None:
+        jobs = [c.job for c in self.choices if c.job is not None]
+        log.debug(
+            "local generation",
+            extra={
+                "choices": len(jobs),
+                "prompt_tokens": sum(j.prompt_tokens for j in jobs),
+                "tokens_reused": sum(j.reused_tokens for j in jobs),
+                "completion_tokens": sum(j.completion_tokens for j in jobs),
+                "finish": [c.finish for c in self.choices],
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
 
 
 def _collect(choice: _Choice, items: list[Any]) -> list[tuple[str, list[TokenLogprob]]]:
@@ -316,81 +321,54 @@ def whole(answer: Answer) -> dict[str, Any]:
 
 
 class Streamer:
-    """Chunks for one streamed answer: each choice's pieces under its own index."""
+    """Chunks for one streamed answer: each choice's pieces under its own index, plain text as
+    ready SSE frames (one write per batch of tokens: the hot path)."""
 
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.chat = answer.endpoint == "chat"
-        self.rid = new_id("chatcmpl" if self.chat else "cmpl")
-        self.created = int(time.time())
+        self.seq = ChunkSequence(answer.endpoint, model=answer.backend.model_name)
         self.logprobs = False
 
-    def _chunk(
-        self,
-        c: _Choice,
-        *,
-        delta: dict[str, Any] | None = None,
-        text: str = "",
-        finish: str | None = None,
-        logprobs: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        kw: dict[str, Any] = {
-            "rid": self.rid,
-            "model": self.answer.backend.model_name,
-            "created": self.created,
-            "finish_reason": finish,
-            "logprobs": logprobs,
-        }
-        if self.chat:
-            obj = chat_chunk(delta=delta or {}, **kw)
-        else:
-            obj = completion_chunk(text=text, **kw)
-        obj["choices"][0]["index"] = c.index
-        return obj
-
-    def on(self, c: _Choice, event: Event) -> list[dict[str, Any]]:
+    def on(self, c: _Choice, event: Event) -> list[Chunk]:
         """The chunks one engine event of choice `c` becomes."""
-        kind = event[0]
-        if kind == "start":
+        seq = self.seq
+        if isinstance(event, Started):
             self.logprobs = c.params.logprobs is not None
             if self.chat:
-                return [self._chunk(c, delta={"role": "assistant", "content": ""})]
-            return [self._chunk(c, text=c.echo)] if c.echo else []
-        if kind == "text":
-            pairs = _collect(c, event[1])
+                return [seq.role(index=c.index)]  # type: ignore[list-item]
+            return [seq.text(c.echo, index=c.index)] if c.echo else []
+        if isinstance(event, Text):
             if self.chat and self.answer.tools is not None:
+                _collect(c, event.items)
                 return []  # a call is sent whole once it is complete
-            return [self._piece(c, text, lps) for text, lps in pairs]
-        if kind == "done":
+            if not self.logprobs:
+                c.parts.extend(event.items)
+                return [seq.frames(event.items, index=c.index)]
+            return [self._piece(c, text, lps) for text, lps in _collect(c, event.items)]
+        if isinstance(event, Done):
             return self._done(c)
         return []
 
-    def _piece(self, c: _Choice, text: str, lps: list[TokenLogprob]) -> dict[str, Any]:
+    def _piece(self, c: _Choice, text: str, lps: list[TokenLogprob]) -> Chunk:
         if self.chat:
-            lp = chat_logprobs(lps) if self.logprobs else None
-            return self._chunk(c, delta={"content": text}, logprobs=lp)
-        lp = completion_logprobs(lps, c.offset) if self.logprobs else None
-        return self._chunk(c, text=text, logprobs=lp)
+            return self.seq.text(text, logprobs=chat_logprobs(lps), index=c.index)
+        return self.seq.text(text, logprobs=completion_logprobs(lps, c.offset), index=c.index)
 
-    def _done(self, c: _Choice) -> list[dict[str, Any]]:
+    def _done(self, c: _Choice) -> list[Chunk]:
+        seq = self.seq
         if not self.chat:
-            return [self._chunk(c, text="", finish=c.finish)]
+            return [seq.finish(c.finish, index=c.index)]
         said = _said(self.answer, c)
-        out: list[dict[str, Any]] = []
+        out: list[Chunk] = []
         if said.calls is not None:
             calls = [{"index": k, **call} for k, call in enumerate(said.calls)]
-            out.append(self._chunk(c, delta={"tool_calls": calls}))
+            out.append(seq.tool_calls(calls, index=c.index))
         elif self.answer.tools is not None and said.text:
-            out.append(self._chunk(c, delta={"content": said.text}))
-        out.append(self._chunk(c, delta={}, finish=said.finish))
+            out.append(seq.text(said.text, index=c.index))
+        out.append(seq.finish(said.finish, index=c.index))
         return out
 
-    def usage_chunk(self) -> dict[str, Any]:
+    def usage_chunk(self) -> Chunk:
         """Always offered; the handler drops it unless stream_options.include_usage."""
-        kw: dict[str, Any] = {
-            "rid": self.rid,
-            "model": self.answer.backend.model_name,
-            "created": self.created,
-            "usage_": self.answer.usage(),
-        }
-        return chat_chunk(delta=None, **kw) if self.chat else completion_chunk(text=None, **kw)
+        return self.seq.usage(self.answer.usage())

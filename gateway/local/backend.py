@@ -6,26 +6,22 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..backends.base import Chunk, Completion, Endpoint, Kind
-from ..backends.chunks import ChunkSequence
 from ..errors import ContextLengthExceeded, NotReady, QueueFull
 from ..schemas import (
     AnyRequest,
     ChatRequest,
-    chat_response,
-    completion_response,
-    new_id,
 )
 from ..settings import LocalSettings
 from . import answer, fields
 from .constraint import CompiledGrammar, Grammars
 from .engine import Engine, Event, Job
 from .model import Model, embedded_model_path
-from .sampling import SamplingParams, TokenLogprob
+from .sampling import SamplingParams
 from .structured import Grammar
 
 if TYPE_CHECKING:
@@ -182,130 +178,13 @@ class LocalBackend:
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
         fields.check(req)  # a field the local model would ignore is a 400, never dropped
-        if answer.wanted(req):
-            return await answer.Answer(self, req, endpoint).complete()
-        rid = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
-        parts: list[str] = []
-        entries: list[TokenLogprob] = []
-        finish = "stop"
-        job: Job | None = None
-        prompt_text = ""
-        async with aclosing(self._events(req, endpoint)) as events:
-            async for event in events:
-                kind = event[0]
-                if kind == "job":
-                    job, prompt_text = event[1], event[2]
-                elif kind == "text":
-                    if job is not None and job.params.logprobs is not None:
-                        for text, lps in event[1]:
-                            parts.append(text)
-                            entries.extend(lps)
-                    else:
-                        parts.extend(event[1])
-                elif kind == "done":
-                    finish = event[1]
-        assert job is not None
-        text = "".join(parts)
-        u = self._usage(job)
-        wants = job.params.logprobs is not None
-        if endpoint == "chat":
-            build, lp = chat_response, answer.chat_logprobs(entries) if wants else None
-        else:
-            lp = answer.completion_logprobs(entries, len(prompt_text)) if wants else None
-            build = completion_response
-        obj = build(
-            rid=rid, model=self.model_name, text=text, finish_reason=finish, usage_=u, logprobs=lp
-        )
-        return Completion(obj)
+        return await answer.Answer(self, req, endpoint).complete()
 
     async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
         fields.check(req)
-        if answer.wanted(req):
-            async with aclosing(answer.Answer(self, req, endpoint).stream()) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            return
-        seq = ChunkSequence(endpoint, model=self.model_name)
-        job: Job | None = None
-        offset = 0
-        async with aclosing(self._events(req, endpoint)) as events:
-            async for event in events:
-                kind = event[0]
-                if kind == "job":
-                    job, prompt_text = event[1], event[2]
-                    offset = len(prompt_text)
-                elif kind == "start":
-                    opening = seq.role()
-                    if opening is not None:
-                        yield opening
-                elif kind == "text":
-                    assert job is not None
-                    if job.params.logprobs is None:
-                        # One chunk per token for the client, one write for the whole batch.
-                        yield seq.frames(event[1])
-                        continue
-                    for text, lps in event[1]:
-                        shaped = (
-                            answer.chat_logprobs(lps)
-                            if seq.chat
-                            else answer.completion_logprobs(lps, offset)
-                        )
-                        yield seq.text(text, logprobs=shaped)
-                elif kind == "done":
-                    assert job is not None
-                    yield seq.finish(event[1])
-                    # Always offered; the handler drops it unless stream_options.include_usage.
-                    yield seq.usage(self._usage(job))
-
-    @staticmethod
-    def _usage(job: Job) -> dict[str, Any]:
-        return answer.local_usage(
-            job.prompt_tokens, job.completion_tokens, cached=job.reused_tokens
-        )
-
-    async def _events(
-        self, req: AnyRequest, endpoint: Endpoint
-    ) -> AsyncGenerator[tuple[Any, ...], None]:
-        """Admit the request, hand it to the engine and relay its events; cancel on exit."""
-        with self.admit() as engine:
-            if req.content_chars() > answer.INLINE_PROMPT_CHARS:
-                tokens, stops, text = await asyncio.to_thread(self._prompt, req)
-            else:
-                tokens, stops, text = self._prompt(req)
-            params = self.sampling(req, endpoint, tokens, stops, engine.n_ctx_slot)
-            job = Job(prompt=tokens, params=params, sink=asyncio.Queue())
-            engine.submit(job)
-        started = time.perf_counter()
-        try:
-            yield ("job", job, text)
-            while True:
-                events = await job.sink.get()
-                for event in events:
-                    if event[0] == "error":
-                        raise event[1]
-                    yield event
-                    if event[0] == "done":
-                        log.debug(
-                            "local generation",
-                            extra={
-                                "prompt_tokens": job.prompt_tokens,
-                                "tokens_reused": job.reused_tokens,
-                                "completion_tokens": job.completion_tokens,
-                                "finish": job.finish,
-                                "seconds": round(time.perf_counter() - started, 3),
-                            },
-                        )
-                        return
-        finally:
-            # Client gone, handler cancelled or finished: the engine frees the slot next step.
-            engine.cancel(job)
-
-    def _prompt(self, req: AnyRequest) -> tuple[list[int], list[str], str]:
-        """Prompt tokens, stop strings, and the prompt text (completions' logprob offsets)."""
-        if isinstance(req, ChatRequest):
-            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-            return self.render_chat(messages, req.stop_list())
-        return self.render_text(req.prompt_text(), req.stop_list())
+        async with aclosing(answer.Answer(self, req, endpoint).stream()) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def compile_grammar(
         self, grammar: Grammar, gone: threading.Event | None = None

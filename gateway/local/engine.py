@@ -25,9 +25,24 @@ from .constraint import ConstraintError, too_complex
 from .handover import hand_over, pair_logprobs
 from .model import Model
 from .sampling import Sampler, TextStream, TokenLogprob, log_softmax_top, token_text
-from .slots import DECODE, FREE, PREFILL, Event, Job, Observer, Post, Slot, choose_busy, choose_free
+from .slots import (
+    DECODE,
+    FREE,
+    PREFILL,
+    Done,
+    Event,
+    Failed,
+    Job,
+    Observer,
+    Post,
+    Slot,
+    Started,
+    Text,
+    choose_busy,
+    choose_free,
+)
 
-__all__ = ["Engine", "Event", "Job", "Observer"]
+__all__ = ["Done", "Engine", "Event", "Failed", "Job", "Observer", "Started", "Text"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +186,7 @@ class Engine:
             left += list(self._waiting)
             self._waiting.clear()
         for job in left:
-            job.outbox.append(("error", NotReady("the local model shut down")))
+            job.outbox.append(Failed(NotReady("the local model shut down")))
         for s in self.slots:
             if s.job is not None:
                 self._release(s)
@@ -206,7 +221,7 @@ class Engine:
         self.busy += 1
         if shared and self._observer is not None:
             self._observer.reused(shared)
-        job.outbox.append(("start",))
+        job.outbox.append(Started())
         self._dirty.append(job)
 
     def _copy_prefix(self, src: Slot, dst: Slot, n: int) -> int:
@@ -370,7 +385,7 @@ class Engine:
         job = slot.job
         assert job is not None
         job.finish = "error"
-        job.outbox.append(("error", error))
+        job.outbox.append(Failed(error))
         self._release(slot)
         self._dirty.append(job)
 
@@ -381,7 +396,7 @@ class Engine:
         job = slot.job
         if job is not None:
             job.finish = "error"
-            job.outbox.append(("error", error))
+            job.outbox.append(Failed(error))
             self._release(slot)
             self._dirty.append(job)
 

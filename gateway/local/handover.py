@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from .sampling import TokenLogprob
-from .slots import Event, Job, Post, Slot
+from .slots import Done, Event, Job, Post, Slot, Started, Text
 
 
 def pair_logprobs(slot: Slot, emitted: str, *, final: bool = False) -> None:
@@ -40,14 +40,14 @@ def hand_over(dirty: list[Job], post: Post) -> None:
         if id(job) in seen:
             continue
         seen.add(id(job))
-        events = [e for e in job.outbox if e[0] == "start"]
+        events: list[Event] = [e for e in job.outbox if isinstance(e, Started)]
         if job.pending:
-            events.append(("text", job.pending))
+            events.append(Text(job.pending))
             job.pending = []
             job.text_sent = True
-        events += [e for e in job.outbox if e[0] != "start"]
+        events += [e for e in job.outbox if not isinstance(e, Started)]
         if job.finish is not None and job.finish != "error":
-            events.append(("done", job.finish))
+            events.append(Done(job.finish))
         job.outbox = []
         job.last_flush = now
         if events and not job.cancelled:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import GatewayError
 from .sampling import Sampler, SamplingParams, TextStream, TokenLogprob
 
 FREE, PREFILL, DECODE = 0, 1, 2
@@ -20,7 +21,34 @@ class Observer(Protocol):
     def reused(self, tokens: int) -> None: ...
 
 
-Event = tuple[Any, ...]
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The job has a slot: its answer begins."""
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """Text since the last event: plain strings, or (text, [TokenLogprob]) pairs when
+    logprobs were asked for."""
+
+    items: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The answer is complete, and why it ended (stop, length)."""
+
+    finish: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The answer cannot go on (the error the client gets)."""
+
+    error: GatewayError
+
+
+Event = Started | Text | Done | Failed
 Post = Callable[[list[tuple["Job", list[Event]]]], None]
 
 
@@ -28,9 +56,8 @@ Post = Callable[[list[tuple["Job", list[Event]]]], None]
 class Job:
     """One request as the engine sees it: prompt tokens in, events out.
 
-    Events: ("start",) when it gets a slot; ("text", items) with items plain strings, or
-    (text, [TokenLogprob]) pairs when logprobs were asked for; ("done", finish_reason);
-    ("error", GatewayError).
+    Events (to its sink, in order): Started when it gets a slot, Text as tokens come, then
+    Done or Failed.
     """
 
     prompt: list[int]
