@@ -45,6 +45,16 @@ class RunningGateway:
         self.url = f"http://127.0.0.1:{port}"
         self.base_url = f"{self.url}/v1"
 
+    async def settled(self) -> None:
+        """Wait for what an answer leaves running after it was sent: the cache's stores and
+        the limits' settlements (instead of sleeping and hoping they are done)."""
+        from gateway.services import LIMITER, SERVICES
+
+        cache = self.app[SERVICES].dispatcher.cache
+        if cache is not None:
+            await cache.drain()
+        await self.app[LIMITER].drain()
+
 
 async def wait_ready(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout

@@ -43,7 +43,7 @@ async def test_second_identical_request_is_a_hit(
     first = await _ask(c)
     assert first.headers["x-gateway-route"] == "cloud"
     assert first.headers["x-gateway-cache"] == "miss"
-    await asyncio.sleep(0.2)  # stored in the background
+    await gw.settled()  # stored in the background
     second = await _ask(c)
     assert second.headers["x-gateway-route"] == "cache"
     assert second.headers["x-gateway-cache"] == "hit"
@@ -77,7 +77,7 @@ async def test_stream_is_stored_and_replayed(
         return text, len(chunks), raw.headers["x-gateway-route"]
 
     text1, _, route1 = await stream()
-    await asyncio.sleep(0.2)
+    await gw.settled()
     text2, n2, route2 = await stream()
     assert (route1, route2) == ("cloud", "cache")
     assert text2 == text1 and n2 >= 2
@@ -123,10 +123,10 @@ async def test_cache_control_and_cacheability(
     q = {"messages": [{"role": "user", "content": "Cache control question."}]}
     r = await _ask(c, **q, extra_headers={"Cache-Control": "no-store"})
     assert r.headers["x-gateway-cache"] == "miss"
-    await asyncio.sleep(0.2)
+    await gw.settled()
     r = await _ask(c, **q)
     assert r.headers["x-gateway-route"] == "cloud"  # nothing was stored
-    await asyncio.sleep(0.2)
+    await gw.settled()
     r = await _ask(c, **q, extra_headers={"Cache-Control": "no-cache"})
     assert r.headers["x-gateway-cache"] == "skip" and r.headers["x-gateway-route"] == "cloud"
     r = await _ask(c, **q, temperature=0.9)  # sampled: not cacheable in deterministic mode
@@ -141,7 +141,7 @@ async def test_hit_served_while_cloud_fails(
     gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
     c = client(gw, "sk-offline")
     await _ask(c)
-    await asyncio.sleep(0.2)
+    await gw.settled()
     await fake_cloud.set_mode("fail500")
     for _ in range(5):
         r = await _ask(c)
@@ -173,11 +173,10 @@ async def test_redis_outage_never_fails_requests(
     assert "edge_gateway_cache_up 0.0" in text  # the outage is visible to operators
     assert re.search(r'edge_gateway_cache_errors_total\{op="(get|set)"\} [1-9]', text)
     own_redis.start()  # same port: the gateway reconnects by itself
-    await asyncio.sleep(0.5)
     deadline = asyncio.get_running_loop().time() + 10
     while True:
         await _ask(c, **q(99))
-        await asyncio.sleep(0.2)
+        await gw.settled()
         r = await _ask(c, **q(99))
         if r.headers["x-gateway-route"] == "cache":
             break
@@ -188,5 +187,5 @@ async def test_in_process_lru_when_no_redis(gateway_factory: Any, fake_cloud: Fa
     gw = await cached_gateway(gateway_factory, fake_cloud, None)
     c = client(gw)
     await _ask(c)
-    await asyncio.sleep(0.05)
+    await gw.settled()
     assert (await _ask(c)).headers["x-gateway-route"] == "cache"

@@ -148,7 +148,7 @@ async def test_tokens_per_minute_shared_through_redis(
     body = {**CHAT, "max_tokens": 8}
     async with http.post(f"{gw1.base_url}/chat/completions", json=body, headers=h) as r:
         assert r.status == 200  # 20-odd tokens used: over the limit from now on
-    await asyncio.sleep(0.2)
+    await gw1.settled()
     async with http.post(f"{gw2.base_url}/chat/completions", json=body, headers=h) as r:
         assert r.status == 429  # the other gateway sees the same counter
         assert (await r.json())["error"]["code"] == "tokens_rate_limit_exceeded"
@@ -163,7 +163,7 @@ async def test_daily_budget_routes_local(gateway_factory: Any, fake_cloud: FakeC
         model="cloud", messages=HELLO, extra_headers={"Cache-Control": "no-store"}
     )
     assert first.headers["x-gateway-route"] == "cloud"
-    await asyncio.sleep(0.2)
+    await gw.settled()
     second = await c.chat.completions.with_raw_response.create(
         model="cloud", messages=HELLO, max_tokens=4, extra_headers={"Cache-Control": "no-store"}
     )

@@ -8,6 +8,7 @@ import time
 
 import aiohttp
 
+from gateway.services import SERVICES
 from tests.conftest import RunningGateway
 
 LONG = {
@@ -53,7 +54,11 @@ async def test_full_queue_answers_429_with_retry_after(gateway_factory, http) ->
     second = asyncio.ensure_future(
         http.post(url, json={**LONG, "stream": False, "max_tokens": 4})
     )  # waits in the queue
-    await asyncio.sleep(0.3)
+    local = gw.app[SERVICES].local
+    deadline = time.monotonic() + 30
+    while local.queue_depth < 1:
+        assert time.monotonic() < deadline, "the second request never queued"
+        await asyncio.sleep(0.01)
     async with http.post(url, json=LONG) as third:
         assert third.status == 429
         assert int(third.headers["Retry-After"]) >= 1

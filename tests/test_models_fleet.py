@@ -174,7 +174,10 @@ async def test_swap_under_eight_streaming_clients(
                 failures.append(exc)
 
     clients = [asyncio.create_task(client()) for _ in range(8)]
-    await asyncio.sleep(1.0)  # streams are running
+    deadline = time.monotonic() + 60
+    while await _metric(http, gp.url, "edge_gateway_local_in_flight") < 1:  # streams running
+        assert time.monotonic() < deadline, "no stream started"
+        await asyncio.sleep(0.05)
     status, body = await _admin(
         http,
         "POST",
@@ -721,3 +724,11 @@ async def test_swaps_refuse_fifos_and_devices_quickly(
     assert info.value.code == "hash_mismatch" and _sha(x) not in info.value.message
     assert "0" * 64 in info.value.message
     await fleet.close()
+
+
+async def _metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    """One unlabelled sample of the gateway's /metrics (0 when absent)."""
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0

@@ -48,7 +48,7 @@ async def _traffic(gw: RunningGateway, cloud: FakeCloud) -> None:
     s = await c.chat.completions.create(model="auto", messages=HELLO, max_tokens=8, stream=True)
     _ = [ch async for ch in s]
     await c.chat.completions.create(model="cloud", messages=HELLO, temperature=0)
-    await asyncio.sleep(0.1)
+    await gw.settled()
     await c.chat.completions.create(model="cloud", messages=HELLO, temperature=0)  # cache hit
     await cloud.set_mode("fail500")
     await c.chat.completions.create(model="cloud", messages=HELLO, max_tokens=4)  # failover

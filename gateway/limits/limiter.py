@@ -321,7 +321,11 @@ class Limiter:
         except Exception as exc:
             self._unenforced("settle", exc)
 
-    async def close(self) -> None:
+    async def drain(self) -> None:
+        """Wait for the settlements still being written (they run after the answer)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
         await self.counters.close()
