@@ -22,14 +22,15 @@ from .cascade import (
     strip_logprobs,
     token_logprobs,
 )
-from .errors import ContextLengthExceeded, ModelNotFound
+from .errors import ContextLengthExceeded
 from .local.pool import ModelPool
+from .pipeline import deciding
 from .pipeline.attempt import CHAT, Attempt, Skipped, budget_refusal
-from .pipeline.deciding import features_of, naming
 from .pipeline.outcome import Outcome, choice_text
 from .routing.features import FeatureExtractor, Features
 from .routing.live_policy import PolicyStore
-from .routing.policy import CACHE, LOCAL, Decision, Router, UnknownModel
+from .routing.policy import CACHE, LOCAL, Decision, Router
+from .routing.policy_models import Policy
 from .schemas import AnyRequest
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,22 @@ class Dispatcher:
     # -- deciding ---------------------------------------------------------------------------
 
     def features(
-        self, req: AnyRequest, tenant: str | None, *, scan_budget: int | None = None
+        self,
+        req: AnyRequest,
+        tenant: str | None,
+        *,
+        scan_budget: int | None = None,
+        policy: Policy | None = None,
     ) -> Features:
+        policy = policy or self.policies.current
         return self.extractor.extract(
             req,
             tenant=tenant,
             cloud_reachable=self.cloud_reachable(),
             local_queue_depth=self.local.queue_depth,
             local_queue_full=not self.local.has_room(),
-            scorer=self.policies.current.scorer,
-            detector=self.policies.current.detector,
+            scorer=policy.scorer,
+            detector=policy.detector,
             scan_budget=scan_budget,
         )
 
@@ -87,17 +94,17 @@ class Dispatcher:
         budget_spent: bool = False,
         stream: bool = False,
     ) -> tuple[Features, Decision]:
-        f = await features_of(self.features, req, tenant, size=req.content_chars())
-        try:
-            decision = self.router.decide(
-                self.policies.current, f, stream=stream, budget_spent=budget_spent
-            )
-        except UnknownModel:
-            raise ModelNotFound(
-                f"The model '{req.model}' does not exist or you do not have access to it.",
-                param="model",
-            ) from None
-        return f, decision
+        return await deciding.decide(
+            self.router,
+            self.policies.current,
+            self.features,
+            req,
+            tenant,
+            size=req.content_chars(),
+            not_found="The model '{model}' does not exist or you do not have access to it.",
+            stream=stream,
+            budget_spent=budget_spent,
+        )
 
     # -- answering --------------------------------------------------------------------------
 
@@ -111,14 +118,11 @@ class Dispatcher:
         budget_spent: bool = False,
         on_decision: Callable[[Features, Decision], None] | None = None,
     ) -> Outcome:
-        """The answer; `on_decision` hears the decision first (the request log keeps it for a
-        request that fails after it was routed, as the error's headers do)."""
-        f, decision = await self.decide(
-            req, tenant, budget_spent=budget_spent, stream=bool(req.stream)
+        """The answer; `on_decision` hears the decision first."""
+        decided = await self.decide(req, tenant, budget_spent=budget_spent, stream=bool(req.stream))
+        return await deciding.answer(
+            decided, on_decision, lambda f, d: self._handle(req, endpoint, tenant, cc, f, d)
         )
-        if on_decision is not None:
-            on_decision(f, decision)
-        return await naming(decision, self._handle(req, endpoint, tenant, cc, f, decision))
 
     async def _handle(
         self,

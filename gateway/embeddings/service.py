@@ -27,15 +27,16 @@ from ..backends.client import upstream_session
 from ..backends.health import build_breakers, probe_loop
 from ..cache import ResponseCache
 from ..costs import Prices
-from ..errors import GatewayError, InvalidRequest, ModelNotFound, RateLimited
+from ..errors import GatewayError, InvalidRequest, RateLimited
 from ..local.embedder import LocalEmbedder
 from ..metrics import Metrics
+from ..pipeline import deciding
 from ..pipeline.attempt import EMBEDDINGS, Attempt
-from ..pipeline.deciding import features_of, naming
 from ..pipeline.outcome import Outcome
 from ..routing.features import Features
 from ..routing.live_policy import PolicyStore
-from ..routing.policy import LOCAL, Decision, Router, UnknownModel
+from ..routing.policy import LOCAL, Decision, Router
+from ..routing.policy_models import Policy
 from ..settings import CloudModel, Settings
 from .cache import EmbeddingCache
 from .compute import Computed, Embedder, compute
@@ -114,7 +115,12 @@ class EmbeddingService:
     # -- deciding -----------------------------------------------------------------------------
 
     def features(
-        self, req: EmbeddingRequest, tenant: str | None, *, scan_budget: int | None = None
+        self,
+        req: EmbeddingRequest,
+        tenant: str | None,
+        *,
+        scan_budget: int | None = None,
+        policy: Policy | None = None,
     ) -> Features:
         return embedding_features(
             req,
@@ -124,21 +130,22 @@ class EmbeddingService:
             local_queue_full=not self.local.has_room(),
             n_batch=self.settings.local.embedding.n_batch,
             scan_budget=scan_budget,
-            detector=self.policies.current.detector,
+            detector=(policy or self.policies.current).detector,
         )
 
     async def decide(
         self, req: EmbeddingRequest, tenant: str | None, *, budget_spent: bool
     ) -> tuple[Features, Decision]:
-        size = sum(len(i) for i in req.items())
-        f = await features_of(self.features, req, tenant, size=size)  # tiktoken, pii scans
-        try:
-            d = self.router.decide(self.policies.current, f, budget_spent=budget_spent)
-        except UnknownModel:
-            raise ModelNotFound(
-                f"The model '{req.model}' does not exist or is not an embedding model.",
-                param="model",
-            ) from None
+        f, d = await deciding.decide(
+            self.router,
+            self.policies.current,
+            self.features,
+            req,
+            tenant,
+            size=sum(len(i) for i in req.items()),  # tiktoken, pii scans
+            not_found="The model '{model}' does not exist or is not an embedding model.",
+            budget_spent=budget_spent,
+        )
         if d.requested is not None:
             self._named_model_kept(req, f, d)
         return f, d
@@ -197,10 +204,10 @@ class EmbeddingService:
     ) -> tuple[Outcome, int]:
         """The outcome for the HTTP layer, and how many inputs came from the cache;
         `on_decision` hears the decision first (as on chat: for the request log)."""
-        f, decision = await self.decide(req, tenant, budget_spent=budget_spent)
-        if on_decision is not None:
-            on_decision(f, decision)
-        return await naming(decision, self._handle(req, tenant, f, decision, no_cache, no_store))
+        decided = await self.decide(req, tenant, budget_spent=budget_spent)
+        return await deciding.answer(
+            decided, on_decision, lambda f, d: self._handle(req, tenant, f, d, no_cache, no_store)
+        )
 
     async def _handle(
         self,
