@@ -56,6 +56,18 @@ class RunningGateway:
         await self.app[LIMITER].drain()
 
 
+async def until(
+    cond: Callable[[], bool], what: str = "a condition", *, timeout: float = 60.0
+) -> None:
+    """Poll `cond` (state inside the gateway, a fake, a counter) until it holds; fail after
+    `timeout` seconds naming `what`. Generous: it only matters when something is wrong."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 async def wait_ready(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:

@@ -11,7 +11,6 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from gateway.routing.training import Example, train
 from gateway.schemas import ChatRequest
 from gateway.services import SERVICES
 from gateway.settings import SettingsError, load_settings
-from tests.conftest import ROOT, RunningGateway, cloud_settings
+from tests.conftest import ROOT, RunningGateway, cloud_settings, until
 from tests.fakes.cloud import FakeCloud
 
 TAX = ["my tax return", "the tax office", "paying less tax", "tax forms"]
@@ -116,15 +115,6 @@ async def settle(gw: RunningGateway) -> None:
     learning = gw.app[SERVICES].learning
     assert learning is not None
     await until(lambda: not learning.shadow.tasks and learning.retrainer.task is None)
-
-
-async def until(done: Callable[[], bool], timeout: float = 30) -> None:
-    """Poll `done` (state inside the gateway) until true, failing after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if done():
-                return
-            await asyncio.sleep(0.05)
 
 
 async def route_of(http: aiohttp.ClientSession, gw: RunningGateway, text: str) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from openai import AsyncOpenAI
 from gateway.errors import ContextLengthExceeded
 from gateway.local import LocalBackend
 from gateway.schemas import ChatRequest, CompletionRequest
-from tests.conftest import Factory, RunningGateway
+from tests.conftest import Factory, RunningGateway, until
 
 WORDS = ["apple", "zebra", "kettle", "violin", "marble", "falcon", "copper", "tundra"]
 
@@ -50,13 +50,7 @@ async def streamed(b: LocalBackend, req: ChatRequest) -> tuple[list[str], str | 
     return pieces, finish
 
 
-async def until(cond: Callable[[], bool], timeout: float = 120.0) -> None:
-    """Wait for the engine to get somewhere; generous, since the box may be busy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+until = functools.partial(until, timeout=120.0)  # a busy box decodes slowly
 
 
 async def alone(factory: Factory, reqs: list[ChatRequest]) -> list[str]:

@@ -28,7 +28,7 @@ from gateway.metrics import Metrics
 from gateway.settings import SettingsError, TelemetrySettings, load_settings
 from gateway.telemetry import Outbox
 from gateway.telemetry.otlp import any_value
-from tests.conftest import GatewayProcess, cloud_settings
+from tests.conftest import GatewayProcess, cloud_settings, until
 from tests.fakes.cloud import FakeCloud
 from tests.fakes.otlp import FakeCollector
 
@@ -40,14 +40,6 @@ async def collector() -> AsyncIterator[FakeCollector]:
     c = await FakeCollector().start()
     yield c
     await c.stop()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def fast(c: FakeCollector, tmp_path: Path, **kw: Any) -> TelemetrySettings:

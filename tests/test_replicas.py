@@ -28,7 +28,7 @@ from gateway.learning.shared_labels import RedisLabelStore
 from gateway.settings import StateSettings
 from gateway.state.fleet import TrainerLease as FleetState
 from gateway.state.state_store import StateStore
-from tests.conftest import ROOT, GatewayProcess, RedisServer
+from tests.conftest import ROOT, GatewayProcess, RedisServer, until
 from tests.fakes.cloud import FakeCloud
 
 POLICY = """\
@@ -116,15 +116,6 @@ async def shared(url: str, prefix: str) -> AsyncIterator[StateStore]:
 async def label_rows(url: str, prefix: str) -> list[Record]:
     async with shared(url, prefix) as store:
         return await RedisLabelStore(store, 10**6).rows()
-
-
-async def until(done: Callable[[], bool], timeout: float = 60) -> None:
-    """Poll `done` until true, failing after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if done():
-                return
-            await asyncio.sleep(0.1)
 
 
 def auth(key: str) -> dict[str, str]:

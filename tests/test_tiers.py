@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from gateway.backends.tier import TierReport
 from gateway.http import openapi
 from gateway.services import SERVICES
 from gateway.settings import CloudModel, SettingsError, load_settings
-from tests.conftest import ROOT, RunningGateway, cloud_settings
+from tests.conftest import ROOT, RunningGateway, cloud_settings, until
 from tests.fakes.cloud import FakeCloud
 from tests.fakes.otlp import FakeCollector
 
@@ -44,14 +42,6 @@ def client(gw: RunningGateway) -> openai.AsyncOpenAI:
 
 def upstream_headers(headers: Any) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-gateway-upstream-")}
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def take_offline(gw: RunningGateway) -> None:
