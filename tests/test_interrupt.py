@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, start time) of a live process, None once it is gone."""

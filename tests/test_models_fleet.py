@@ -33,6 +33,8 @@ from gateway.local.swap import ModelConflict, ModelRefused
 from gateway.settings import LocalSettings
 from tests.conftest import GatewayProcess, RunningGateway
 
+pytestmark = pytest.mark.slow
+
 ADMIN = "admin-key-models-test"
 HELLO = [{"role": "user", "content": "Count from one to twenty, in words."}]
 MIB = memory.MIB

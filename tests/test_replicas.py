@@ -31,6 +31,8 @@ from gateway.state.state_store import StateStore
 from tests.conftest import ROOT, GatewayProcess, RedisServer, until
 from tests.fakes.cloud import FakeCloud
 
+pytestmark = pytest.mark.slow
+
 POLICY = """\
 version: 1
 default: local

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+import pytest
 from aiohttp import web
 
 from tests.conftest import RunningGateway, cloud_settings, free_port
@@ -137,6 +138,7 @@ class EndlessUpstream:
 STREAMS = 250
 
 
+@pytest.mark.slow
 async def test_cloud_streams_that_nobody_reads_are_cut_and_release_the_upstream(
     gateway_factory: Any,
 ) -> None:
