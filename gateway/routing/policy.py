@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from ..errors import ContextLengthExceeded
 from .features import LOCAL_CANNOT, Features
@@ -49,6 +50,13 @@ class CascadeRoute:
     to: str  # the resolved cloud model's name
     threshold: Thresholds
     stream_decision: Decision | None  # `stream: cloud`: the decision streams take instead
+
+
+class _Given(NamedTuple):
+    """What `decide` works out once, before any rule, for every decision it builds."""
+
+    why_not_local: str | None
+    requested: str | None
 
 
 class UnknownModel(KeyError):
@@ -101,7 +109,7 @@ class Router:
             if requested is None:
                 raise UnknownModel(f.model)
         why_not_local = why_local_cannot(f)
-        d = self._by_rules(policy, f, requested, why_not_local)
+        d = self._by_rules(policy, f, _Given(why_not_local, requested))
         if self.embeddings:
             # The cache is looked up for every target anyway; only `auto` may change models.
             fallbacks = tuple(t for t in d.fallbacks if t != CACHE) if f.model == "auto" else ()
@@ -122,18 +130,17 @@ class Router:
                 reason=f"rule={self.BUDGET_RULE}; daily cloud budget spent",
                 budget_bound=True,
             )
-        return replace(d, why_not_local=why_not_local, requested=requested)
+        return d
 
-    def _by_rules(
-        self, policy: Policy, f: Features, requested: str | None, why_not_local: str | None
-    ) -> Decision:
+    def _by_rules(self, policy: Policy, f: Features, given: _Given) -> Decision:
+        requested = given.requested
         explicit = requested is not None
         for rule in policy.rules:
             if explicit and not rule.enforce:
                 continue
             why = rule.when.match(f)
             if why is not None and rule.cascade is not None:
-                cascaded = self._cascade(policy, rule, rule.cascade, why, f, why_not_local)
+                cascaded = self._cascade(policy, rule, rule.cascade, why, f, given)
                 if cascaded is not None:
                     return cascaded
             elif why is not None:
@@ -148,7 +155,7 @@ class Router:
                     # embedding model) still means local: a privacy rule must never be skipped.
                     model = rule.model if rule.model in self.local_models else None
                     return self._decision(
-                        policy, f, target, rule.name, why, why_not_local, model=model, on_box=on_box
+                        policy, f, target, rule.name, why, given, model=model, on_box=on_box
                     )
                 return self._decision(
                     policy,
@@ -156,7 +163,7 @@ class Router:
                     target,
                     rule.name,
                     why,
-                    why_not_local,
+                    given,
                     model=self._named(f),
                     on_box=on_box,
                 )
@@ -167,11 +174,11 @@ class Router:
                 requested,
                 "model",
                 [f"model={f.model}"],
-                why_not_local,
+                given,
                 model=self._named(f),
             )
         target = self.resolve(policy.default) or LOCAL
-        return self._decision(policy, f, target, "default", [], why_not_local)
+        return self._decision(policy, f, target, "default", [], given)
 
     def _cascade(
         self,
@@ -180,7 +187,7 @@ class Router:
         config: CascadeConfig,
         why: list[str],
         f: Features,
-        why_not_local: str | None,
+        given: _Given,
     ) -> Decision | None:
         """Local first, `config.to` for unsure answers; None when no such cloud model exists."""
         to = self.resolve(config.to)
@@ -189,11 +196,11 @@ class Router:
         streams = None
         if config.stream == CLOUD:
             streams = self._decision(
-                policy, f, to, rule.name, [*why, "stream: cascade.stream=cloud"], why_not_local
+                policy, f, to, rule.name, [*why, "stream: cascade.stream=cloud"], given
             )
         model = rule.model if rule.model in self.local_models else self._named(f)
         local = self._decision(
-            policy, f, LOCAL, rule.name, [*why, f"cascade to {to}"], why_not_local, model=model
+            policy, f, LOCAL, rule.name, [*why, f"cascade to {to}"], given, model=model
         )
         return replace(local, cascade=CascadeRoute(to, config.threshold, streams))
 
@@ -213,7 +220,7 @@ class Router:
         target: str,
         rule: str,
         why: list[str],
-        why_not_local: str | None,
+        given: _Given,
         *,
         model: str | None = None,
         on_box: bool = False,
@@ -230,7 +237,7 @@ class Router:
         too_small = self.too_small(target, f)
         if too_small is not None:
             why = [*why, f"{target} cannot serve: {too_small}"]
-            target = self._past_window(f, target, rule, fallbacks, why_not_local)
+            target = self._past_window(f, target, rule, fallbacks, given.why_not_local)
         reason = f"rule={rule}" + (f"; {'; '.join(why)}" if why else "")
         return Decision(
             target=target,
@@ -240,6 +247,8 @@ class Router:
             allow_degraded=policy.offline.allow_degraded,
             cache_mode=policy.cache,
             model=model if target == LOCAL else None,
+            why_not_local=given.why_not_local,
+            requested=given.requested,
         )
 
     def _past_window(
