@@ -31,7 +31,7 @@ from gateway.local.entry import Loaded, ModelUnavailable
 from gateway.local.pool import ModelPool
 from gateway.local.swap import ModelConflict, ModelRefused
 from gateway.settings import LocalSettings
-from tests.conftest import GatewayProcess, RunningGateway
+from tests.conftest import GatewayProcess, RunningGateway, until
 
 pytestmark = pytest.mark.slow
 
@@ -667,8 +667,9 @@ async def test_close_waits_for_a_load_and_closes_what_it_made(
     fleet = fake_fleet(max_loaded=3)
     await fleet.load()
     monkeypatch.setattr(_FakeEngine, "load_s", 0.5)
+    made = len(_FakeEngine.made)
     request = asyncio.create_task(fleet.acquire(fleet.entries["a"]))
-    await asyncio.sleep(0.1)  # `a` is loading in its thread
+    await until(lambda: len(_FakeEngine.made) > made, "`a` to start loading in its thread")
     await fleet.close()
     engine = _FakeEngine.made[-1]
     assert engine.loaded and engine.closed  # the load ran to its end, and its engine was closed
