@@ -23,8 +23,8 @@ from ..backends.base import Chunk, Completion, Endpoint
 from ..backends.chunks import ChunkSequence
 from ..schemas import AnyRequest, ChatRequest, CompletionRequest, new_id, usage
 from . import structured, tool_calls
-from .engine import Done, Event, Failed, Job, Started, Text
 from .sampling import SamplingParams, TokenLogprob
+from .slots import Done, Event, Failed, Job, Started, Text
 
 if TYPE_CHECKING:
     from .constraint import CompiledGrammar

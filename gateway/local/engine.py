@@ -20,29 +20,15 @@ import time
 from collections import deque
 
 from ..errors import GatewayError, InternalError, NotReady
+from . import slots
 from .batch import Batch, plan_prefill
 from .constraint import ConstraintError, too_complex
 from .handover import hand_over, pair_logprobs
 from .model import Model
 from .sampling import Sampler, TextStream, TokenLogprob, log_softmax_top, token_text
-from .slots import (
-    DECODE,
-    FREE,
-    PREFILL,
-    Done,
-    Event,
-    Failed,
-    Job,
-    Observer,
-    Post,
-    Slot,
-    Started,
-    Text,
-    choose_busy,
-    choose_free,
-)
+from .slots import DECODE, FREE, PREFILL, Event, Job, Observer, Post, Slot, choose_busy, choose_free
 
-__all__ = ["Done", "Engine", "Event", "Failed", "Job", "Observer", "Started", "Text"]
+__all__ = ["Engine", "Event", "Job", "Observer"]
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +172,7 @@ class Engine:
             left += list(self._waiting)
             self._waiting.clear()
         for job in left:
-            job.outbox.append(Failed(NotReady("the local model shut down")))
+            job.outbox.append(slots.Failed(NotReady("the local model shut down")))
         for s in self.slots:
             if s.job is not None:
                 self._release(s)
@@ -221,7 +207,7 @@ class Engine:
         self.busy += 1
         if shared and self._observer is not None:
             self._observer.reused(shared)
-        job.outbox.append(Started())
+        job.outbox.append(slots.Started())
         self._dirty.append(job)
 
     def _copy_prefix(self, src: Slot, dst: Slot, n: int) -> int:
@@ -385,7 +371,7 @@ class Engine:
         job = slot.job
         assert job is not None
         job.finish = "error"
-        job.outbox.append(Failed(error))
+        job.outbox.append(slots.Failed(error))
         self._release(slot)
         self._dirty.append(job)
 
@@ -396,7 +382,7 @@ class Engine:
         job = slot.job
         if job is not None:
             job.finish = "error"
-            job.outbox.append(Failed(error))
+            job.outbox.append(slots.Failed(error))
             self._release(slot)
             self._dirty.append(job)
 
