@@ -29,6 +29,21 @@ SEND_TIMEOUT_S = 1.0
 CONNECTIONS = 100
 
 
+async def unread(
+    port: int, request: bytes, n: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`n` connections that each send `request` and then read nothing."""
+    conns = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**10)
+        # The smallest receive buffer the kernel allows: the answer backs up at once.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        writer.write(request)
+        conns.append((reader, writer))
+    return conns
+
+
 def tools(total: int) -> list[dict[str, Any]]:
     n = 16
     return [
@@ -60,14 +75,7 @@ async def test_clients_that_read_nothing_are_cut_after_the_send_timeout(
     request = f"GET /v1/responses/{rid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
     rss = psutil.Process().memory_info().rss
-    conns = []
-    for _ in range(CONNECTIONS):
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, limit=2**10)
-        # The smallest receive buffer the kernel allows: the answer backs up at once.
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        writer.write(request)
-        conns.append((reader, writer))
+    conns = await unread(gw.port, request, CONNECTIONS)
     t0 = time.monotonic()
 
     # Meanwhile another client is answered, promptly.
@@ -166,13 +174,7 @@ async def test_cloud_streams_that_nobody_reads_are_cut_and_release_the_upstream(
             f"Content-Length: {len(payload)}\r\n\r\n"
         ).encode() + payload
         rss = psutil.Process().memory_info().rss
-        conns = []
-        for _ in range(STREAMS):
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, limit=2**10)
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            writer.write(request)
-            conns.append((reader, writer))
+        conns = await unread(gw.port, request, STREAMS)
         peak = 0
         try:
             # Meanwhile another key's request to another upstream is answered at once.
