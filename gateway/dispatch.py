@@ -155,10 +155,6 @@ class Dispatcher:
             mode=decision.cache_mode,
             cc=cc or CacheControl(),
         )
-        if not cloud_bound or self.breakers[decision.target].reachable:
-            hit = await plan.fetch(stream=req.stream, degraded=False)
-            if hit is not None:
-                return self._from_cache(hit, plan, f, decision)
         attempt = Attempt(decision, self.breakers, CHAT)
         outcome = await attempt.run(
             lambda target, i: self._try(target, i, attempt, req, endpoint, f, plan)
@@ -178,11 +174,15 @@ class Dispatcher:
         plan: CachePlan,
     ) -> Outcome | None:
         """One target of the attempt list: an outcome, or None with the cause noted."""
-        if target == CACHE:
+        # The one look-up: the cache as a fallback (`offline.order`), or ahead of the cloud
+        # model the request is bound for while that model is reachable (no look-up spent on
+        # an open breaker, and a half-open one keeps its probe for the real call).
+        if target == CACHE or (i == 0 and target != LOCAL and self.breakers[target].reachable):
             hit = await plan.fetch(stream=req.stream, degraded=i > 0)
-            if hit is None:
+            if hit is not None:
+                return self._from_cache(hit, plan, f, attempt.decision)
+            if target == CACHE:
                 raise Skipped("no cached answer")
-            return self._from_cache(hit, plan, f, attempt.decision)
         backend: Backend
         if target == LOCAL:
             backend = self.local.route(attempt.decision.model)  # leases that model's file

@@ -46,8 +46,7 @@ class CachePlan:
     lookup_first: bool = False  # look up before calling the cloud
     store: bool = False
     fallback: bool = False  # may serve as a degraded answer (never when the client said no-cache)
-    state: str = "skip"
-    looked: bool = False
+    state: str = "skip"  # "miss" or "hit" once looked up
 
     @classmethod
     def make(
@@ -74,12 +73,12 @@ class CachePlan:
         )
 
     async def fetch(self, *, stream: bool, degraded: bool) -> CacheHit | None:
-        """The stored answer, at most one look-up per request; None on a miss or a skip."""
-        if self.cache is None or self.key is None or self.looked:
+        """The stored answer; None on a miss or a skip. A request that missed once (ahead of
+        its cloud model) does not look again as that model's fallback."""
+        if self.cache is None or self.key is None or self.state != "skip":
             return None
         if not (self.lookup_first or (degraded and self.fallback)):
             return None
-        self.looked = True
         started = time.perf_counter()
         obj = await self.cache.get(self.key)
         if obj is None:
