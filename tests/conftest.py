@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from aiohttp import web
 
@@ -54,6 +55,19 @@ class RunningGateway:
         if cache is not None:
             await cache.drain()
         await self.app[LIMITER].drain()
+
+    def client(self, key: str = "sk-client", *, timeout: float = 120.0) -> openai.AsyncOpenAI:
+        """The openai SDK on this gateway: no retries (a test sees the first answer)."""
+        return openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of this gateway's own registry (0 when absent), read without a request."""
+        from gateway.services import SERVICES
+
+        value = self.app[SERVICES].metrics.registry.get_sample_value(name, labels)
+        return float(value or 0.0)
 
 
 async def until(

@@ -15,10 +15,6 @@ from tests.fakes.cloud import FakeCloud
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def client(gw: RunningGateway, key: str = "sk-tenant-a") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=30)
-
-
 async def cached_gateway(
     factory: Any, cloud: FakeCloud, redis_url: str | None, **cache: Any
 ) -> RunningGateway:
@@ -39,7 +35,7 @@ async def test_second_identical_request_is_a_hit(
     gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
 ) -> None:
     gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
-    c = client(gw)
+    c = gw.client("sk-tenant-a")
     first = await _ask(c)
     assert first.headers["x-gateway-route"] == "cloud"
     assert first.headers["x-gateway-cache"] == "miss"
@@ -65,7 +61,7 @@ async def test_stream_is_stored_and_replayed(
     gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
 ) -> None:
     gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
-    c = client(gw, "sk-stream-tenant")
+    c = gw.client("sk-stream-tenant")
     q = [{"role": "user", "content": "Stream me the capital of Italy."}]
 
     async def stream() -> tuple[str, int, str]:
@@ -106,12 +102,12 @@ async def test_other_api_key_misses(
     q = {"messages": [{"role": "user", "content": "Tenant isolation question."}]}
     r = redis_server.client()
     before = len(r.keys("egw:cache:*"))
-    await _ask(client(gw, "sk-one"), **q)
+    await _ask(gw.client("sk-one"), **q)
     await _stored(r, before + 1)
-    other = await _ask(client(gw, "sk-two"), **q)
+    other = await _ask(gw.client("sk-two"), **q)
     assert other.headers["x-gateway-cache"] == "miss"
     assert other.headers["x-gateway-route"] == "cloud"
-    same = await _ask(client(gw, "sk-one"), **q)
+    same = await _ask(gw.client("sk-one"), **q)
     assert same.headers["x-gateway-route"] == "cache"
 
 
@@ -119,7 +115,7 @@ async def test_cache_control_and_cacheability(
     gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
 ) -> None:
     gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
-    c = client(gw, "sk-cc")
+    c = gw.client("sk-cc")
     q = {"messages": [{"role": "user", "content": "Cache control question."}]}
     r = await _ask(c, **q, extra_headers={"Cache-Control": "no-store"})
     assert r.headers["x-gateway-cache"] == "miss"
@@ -139,7 +135,7 @@ async def test_hit_served_while_cloud_fails(
     gateway_factory: Any, fake_cloud: FakeCloud, redis_server: RedisServer
 ) -> None:
     gw = await cached_gateway(gateway_factory, fake_cloud, redis_server.url)
-    c = client(gw, "sk-offline")
+    c = gw.client("sk-offline")
     await _ask(c)
     await gw.settled()
     await fake_cloud.set_mode("fail500")
@@ -159,7 +155,7 @@ async def test_redis_outage_never_fails_requests(
     gateway_factory: Any, fake_cloud: FakeCloud, own_redis: RedisServer
 ) -> None:
     gw = await cached_gateway(gateway_factory, fake_cloud, own_redis.url, retry_interval_s=0.3)
-    c = client(gw, "sk-outage")
+    c = gw.client("sk-outage")
     q = lambda i: {"messages": [{"role": "user", "content": f"outage question {i}"}]}  # noqa: E731
     r = await _ask(c, **q(0))
     assert r.http_response.status_code == 200
@@ -185,7 +181,7 @@ async def test_redis_outage_never_fails_requests(
 
 async def test_in_process_lru_when_no_redis(gateway_factory: Any, fake_cloud: FakeCloud) -> None:
     gw = await cached_gateway(gateway_factory, fake_cloud, None)
-    c = client(gw)
+    c = gw.client("sk-tenant-a")
     await _ask(c)
     await gw.settled()
     assert (await _ask(c)).headers["x-gateway-route"] == "cache"

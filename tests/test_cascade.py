@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import openai
 import pytest
 
 from gateway.routing.policy_file import PolicyError, load_policy
@@ -66,12 +65,8 @@ async def start(
     return gw
 
 
-def client(gw: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0, timeout=60)
-
-
 async def ask(gw: RunningGateway, **kw: Any) -> tuple[Any, Any]:
-    raw = await client(gw).chat.completions.with_raw_response.create(
+    raw = await gw.client().chat.completions.with_raw_response.create(
         model="auto", messages=kw.pop("messages", HELLO), max_tokens=12, temperature=0, **kw
     )
     return raw.headers, raw.parse()
@@ -147,7 +142,7 @@ async def test_completions_and_several_choices(
     gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
 ) -> None:
     gw = await start(gateway_factory, fake_cloud, tmp_path, NEVER)
-    c = client(gw)
+    c = gw.client()
     raw = await c.completions.with_raw_response.create(
         model="auto", prompt="The capital of France is", max_tokens=8, temperature=0
     )
@@ -170,7 +165,7 @@ async def test_completions_and_several_choices(
     assert len(chat.choices) == 2 and all(ch.logprobs is None for ch in chat.choices)
 
     gw2 = await start(gateway_factory, fake_cloud, tmp_path, ALWAYS)
-    raw = await client(gw2).completions.with_raw_response.create(
+    raw = await gw2.client().completions.with_raw_response.create(
         model="auto", prompt="The capital of France is", max_tokens=8, temperature=0
     )
     assert raw.headers["x-gateway-route"] == "cloud"
@@ -239,7 +234,7 @@ async def test_private_data_is_never_escalated_even_without_a_privacy_rule(
 
 
 async def _stream(gw: RunningGateway) -> tuple[Any, str]:
-    raw = await client(gw).chat.completions.with_raw_response.create(
+    raw = await gw.client().chat.completions.with_raw_response.create(
         model="auto", messages=HELLO, max_tokens=12, temperature=0, stream=True
     )
     text = ""

@@ -24,17 +24,8 @@ DOCS = [
 FRESH = {"Cache-Control": "no-cache, no-store"}
 
 
-def client(gw: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
-
-
 def vec(e: Any) -> np.ndarray:
     return np.asarray(e.embedding, dtype=np.float64)
-
-
-def metric(gw: RunningGateway, name: str, **labels: str) -> float:
-    m = gw.app[SERVICES].metrics.registry.get_sample_value(name, labels)
-    return float(m or 0.0)
 
 
 def embedding_cloud(cloud: FakeCloud, **extra: Any) -> dict[str, Any]:
@@ -47,7 +38,7 @@ def embedding_cloud(cloud: FakeCloud, **extra: Any) -> dict[str, Any]:
 
 
 async def test_local_embeddings_with_no_cloud(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client("unused")
     raw = await c.embeddings.with_raw_response.create(model="auto", input="The pump is leaking.")
     assert raw.headers["x-gateway-route"] == "local"
     one = raw.parse()
@@ -99,13 +90,13 @@ async def test_local_embeddings_with_no_cloud(gateway: RunningGateway) -> None:
     decoded = np.frombuffer(base64.b64decode(body["data"][1]["embedding"]), dtype="<f4")
     assert np.allclose(decoded, vs[1], atol=1e-6)
 
-    assert metric(gateway, "edge_gateway_embedding_requests_total", route="local") >= 6
-    assert metric(gateway, "edge_gateway_embedding_inputs_total", route="local") >= 16
+    assert gateway.metric("edge_gateway_embedding_requests_total", route="local") >= 6
+    assert gateway.metric("edge_gateway_embedding_inputs_total", route="local") >= 16
 
 
 async def test_local_refuses_what_it_cannot_honour(gateway_factory: Any) -> None:
     gw = await gateway_factory(local={"embedding": {"n_batch": 32, "n_ctx": 64}})
-    c = client(gw)
+    c = gw.client("unused")
     cases: list[tuple[dict[str, Any], str, str]] = [
         ({"input": "x " * 200}, "input", "context_length_exceeded"),
         ({"input": ""}, "input", "invalid_value"),
@@ -135,7 +126,7 @@ async def test_local_refuses_what_it_cannot_honour(gateway_factory: Any) -> None
 
 async def test_matryoshka_dimensions_truncate_and_renormalise(gateway_factory: Any) -> None:
     gw = await gateway_factory(local={"embedding": {"truncate_dimensions": True}})
-    c = client(gw)
+    c = gw.client("unused")
     full = await c.embeddings.create(model="local", input="a seal", encoding_format="float")
     cut = await c.embeddings.create(model="local", input="a seal", dimensions=64)
     v, w = vec(full.data[0]), vec(cut.data[0])
@@ -149,7 +140,7 @@ async def test_cache_hit_per_input_in_redis(
     gateway_factory: Any, redis_server: RedisServer
 ) -> None:
     gw = await gateway_factory(cache={"redis_url": redis_server.url, "key_prefix": "egw:embt:"})
-    c = client(gw)
+    c = gw.client("unused")
     first = await c.embeddings.with_raw_response.create(model="auto", input=DOCS[:4])
     assert first.headers["x-gateway-cache"] == "miss"
     assert first.headers["x-gateway-cache-inputs"] == "0/4"
@@ -160,14 +151,14 @@ async def test_cache_hit_per_input_in_redis(
     assert second.headers["x-gateway-route"] == "cache"
     assert np.allclose(vec(second.parse().data[2]), vec(first.parse().data[2]), atol=1e-7)
     assert second.parse().usage.prompt_tokens == first.parse().usage.prompt_tokens
-    assert metric(gw, "edge_gateway_cache_requests_total", result="hit") == 1
-    assert metric(gw, "edge_gateway_embedding_requests_total", route="cache") == 1
-    assert metric(gw, "edge_gateway_embedding_inputs_total", route="cache") == 4
+    assert gw.metric("edge_gateway_cache_requests_total", result="hit") == 1
+    assert gw.metric("edge_gateway_embedding_requests_total", route="cache") == 1
+    assert gw.metric("edge_gateway_embedding_inputs_total", route="cache") == 4
     # Re-indexing: only the new input is computed.
     third = await c.embeddings.with_raw_response.create(model="auto", input=[*DOCS[:4], "new"])
     assert third.headers["x-gateway-cache-inputs"] == "4/5"
     assert third.headers["x-gateway-route"] == "local"
-    assert metric(gw, "edge_gateway_embedding_inputs_total", route="local") == 5
+    assert gw.metric("edge_gateway_embedding_inputs_total", route="local") == 5
     # Another key is another tenant: nothing shared.
     other = openai.AsyncOpenAI(base_url=gw.base_url, api_key="another-key", max_retries=0)
     theirs = await other.embeddings.with_raw_response.create(model="auto", input=DOCS[:4])
@@ -184,7 +175,7 @@ async def test_private_input_stays_local_with_the_cloud_up(
     gateway_factory: Any, fake_cloud: FakeCloud
 ) -> None:
     gw = await gateway_factory(**embedding_cloud(fake_cloud))
-    c = client(gw)
+    c = gw.client("unused")
     private = ["Contact jane.doe@example.com about the pump", "fine"]
     raw = await c.embeddings.with_raw_response.create(model="auto", input=private)
     assert raw.headers["x-gateway-route"] == "local"
@@ -209,7 +200,7 @@ async def test_named_cloud_model_reaches_the_cloud(
     gateway_factory: Any, fake_cloud: FakeCloud
 ) -> None:
     gw = await gateway_factory(**embedding_cloud(fake_cloud))
-    c = client(gw)
+    c = gw.client("unused")
     raw = await c.embeddings.with_raw_response.create(
         model="embed-fake",
         input=["a", "b", "a"],
@@ -274,7 +265,7 @@ async def test_privacy_rules_hold_for_token_ids_and_rules_naming_a_chat_model(
         policy={"file": str(policy)},
         local={"embedding": {"name": "embed-local"}},
     )
-    c = client(gw)
+    c = gw.client("unused")
     _vocabularies()  # points tiktoken at the vocabularies shipped with litellm: no download
     secret = "Contact john.doe@example.com about the pump"
     for vocabulary in ("cl100k_base", "o200k_base"):
@@ -306,7 +297,7 @@ async def test_offline_auto_falls_back_to_local_and_named_fails(
         "offline: {order: [cache, local]}\n"
     )
     gw = await gateway_factory(**embedding_cloud(fake_cloud), policy={"file": str(policy)})
-    c = client(gw)
+    c = gw.client("unused")
     up = await c.embeddings.with_raw_response.create(model="auto", input="spare parts list")
     assert up.headers["x-gateway-route"] == "cloud"
     assert len(up.parse().data[0].embedding) == EMBEDDING_WIDTH
@@ -332,7 +323,7 @@ async def test_offline_auto_falls_back_to_local_and_named_fails(
 
 async def test_litellm_path_reaches_the_cloud(gateway_factory: Any, fake_cloud: FakeCloud) -> None:
     gw = await gateway_factory(**embedding_cloud(fake_cloud, passthrough=False))
-    c = client(gw)
+    c = gw.client("unused")
     e = await c.embeddings.create(
         model="embed-fake", input=["x", "y"], extra_body={"base_url": "http://127.0.0.2:9/"}
     )
@@ -364,17 +355,17 @@ def test_bad_embedding_setting_is_refused_naming_it(overrides: dict[str, Any], n
 async def test_name_and_pooling_settings(gateway_factory: Any) -> None:
     mean = await gateway_factory(local={"embedding": {"name": "smol-embed", "pooling": "mean"}})
     last = await gateway_factory(local={"embedding": {"pooling": "last"}})
-    a = await client(mean).embeddings.create(model="smol-embed", input=DOCS[0])
+    a = await mean.client("unused").embeddings.create(model="smol-embed", input=DOCS[0])
     assert a.model == "smol-embed"
     assert mean.app[SERVICES].embeddings.local.pooling == "mean"  # type: ignore[union-attr]
-    b = await client(last).embeddings.create(model="local", input=DOCS[0])
+    b = await last.client("unused").embeddings.create(model="local", input=DOCS[0])
     assert last.app[SERVICES].embeddings.local.pooling == "last"  # type: ignore[union-attr]
     assert float(vec(a.data[0]) @ vec(b.data[0])) < 0.99  # another pooling, another vector
 
 
 async def test_a_full_queue_is_429_not_a_wait(gateway_factory: Any) -> None:
     gw = await gateway_factory(local={"embedding": {"max_queue": 1}})
-    c = client(gw)
+    c = gw.client("unused")
     await c.embeddings.create(model="local", input="load the model first")
     big = [f"{d} (copy {k})" for k in range(4) for d in DOCS]  # 64 inputs: a busy worker
 

@@ -39,10 +39,6 @@ UNIQUE_FORMAT = {"type": "json_schema", "json_schema": {"name": "tags", "schema"
 PROBE_S = 7
 
 
-def client(gw: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0, timeout=60)
-
-
 @pytest.fixture
 async def cloud_down(gateway_factory: Any, fake_cloud: FakeCloud) -> RunningGateway:
     gw: RunningGateway = await gateway_factory(
@@ -66,7 +62,7 @@ def _unavailable(exc: openai.APIStatusError) -> dict[str, Any]:
 async def test_chat_that_needs_the_cloud_is_a_503_whatever_the_local_model_lacks(
     cloud_down: RunningGateway, fake_cloud: FakeCloud
 ) -> None:
-    c = client(cloud_down)
+    c = cloud_down.client()
     cases: list[tuple[str, dict[str, Any], str | None]] = [
         # Seen by the features before any model runs.
         ("auto", {"messages": IMAGE}, None),
@@ -108,7 +104,7 @@ async def test_chat_that_needs_the_cloud_is_a_503_whatever_the_local_model_lacks
 async def test_responses_that_need_the_cloud_get_the_same_503(
     cloud_down: RunningGateway,
 ) -> None:
-    c = client(cloud_down)
+    c = cloud_down.client()
     with pytest.raises(openai.APIStatusError) as err:
         await c.responses.create(
             model="auto",
@@ -137,7 +133,7 @@ async def test_the_local_models_own_400_stands_where_it_was_chosen(
     cloud_down: RunningGateway,
 ) -> None:
     """`model: local` asked for the local model: its refusal is the client's to fix."""
-    c = client(cloud_down)
+    c = cloud_down.client()
     with pytest.raises(openai.BadRequestError) as err:
         await c.chat.completions.create(
             model="local",
@@ -156,7 +152,7 @@ async def test_a_spent_budget_refuses_alike(gateway_factory: Any, fake_cloud: Fa
         **cloud_settings(fake_cloud),
         limits={"daily_cloud_budget_usd": 1e-9},
     )
-    c = client(gw)
+    c = gw.client()
     await c.chat.completions.create(model="gpt-fake", messages=[{"role": "user", "content": HELLO}])
     for body in (
         {"messages": IMAGE},

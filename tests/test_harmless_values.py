@@ -14,12 +14,8 @@ from tests.conftest import RunningGateway
 ASK = [{"role": "user", "content": "Say hello in French."}]
 
 
-def client(gw: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0, timeout=120)
-
-
 async def test_harmless_values_are_accepted_on_the_local_model(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     chat = await c.chat.completions.create(
         model="local",
         messages=ASK,  # type: ignore[arg-type]
@@ -54,7 +50,7 @@ async def test_harmless_values_are_accepted_on_the_local_model(gateway: RunningG
 async def test_values_the_local_model_cannot_honour_are_still_refused(
     gateway: RunningGateway,
 ) -> None:
-    c = client(gateway)
+    c = gateway.client()
     cases: list[dict[str, Any]] = [
         {"modalities": ["audio"]},
         {"modalities": ["text", "audio"]},
@@ -78,7 +74,7 @@ async def test_values_the_local_model_cannot_honour_are_still_refused(
 
 
 async def test_a_responses_stream_names_one_model_throughout(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     chat = await c.chat.completions.create(model="local", messages=ASK, max_tokens=2)  # type: ignore[arg-type]
     whole = await c.responses.create(model="local", input="Hi.", max_output_tokens=2)
     stream = await c.responses.create(model="local", input="Hi.", max_output_tokens=4, stream=True)

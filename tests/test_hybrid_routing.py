@@ -31,10 +31,6 @@ PROOF_AND_CODE = [
 LONG = [{"role": "user", "content": " ".join(f"word{i}" for i in range(1500))}]
 
 
-def client(gw: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0, timeout=60)
-
-
 @pytest.fixture
 async def hybrid(gateway_factory: Any, fake_cloud: FakeCloud) -> RunningGateway:
     return await gateway_factory(**cloud_settings(fake_cloud))  # type: ignore[no-any-return]
@@ -50,7 +46,7 @@ async def _route(
 
 
 async def test_policy_routes_by_features(hybrid: RunningGateway, fake_cloud: FakeCloud) -> None:
-    c = client(hybrid)
+    c = hybrid.client()
     route, reason, _ = await _route(c, HELLO)
     assert route == "local", reason
     assert fake_cloud.chat_calls == 0
@@ -91,7 +87,7 @@ async def test_policy_routes_by_features(hybrid: RunningGateway, fake_cloud: Fak
 async def test_cloud_aliases_plain_and_streamed(
     hybrid: RunningGateway, fake_cloud: FakeCloud, model: str
 ) -> None:
-    c = client(hybrid)
+    c = hybrid.client()
     route, _, chat = await _route(c, HELLO, model=model)
     assert route == "cloud"
     assert chat.usage.total_tokens > 0
@@ -113,7 +109,7 @@ async def test_cloud_aliases_plain_and_streamed(
 
 
 async def test_models_list_includes_cloud(hybrid: RunningGateway) -> None:
-    ids = {m.id for m in (await client(hybrid).models.list()).data}
+    ids = {m.id for m in (await hybrid.client().models.list()).data}
     assert {"auto", "local", "cloud", "gpt-fake"} <= ids
 
 
@@ -131,7 +127,7 @@ async def test_route_endpoint_explains(
 
 async def test_litellm_path(gateway_factory: Any, fake_cloud: FakeCloud) -> None:
     gw = await gateway_factory(**cloud_settings(fake_cloud, passthrough=False))
-    c = client(gw)
+    c = gw.client()
     route, _, chat = await _route(c, HELLO, model="gpt-fake")
     assert route == "cloud"
     assert chat.choices[0].message.content.startswith("cloud answer")
@@ -145,7 +141,7 @@ async def test_failover_to_local_marked_degraded(
     hybrid: RunningGateway, fake_cloud: FakeCloud, mode: str
 ) -> None:
     await fake_cloud.set_mode(mode)
-    raw = await client(hybrid).chat.completions.with_raw_response.create(
+    raw = await hybrid.client().chat.completions.with_raw_response.create(
         model="cloud", messages=HELLO, max_tokens=8
     )
     assert raw.headers["x-gateway-route"] == "local"
@@ -159,7 +155,7 @@ async def test_nothing_can_serve_is_a_fast_503(
     await fake_cloud.set_mode("refuse")
     t0 = time.monotonic()
     with pytest.raises(openai.APIStatusError) as exc:
-        await client(hybrid).chat.completions.create(model="auto", messages=LONG * 3)
+        await hybrid.client().chat.completions.create(model="auto", messages=LONG * 3)
     assert exc.value.status_code == 503
     assert exc.value.body["code"] == "local_cannot_serve"  # type: ignore[index]
     assert time.monotonic() - t0 < 5
@@ -183,7 +179,7 @@ async def test_hanging_cloud_fails_over_then_recovers(
 ) -> None:
     gw = await gateway_factory(**cloud_settings(fake_cloud, first_byte_timeout_s=5))
     # No cache: this test is about where fresh answers come from.
-    c = client(gw).with_options(default_headers={"Cache-Control": "no-cache, no-store"})
+    c = gw.client().with_options(default_headers={"Cache-Control": "no-cache, no-store"})
     assert (await _route(c, HELLO, model="cloud"))[0] == "cloud"
     await fake_cloud.set_mode("hang")
 
@@ -223,7 +219,7 @@ async def test_cloud_models_from_the_environment(
 
     monkeypatch.setenv("GATEWAY_CLOUD__MODELS", json.dumps([fake_cloud.model_entry()]))
     gw = await gateway_factory(load_settings())
-    c = client(gw)
+    c = gw.client()
     assert (await _route(c, HELLO))[0] == "local"
     assert (await _route(c, LONG))[0] == "cloud"
     assert (await _route(c, HELLO, model="gpt-fake"))[0] == "cloud"

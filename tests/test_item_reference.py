@@ -34,10 +34,6 @@ WEATHER: dict[str, Any] = {
 }
 
 
-def client(gw: RunningGateway, key: str = "sk-client") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=120)
-
-
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": [{"type": "input_text", "text": text}]}
 
@@ -50,7 +46,7 @@ def ref(item_id: str) -> dict[str, Any]:
 
 
 async def test_turn_two_by_reference_is_turn_two_in_full(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     first = await c.responses.create(
         model="local", input=[user(FIRST)], max_output_tokens=12, temperature=0
     )
@@ -93,7 +89,7 @@ async def test_turn_two_by_reference_is_turn_two_in_full(gateway: RunningGateway
 
 async def test_streamed_turn_two_by_reference_streams_text(gateway: RunningGateway) -> None:
     """streamText's case: both turns streamed, the id taken from the stream's events."""
-    c = client(gateway)
+    c = gateway.client()
     stream = await c.responses.create(
         model="local", input=[user(FIRST)], max_output_tokens=12, temperature=0, stream=True
     )
@@ -117,13 +113,13 @@ async def test_streamed_turn_two_by_reference_streams_text(gateway: RunningGatew
 
 
 async def test_unknown_or_another_keys_item_is_a_404_naming_it(gateway: RunningGateway) -> None:
-    mine = client(gateway, "sk-alice")
+    mine = gateway.client("sk-alice")
     first = await mine.responses.create(model="local", input=FIRST, max_output_tokens=4)
     unstored = await mine.responses.create(
         model="local", input=FIRST, max_output_tokens=4, store=False
     )
     cases = [
-        (client(gateway, "sk-bob"), first.output[0].id),  # another key's item
+        (gateway.client("sk-bob"), first.output[0].id),  # another key's item
         (mine, "msg_does_not_exist"),
         (mine, unstored.output[0].id),  # `store: false` keeps nothing
     ]
@@ -147,7 +143,7 @@ async def test_unknown_or_another_keys_item_is_a_404_naming_it(gateway: RunningG
 
 
 async def test_a_deleted_response_takes_its_items_along(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     first = await c.responses.create(model="local", input=FIRST, max_output_tokens=4)
     await c.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
@@ -164,7 +160,7 @@ async def test_the_cloud_gets_the_conversation_as_chat_messages(
     gateway_factory: Any, fake_cloud: FakeCloud, passthrough: bool
 ) -> None:
     gw = await gateway_factory(**cloud_settings(fake_cloud, passthrough=passthrough))
-    c = client(gw)
+    c = gw.client()
     first = await c.responses.create(model="gpt-fake", input=[user(FIRST)])
     await c.responses.create(
         model="gpt-fake",
@@ -214,7 +210,7 @@ async def test_a_referenced_turn_is_a_cache_hit(
     gateway_factory: Any, fake_cloud: FakeCloud
 ) -> None:
     gw = await gateway_factory(**cloud_settings(fake_cloud))
-    c = client(gw)
+    c = gw.client()
     first = await c.responses.create(model="gpt-fake", input=[user(FIRST)], temperature=0)
     turn = [user(FIRST), ref(first.output[0].id), user(SECOND)]
     kw: dict[str, Any] = {"model": "gpt-fake", "input": turn, "temperature": 0}
@@ -239,7 +235,7 @@ async def test_input_items_with_an_id_are_referable(
     """As on OpenAI, an earlier response's input items are items too (here: those the client
     gave an id), and a referenced item stays referable through the response that used it."""
     gw = await gateway_factory(**cloud_settings(fake_cloud))
-    c = client(gw)
+    c = gw.client()
     given = {"type": "message", "id": "msg_client_1", **user("Remember the number 7.")}
     first = await c.responses.create(model="gpt-fake", input=[given])  # type: ignore[list-item]
     second = await c.responses.create(

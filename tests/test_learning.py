@@ -86,10 +86,6 @@ def learning_settings(cloud: FakeCloud, tmp: Path, policy: Path, **learning: Any
     return {**cloud_settings(cloud), "learning": conf, "policy": {"file": str(policy)}}
 
 
-def client(gw: RunningGateway, key: str = "sk-tenant-a") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=60)
-
-
 async def ask(c: openai.AsyncOpenAI, text: str, **kw: Any) -> tuple[str, str]:
     """(route header, request id) of one small answer."""
     raw = await c.chat.completions.with_raw_response.create(
@@ -103,11 +99,6 @@ async def ask(c: openai.AsyncOpenAI, text: str, **kw: Any) -> tuple[str, str]:
         async for _ in raw.parse():
             pass
     return raw.headers["x-gateway-route"], raw.headers["x-request-id"]
-
-
-def metric(gw: RunningGateway, name: str, **labels: str) -> float:
-    value = gw.app[SERVICES].metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
 
 
 async def settle(gw: RunningGateway) -> None:
@@ -164,7 +155,7 @@ async def test_shadow_labels_train_a_router_that_sends_the_bad_topic_to_the_clou
         )
     )
     before = weights.read_bytes()
-    c = client(gw)
+    c = gw.client("sk-tenant-a")
     traffic = [(f.format(t), True) for f in FORMS[:3] for t in TAX]
     traffic += [(f.format(t), False) for f in FORMS[:3] for t in OTHER]
     for i in range(0, len(traffic), 4):  # four at a time: the local model's slots
@@ -174,10 +165,10 @@ async def test_shadow_labels_train_a_router_that_sends_the_bad_topic_to_the_clou
     await settle(gw)
 
     # Every answer was shadowed: one cloud answer and one verdict each, and one label each.
-    assert metric(gw, "edge_gateway_learning_labels_total", source="shadow") == len(traffic)
+    assert gw.metric("edge_gateway_learning_labels_total", source="shadow") == len(traffic)
     assert fake_cloud.judge_calls == len(traffic)
     assert fake_cloud.chat_calls == 2 * len(traffic)
-    assert metric(gw, "edge_gateway_learning_cloud_tokens_total", call="judge", kind="prompt") > 0
+    assert gw.metric("edge_gateway_learning_cloud_tokens_total", call="judge", kind="prompt") > 0
     store = tmp_path / "labels.sqlite3"
     examples = read_store_examples(store)
     assert sorted(e.target for e in examples) == sorted(float(tax) for _, tax in traffic)
@@ -186,10 +177,10 @@ async def test_shadow_labels_train_a_router_that_sends_the_bad_topic_to_the_clou
 
     # The periodic retrain ran on the 36th label, beat the starting weights on the held-back
     # slice, and went live by reloading the policy: same process, new weights.
-    assert metric(gw, "edge_gateway_learning_retrains_total", result="accepted", reason="better")
+    assert gw.metric("edge_gateway_learning_retrains_total", result="accepted", reason="better")
     assert weights.read_bytes() != before
     assert read_weights(weights)["format_version"] == 2
-    assert metric(gw, "edge_gateway_policy_reloads_total", result="success") >= 1
+    assert gw.metric("edge_gateway_policy_reloads_total", result="success") >= 1
 
     # The operator's way: train-router --from-store, point the policy at it, reload.
     learned = tmp_path / "learned.json"
@@ -217,14 +208,14 @@ async def test_private_prompts_are_never_shadowed(
     await fake_cloud.set_mode("judge")
     policy = write_policy(tmp_path / "policy.yaml")
     gw = await gateway_factory(**learning_settings(fake_cloud, tmp_path, policy, keep_prompts=True))
-    c = client(gw)
+    c = gw.client("sk-tenant-a")
     route, rid = await ask(c, "Mail bob@example.com my tax return summary please.")
     assert route == "local"
     route, _ = await ask(c, "Call me on +44 20 7946 0958 about my tax return.", stream=True)
     assert route == "local"
     await settle(gw)
     assert fake_cloud.chat_calls == 0 and fake_cloud.hits == []
-    assert metric(gw, "edge_gateway_learning_shadow_skipped_total", reason="private") == 2
+    assert gw.metric("edge_gateway_learning_shadow_skipped_total", reason="private") == 2
     # Feedback on it is stored, without its text even though keep_prompts is on.
     async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-tenant-a"}) as s:
         async with s.post(f"{gw.base_url}/feedback", json={"request_id": rid, "good": True}) as r:
@@ -244,13 +235,13 @@ async def test_private_prompts_are_never_shadowed(
         POLICY.format(scorer="").replace("rules:\n", "rules:\n" + rule), encoding="utf-8"
     )
     gw.app[SERVICES].policies.reload()
-    route, _ = await ask(client(gw, "sk-secret-tenant"), "Give me two quick tips about chess.")
+    route, _ = await ask(gw.client("sk-secret-tenant"), "Give me two quick tips about chess.")
     assert route == "local"
     await settle(gw)
     assert fake_cloud.chat_calls == 0
-    assert metric(gw, "edge_gateway_learning_shadow_skipped_total", reason="private") == 3
+    assert gw.metric("edge_gateway_learning_shadow_skipped_total", reason="private") == 3
     # ... while the same question from another tenant is shadowed.
-    await ask(client(gw), "Give me two quick tips about chess.")
+    await ask(gw.client("sk-tenant-a"), "Give me two quick tips about chess.")
     await settle(gw)
     assert fake_cloud.judge_calls == 1
 
@@ -263,12 +254,12 @@ async def test_hourly_cap_offline_and_rate_limit_pauses(
     gw = await gateway_factory(
         **learning_settings(fake_cloud, tmp_path, policy, shadow_max_per_hour=2, pause_s=600)
     )
-    c = client(gw)
+    c = gw.client("sk-tenant-a")
     for i in range(4):
         await ask(c, f"Give me two quick tips about football, number {i}.")
     await settle(gw)
     assert fake_cloud.judge_calls == 2 and fake_cloud.chat_calls == 4
-    assert metric(gw, "edge_gateway_learning_shadow_skipped_total", reason="hourly_cap") == 2
+    assert gw.metric("edge_gateway_learning_shadow_skipped_total", reason="hourly_cap") == 2
     learning = gw.app[SERVICES].learning
     assert learning is not None and len(learning.store) == 2
 
@@ -283,7 +274,7 @@ async def test_hourly_cap_offline_and_rate_limit_pauses(
     calls = fake_cloud.chat_calls
     await ask(c, "Give me two quick tips about music lessons.")
     await settle(gw)
-    assert metric(gw, "edge_gateway_learning_shadow_skipped_total", reason="offline") == 1
+    assert gw.metric("edge_gateway_learning_shadow_skipped_total", reason="offline") == 1
     assert fake_cloud.chat_calls == calls
 
     # Back, but rate-limiting: the first shadow call gets a 429 and shadowing pauses.
@@ -293,12 +284,12 @@ async def test_hourly_cap_offline_and_rate_limit_pauses(
     await ask(c, "Give me two quick tips about hiking trails.")
     await settle(gw)
     assert fake_cloud.chat_calls == calls + 1
-    assert metric(gw, "edge_gateway_learning_shadow_paused") == 1
+    assert gw.metric("edge_gateway_learning_shadow_paused") == 1
     await fake_cloud.set_mode("judge")
     await ask(c, "Give me two quick tips about painting walls.")
     await settle(gw)
     assert fake_cloud.chat_calls == calls + 1  # paused: nothing sent
-    assert metric(gw, "edge_gateway_learning_shadow_skipped_total", reason="rate_limited") == 1
+    assert gw.metric("edge_gateway_learning_shadow_skipped_total", reason="rate_limited") == 1
     assert len(learning.store) == 2
 
 
@@ -309,10 +300,10 @@ async def test_unparsable_verdict_gives_no_label(
     fake_cloud.judge_reply = "Both answers have merit; I cannot choose. [[A]] or maybe [[B]]."
     policy = write_policy(tmp_path / "policy.yaml")
     gw = await gateway_factory(**learning_settings(fake_cloud, tmp_path, policy))
-    await ask(client(gw), "Give me two quick tips about chess.")
+    await ask(gw.client("sk-tenant-a"), "Give me two quick tips about chess.")
     await settle(gw)
     assert fake_cloud.judge_calls == 1
-    assert metric(gw, "edge_gateway_learning_shadow_total", result="unparsable") == 1
+    assert gw.metric("edge_gateway_learning_shadow_total", result="unparsable") == 1
     learning = gw.app[SERVICES].learning
     assert learning is not None and len(learning.store) == 0
 
@@ -322,7 +313,7 @@ async def test_feedback_only_for_the_tenants_own_recent_requests(
 ) -> None:
     policy = write_policy(tmp_path / "policy.yaml")
     gw = await gateway_factory(**learning_settings(fake_cloud, tmp_path, policy, shadow_rate=0))
-    _, rid = await ask(client(gw, "sk-tenant-a"), "Give me two quick tips about chess.")
+    _, rid = await ask(gw.client("sk-tenant-a"), "Give me two quick tips about chess.")
     url = f"{gw.base_url}/feedback"
 
     async def post(key: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -349,7 +340,7 @@ async def test_feedback_only_for_the_tenants_own_recent_requests(
     status, body = await post("sk-tenant-a", {"request_id": rid, "score": -0.5})
     assert status == 200 and body["label"] == 0.75
     assert (await post("sk-tenant-a", {"request_id": rid, "good": True}))[0] == 409
-    assert metric(gw, "edge_gateway_learning_labels_total", source="feedback") == 1
+    assert gw.metric("edge_gateway_learning_labels_total", source="feedback") == 1
 
     # Feedback sent while its answer is still streaming waits for the answer to finish.
     async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-tenant-a"}) as s:
@@ -367,7 +358,7 @@ async def test_feedback_only_for_the_tenants_own_recent_requests(
         status, body = await early
         assert status == 200 and body["label"] == 1.0
     # A Responses API answer takes feedback by its request id as well.
-    raw = await client(gw, "sk-tenant-a").responses.with_raw_response.create(
+    raw = await gw.client("sk-tenant-a").responses.with_raw_response.create(
         model="auto", input="Name a colour.", max_output_tokens=4
     )
     fid = raw.headers["x-request-id"]
@@ -382,7 +373,7 @@ async def test_shutdown_cancels_running_judgements(
     await fake_cloud.set_mode("hang")  # the shadow call never gets an answer
     policy = write_policy(tmp_path / "policy.yaml")
     gw = await gateway_factory(**learning_settings(fake_cloud, tmp_path, policy))
-    route, _ = await ask(client(gw), "Give me two quick tips about chess.")
+    route, _ = await ask(gw.client("sk-tenant-a"), "Give me two quick tips about chess.")
     assert route == "local"  # the client's answer did not wait for the judge
     learning = gw.app[SERVICES].learning
     assert learning is not None
@@ -401,7 +392,7 @@ async def test_learning_off_stores_nothing(
     overrides = learning_settings(fake_cloud, tmp_path, policy)
     overrides["learning"]["enabled"] = False
     gw = await gateway_factory(**overrides)
-    _, rid = await ask(client(gw), "Give me two quick tips about chess.")
+    _, rid = await ask(gw.client("sk-tenant-a"), "Give me two quick tips about chess.")
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{gw.base_url}/feedback", json={"request_id": rid, "good": 1}) as r:
             assert r.status == 404
@@ -542,7 +533,7 @@ async def test_an_escalation_becomes_a_cascade_label_with_one_judge_call(
         encoding="utf-8",
     )
     gw = await gateway_factory(**learning_settings(fake_cloud, tmp_path, policy, shadow_rate=0))
-    raw = await client(gw).chat.completions.with_raw_response.create(
+    raw = await gw.client("sk-tenant-a").chat.completions.with_raw_response.create(
         model="auto",
         messages=[{"role": "user", "content": "What should I know about my tax return?"}],
         max_tokens=4,
@@ -556,4 +547,4 @@ async def test_an_escalation_becomes_a_cascade_label_with_one_judge_call(
     rows = list(learning.store.log.iter_sync())
     assert [r.kind for r in rows] == ["cascade"]
     assert rows[0].body["label"] == 1.0  # the judge calls local tax answers bad
-    assert metric(gw, "edge_gateway_learning_labels_total", source="cascade") == 1
+    assert gw.metric("edge_gateway_learning_labels_total", source="cascade") == 1

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.local import embedded_model_path
 from gateway.services import SERVICES
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, until
 
 ADMIN = "sk-admin-limits"
 HELLO = [{"role": "user", "content": "Say OK."}]
@@ -270,7 +270,9 @@ async def test_caps_and_timeouts_hold_in_process_too(
     # One that sends half a request line holds the second place of this address.
     r2, w2 = await asyncio.open_connection("127.0.0.1", gw.port)
     w2.write(b"GET /hea")
-    await asyncio.sleep(0.1)
+    # Both accepted (counted open) before the third knocks: read from the registry, since a
+    # /metrics request would itself be a connection from this address.
+    await until(lambda: gw.metric("edge_gateway_connections_open") >= 2, "two open connections")
     r3, w3 = await asyncio.open_connection("127.0.0.1", gw.port)
     refused = await read_all(r3)
     assert refused.startswith(b"HTTP/1.1 503") and b"too_many_connections" in refused
@@ -386,7 +388,8 @@ async def test_an_abandoned_local_embedding_job_frees_the_worker(
                 break
             await asyncio.sleep(0.05)
         assert local.pending == 1
-        await asyncio.sleep(0.5)
+        started = local.decode_calls
+        await until(lambda: local.decode_calls > started, "the walker's job to run")
         walker.cancel()  # the connection closes with the task
         with pytest.raises(asyncio.CancelledError):
             await walker

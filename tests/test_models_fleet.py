@@ -535,7 +535,7 @@ class _FakeEngine:
         self.model_name = settings.model_name
         self.path = settings.model_path
         self.queue_depth = self.in_flight = 0
-        self.loaded = self.closed = False
+        self.loaded = self.closing = self.closed = False
         _FakeEngine.made.append(self)
 
     async def load(self) -> None:
@@ -543,7 +543,8 @@ class _FakeEngine:
         self.loaded = True
 
     async def close(self) -> None:
-        await asyncio.sleep(0.2)  # long enough for a request to arrive meanwhile
+        self.closing = True
+        await asyncio.sleep(0.2)  # a slow close: long enough for a request to arrive meanwhile
         self.closed = True
 
 
@@ -594,16 +595,18 @@ async def test_lru_never_closes_a_file_a_request_leased_meanwhile(
     # Three resident, room for one: loading `c` must unload two idle models (d, then a).
     fleet.settings.max_loaded = 1
     closed_under_it: list[bool] = []
+    c_loaded = asyncio.Event()
 
     async def late_request() -> None:
-        await asyncio.sleep(0.05)  # while the first victim closes
+        await until(lambda: any(e.closing for e in _FakeEngine.made), "a victim to start closing")
         got = await fleet.acquire(fleet.entries["a"])
-        await asyncio.sleep(0.5)  # generating
+        await c_loaded.wait()  # generating while `c` loads, every victim closed by then
         closed_under_it.append(got.backend.closed)
         fleet.release(got, fleet.entries["a"])
 
     request = asyncio.create_task(late_request())
     c = await fleet.acquire(fleet.entries["c"])
+    c_loaded.set()
     fleet.release(c, fleet.entries["c"])
     await request
     # The request got a file that stayed open for its whole answer.
@@ -623,13 +626,25 @@ async def test_swap_into_an_unloaded_name_makes_room(fake_fleet: Callable[..., M
     await fleet.close()
 
 
-async def test_waiting_for_room_leaves_the_lock_free(fake_fleet: Callable[..., ModelPool]) -> None:
+async def test_waiting_for_room_leaves_the_lock_free(
+    fake_fleet: Callable[..., ModelPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
     fleet = fake_fleet(max_loaded=2, load_timeout_s=3.0)
     await fleet.load()
     a, d = fleet.entries["a"], fleet.entries["d"]
     held = [(await fleet.acquire(e), e) for e in (a, d)]
+    no_room = asyncio.Event()
+    make_room = fleet._make_room
+
+    async def spied(entry: Any, est: Any) -> bool:
+        made = await make_room(entry, est)
+        if not made:
+            no_room.set()
+        return made
+
+    monkeypatch.setattr(fleet, "_make_room", spied)
     waiting = asyncio.create_task(fleet.acquire(fleet.entries["b"]))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(no_room.wait(), 10)  # `b` found no room and let go of the lock
     # Every resident model is busy, so `b` waits for room; admin calls still answer at once.
     with pytest.raises(ModelConflict):
         await asyncio.wait_for(fleet.promote("a"), 0.5)
@@ -643,16 +658,25 @@ async def test_waiting_for_room_leaves_the_lock_free(fake_fleet: Callable[..., M
 
 
 async def test_a_canary_for_a_name_unloaded_meanwhile_is_a_conflict(
-    fake_fleet: Callable[..., ModelPool],
+    fake_fleet: Callable[..., ModelPool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fleet = fake_fleet(max_loaded=3)
     await fleet.load()
     a = fleet.entries["a"]
     fleet.release(await fleet.acquire(a), a)
     new = fake_fleet.paths["x"]  # type: ignore[attr-defined]
+    hashed = asyncio.Event()
+    verify = fleet._verify
+
+    async def spied(*args: Any) -> str:
+        digest = await verify(*args)
+        hashed.set()
+        return digest
+
+    monkeypatch.setattr(fleet, "_verify", spied)
     async with fleet._lock:  # the swap hashes, then waits here while `a` is unloaded
         swap = asyncio.create_task(fleet.swap("a", new, _sha(new), canary_percent=50))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(hashed.wait(), 10)
         await fleet._unload(a, why="test")
     with pytest.raises(ModelConflict) as info:
         await swap

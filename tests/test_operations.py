@@ -16,7 +16,8 @@ import aiohttp
 import openai
 import pytest
 
-from tests.conftest import ROOT, RunningGateway, cloud_settings
+from gateway.services import SERVICES
+from tests.conftest import ROOT, RunningGateway, cloud_settings, until
 from tests.fakes.cloud import FakeCloud
 
 HELLO = [{"role": "user", "content": "Say hello in French."}]
@@ -141,7 +142,9 @@ async def test_policy_hot_reload_and_broken_edits(
         "default: cloud\nrules:\n  - name: x\n    route: local\n"
         "    when: {complexity: {gte: lots}}\n"
     )
-    await asyncio.sleep(2.5)  # settled for one poll, the watcher rejects it: last good stays
+    # The watcher reads it once it settled and rejects it: the last good policy stays.
+    policies = gw.app[SERVICES].policies
+    await until(lambda: policies.last_error is not None, "the watcher to reject the policy")
     assert await route() == "cloud"
     async with http.post(f"{gw.url}/admin/reload") as r:
         assert 400 <= r.status < 500

@@ -166,9 +166,17 @@ async def test_a_refused_batch_is_dropped_and_counted_not_retried_forever(
 async def test_cap_drops_the_oldest_and_counts(collector: FakeCollector, tmp_path: Path) -> None:
     await collector.set_mode("down")
     box, m = await started(fast(collector, tmp_path, cap=4))
+    dropped = "edge_gateway_telemetry_dropped_records_total"
     for i in range(6):
         box.add(rec(i))
-        await asyncio.sleep(0.01)  # let the writer store them one by one
+        # The writer stores them one by one: each on disk (or dropped for it) before the next.
+        await until(
+            lambda i=i: (
+                box.log is not None
+                and len(box.log) + sample(m, dropped, {"reason": "cap"}) == i + 1
+            ),
+            f"record {i} to be written",
+        )
     await until(
         lambda: sample(m, "edge_gateway_telemetry_dropped_records_total", {"reason": "cap"}) == 2
     )
@@ -273,10 +281,11 @@ async def test_headers_from_env_and_resource_attributes(
         service_name="box-gw",
         resource_attributes={"host.name": "box-17"},
     )
-    box, _ = await started(settings)
+    box, m = await started(settings)
     await collector.set_mode("down")
     box.add(rec(0))
-    await asyncio.sleep(0.2)
+    failures = "edge_gateway_telemetry_send_failures_total"
+    await until(lambda: sample(m, failures, {"cause": "unreachable"}) >= 1, "a failed send")
     await collector.set_mode("up")
     await until(lambda: len(collector.records()) == 1)
     assert collector.headers[0]["Authorization"] == "Bearer otlp-secret-4242"

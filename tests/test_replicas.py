@@ -356,9 +356,11 @@ async def test_weights_published_once_are_loaded_by_every_replica(
         for gp in (a, b):
             async with s.get(f"{gp.url}/readyz") as resp:
                 assert resp.status == 200
-    await asyncio.sleep(0.5)
-    for gp in (a, b):
-        assert "router weights loaded from the fleet" in gp.output()
+    # Each says so in its log (written just after the file it reads).
+    await until(
+        lambda: all("router weights loaded from the fleet" in gp.output() for gp in (a, b)),
+        "both replicas to log the fleet's weights",
+    )
 
 
 async def test_only_one_replica_trains_at_a_time(state_url: str, prefix: str) -> None:

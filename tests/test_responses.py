@@ -43,10 +43,6 @@ class City(pydantic.BaseModel):
     country: str
 
 
-def client(gw: RunningGateway, key: str = "sk-client") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=120)
-
-
 @pytest.fixture
 async def hybrid(gateway_factory: Any, fake_cloud: FakeCloud) -> RunningGateway:
     return await gateway_factory(**cloud_settings(fake_cloud))  # type: ignore[no-any-return]
@@ -60,7 +56,7 @@ def _calls(response: Any) -> list[Any]:
 
 
 async def test_plain_response_on_the_local_model(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     raw = await c.responses.with_raw_response.create(
         model="local", input=HELLO, max_output_tokens=24, metadata={"ticket": "42"}
     )
@@ -80,7 +76,7 @@ async def test_plain_response_on_the_local_model(gateway: RunningGateway) -> Non
 
 
 async def test_streamed_with_the_sdk_stream_helper(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     events: list[Any] = []
     async with c.responses.stream(
         model="local", input=HELLO, max_output_tokens=200, temperature=0
@@ -108,7 +104,7 @@ async def test_streamed_with_the_sdk_stream_helper(gateway: RunningGateway) -> N
 
 
 async def test_create_stream_true_yields_the_same_events(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     stream = await c.responses.create(model="local", input=HELLO, max_output_tokens=8, stream=True)
     events = [e async for e in stream]
     assert events[0].type == "response.created"
@@ -118,7 +114,7 @@ async def test_create_stream_true_yields_the_same_events(gateway: RunningGateway
 
 
 async def test_instructions_reach_the_model(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     bare = await c.responses.create(model="local", input=HELLO, max_output_tokens=4, store=False)
     told = await c.responses.create(
         model="local",
@@ -132,7 +128,7 @@ async def test_instructions_reach_the_model(gateway: RunningGateway) -> None:
 
 
 async def test_json_schema_text_format_validates(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     r = await c.responses.create(
         model="local",
         input="Name a city and its country as JSON.",
@@ -157,7 +153,7 @@ async def test_json_schema_text_format_validates(gateway: RunningGateway) -> Non
 
 
 async def test_function_tool_returns_a_well_formed_call(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     # Greedy: a sampled call of the 135M model now and then runs past 48 tokens and is cut
     # (an incomplete call is no call); the call's shape is what this test is about.
     r = await c.responses.create(
@@ -193,7 +189,7 @@ async def test_function_tool_returns_a_well_formed_call(gateway: RunningGateway)
 
 async def test_history_as_input_items(gateway: RunningGateway) -> None:
     # A client that keeps its own history sends prior output items back as input.
-    c = client(gateway)
+    c = gateway.client()
     first = await c.responses.create(
         model="local", input=ASK_WEATHER, tools=[WEATHER], max_output_tokens=48, store=False
     )
@@ -209,7 +205,7 @@ async def test_history_as_input_items(gateway: RunningGateway) -> None:
 
 
 async def test_previous_response_id_continues_and_is_per_tenant(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     first = await c.responses.create(
         model="local", input="My name is Ada and I repair pumps.", max_output_tokens=16
     )
@@ -230,7 +226,7 @@ async def test_previous_response_id_continues_and_is_per_tenant(gateway: Running
     got = await c.responses.retrieve(first.id)
     assert got.id == first.id and got.output_text == first.output_text
 
-    other = client(gateway, key="sk-someone-else")
+    other = gateway.client(key="sk-someone-else")
     with pytest.raises(openai.NotFoundError) as nf:
         await other.responses.create(
             model="local", previous_response_id=first.id, input="hi", max_output_tokens=4
@@ -247,7 +243,7 @@ async def test_previous_response_id_continues_and_is_per_tenant(gateway: Running
 
 
 async def test_what_cannot_be_honoured_is_a_400_naming_it(gateway: RunningGateway) -> None:
-    c = client(gateway)
+    c = gateway.client()
     cases: list[tuple[dict[str, Any], str]] = [
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
@@ -303,7 +299,7 @@ async def test_what_cannot_be_honoured_is_a_400_naming_it(gateway: RunningGatewa
 async def test_cloud_route_reaches_the_fake_cloud(
     hybrid: RunningGateway, fake_cloud: FakeCloud
 ) -> None:
-    c = client(hybrid)
+    c = hybrid.client()
     raw = await c.responses.with_raw_response.create(
         model="gpt-fake", instructions="Be brief.", input=HELLO, max_output_tokens=32
     )
@@ -375,7 +371,7 @@ async def test_cloud_route_reaches_the_fake_cloud(
 async def test_cloud_function_calls_plain_and_streamed(
     hybrid: RunningGateway, fake_cloud: FakeCloud
 ) -> None:
-    c = client(hybrid)
+    c = hybrid.client()
     r = await c.responses.create(
         model="gpt-fake", input=ASK_WEATHER, tools=[WEATHER], tool_choice="required"
     )
@@ -416,7 +412,7 @@ async def test_cloud_function_calls_plain_and_streamed(
 async def test_cloud_answers_are_cached(
     hybrid: RunningGateway, fake_cloud: FakeCloud, http: aiohttp.ClientSession
 ) -> None:
-    c = client(hybrid)
+    c = hybrid.client()
     kw: dict[str, Any] = {"model": "gpt-fake", "input": "Cache me.", "temperature": 0}
     first = await c.responses.with_raw_response.create(**kw)
     second = await c.responses.with_raw_response.create(**kw)
@@ -444,7 +440,7 @@ async def test_cloud_answers_are_cached(
 async def test_cloud_dropping_mid_stream_ends_with_response_failed(
     hybrid: RunningGateway, fake_cloud: FakeCloud
 ) -> None:
-    c = client(hybrid)
+    c = hybrid.client()
     await fake_cloud.set_mode("drop")
     stream = await c.responses.create(
         model="gpt-fake", input="one two three four five six", stream=True
@@ -459,7 +455,7 @@ async def test_cloud_dropping_mid_stream_ends_with_response_failed(
 async def test_cloud_down_degrades_to_the_local_model(
     hybrid: RunningGateway, fake_cloud: FakeCloud
 ) -> None:
-    c = client(hybrid)
+    c = hybrid.client()
     await fake_cloud.set_mode("fail500")
     raw = await c.responses.with_raw_response.create(
         model="auto", input=HELLO, tools=[WEATHER], max_output_tokens=48
@@ -652,7 +648,7 @@ def test_a_tenant_quota_above_the_whole_store_is_refused() -> None:
 
 async def test_cloud_through_litellm(gateway_factory: Any, fake_cloud: FakeCloud) -> None:
     gw = await gateway_factory(**cloud_settings(fake_cloud, passthrough=False))
-    c = client(gw)
+    c = gw.client()
     r = await c.responses.create(model="gpt-fake", input=HELLO, max_output_tokens=32)
     assert r.output_text == f"cloud answer to: {HELLO}"
     assert fake_cloud.requests[-1]["messages"] == [{"role": "user", "content": HELLO}]
@@ -669,7 +665,7 @@ async def test_cloud_through_litellm(gateway_factory: Any, fake_cloud: FakeCloud
 
 async def test_store_settings_reach_the_gateway(gateway_factory: Any) -> None:
     gw = await gateway_factory(responses={"store_max_per_tenant": 1})
-    c = client(gw)
+    c = gw.client()
     first = await c.responses.create(model="local", input="hi", max_output_tokens=2)
     second = await c.responses.create(model="local", input="hello", max_output_tokens=2)
     assert (await c.responses.retrieve(second.id)).id == second.id

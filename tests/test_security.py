@@ -187,14 +187,18 @@ def hostile_bodies() -> dict[str, bytes]:
     return _hostile_bodies()
 
 
-async def _worst_healthz(http: aiohttp.ClientSession, url: str, done: asyncio.Event) -> float:
-    """Poll /healthz until `done`; the slowest answer seen."""
+async def _worst_healthz(
+    http: aiohttp.ClientSession, url: str, done: asyncio.Event, probing: asyncio.Event
+) -> float:
+    """Poll /healthz until `done` (`probing` set once the first answer came); the slowest
+    answer seen."""
     worst = 0.0
     while not done.is_set():
         t0 = time.perf_counter()
         async with http.get(f"{url}/healthz") as r:
             assert r.status == 200
         worst = max(worst, time.perf_counter() - t0)
+        probing.set()
         await asyncio.sleep(0.02)
     return worst
 
@@ -208,9 +212,9 @@ async def test_hostile_bodies_get_4xx_and_never_stall_the_loop(
 ) -> None:
     for name, raw in hostile_bodies.items():
         assert len(raw) <= 8 * 1024 * 1024, name
-        done = asyncio.Event()
-        prober = asyncio.create_task(_worst_healthz(http, gateway.url, done))
-        await asyncio.sleep(0.05)
+        done, probing = asyncio.Event(), asyncio.Event()
+        prober = asyncio.create_task(_worst_healthz(http, gateway.url, done, probing))
+        await probing.wait()
         async with http.post(
             f"{gateway.url}{path}", data=raw, headers={"Content-Type": "application/json"}
         ) as r:
@@ -431,9 +435,15 @@ def test_sigterm_readyz_503_while_draining_and_cut_streams_get_an_error_event() 
                 async with s.post(f"{gp.base_url}/chat/completions", json=LONG_STORY) as r:
                     assert (await r.content.readline()).startswith(b"data:")
                     os.kill(gp.proc.pid, signal.SIGTERM)
-                    await asyncio.sleep(0.3)
-                    async with s.get(f"{gp.url}/readyz") as ready:
-                        ready_status = ready.status
+                    # Until the signal is handled /readyz says 200; then 503 while the stream
+                    # drains, before the listener closes (a refused connection fails here).
+                    async with asyncio.timeout(10):
+                        while True:
+                            async with s.get(f"{gp.url}/readyz") as ready:
+                                ready_status = ready.status
+                            if ready_status != 200:
+                                break
+                            await asyncio.sleep(0.02)
                     rest = await r.content.read()
                     return ready_status, rest
 
@@ -510,10 +520,11 @@ async def test_policy_caught_mid_write_is_never_loaded(tmp_path: Any) -> None:
                     await asyncio.sleep(0.05)
                     seen.add(len(store.current.rules))
                 f.write(edited[cut:])
-            for _ in range(30):
-                await asyncio.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while len(store.current.rules) != n:  # the watcher picks the whole edit up
                 seen.add(len(store.current.rules))
-            assert len(store.current.rules) == n
+                assert time.monotonic() < deadline, "the edit was never loaded"
+                await asyncio.sleep(0.05)
     finally:
         watcher.cancel()
     assert 1 not in seen, "a truncated policy was loaded"

@@ -14,7 +14,6 @@ from typing import Any
 
 import aiohttp
 import jsonschema
-import openai
 import pytest
 
 from gateway.backends.tier import TierReport
@@ -34,10 +33,6 @@ EDGE_CLOUD = {"probe_interval_s": 0.2, "first_byte_timeout_s": 120, "read_timeou
 
 def ask(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
-
-
-def client(gw: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0, timeout=90)
 
 
 def upstream_headers(headers: Any) -> dict[str, str]:
@@ -140,7 +135,7 @@ async def _walk_the_tiers(
     collector: FakeCollector,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    c = client(edge)
+    c = edge.client()
     edge_svc, regional_svc = edge.app[SERVICES], regional.app[SERVICES]
 
     # 1. The cloud is up: a cloud-bound request crosses both boxes and is the cloud's at both.
@@ -272,7 +267,7 @@ async def test_headers_of_a_non_tier_upstream_never_reach_the_client(
 ) -> None:
     fake_cloud.response_headers = dict(SPOOFED)
     gw = await gateway_factory(**cloud_settings(fake_cloud, passthrough=passthrough))
-    c = client(gw)
+    c = gw.client()
     for stream in (False, True):
         raw = await c.chat.completions.with_raw_response.create(
             model="gpt-fake", messages=ask("Say hi."), max_tokens=8, stream=stream
@@ -301,7 +296,7 @@ async def test_a_gateway_not_marked_as_a_tier_is_just_a_cloud(
     monkeypatch.setenv("REGIONAL_KEY", EDGE_KEY)
     edge = await gateway_factory(cloud={"models": [tier_entry(regional, tier=False)], **EDGE_CLOUD})
     await fake_cloud.set_mode("fail500")
-    raw = await client(edge).chat.completions.with_raw_response.create(
+    raw = await edge.client().chat.completions.with_raw_response.create(
         model="cloud", messages=ask("Name a colour."), max_tokens=8
     )
     assert regional.app[SERVICES].status.recent[-1].degraded  # the regional box did degrade
@@ -325,7 +320,7 @@ async def test_a_tier_relays_only_its_bounded_scrubbed_decision(
     entry = {**fake_cloud.model_entry("near"), "tier": True}
     gw = await gateway_factory(cloud={"models": [entry], "probe_interval_s": 0.2})
     for stream in (False, True):
-        raw = await client(gw).chat.completions.with_raw_response.create(
+        raw = await gw.client().chat.completions.with_raw_response.create(
             model="near", messages=ask("Say hi."), max_tokens=8, stream=stream
         )
         if stream:
@@ -367,7 +362,7 @@ async def test_the_litellm_path_reads_a_tiers_report(
 
     assert isinstance(gw.app[SERVICES].dispatcher.clouds["near"], LiteLLMBackend)
     for stream in (False, True):
-        raw = await client(gw).chat.completions.with_raw_response.create(
+        raw = await gw.client().chat.completions.with_raw_response.create(
             model="near", messages=ask("Say hi."), max_tokens=8, stream=stream
         )
         if stream:
@@ -392,7 +387,7 @@ async def test_a_cascade_to_a_degraded_tier_is_no_cloud_answer(
         cloud={"models": [entry], "probe_interval_s": 0.2},
         policy={"file": str(policy_file(tmp_path, ALWAYS, to="near"))},
     )
-    raw = await client(gw).chat.completions.with_raw_response.create(
+    raw = await gw.client().chat.completions.with_raw_response.create(
         model="auto", messages=ask("Say hello in French."), max_tokens=12, temperature=0
     )
     h = raw.headers
@@ -448,7 +443,7 @@ async def test_status_page_shows_the_chain_of_two_tiers(
     monkeypatch.setenv("SE_OFFLINE", "true")  # selenium manager: never fetch a driver
     regional = await start_regional(gateway_factory, fake_cloud)
     edge = await start_edge(gateway_factory, regional, fake_cloud, tmp_path, monkeypatch)
-    c = client(edge)
+    c = edge.client()
     await c.chat.completions.create(model="cloud", messages=ask("Say hi."), max_tokens=4)
     await fake_cloud.set_mode("fail500")
     await c.chat.completions.create(model="cloud", messages=ask("Say bye."), max_tokens=4)
