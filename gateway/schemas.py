@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -61,7 +61,32 @@ class Message(BaseModel):
         )
 
 
-class _Sampling(BaseModel):
+class NullIsAbsent(BaseModel):
+    """A body model where null is read as absent.
+
+    OpenAI's spec marks its optional request fields nullable, and clients generated from it
+    (Java, Kotlin, C#, Go) send an unset field as null: one rule for every body model, so a
+    null field takes its default (`stream`: false) and a required one is missing, rather than
+    each field listing None among its types.
+    """
+
+    # A required field whose null the spec gives a meaning (its documented default).
+    NULL_MEANS: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict) and None in data.values():
+            fields, means = cls.model_fields, cls.NULL_MEANS
+            return {
+                k: means.get(k, v) if v is None else v
+                for k, v in data.items()
+                if v is not None or k not in fields or k in means
+            }
+        return data
+
+
+class _Sampling(NullIsAbsent):
     model_config = ConfigDict(extra="allow")
     model: StrictStr = Field(min_length=1)
     stream: StrictBool = False
@@ -110,7 +135,11 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
+    # Required, but null is the spec's default: a document's start.
+    NULL_MEANS: ClassVar[dict[str, Any]] = {"prompt": "<|endoftext|>"}
     prompt: StrictStr | list[StrictStr]
+    # The spec's minimum is 0 here (the prompt's echo or logprobs alone, from the cloud).
+    max_tokens: StrictInt | None = Field(None, ge=0, le=ABSURD_MAX_TOKENS)
     echo: StrictBool | None = None
     logprobs: StrictInt | None = Field(None, ge=0, le=5)
     suffix: StrictStr | None = None
@@ -182,8 +211,6 @@ def stream_chunk(
         "model": model,
         "choices": choices,
     }
-    if chat:
-        chunk["system_fingerprint"] = None
     if usage_ is not None:
         chunk["usage"] = usage_
     return chunk

@@ -15,6 +15,7 @@ class StreamAssembler:
     def __init__(self) -> None:
         self.head: dict[str, Any] = {}
         self.text: list[str] = []
+        self.refusal: list[str] = []
         self.role = "assistant"
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -40,6 +41,8 @@ class StreamAssembler:
                 self.role = delta["role"]
             if delta.get("content"):
                 self.text.append(delta["content"])
+            if delta.get("refusal"):
+                self.refusal.append(delta["refusal"])
             for call in delta.get("tool_calls") or []:
                 slot = self.tool_calls.setdefault(
                     call.get("index", 0),
@@ -54,7 +57,12 @@ class StreamAssembler:
     def result(self) -> dict[str, Any]:
         text = "".join(self.text)
         if self.is_chat:
-            message: dict[str, Any] = {"role": self.role, "content": text or None}
+            # `refusal` is required in a chat answer: null unless the model refused.
+            message: dict[str, Any] = {
+                "role": self.role,
+                "content": text or None,
+                "refusal": "".join(self.refusal) or None,
+            }
             if self.tool_calls:
                 message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
             choice: dict[str, Any] = {

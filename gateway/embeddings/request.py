@@ -6,20 +6,22 @@ import base64
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from ..errors import InvalidRequest
 from ..pipeline.body import validated
+from ..schemas import NullIsAbsent
 from ..settings import ServerSettings
 from ..vectors import Item
 
 # OpenAI's own bound on the inputs of one request.
 MAX_INPUTS = 2048
 # Token ids are 32-bit in every tokenizer we could pass them to.
-TokenId = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+TOKEN_ID_MAX = 2**31 - 1
+TokenId = Annotated[StrictInt, Field(ge=0, le=TOKEN_ID_MAX)]
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(NullIsAbsent):
     """Unknown fields are kept: passed on to a cloud model, refused by the local one."""
 
     model_config = ConfigDict(extra="allow")
@@ -28,6 +30,26 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: StrictInt | None = Field(None, ge=1, le=65536)
     user: StrictStr | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _token_ids_in_range(cls, v: Any) -> Any:
+        """A token list with an id out of range is named by its place ('input[1]' or
+        'input[0][3]'), not reported as the union's first branch (a string) would be."""
+        if not isinstance(v, list):
+            return v
+        rows = [(f"[{i}]", x) for i, x in enumerate(v)]
+        if v and all(isinstance(x, list) for x in v):
+            rows = [(f"[{i}][{j}]", t) for i, x in enumerate(v) for j, t in enumerate(x)]
+        for where, t in rows:
+            if isinstance(t, int) and not isinstance(t, bool) and not 0 <= t <= TOKEN_ID_MAX:
+                raise InvalidRequest(
+                    f"Invalid value for 'input{where}': {t} is not a token id "
+                    f"(token ids run from 0 to {TOKEN_ID_MAX}).",
+                    param="input",
+                    code="invalid_value",
+                )
+        return v
 
     def items(self) -> list[Item]:
         """Every input: a string, a list of strings, one token list or a list of token lists."""

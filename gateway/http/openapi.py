@@ -184,6 +184,35 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/models/{model}": {
+                "get": {
+                    "operationId": "retrieveModel",
+                    "parameters": [
+                        {
+                            "name": "model",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "A name /v1/models lists",
+                        }
+                    ],
+                    "responses": {
+                        "200": json_body(
+                            {
+                                "type": "object",
+                                "required": ["id", "object", "created", "owned_by"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "object": {"type": "string", "enum": ["model"]},
+                                    "created": {"type": "integer"},
+                                    "owned_by": {"type": "string"},
+                                },
+                            }
+                        ),
+                        **errors(401, 403, 404),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",

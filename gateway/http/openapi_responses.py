@@ -73,13 +73,37 @@ def response_paths() -> dict[str, Any]:
         "/v1/responses/{response_id}": {
             "get": {
                 "operationId": "getResponse",
-                "parameters": [_ID],
+                "parameters": [
+                    _ID,
+                    {
+                        "name": "stream",
+                        "in": "query",
+                        "schema": {"type": "boolean"},
+                        "description": "true: the stored response replayed as its event stream",
+                    },
+                    {
+                        "name": "starting_after",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": -1},
+                        "description": "With stream: the events after this sequence number",
+                    },
+                    {
+                        "name": "include[]",
+                        "in": "query",
+                        "schema": {"type": "array", "items": {"type": "string"}},
+                        "description": "Refused (400): a stored response holds what its "
+                        "create request asked for",
+                    },
+                ],
                 "responses": {
                     "200": {
-                        "description": "A stored response",
-                        "content": {"application/json": {"schema": _RESPONSE}},
+                        "description": "A stored response (an event stream with stream=true)",
+                        "content": {
+                            "application/json": {"schema": _RESPONSE},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
                     },
-                    **errors(401, 403, 404),
+                    **errors(400, 401, 403, 404),
                 },
             },
             "delete": {

@@ -19,6 +19,7 @@ from ..backends.base import Chunk
 from ..errors import GatewayError, NotFound
 from ..pipeline.body import RESPONSES_SHAPE, parse_request, read_json, validated
 from ..pipeline.outcome import choice_text
+from ..responses import replay
 from ..responses.error_names import ErrorNames
 from ..responses.in_process import Stored
 from ..responses.references import (
@@ -36,7 +37,7 @@ from ..settings import ServerSettings
 from .auth import tenant_of
 from .observe import RequestRecord
 from .opening import Opening, services_of
-from .stream import write_stream
+from .stream import open_event_stream, write_stream
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,23 @@ class _Events:
         return self.events.failed(exc)
 
 
-async def retrieve_response(request: web.Request) -> web.Response:
+async def retrieve_response(request: web.Request) -> web.StreamResponse:
+    """The stored response, as JSON or (`stream=true`) replayed as its event stream."""
+    query = request.query
+    stream = replay.stream_param(query.get("stream"))
+    after = replay.starting_after(query.get("starting_after"))
+    replay.refuse_include(query.getall("include[]", []) + query.getall("include", []))
     store, rid = request.app[RESPONSE_STORE], request.match_info["response_id"]
     stored = await store.get(tenant_of(request), rid)
     if stored is None:
         raise _not_found(request)
-    return web.json_response(stored.response)
+    if not stream:
+        return web.json_response(stored.response)
+    resp = await open_event_stream(request, {})
+    for frame in replay.events(stored.response, after):
+        await resp.write(frame)  # each write waits for room: a slow reader holds one frame
+    await resp.write_eof()
+    return resp
 
 
 async def delete_response(request: web.Request) -> web.Response:

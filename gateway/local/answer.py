@@ -268,9 +268,10 @@ class _Said:
     finish: str
 
     def message(self) -> dict[str, Any]:
+        # `refusal` is required by the spec (OpenAI sends null when the model did not refuse).
         if self.calls is not None:
-            return {"role": "assistant", "content": None, "tool_calls": self.calls}
-        return {"role": "assistant", "content": self.text}
+            return {"role": "assistant", "content": None, "refusal": None, "tool_calls": self.calls}
+        return {"role": "assistant", "content": self.text, "refusal": None}
 
 
 def _said(answer: Answer, c: _Choice) -> _Said:
@@ -315,8 +316,7 @@ def whole(answer: Answer) -> dict[str, Any]:
         "choices": choices,
         "usage": answer.usage(),
     }
-    if chat:
-        obj["system_fingerprint"] = None
+    # No `system_fingerprint`: the spec types it an optional string, so none is left out.
     return obj
 
 

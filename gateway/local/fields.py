@@ -45,7 +45,7 @@ CHAT: dict[str, str] = {
     "top_logprobs": HONOURED,
     "response_format": "honoured: text, json_object and json_schema by grammar (llguidance)",
     "tools": "honoured: function tools, calls by grammar (llguidance)",
-    "tool_choice": "honoured: none, auto (see README), required, a named function",
+    "tool_choice": "honoured: none, auto (see README), required, a named function, allowed_tools",
     "parallel_tool_calls": "honoured: at most one call per answer",
 }
 COMPLETION: dict[str, str] = {
@@ -60,6 +60,7 @@ REFUSED: dict[str, str] = {
     "logit_bias": "token ids are the cloud tokenizer's, not the local model's; only {} is accepted",
     "modalities": 'the local model answers in text only: only ["text"] is accepted',
     "prompt_cache_retention": "only in_memory or 24h",
+    "prompt_cache_options": "only ttl 30m and mode implicit or explicit",
     "functions": "the deprecated functions API; use tools",
     "function_call": "the deprecated functions API; use tool_choice",
     "suffix": "the local model has no fill-in-the-middle tokens",
@@ -83,8 +84,23 @@ HARMLESS_CHAT: dict[str, tuple[str, Callable[[Any], bool]]] = {
         "in its slots as long as they last)",
         lambda v: v in _PROMPT_CACHE_RETENTION,
     ),
+    "prompt_cache_options": (
+        "ttl 30m and mode implicit or explicit accepted, no effect on the answer (the local "
+        "model keeps prefixes in its slots as long as they last); other values: 400",
+        lambda v: _cache_options(v),
+    ),
 }
 _IMAGE_PARTS = ("image_url", "input_image", "image")
+
+
+def _cache_options(v: Any) -> bool:
+    """OpenAI's `prompt_cache_options` with the values it defines (ttl: only 30m)."""
+    return (
+        isinstance(v, dict)
+        and set(v) <= {"ttl", "mode"}
+        and v.get("ttl", "30m") == "30m"
+        and v.get("mode", "implicit") in ("implicit", "explicit")
+    )
 
 
 def _refuse(field: str, why: str, code: str = "unsupported_parameter") -> InvalidRequest:
@@ -139,15 +155,51 @@ def _check_tool_choice(choice: Any) -> None:
         fn = choice.get("function")
         if isinstance(fn, dict) and isinstance(fn.get("name"), str):
             return
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        _check_allowed_tools(choice.get("allowed_tools"))
+        return
     raise InvalidRequest(
-        "'tool_choice' must be 'none', 'auto', 'required' or "
-        '{"type": "function", "function": {"name": ...}}.',
+        "'tool_choice' must be 'none', 'auto', 'required', "
+        '{"type": "function", "function": {"name": ...}} or '
+        '{"type": "allowed_tools", "allowed_tools": {"mode": ..., "tools": [...]}}.',
         param="tool_choice",
         code="invalid_value",
     )
 
 
+def _check_allowed_tools(allowed: Any) -> None:
+    """OpenAI's `allowed_tools`: a mode and the function tools the answer may call."""
+    where = "tool_choice.allowed_tools"
+    if not isinstance(allowed, dict) or allowed.get("mode") not in ("auto", "required"):
+        raise InvalidRequest(
+            f"'{where}' must be an object with 'mode' ('auto' or 'required') and 'tools'.",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    tools = allowed.get("tools")
+    if not isinstance(tools, list) or not tools:
+        raise InvalidRequest(
+            f"'{where}.tools' must list at least one tool.",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str)
+        ):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise _refuse(f"{where}.tools[{i}]", f"a '{kind}' tool: function tools only")
+
+
 def _check_completion(req: Any) -> None:
+    if req.max_tokens == 0:
+        raise _refuse(
+            "max_tokens", "0 asks for no completion at all; it generates at least one token"
+        )
     if req.echo and req.logprobs is not None:
         raise _refuse("echo", "echo with logprobs needs prompt logprobs")
     best_of = (req.model_extra or {}).get("best_of")

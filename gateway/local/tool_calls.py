@@ -64,6 +64,20 @@ def tool_plan(req: ChatRequest) -> ToolPlan | None:
     if not functions:
         return None
     choice = req.tool_choice if req.tool_choice is not None else "auto"
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        # A mode over a subset of `tools` (fields.check saw its shape): the subset's grammar.
+        allowed = choice["allowed_tools"]
+        names = [t["function"]["name"] for t in allowed["tools"]]
+        unknown = [n for n in names if n not in {fn["name"] for _, fn in functions}]
+        if unknown:
+            raise InvalidRequest(
+                f"'tool_choice.allowed_tools' names the function '{unknown[0]}', which is not "
+                "in 'tools'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        functions = [(i, fn) for i, fn in functions if fn["name"] in names]
+        choice = allowed["mode"]
     if choice == "none":
         return None
     if choice == "auto" and req.messages[-1].role == "tool":

@@ -30,11 +30,13 @@ def usage_of(u: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     prompt = int(u.get("prompt_tokens") or 0)
     completion = int(u.get("completion_tokens") or 0)
-    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    details = u.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or 0
+    written = details.get("cache_write_tokens") or 0  # 0 from the local model: none written
     reasoning = (u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": int(cached)},
+        "input_tokens_details": {"cached_tokens": int(cached), "cache_write_tokens": int(written)},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": int(reasoning)},
         "total_tokens": prompt + completion,

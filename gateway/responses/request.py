@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.types import StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints
 
 from ..errors import InvalidRequest
-from ..schemas import ABSURD_MAX_TOKENS
+from ..schemas import ABSURD_MAX_TOKENS, NullIsAbsent
 
 # OpenAI's bounds. Documented in its API reference: `metadata` holds at most 16 pairs, keys up
 # to 64 characters, values up to 512; `safety_identifier` up to 64. Enforced by OpenAI (its 400
@@ -23,7 +23,7 @@ _MetadataKey = Annotated[str, StringConstraints(max_length=_METADATA_KEY_CHARS)]
 _MetadataValue = Annotated[StrictStr, StringConstraints(max_length=_METADATA_VALUE_CHARS)]
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(NullIsAbsent):
     """The fields of POST /v1/responses the gateway reads; unknown fields are kept."""
 
     model_config = ConfigDict(extra="allow")

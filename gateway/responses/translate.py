@@ -222,9 +222,30 @@ def _tool_choice(choice: str | dict[str, Any]) -> Any:
             return choice
     elif choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
+    elif choice.get("type") == "allowed_tools" and isinstance(choice.get("tools"), list):
+        # The Responses spelling (function tools named at the top level) in chat's.
+        tools = []
+        for i, tool in enumerate(choice["tools"]):
+            if (
+                not isinstance(tool, dict)
+                or tool.get("type") != "function"
+                or not isinstance(tool.get("name"), str)
+            ):
+                raise bad_field(
+                    f"'tool_choice.tools[{i}]' must be a function tool "
+                    '({"type": "function", "name": ...}): built-in tools are not served.',
+                    "tool_choice",
+                    "invalid_value",
+                )
+            tools.append({"type": "function", "function": {"name": tool["name"]}})
+        return {
+            "type": "allowed_tools",
+            "allowed_tools": {"mode": choice.get("mode"), "tools": tools},
+        }
     raise bad_field(
-        "'tool_choice' must be 'none', 'auto', 'required' or "
-        '{"type": "function", "name": ...} (built-in tools are not served).',
+        "'tool_choice' must be 'none', 'auto', 'required', "
+        '{"type": "function", "name": ...} or {"type": "allowed_tools", ...} (built-in '
+        "tools are not served).",
         "tool_choice",
         "invalid_value",
     )
