@@ -22,7 +22,7 @@ from gateway.http.auth import tenant_id
 from gateway.services import SERVICES
 from tests.conftest import RunningGateway
 from tests.fakes.cloud import FakeCloud
-from tests.test_learning import learning_settings, metric, train_cli, until, write_policy
+from tests.test_learning import learning_settings, train_cli, until, write_policy
 
 KEY_A, KEY_B, ADMIN = "sk-tenant-a", "sk-tenant-b", "sk-admin-21"
 LOCAL_MODEL = "smollm2-135m-instruct"
@@ -185,7 +185,7 @@ async def test_one_key_feedback_cannot_move_another_keys_routing(
         # label on a box with two keys, and that alone refuses the retrain.
         reason = "one_key" if opt_in else "feedback_only"
         assert last.reason == reason, last
-        assert metric(gw, "edge_gateway_learning_retrains_total", result="refused", reason=reason)
+        assert gw.metric("edge_gateway_learning_retrains_total", result="refused", reason=reason)
         assert weights.read_bytes() == before_weights
 
         # Shown where the retrain status is shown: /admin/status (tenant ids, never keys).
@@ -198,4 +198,4 @@ async def test_one_key_feedback_cannot_move_another_keys_routing(
         assert shown["top_key"] == tenant_id(KEY_A) and shown["top_key_share"] == 1.0
         assert KEY_A not in json.dumps(status)
         if opt_in:
-            assert metric(gw, "edge_gateway_learning_retrain_top_key_share") == 1.0
+            assert gw.metric("edge_gateway_learning_retrain_top_key_share") == 1.0

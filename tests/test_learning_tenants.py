@@ -32,7 +32,6 @@ from tests.test_learning import (
     FORMS,
     OTHER,
     TAX,
-    metric,
     write_policy,
 )
 from tests.test_learning_poison import (
@@ -67,7 +66,7 @@ async def test_feedback_per_key_per_hour(
             assert body["error"]["code"] == "feedback_rate_limited"
             assert body["error"]["type"] == "rate_limit_error"
             assert 1 <= int(r.headers["Retry-After"]) <= 3600
-        assert metric(gw, "edge_gateway_learning_feedback_refused_total") == 1
+        assert gw.metric("edge_gateway_learning_feedback_refused_total") == 1
         # Another key has its own hour.
         rid_b = await chat(b, gw, "hello from b", LOCAL_MODEL)
         assert await feedback(b, gw, rid_b, -1.0) == 200
