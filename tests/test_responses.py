@@ -449,7 +449,11 @@ async def test_cloud_dropping_mid_stream_ends_with_response_failed(
     assert events[0].type == "response.created"
     assert [e.type for e in events[-2:]] == ["error", "response.failed"]
     assert events[-1].response.status == "failed"
-    assert events[-1].response.error.code == "upstream_stream_interrupted"
+    # The error event names the gateway's cause; the response's error keeps to the spec's
+    # codes (ResponseErrorCode): a failure on the server's side.
+    assert events[-2].code == "upstream_stream_interrupted"
+    assert events[-1].response.error.code == "server_error"
+    assert "stream" in events[-1].response.error.message
 
 
 async def test_cloud_down_degrades_to_the_local_model(

@@ -145,7 +145,7 @@ class LiteLLMBackend:
 
     async def complete(self, req: AnyRequest, endpoint: Endpoint) -> Completion:
         resp = await self._call(req, endpoint, stream=False)
-        return Completion(resp.model_dump(exclude_none=True), tier=self._report(resp))
+        return Completion(spec_nulls(resp.model_dump(exclude_none=True)), tier=self._report(resp))
 
     async def stream(self, req: AnyRequest, endpoint: Endpoint) -> AsyncIterator[Chunk]:
         wrapper = await self._call(req, endpoint, stream=True)
@@ -161,7 +161,7 @@ class LiteLLMBackend:
                     if (rest := scrub.tail()) is not None:
                         yield Chunk(obj=rest)
                     return
-                obj = chunk.model_dump(exclude_none=True)
+                obj = spec_nulls(chunk.model_dump(exclude_none=True))
                 scrub.obj(obj)
                 yield Chunk(obj=obj, tier=tier)
                 tier = None
@@ -200,3 +200,19 @@ class LiteLLMBackend:
 
     async def close(self) -> None:
         pass
+
+
+def spec_nulls(obj: dict[str, Any]) -> dict[str, Any]:
+    """litellm's objects dumped without their None fields (litellm adds many the spec does not
+    know), with the nulls OpenAI's spec requires put back: each choice's `logprobs`, a chunk's
+    `finish_reason`, a message's `refusal`."""
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        choice.setdefault("logprobs", None)
+        if "delta" in choice:
+            choice.setdefault("finish_reason", None)
+        message = choice.get("message")
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            message.setdefault("refusal", None)
+    return obj

@@ -90,10 +90,15 @@ class Shell:
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         req = self.req
+        # Function tools echoed with `strict`, which the spec requires (null: not said).
+        tools = [
+            {**t, "strict": t.get("strict")} if t.get("type") == "function" else t
+            for t in req.tools or []
+        ]
         text: dict[str, Any] = {"format": (req.text or {}).get("format") or {"type": "text"}}
         if (req.text or {}).get("verbosity") is not None:
             text["verbosity"] = req.text["verbosity"]  # type: ignore[index]
-        return {
+        shaped = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
@@ -115,12 +120,18 @@ class Shell:
             "temperature": req.temperature,
             "text": text,
             "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-            "tools": req.tools or [],
+            "tools": tools,
             "top_p": req.top_p,
             "truncation": "disabled",
             "usage": usage,
             "user": req.user,
         }
+        # Optional in the spec and typed non-null there: left out rather than sent as null
+        # (usage before the answer is whole; a user the request did not name).
+        for key in ("usage", "user"):
+            if shaped[key] is None:
+                del shaped[key]
+        return shaped
 
 
 def whole(shell: Shell, completion: dict[str, Any]) -> dict[str, Any]:
@@ -353,7 +364,10 @@ class Events:
 
     def failed(self, exc: GatewayError) -> bytes:
         """An error after the stream began: an `error` event, then response.failed."""
-        error = {"code": exc.code or "server_error", "message": exc.message}
+        # The response's error takes one of the spec's codes (ResponseErrorCode); the `error`
+        # event before it names the gateway's own (`upstream_stream_interrupted`, ...).
+        code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+        error = {"code": code, "message": exc.message}
         return (
             self._start()
             + self._event("error", code=exc.code, message=exc.message, param=exc.param)

@@ -65,8 +65,8 @@ def events(response: dict[str, Any], after: int = -1) -> Iterator[bytes]:
 
 def _events(final: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     # The response as it was when it began: in progress, nothing out yet.
-    start = {**final, "status": "in_progress", "output": [], "usage": None}
-    start.update(incomplete_details=None, error=None)
+    start = {k: v for k, v in final.items() if k != "usage"}  # no usage until it is whole
+    start.update(status="in_progress", output=[], incomplete_details=None, error=None)
     yield "response.created", {"response": start}
     yield "response.in_progress", {"response": start}
     for index, item in enumerate(final.get("output") or []):

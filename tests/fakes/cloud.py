@@ -226,7 +226,12 @@ class FakeCloud(LoopbackServer):
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                            "message": {
+                                "role": "assistant",
+                                "content": None,
+                                "refusal": None,
+                                "tool_calls": [call],
+                            },
                             "finish_reason": "tool_calls",
                         }
                     ],
@@ -243,7 +248,7 @@ class FakeCloud(LoopbackServer):
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
+                            "message": {"role": "assistant", "content": text, "refusal": None},
                             "finish_reason": "stop",
                             "logprobs": None,
                         }
