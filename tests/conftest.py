@@ -101,6 +101,29 @@ def make_settings(**overrides: Any) -> Settings:
     return load_settings(**overrides)
 
 
+@pytest.fixture(scope="session")
+def spec_check() -> Iterator[Any]:
+    """Every answer an in-process gateway sends on OpenAI's paths, checked against OpenAI's
+    published response schemas (tests/spec/); `.violations` says what broke them, by test."""
+    from tests.spec.capture import teed
+    from tests.spec.conformance import Conformance
+
+    conformance = Conformance()
+    with teed(conformance):
+        yield conformance
+
+
+@pytest.fixture(autouse=True)
+def _answers_conform(spec_check: Any) -> Iterator[None]:
+    """A test during which a gateway sent an answer the spec rejects fails, naming it."""
+    before = len(spec_check.violations)
+    yield
+    new = spec_check.violations[before:]
+    if new:
+        lines = "\n".join(f"  {v}" for _, v in new[:10])
+        pytest.fail(f"{len(new)} answer(s) break OpenAI's published spec:\n{lines}")
+
+
 @pytest.fixture
 async def gateway_factory() -> AsyncIterator[Callable[..., Any]]:
     started: list[RunningGateway] = []
