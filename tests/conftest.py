@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -111,16 +113,42 @@ def spec_check() -> Iterator[Any]:
     conformance = Conformance()
     with teed(conformance):
         yield conformance
+    for path in _SPEC_FILES:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+# Gateway processes' violation files -> how much of each was read.
+_SPEC_FILES: dict[str, int] = {}
+
+
+def _process_violations() -> list[str]:
+    new = []
+    for path, offset in list(_SPEC_FILES.items()):
+        try:
+            with open(path, encoding="utf-8") as f:
+                f.seek(offset)
+                text = f.read()
+        except FileNotFoundError:
+            del _SPEC_FILES[path]
+            continue
+        lines = text.splitlines(keepends=True)
+        done = [line for line in lines if line.endswith("\n")]  # a line being written waits
+        _SPEC_FILES[path] = offset + sum(len(line.encode()) for line in done)
+        new += [json.loads(line) for line in done]
+    return new
 
 
 @pytest.fixture(autouse=True)
 def _answers_conform(spec_check: Any) -> Iterator[None]:
-    """A test during which a gateway sent an answer the spec rejects fails, naming it."""
+    """A test during which a gateway (in process or not) sent an answer the spec rejects
+    fails, naming it."""
     before = len(spec_check.violations)
+    _process_violations()  # what came before this test is not its own
     yield
-    new = spec_check.violations[before:]
+    new = [v for _, v in spec_check.violations[before:]] + _process_violations()
     if new:
-        lines = "\n".join(f"  {v}" for _, v in new[:10])
+        lines = "\n".join(f"  {v}" for v in new[:10])
         pytest.fail(f"{len(new)} answer(s) break OpenAI's published spec:\n{lines}")
 
 
@@ -166,8 +194,22 @@ class GatewayProcess:
         full_env = {**os.environ, **(env or {})}
         # A file, not a pipe: a chatty gateway must never block on a full pipe.
         self.log = tempfile.TemporaryFile()
+        # Its answers are checked against OpenAI's spec as an in-process gateway's are: what
+        # breaks it lands in this file, read after every test.
+        fd, self.violations = tempfile.mkstemp(prefix="spec-", suffix=".jsonl")
+        os.close(fd)
+        _SPEC_FILES[self.violations] = 0
+        full_env["GATEWAY_SPEC_VIOLATIONS"] = self.violations
         self.proc = spawn(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(self.port), *(args or [])],
+            [
+                sys.executable,
+                "-m",
+                "tests.spec.gateway",
+                "serve",
+                "--port",
+                str(self.port),
+                *(args or []),
+            ],
             cwd=ROOT,
             env=full_env,
             stdout=self.log,

@@ -46,7 +46,12 @@ class Upstream:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "one two three four"},
+                            "message": {
+                                "role": "assistant",
+                                "content": "one two three four",
+                                "refusal": None,
+                            },
+                            "logprobs": None,
                             "finish_reason": "stop",
                         }
                     ],

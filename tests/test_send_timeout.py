@@ -124,12 +124,14 @@ class EndlessUpstream:
         body = await request.json()
         base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
         if not body.get("stream"):
-            msg = {"role": "assistant", "content": "fast"}
+            msg = {"role": "assistant", "content": "fast", "refusal": None}
             return web.json_response(
                 {
                     **base,
                     "object": "chat.completion",
-                    "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
+                    "choices": [
+                        {"index": 0, "message": msg, "logprobs": None, "finish_reason": "stop"}
+                    ],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 }
             )

@@ -43,7 +43,8 @@ class Upstream:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "fast"},
+                            "message": {"role": "assistant", "content": "fast", "refusal": None},
+                            "logprobs": None,
                             "finish_reason": "stop",
                         }
                     ],
