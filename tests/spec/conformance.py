@@ -6,9 +6,9 @@ names). tests/spec/capture.py tees what a gateway writes (`StreamResponse.write`
 `write_eof`, so every client of the suite is covered, whatever library it is): in the test's
 process for the in-process gateways, and in each gateway process the suite starts
 (GatewayProcess runs `python -m tests.spec.gateway`, which writes what it finds to a file the
-suite reads after every test). Each finished answer goes to `Conformance.check`: a whole answer against its schema, a stream frame
-by frame, a Responses event against the schema its `type` names, an error body against
-ErrorResponse. A test during which a violation was seen fails, naming it.
+suite reads after every test). Each finished answer goes to `Conformance.check`: a whole
+answer against its schema, a stream frame by frame, a Responses event against the schema its
+`type` names, an error body against ErrorResponse. A test during which a violation was seen fails, naming it.
 
 Where OpenAI's spec contradicts OpenAI's own API, KNOWN says which and why, in one place.
 """
