@@ -8,7 +8,8 @@ process for the in-process gateways, and in each gateway process the suite start
 (GatewayProcess runs `python -m tests.spec.gateway`, which writes what it finds to a file the
 suite reads after every test). Each finished answer goes to `Conformance.check`: a whole
 answer against its schema, a stream frame by frame, a Responses event against the schema its
-`type` names, an error body against ErrorResponse. A test during which a violation was seen fails, naming it.
+`type` names, an error body against ErrorResponse. A test during which a violation was seen
+fails, naming it.
 
 Where OpenAI's spec contradicts OpenAI's own API, KNOWN says which and why, in one place.
 """
