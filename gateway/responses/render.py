@@ -71,6 +71,13 @@ def _call(fid: str, call_id: str, name: str, arguments: str, status: str) -> dic
     }
 
 
+def event_frame(kind: str, seq: int, fields: dict[str, Any]) -> bytes:
+    """One Responses event as its SSE frame (`event:` names the type, as OpenAI sends it)."""
+    obj = {"type": kind, "sequence_number": seq, **fields}
+    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
 class Shell:
     """What every state of one response shares: its id, creation time and the request echo."""
 
@@ -203,10 +210,9 @@ class Events:
         self.started = False
 
     def _event(self, kind: str, **fields: Any) -> bytes:
-        obj = {"type": kind, "sequence_number": self.seq, **fields}
+        frame = event_frame(kind, self.seq, fields)
         self.seq += 1
-        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-        return f"event: {kind}\ndata: {data}\n\n".encode()
+        return frame
 
     def _start(self) -> bytes:
         """response.created and response.in_progress, once, before any other event.

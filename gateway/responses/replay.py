@@ -5,11 +5,11 @@ and `starting_after` skipping the events a reconnecting client already has."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InvalidRequest
+from .render import event_frame
 
 
 def stream_param(value: str | None) -> bool:
@@ -30,10 +30,10 @@ def starting_after(value: str | None) -> int:
     if value is None:
         return -1
     try:
-        n = int(value)
+        n: int | None = int(value)
     except ValueError:
-        n = -2
-    if n < -1:
+        n = None
+    if n is None or n < -1:
         raise InvalidRequest(
             f"Invalid value for 'starting_after': {value[:32]!r}; expected a sequence number.",
             param="starting_after",
@@ -58,9 +58,7 @@ def events(response: dict[str, Any], after: int = -1) -> Iterator[bytes]:
     """The SSE frames of `response` replayed, those numbered above `after`."""
     for seq, (kind, fields) in enumerate(_events(response)):
         if seq > after:
-            obj = {"type": kind, "sequence_number": seq, **fields}
-            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-            yield f"event: {kind}\ndata: {data}\n\n".encode()
+            yield event_frame(kind, seq, fields)
 
 
 def _events(final: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
