@@ -2,7 +2,9 @@
 
 Per variant and round: the upstream direct and the pass-through at 1 connection (p50, so the
 overhead is their difference), the pass-through at 32 (req/s), and `temperature: 0` cache
-hits from the in-process LRU at 1 and 32. Medians over the rounds, and the load average:
+hits from the in-process LRU at 1 and 32; and each round, the floor: a bare aiohttp proxy
+(bench/bare_proxy.py) at 1 and 32, so every figure is also a ratio to it. The gateways run as
+shipped (default log level, metrics on). Medians over the rounds, and the load average:
 
     .venv/bin/python -m bench.hot_ab --variant before=/tmp/base --variant after=. \\
         --variant after-uvloop=.:uvloop --rounds 2 --seconds 5
@@ -62,6 +64,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", required=True, help="name=checkout[:uvloop]")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument(
+        "--log-level", default="INFO", help="the gateway's (INFO: as shipped, a line a request)"
+    )
     ap.add_argument("--figures", default=",".join(FIGURES), help="which of " + ", ".join(FIGURES))
     args = ap.parse_args()
     variants = [v.split("=", 1) for v in args.variant]
@@ -71,9 +76,17 @@ def main() -> None:
     }
     loads: list[float] = []
     up = free_port()
-    with Proc([PY, "-m", "bench.upstream", "--port", str(up)]) as upstream:
+    bare_port = free_port()
+    base = f"http://127.0.0.1:{up}"
+    floor: dict[str, list[float]] = {"bare1": [], "bare32": []}
+    with (
+        Proc([PY, "-m", "bench.upstream", "--port", str(up)]) as upstream,
+        Proc([PY, "-m", "bench.bare_proxy", "--port", str(bare_port), "--upstream", base]) as bare,
+    ):
         upstream.wait_http(f"http://127.0.0.1:{up}/v1/models")
+        bare.wait_http(f"http://127.0.0.1:{bare_port}/healthz")
         direct = f"http://127.0.0.1:{up}/v1/chat/completions"
+        bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
         for r in range(args.rounds):
             # ABBA: the variant measured first in a round has the quieter box (a run that
             # always put the same one first measured it 10% faster at cache hits than an
@@ -85,7 +98,7 @@ def main() -> None:
                     "GATEWAY_CLOUD__MODELS": json.dumps(
                         [{"name": "up", "model": "openai/gpt-4o-mini", "api_base": direct[:-17]}]
                     ),
-                    "GATEWAY_SERVER__LOG_LEVEL": "WARNING",
+                    "GATEWAY_SERVER__LOG_LEVEL": args.log_level,
                 }
                 with Proc(_command(port, loop), env=env, cwd=Path(tree).resolve()) as gateway:
                     gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
@@ -105,15 +118,29 @@ def main() -> None:
                         if w.errors:
                             raise SystemExit(f"{name} {key}: {w.errors} errors")
                         got[key].append(w.p50_ms if conns == 1 else w.rps)
+                    # The floor, measured between this variant's runs: a bare aiohttp proxy.
+                    for key, conns in (("bare1", 1), ("bare32", 32)):
+                        w = wrk(bare_url, QUESTION, connections=conns, seconds=args.seconds)
+                        floor[key].append(w.p50_ms if conns == 1 else w.rps)
                 loads.append(os.getloadavg()[0])
                 print(r, name, {k: v[-1] for k, v in res[name].items()}, f"load {loads[-1]:.1f}")
     print("medians (1 connection: p50 ms; 32 connections: req/s)")
+    up1_all = [x for d in res.values() for x in d["up1"]]
+    bare_over = statistics.median(floor["bare1"]) - statistics.median(up1_all)
+    bare32 = statistics.median(floor["bare32"])
+    print("bare aiohttp proxy", {"overhead_ms": round(bare_over, 3), "pass32": round(bare32)})
     for name, d in res.items():
         m = {k: round(statistics.median(v), 3) for k, v in d.items()}
         if d.get("pass1"):
             m["overhead_ms"] = round(
                 statistics.median(p - q for p, q in zip(d["pass1"], d["up1"], strict=True)), 3
             )
+        if d.get("pass32"):
+            m["pass32/bare32"] = round(m["pass32"] / bare32, 2)
+        if d.get("hit32"):
+            m["hit32/bare32"] = round(m["hit32"] / bare32, 2)
+        if d.get("pass1") and bare_over > 0:
+            m["overhead/bare"] = round(m["overhead_ms"] / bare_over, 2)
         if d.get("hit32") and d.get("pass32"):
             m["hit32/pass32"] = round(
                 statistics.median(h / p for h, p in zip(d["hit32"], d["pass32"], strict=True)), 2

@@ -35,6 +35,7 @@ QUESTION = {
 CACHED_QUESTION = {**QUESTION, "temperature": 0}
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
 HIT_ROW = "edge-gateway cache hit (in-process LRU)"
+BARE_ROW = "bare aiohttp proxy (floor)"
 
 
 def _gateway(port: int, extra_env: dict[str, str], upstream: int) -> Proc:
@@ -64,8 +65,13 @@ def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
         r.read()
 
 
-def proxy_overhead(seconds: int, results: dict[str, Any], *, litellm: bool = True) -> None:
-    up, gw_port, ll_port = free_port(), free_port(), free_port()
+def proxy_overhead(
+    seconds: int, results: dict[str, Any], *, litellm: bool = True, rounds: int = 3
+) -> None:
+    """The pass-through and a cache hit beside their floor: the upstream direct and a bare
+    aiohttp proxy (bench/bare_proxy.py) on the same box in the same run, `rounds` times in
+    turn (medians), the gateway as shipped: default log level, metrics on."""
+    up, gw_port, ll_port, bare_port = free_port(), free_port(), free_port(), free_port()
     cfg = ROOT / "bench" / ".litellm.yaml"
     cfg.write_text(
         "model_list:\n  - model_name: up\n    litellm_params:\n      model: openai/gpt-4o-mini\n"
@@ -94,21 +100,26 @@ def proxy_overhead(seconds: int, results: dict[str, Any], *, litellm: bool = Tru
         if litellm
         else contextlib.nullcontext()
     )
+    base = f"http://127.0.0.1:{up}"
     with (
         Proc([PY, "-m", "bench.upstream", "--port", str(up)]) as upstream,
-        _gateway(gw_port, {}, up) as gateway,
+        Proc([PY, "-m", "bench.bare_proxy", "--port", str(bare_port), "--upstream", base]) as bare,
+        # As shipped: the default log level (a JSON line per request) and metrics on.
+        _gateway(gw_port, {"GATEWAY_SERVER__LOG_LEVEL": "INFO"}, up) as gateway,
         peer as proxy,
     ):
-        upstream.wait_http(f"http://127.0.0.1:{up}/v1/models")
+        upstream.wait_http(f"{base}/v1/models")
         gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
         results["memory"]["gateway (model loaded, idle)"] = gateway.rss_mb()
         gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         targets: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
-            "upstream direct": (f"http://127.0.0.1:{up}/v1/chat/completions", {}, QUESTION),
+            "upstream direct": (f"{base}/v1/chat/completions", {}, QUESTION),
+            BARE_ROW: (f"http://127.0.0.1:{bare_port}/v1/chat/completions", {}, QUESTION),
             "edge-gateway": (gw_url, NO_CACHE, QUESTION),
             # The same gateway's in-process LRU (no Redis here): a hit beside a pass-through.
             HIT_ROW: (gw_url, {}, CACHED_QUESTION),
         }
+        bare.wait_http(f"http://127.0.0.1:{bare_port}/healthz", timeout=30)
         if proxy is not None:
             proxy.wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
             results["memory"]["LiteLLM proxy (idle)"] = proxy.rss_mb()
@@ -121,17 +132,36 @@ def proxy_overhead(seconds: int, results: dict[str, Any], *, litellm: bool = Tru
             _post(url, body, headers)  # (and stores the entry the hit row reads)
             with contextlib.suppress(RuntimeError):
                 wrk(url, body, connections=1, seconds=2, headers=headers)
-        rows: dict[str, dict[int, WrkResult]] = {n: {} for n in targets}
-        for conns in (1, 32):
-            for name, (url, headers, body) in targets.items():
-                rows[name][conns] = wrk(
-                    url, body, connections=conns, seconds=seconds, headers=headers
-                )
+        runs: dict[str, dict[int, list[WrkResult]]] = {n: {1: [], 32: []} for n in targets}
+        for r in range(rounds):
+            # Each round in turn, the order reversed every other round: drift on a shared box
+            # then falls on every target alike, not on whichever always ran last.
+            order = list(targets.items()) if r % 2 == 0 else list(targets.items())[::-1]
+            for conns in (1, 32):
+                for name, (url, headers, body) in order:
+                    runs[name][conns].append(
+                        wrk(url, body, connections=conns, seconds=seconds, headers=headers)
+                    )
+        rows = {n: {c: _median(rs) for c, rs in by.items()} for n, by in runs.items()}
         results["memory"]["gateway (after cloud load)"] = gateway.rss_mb()
         if proxy is not None:
             results["memory"]["LiteLLM proxy (after load)"] = proxy.rss_mb()
     cfg.unlink()
     results["proxy"] = {n: {c: vars(r) for c, r in by.items()} for n, by in rows.items()}
+    results["proxy_rounds"] = rounds
+
+
+def _median(rs: list[WrkResult]) -> WrkResult:
+    """The round with the median req/s (its own percentiles with it), errors summed."""
+    mid = sorted(rs, key=lambda w: w.rps)[len(rs) // 2]
+    return WrkResult(
+        mid.connections,
+        statistics.median(w.p50_ms for w in rs),
+        statistics.median(w.p99_ms for w in rs),
+        statistics.median(w.rps for w in rs),
+        sum(w.requests for w in rs),
+        sum(w.errors for w in rs),
+    )
 
 
 def cache_hits(seconds: int, results: dict[str, Any]) -> None:
@@ -289,28 +319,54 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "## 1. Proxy overhead on the cloud path",
         "",
-        "A fake OpenAI upstream (`bench/upstream.py`) called directly, through edge-gateway "
-        "(pass-through fast path, `Cache-Control: no-cache, no-store`) and through the LiteLLM "
-        f"proxy (one worker), loaded by `wrk -t1 -cN -d{args.seconds}s`.",
+        "A fake OpenAI upstream (`bench/upstream.py`) called directly, through a bare aiohttp "
+        "proxy (`bench/bare_proxy.py`: read, forward on one pooled session, relay; the floor "
+        "for this design), through edge-gateway as shipped (default log level, metrics on; "
+        "pass-through fast path, `Cache-Control: no-cache, no-store`; and a cache hit) and "
+        f"through the LiteLLM proxy (one worker), loaded by `wrk -t1 -cN -d{args.seconds}s`; "
+        f"{results.get('proxy_rounds', 1)} rounds in turn, medians. `x floor`: req/s over the "
+        "bare proxy's; at 1 connection, the overhead over the upstream (p50) over the bare "
+        "proxy's.",
         "",
-        "| path | conns | p50 ms | p99 ms | req/s | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| path | conns | p50 ms | p99 ms | req/s | x floor | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     proxy = results["proxy"]
+    floor = proxy.get(BARE_ROW)
+    up1 = proxy["upstream direct"][1]
     for conns in (1, 32):
         for name, by in proxy.items():
             r = by[conns]
+            ratio = ""
+            if floor is not None and name not in ("upstream direct", BARE_ROW):
+                if conns == 1:
+                    over = floor[1]["p50_ms"] - up1["p50_ms"]
+                    ratio = f"{(r['p50_ms'] - up1['p50_ms']) / over:.2f}" if over > 0 else ""
+                else:
+                    ratio = f"{r['rps'] / floor[32]['rps']:.2f}"
             lines.append(
                 f"| {name} | {conns} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                f"{r['rps']:.0f} | {r['errors']} |"
+                f"{r['rps']:.0f} | {ratio} | {r['errors']} |"
             )
-    up1, gw1 = proxy["upstream direct"][1], proxy["edge-gateway"][1]
+    gw1 = proxy["edge-gateway"][1]
     ll = proxy.get("LiteLLM proxy")
     lines += [
         "",
         f"- Overhead added at p50, 1 connection: edge-gateway **{gw1['p50_ms'] - up1['p50_ms']:.2f}"
-        " ms**" + (f", LiteLLM proxy {ll[1]['p50_ms'] - up1['p50_ms']:.2f} ms." if ll else "."),
+        " ms**"
+        + (f", bare aiohttp proxy {floor[1]['p50_ms'] - up1['p50_ms']:.2f} ms" if floor else "")
+        + (f", LiteLLM proxy {ll[1]['p50_ms'] - up1['p50_ms']:.2f} ms." if ll else "."),
     ]
+    if floor is not None:
+        lines.append(
+            "- Throughput at 32 connections over the bare aiohttp proxy: pass-through "
+            f"**{proxy['edge-gateway'][32]['rps'] / floor[32]['rps']:.2f}x**"
+            + (
+                f", cache hit **{proxy[HIT_ROW][32]['rps'] / floor[32]['rps']:.2f}x**."
+                if HIT_ROW in proxy
+                else "."
+            )
+        )
     if HIT_ROW in proxy:
         hit = proxy[HIT_ROW][32]["rps"] / proxy["edge-gateway"][32]["rps"]
         lines.append(
@@ -394,6 +450,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument(
+        "--rounds", type=int, default=3, help="wrk rounds of the proxy step, in turn (medians)"
+    )
+    ap.add_argument(
         "--only", choices=["proxy", "cache", "local", "classifier", "memory", "concurrency"]
     )
     ap.add_argument(
@@ -406,7 +465,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.short:
-        args.seconds, args.runs, args.max_tokens = 2, 1, 16
+        args.seconds, args.runs, args.max_tokens, args.rounds = 2, 1, 16, 1
     out_md: Path = args.out or (
         ROOT / "bench" / "results" / "short.md" if args.short else ROOT / "docs" / "BENCHMARKS.md"
     )
@@ -430,7 +489,9 @@ def main() -> None:
         raise SystemExit(f"{LITELLM} is missing: `make bench-deps` installs the LiteLLM proxy")
     steps = {
         "memory": lambda: idle_memory(results),
-        "proxy": lambda: proxy_overhead(args.seconds, results, litellm=LITELLM.exists()),
+        "proxy": lambda: proxy_overhead(
+            args.seconds, results, litellm=LITELLM.exists(), rounds=args.rounds
+        ),
         "cache": lambda: cache_hits(args.seconds, results),
         "local": lambda: local_path(args.runs, args.max_tokens, results),
         "classifier": lambda: results.__setitem__("classifier", classifier_latency.measure()),
