@@ -7,6 +7,7 @@ instance makes its own on its own registry, in the order declared.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar, overload
 
@@ -18,6 +19,9 @@ _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 # Tokens per llama_decode: single decodes up to full prefill chunks.
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+# Children cached per instrument: label values come from closed sets (routes, rules, config).
+_CHILDREN = 4096
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -45,7 +49,14 @@ class Instrument(Generic[M]):
 
     def make(self, prefix: str, registry: CollectorRegistry) -> M:
         extra: dict[str, Any] = {"buckets": self.buckets} if self.buckets else {}
-        return self.kind(prefix + self.name, self.doc, self.labels, registry=registry, **extra)
+        made = self.kind(prefix + self.name, self.doc, self.labels, registry=registry, **extra)
+        if self.labels:
+            # prometheus_client's labels() validates, stringifies and takes a lock on every
+            # call; a request resolves half a dozen children, each from a closed set of
+            # values, so each child is resolved once and then found in a C-level cache (the
+            # registry keeps every child forever anyway, and no child is ever removed).
+            made.labels = functools.lru_cache(maxsize=_CHILDREN)(made.labels)  # type: ignore[method-assign]
+        return made
 
 
 def register(obj: object, prefix: str, registry: CollectorRegistry) -> None:
