@@ -66,7 +66,7 @@ def setup_logging(level: str, *, bodies: bool = False) -> None:
     # No line says which source line, thread or process wrote it, so the logging module
     # need not find out on every call (the logging HOWTO's "Optimization": the caller's
     # frame walk is most of the cost of a record).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter(bodies=bodies))
