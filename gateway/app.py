@@ -35,6 +35,7 @@ from .routing.live_policy import PolicyStore
 from .routing.policy import Router
 from .routing.tokens import encoder
 from .routing.windows import context_windows
+from .semantic.semcache import SemanticCache
 from .services import (
     DISPATCHER,
     EMBEDDINGS,
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> web.Application:
         ),
         policies=policies,
         cache=cache,
+        semantic=SemanticCache.build(settings, metrics) if cache is not None else None,
         max_prompt_tokens=settings.server.max_prompt_tokens,
     )
     keyring = app[KEYRING] = KeyRing(settings.server)
@@ -264,9 +266,11 @@ async def _limiter(app: web.Application) -> AsyncIterator[None]:
 
 async def _cache(app: web.Application) -> AsyncIterator[None]:
     yield
-    cache = app[DISPATCHER].cache
-    if cache is not None:
-        await cache.close()
+    dispatcher = app[DISPATCHER]
+    if dispatcher.semantic is not None:
+        await dispatcher.semantic.close()
+    if dispatcher.cache is not None:
+        await dispatcher.cache.close()
 
 
 async def _local_model(app: web.Application) -> AsyncIterator[None]:

@@ -32,6 +32,7 @@ from .routing.live_policy import PolicyStore
 from .routing.policy import CACHE, LOCAL, Decision, Router
 from .routing.policy_models import Policy
 from .schemas import AnyRequest
+from .semantic.semcache import SemanticCache
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Dispatcher:
     router: Router
     policies: PolicyStore
     cache: ResponseCache | None
+    semantic: SemanticCache | None = None  # the semantic cache, used where a policy turns it on
     max_prompt_tokens: int = 200_000
 
     # -- what clients can ask for ---------------------------------------------------------
@@ -154,6 +156,8 @@ class Dispatcher:
             cloud_bound=cloud_bound,
             mode=decision.cache_mode,
             cc=cc or CacheControl(),
+            semantic=self.semantic if decision.semantic is not None else None,
+            semantic_cfg=decision.semantic,
         )
         attempt = Attempt(decision, self.breakers, CHAT)
         outcome = await attempt.run(
@@ -273,7 +277,9 @@ class Dispatcher:
             completion=hit.completion,
             chunks=hit.chunks,
             cache=plan.state,
-            reason=decision.reason + "; cache hit",
+            cache_similarity=hit.similarity,
+            reason=decision.reason
+            + ("; cache hit" if hit.similarity is None else "; semantic cache hit"),
             backend_seconds=hit.seconds,
             first_chunk_seconds=hit.seconds if hit.chunks is not None else None,
         )

@@ -110,6 +110,25 @@ class Metrics:
         "cache_requests{result}",
         "Response cache outcomes: hit, miss or skip.",
     )
+    semantic_lookups = counter(
+        "semantic_cache_lookups{result}",
+        "Semantic cache look-ups after an exact miss: hit, miss (no stored question close"
+        " enough), rejected (close, but the verifier refused it), error (encoder, index or"
+        " timeout: a miss).",
+    )
+    semantic_rejections = counter(
+        "semantic_cache_rejections{reason}",
+        "Candidates the semantic cache's verifier refused, by what differed (number,"
+        " negation, antonym, unit, entity, content, similarity).",
+    )
+    semantic_entries = gauge(
+        "semantic_cache_entries", "Questions held in this replica's semantic cache index."
+    )
+    semantic_seconds = histogram(
+        "semantic_cache_lookup_seconds",
+        "One semantic look-up: encode the question, search its partition, verify.",
+        _LATENCY,
+    )
     cache_errors = counter(
         "cache_errors{op}",
         "Response cache store failures, by operation.",
@@ -274,4 +293,6 @@ class Metrics:
             self.policy_reloads.labels(result)
         for result in ("hit", "miss", "skip"):
             self.cache_requests.labels(result)
+        for result in ("hit", "miss", "rejected", "error"):
+            self.semantic_lookups.labels(result)
         self.cache_up.set(1)

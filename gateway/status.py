@@ -188,10 +188,11 @@ class StatusBoard:
         counts: Counter[str] = Counter()
         for m in hour:
             counts.update(m.cache)
-        looked_up = counts["hit"] + counts["miss"]
+        hits = counts["hit"] + counts["semantic"]  # a semantic hit is a hit by meaning
+        looked_up = hits + counts["miss"]
         return {
-            "hour": {k: counts[k] for k in ("hit", "miss", "skip")},
-            "hit_rate": round(counts["hit"] / looked_up, 4) if looked_up else None,
+            "hour": {k: counts[k] for k in ("hit", "semantic", "miss", "skip")},
+            "hit_rate": round(hits / looked_up, 4) if looked_up else None,
             "tokens_saved_hour": sum(m.tokens_saved for m in hour),
             "tokens_saved_total": self.total_tokens_saved,
         }

@@ -56,6 +56,9 @@ class RunningGateway:
         cache = self.app[SERVICES].dispatcher.cache
         if cache is not None:
             await cache.drain()
+        semantic = self.app[SERVICES].dispatcher.semantic
+        if semantic is not None:
+            await semantic.drain()  # questions indexed after their answers were stored
         await self.app[LIMITER].drain()
 
     def client(self, key: str = "sk-client", *, timeout: float = 120.0) -> openai.AsyncOpenAI:

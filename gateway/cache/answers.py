@@ -30,11 +30,17 @@ def cache_key(
     req: AnyRequest, *, target: str, endpoint: str, tenant: str | None, prefix: str
 ) -> str:
     """sha256 over the canonical JSON of everything that changes the answer, and the tenant."""
-    body = {k: v for k, v in req.upstream_body().items() if k not in _DELIVERY_ONLY}
+    return prefix + body_key(req.upstream_body(), target=target, endpoint=endpoint, tenant=tenant)
+
+
+def body_key(body: dict[str, Any], *, target: str, endpoint: str, tenant: str | None) -> str:
+    """The hex sha256 of a request body as the cache keys it (delivery-only fields left out):
+    the exact cache's key, and the semantic cache's partition (a body without its question)."""
+    kept = {k: v for k, v in body.items() if k not in _DELIVERY_ONLY}
     material = canonical(
-        {"target": target, "endpoint": endpoint, "tenant": tenant or "", "body": body}
+        {"target": target, "endpoint": endpoint, "tenant": tenant or "", "body": kept}
     )
-    return prefix + hashlib.sha256(material).hexdigest()
+    return hashlib.sha256(material).hexdigest()
 
 
 def cacheable(req: AnyRequest, mode: str) -> bool:

@@ -67,7 +67,15 @@ _STATUS = obj(
     ),
     cache=obj(
         "hit_rate",
-        hit_rate={**_NUM, "description": "hits / (hits + misses), last hour"},
+        hit_rate={**_NUM, "description": "exact and semantic hits / look-ups, last hour"},
+        semantic=obj(
+            "enabled",
+            "entries",
+            "encoder",
+            enabled={"type": "boolean", "description": "the policy's semantic_cache.enabled"},
+            entries={"type": "integer", "description": "questions indexed on this replica"},
+            encoder={"type": "string", "enum": ["unused", "loading", "ready", "failed"]},
+        ),
         tokens_saved_hour={"type": "integer", "description": "cloud tokens answered by cache"},
         tokens_saved_total={"type": "integer"},
     ),

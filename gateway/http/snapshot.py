@@ -97,10 +97,18 @@ def _policy(app: web.Application) -> dict[str, Any]:
 
 
 def _cache_store(app: web.Application) -> dict[str, Any]:
-    cache = app[DISPATCHER].cache
-    if cache is None:
+    dispatcher = app[DISPATCHER]
+    if dispatcher.cache is None:
         return {"store": None}
-    return {"store": "redis" if app[SETTINGS].cache.redis_url else "memory"}
+    out: dict[str, Any] = {"store": "redis" if app[SETTINGS].cache.redis_url else "memory"}
+    semantic = dispatcher.semantic
+    if semantic is not None:
+        out["semantic"] = {
+            "enabled": dispatcher.policies.current.semantic_cache.enabled,
+            "entries": semantic.index.entries(),
+            "encoder": semantic.state,
+        }
+    return out
 
 
 def _local(app: web.Application) -> dict[str, Any]:

@@ -29,7 +29,8 @@ class Outcome:
     chunks: AsyncIterator[Chunk] | None = None
     degraded: bool = False
     reason: str = ""
-    cache: str | None = None  # hit | miss | skip
+    cache: str | None = None  # hit | semantic | miss | skip
+    cache_similarity: float | None = None  # a semantic hit: the stored question's cosine
     backend_seconds: float = 0.0
     first_chunk_seconds: float | None = None
     failovers: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, cause)
@@ -43,6 +44,8 @@ class Outcome:
             h["x-gateway-degraded"] = "true"
         if self.cache:
             h["x-gateway-cache"] = self.cache
+        if self.cache_similarity is not None:
+            h["x-gateway-cache-similarity"] = f"{self.cache_similarity:.4f}"
         if self.cascade is not None:
             h.update(self.cascade.headers())
         if self.model_file:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from ..errors import ContextLengthExceeded
+from ..semantic.policy_block import SemanticCacheConfig
 from .features import LOCAL_CANNOT, Features
 from .policy_models import (
     CACHE,
@@ -30,6 +31,9 @@ class Decision:
     allow_degraded: bool
     cache_mode: CacheMode
     cascade: CascadeRoute | None = None  # `route: cascade`: target is local, this escalates
+    # The policy's semantic cache when it is on (the decision carries the policy it was made
+    # under, so a reload mid-request changes nothing for that request).
+    semantic: SemanticCacheConfig | None = None
     model: str | None = None  # the named local model to answer with; None: the default
     # Worked out here once, for every later step: why the local model cannot answer this
     # request (None: it can), whether the spent budget put the request on the local model,
@@ -246,6 +250,7 @@ class Router:
             fallbacks=tuple(fallbacks),
             allow_degraded=policy.offline.allow_degraded,
             cache_mode=policy.cache,
+            semantic=policy.semantic_cache if policy.semantic_cache.enabled else None,
             model=model if target == LOCAL else None,
             why_not_local=given.why_not_local,
             requested=given.requested,

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from ..semantic.policy_block import SemanticCacheConfig
 from .complexity import Complexity
 from .features import Features
 from .learned import LearnedScorer
@@ -232,6 +233,10 @@ class Policy(_Strict):
     privacy: PrivacyConfig = Field(
         default_factory=PrivacyConfig,
         description="what the private-data scan looks for (kinds, regions, own patterns)",
+    )
+    semantic_cache: SemanticCacheConfig = Field(
+        default_factory=SemanticCacheConfig,
+        description="answer the same question asked another way from the cache (off)",
     )
     _detector: Detector | None = PrivateAttr(default=None)
 

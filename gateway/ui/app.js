@@ -109,6 +109,9 @@ function renderCache(c) {
   facts($("cache"), [
     ["store", c.store || "off (no cloud models)"], ["hit rate (hour)", rate],
     ["hits / misses / skips", c.hour.hit + " / " + c.hour.miss + " / " + c.hour.skip],
+    ["semantic hits (hour)", c.semantic && c.semantic.enabled
+      ? c.hour.semantic + " (" + c.semantic.entries + " questions indexed, encoder " + c.semantic.encoder + ")"
+      : "off (policy semantic_cache)"],
     ["cloud tokens saved", c.tokens_saved_hour + " this hour, " + c.tokens_saved_total + " total"],
   ]);
 }

@@ -1,0 +1,351 @@
+"""The semantic cache through the real gateway: the real encoder (all-MiniLM-L6-v2 run by
+llama.cpp), a fake cloud, in process and on a real redis-server.
+
+It must answer the same question asked another way, never another question: labelled pairs
+(a seeded sample of ../shared/data/semcache, the tuning data), pairs that differ only by a
+negation, number, unit or name, and the same words in another conversation or tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.semantic.gguf_encoder import ensure_gguf
+from gateway.services import SERVICES
+from gateway.settings import REPO_ROOT
+from tests.conftest import RedisServer, RunningGateway, cloud_settings, until
+from tests.fakes.cloud import FakeCloud
+
+PAIRS = REPO_ROOT.parent / "shared" / "data" / "semcache" / "qqp_pairs_tune.jsonl"
+
+
+@pytest.fixture(scope="session")
+def encoder_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Converted once per run (the conversion reads ~90 MB of weights)."""
+    return ensure_gguf(tmp_path_factory.mktemp("semantic-models"))
+
+
+def policy(tmp_path: Path, *, cache: str = "deterministic", **semantic: Any) -> Path:
+    base = (REPO_ROOT / "policies" / "default.yaml").read_text()
+    block = {"enabled": True, **semantic}
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        base.replace("cache: deterministic", f"cache: {cache}")
+        + f"\nsemantic_cache: {json.dumps(block)}\n"
+    )
+    return path
+
+
+async def semantic_gateway(
+    factory: Any,
+    cloud: FakeCloud,
+    tmp_path: Path,
+    gguf: Path,
+    *,
+    redis_url: str | None = None,
+    cache_mode: str = "deterministic",
+    **cache: Any,
+) -> RunningGateway:
+    settings = {
+        "redis_url": redis_url,
+        "timeout_ms": 500,
+        "semantic_model_path": str(gguf),
+        # Generous on a loaded CI box: what is tested is what is served, not how fast.
+        "semantic_timeout_ms": 5000,
+        **cache,
+    }
+    return await factory(  # type: ignore[no-any-return]
+        **cloud_settings(cloud),
+        cache=settings,
+        policy={"file": str(policy(tmp_path, cache=cache_mode))},
+    )
+
+
+async def ask(c: openai.AsyncOpenAI, question: str, **kw: Any) -> Any:
+    messages = kw.pop("messages", [{"role": "user", "content": question}])
+    return await c.chat.completions.with_raw_response.create(
+        **{"model": "gpt-fake", "messages": messages, "temperature": 0, **kw}
+    )
+
+
+async def primed(gw: RunningGateway, n: int) -> None:
+    """Every stored answer indexed (indexing runs after the answer was sent)."""
+    await gw.settled()
+    await until(
+        lambda: gw.metric("edge_gateway_semantic_cache_entries") >= n,
+        f"{n} questions in the semantic index",
+    )
+
+
+async def test_a_paraphrase_is_served_the_stored_answer(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+) -> None:
+    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder_gguf)
+    c = gw.client()
+    first = await ask(c, "How can I learn to play the guitar quickly?")
+    assert first.headers["x-gateway-cache"] == "miss"
+    await primed(gw, 1)
+    second = await ask(c, "How do I learn to play guitar quickly?")
+    assert second.headers["x-gateway-route"] == "cache"
+    assert second.headers["x-gateway-cache"] == "semantic"
+    assert 0.9 <= float(second.headers["x-gateway-cache-similarity"]) <= 1.0
+    assert "semantic cache hit" in second.headers["x-gateway-reason"]
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert fake_cloud.chat_calls == 1
+    assert gw.metric("edge_gateway_semantic_cache_lookups_total", result="hit") == 1
+    assert gw.metric("edge_gateway_cache_requests_total", result="semantic") == 1
+    # The exact question again is an exact hit, not a semantic one.
+    third = await ask(c, "How can I learn to play the guitar quickly?")
+    assert third.headers["x-gateway-cache"] == "hit"
+    assert "x-gateway-cache-similarity" not in third.headers
+    # no-cache skips both caches.
+    fourth = await ask(
+        c, "How do I learn to play guitar quickly?", extra_headers={"Cache-Control": "no-cache"}
+    )
+    assert fourth.headers["x-gateway-route"] == "cloud"
+    assert fake_cloud.chat_calls == 2
+
+
+# Pairs that differ only by what changes the answer: none may be served the other's answer,
+# however close their sentence embeddings are.
+NEVER_THE_SAME = [
+    ("Turn on the pump", "Turn off the pump"),
+    ("How do I turn on the coolant pump?", "How do I turn off the coolant pump?"),
+    (
+        "What is the tightening torque for an M8 bolt?",
+        "What is the tightening torque for an M10 bolt?",
+    ),
+    (
+        "Should I open the valve before starting the line?",
+        "Should I close the valve before starting the line?",
+    ),
+    ("Is the conveyor safe to run at 40 degrees?", "Is the conveyor safe to run at 60 degrees?"),
+    ("Can I run the press without the guard?", "Can I run the press with the guard?"),
+    ("Why is the compressor not starting?", "Why is the compressor starting?"),
+    (
+        "What is the maximum pressure in bar for pump 3?",
+        "What is the maximum pressure in psi for pump 3?",
+    ),
+    ("How long does shipping to Germany take?", "How long does shipping to France take?"),
+    ("How do I reset the PLC on line 3?", "How do I reset the PLC on line 4?"),
+    ("Who won the 2014 World Cup?", "Who won the 2018 World Cup?"),
+    ("How do I increase the spindle speed?", "How do I decrease the spindle speed?"),
+    ("What are the advantages of Python?", "What are the disadvantages of Python?"),
+    ("Is it safe to mix bleach and ammonia?", "Is it not safe to mix bleach and ammonia?"),
+    ("How many calories are in 100 grams of rice?", "How many calories are in 100 grams of pasta?"),
+    ("How do I convert 5 kg to pounds?", "How do I convert 5 g to pounds?"),
+]
+
+
+REVERSED = [(b, a) for a, b in NEVER_THE_SAME]
+
+
+async def test_a_negation_number_unit_or_name_is_never_a_hit(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+) -> None:
+    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder_gguf)
+    # Each way round, each in its own tenant: one stores a and asks b, the other the reverse.
+    for tenant, pairs in (("sk-one-way", NEVER_THE_SAME), ("sk-other-way", REVERSED)):
+        c = gw.client(tenant)
+        for stored, _ in pairs:
+            await ask(c, stored)
+        await primed(gw, len(NEVER_THE_SAME) * (1 if tenant == "sk-one-way" else 3))
+        for stored, asked in pairs:
+            got = await ask(c, asked)
+            assert got.headers["x-gateway-cache"] == "miss", (stored, asked, got.headers)
+    assert gw.metric("edge_gateway_semantic_cache_lookups_total", result="hit") == 0
+    assert gw.metric("edge_gateway_semantic_cache_lookups_total", result="rejected") >= 1
+
+
+async def test_the_same_words_elsewhere_are_a_miss(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+) -> None:
+    """Only the question is compared by meaning: another history, system prompt, tool list,
+    temperature or tenant is another partition, so not even the identical words hit."""
+    gw = await semantic_gateway(
+        gateway_factory, fake_cloud, tmp_path, encoder_gguf, cache_mode="always"
+    )
+    stored = "How can I learn to play the guitar quickly?"
+    paraphrase = "How do I learn to play guitar quickly?"
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
+    earlier = [
+        {"role": "user", "content": "I play the piano."},
+        {"role": "assistant", "content": "Nice."},
+    ]
+    c = gw.client("sk-tenant-a")
+    await ask(c, stored, messages=[*earlier, {"role": "user", "content": stored}])
+    await ask(
+        c,
+        stored,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": stored}],
+    )
+    await ask(c, stored, tools=tools)
+    await ask(c, stored, temperature=0.7)
+    await primed(gw, 4)
+    calls = fake_cloud.chat_calls
+    other_turn = [earlier[0] | {"content": "I play the drums."}, earlier[1]]
+    variants = [
+        {"messages": [*other_turn, {"role": "user", "content": paraphrase}]},
+        {
+            "messages": [
+                {"role": "system", "content": "Be thorough."},
+                {"role": "user", "content": paraphrase},
+            ]
+        },
+        {"tools": [tools[0] | {"function": tools[0]["function"] | {"name": "search"}}]},
+        {"temperature": 0.2},
+        {},  # no history, no system prompt, no tools, temperature 0: none stored like that
+    ]
+    for kw in variants:
+        got = await ask(c, paraphrase, **kw)
+        assert got.headers["x-gateway-cache"] == "miss", (kw, got.headers)
+    # The same conversation with the paraphrase: a hit (the partition is right)...
+    hit = await ask(c, paraphrase, messages=[*earlier, {"role": "user", "content": paraphrase}])
+    assert hit.headers["x-gateway-cache"] == "semantic"
+    # ...but never for another tenant, even the exact words.
+    other = await ask(
+        gw.client("sk-tenant-b"),
+        paraphrase,
+        messages=[*earlier, {"role": "user", "content": paraphrase}],
+    )
+    assert other.headers["x-gateway-cache"] == "miss"
+    assert fake_cloud.chat_calls == calls + len(variants) + 1
+
+
+async def test_offline_a_paraphrase_is_served_degraded(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+) -> None:
+    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder_gguf)
+    c = gw.client()
+    first = await ask(c, "What is the boiling point of water at sea level?")
+    await primed(gw, 1)
+    await fake_cloud.set_mode("refuse")  # the uplink is gone...
+    # ...and the gateway knows it once a request found out (breakers are fed by traffic).
+    await ask(c, "Name three primary colours.", max_tokens=4)
+    breaker = gw.app[SERVICES].dispatcher.breakers["gpt-fake"]
+    await until(lambda: not breaker.reachable, "the cloud model's breaker open")
+    got = await ask(c, "What's the boiling point of water at sea level?")
+    assert got.headers["x-gateway-route"] == "cache"
+    assert got.headers["x-gateway-cache"] == "semantic"
+    assert got.headers["x-gateway-degraded"] == "true"
+    assert got.parse().choices[0].message.content == first.parse().choices[0].message.content
+
+
+async def test_a_failing_encoder_answers_from_the_cloud(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)  # not a model llama.cpp can load
+    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, broken)
+    c = gw.client()
+    await ask(c, "How can I learn to play the guitar quickly?")
+    await gw.settled()
+    got = await ask(c, "How do I learn to play guitar quickly?")
+    assert got.headers["x-gateway-route"] == "cloud"
+    assert got.headers["x-gateway-cache"] == "miss"
+    assert fake_cloud.chat_calls == 2
+    assert gw.metric("edge_gateway_semantic_cache_lookups_total", result="error") >= 1
+    assert gw.metric("edge_gateway_semantic_cache_lookups_total", result="hit") == 0
+
+
+def labelled_pairs(n: int, seed: int) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+async def _run_pairs(
+    gw: RunningGateway, pairs: list[dict[str, Any]], *, responses: bool
+) -> tuple[int, int, int, int]:
+    """Prime with each pair's first question, ask its second: (hits, wrong hits, same-labelled
+    pairs, same-labelled pairs hit). A hit is wrong when the pair is labelled different or
+    when the answer served was stored for another pair's question."""
+    c = gw.client()
+
+    async def one(q: str) -> tuple[str, str]:
+        if responses:
+            r = await c.responses.with_raw_response.create(model="gpt-fake", input=q, temperature=0)
+            return r.headers["x-gateway-cache"], r.parse().output_text
+        r = await ask(c, q)
+        return r.headers["x-gateway-cache"], r.parse().choices[0].message.content
+
+    answers = {}
+    for p in pairs:
+        answers[p["a"]] = (await one(p["a"]))[1]
+    await primed(gw, len({p["a"] for p in pairs}))
+    hits = wrong = same = same_hits = 0
+    for p in pairs:
+        state, text = await one(p["b"])
+        same += p["same"]
+        if state != "semantic":
+            continue
+        hits += 1
+        right = p["same"] and text == answers[p["a"]]
+        wrong += not right
+        same_hits += right
+    return hits, wrong, same, same_hits
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_labelled_pairs_at_the_defaults(
+    gateway_factory: Any,
+    fake_cloud: FakeCloud,
+    tmp_path: Path,
+    encoder_gguf: Path,
+    redis_server: RedisServer,
+    store: str,
+    api: str,
+) -> None:
+    """Done when: at most 5% of semantic hits are wrong, at least 20% of same pairs hit."""
+    gw = await semantic_gateway(
+        gateway_factory,
+        fake_cloud,
+        tmp_path,
+        encoder_gguf,
+        redis_url=redis_server.url if store == "redis" else None,
+        key_prefix=f"egw:semtest:{api}:",
+    )
+    seed = {"memory": 1, "redis": 2}[store] * 10 + {"chat": 1, "responses": 2}[api]
+    pairs = labelled_pairs(240, seed=seed)
+    hits, wrong, same, same_hits = await _run_pairs(gw, pairs, responses=api == "responses")
+    assert same >= 40
+    assert hits > 0
+    assert wrong / hits <= 0.05, (hits, wrong)
+    assert same_hits / same >= 0.20, (same, same_hits)
+
+
+async def test_the_cache_settings_reach_the_semantic_cache(
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+) -> None:
+    gw = await semantic_gateway(
+        gateway_factory,
+        fake_cloud,
+        tmp_path,
+        encoder_gguf,
+        semantic_timeout_ms=1,
+        semantic_max_partitions=7,
+        semantic_max_entries=50,
+    )
+    semantic = gw.app[SERVICES].dispatcher.semantic
+    index: Any = semantic.index
+    assert (index.max_partitions, index.max_total, index.max_entries) == (7, 50, 50)
+    c = gw.client()
+    await ask(c, "How can I learn to play the guitar quickly?")
+    await primed(gw, 1)  # indexing is not bounded by the look-up's timeout
+    # One millisecond is shorter than any encoding: the look-up times out, a miss.
+    got = await ask(c, "How do I learn to play guitar quickly?")
+    assert got.headers["x-gateway-route"] == "cloud"
+    assert got.headers["x-gateway-cache"] == "miss"
+    assert gw.metric("edge_gateway_semantic_cache_lookups_total", result="error") >= 1
