@@ -1,4 +1,4 @@
-"""Command line: serve, explain, policy check, eval-router, train-router, calibrate."""
+"""Command line: serve, explain, policy check, eval-router, eval-cache, train-router, calibrate."""
 
 from __future__ import annotations
 
@@ -132,6 +132,18 @@ def _eval_router(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _eval_cache(args: argparse.Namespace) -> int:
+    from .settings import Settings
+    from .tools.eval_cache import run
+
+    models_dir = args.models_dir
+    if models_dir is None:
+        settings = _settings_or_exit(args.config)
+        assert isinstance(settings, Settings)
+        models_dir = settings.state.dir / "models"
+    return run(args, models_dir)
+
+
 def _train_router(args: argparse.Namespace) -> int:
     from .learning.labels import read_store_examples
     from .tools.train_router import run
@@ -174,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the commented settings file with defaults")
     config.set_defaults(func=_config)
 
-    from .tools import calibrate, eval_router, explain, policy_check, train_router
+    from .tools import calibrate, eval_cache, eval_router, explain, policy_check, train_router
 
     _command(sub, "explain", "show the routing decision for a prompt", explain, _explain)
     policy = sub.add_parser("policy", help="policy tools")
@@ -182,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     _command(psub, "check", "validate policy files", policy_check, _policy_check)
     _command(
         sub, "eval-router", "APGR of the routing scorer on RouteLLM CSVs", eval_router, _eval_router
+    )
+    _command(
+        sub,
+        "eval-cache",
+        "semantic cache precision and recall on labelled question pairs",
+        eval_cache,
+        _eval_cache,
     )
     _command(
         sub,

@@ -95,3 +95,64 @@ def plot_curves(
     finally:
         plt.close(fig)
     return names
+
+
+def plot_threshold_curves(
+    path: Path,
+    series: Mapping[str, Curve],
+    *,
+    title: str,
+    threshold: float,
+    label: str,
+    dashed: Sequence[str] = (),
+) -> list[str]:
+    """Precision and recall against a similarity threshold (`eval-cache --plot`): a series
+    named "precision ..." blue, "recall ..." orange, those in `dashed` dashed, the
+    threshold a vertical line. Writes the PNG; returns the names of the series drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError(
+            "--plot needs matplotlib: pip install 'edge-gateway[plots]' (or pip install matplotlib)"
+        ) from None
+    names = [k for k, v in series.items() if v]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=80)
+    try:
+        for name in names:
+            color = "tab:blue" if name.startswith("precision") else "tab:orange"
+            ax.plot(
+                [x for x, _ in series[name]],
+                [y for _, y in series[name]],
+                label=name,
+                linewidth=1.6,
+                color=color,
+                linestyle="--" if name in dashed else "-",
+            )
+        ax.axvline(threshold, color="crimson", linewidth=1.0, linestyle=":")
+        ax.annotate(
+            label, (threshold, 0.02), xytext=(4, 0), textcoords="offset points", color="crimson"
+        )
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("cosine similarity threshold")
+        ax.set_ylabel("precision / recall")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+        fig.tight_layout()
+        metadata = {
+            "Title": title,
+            "Software": "edge-gateway",
+            "Series": json.dumps(names),
+            "Dashed": json.dumps([n for n in names if n in dashed]),
+            "Threshold": json.dumps({"threshold": threshold, "label": label}),
+        }
+        try:
+            fig.savefig(path, format="png", metadata=metadata)
+        except OSError as exc:
+            raise PlotError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    return names
