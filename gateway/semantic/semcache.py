@@ -106,7 +106,8 @@ class SemanticCache:
         path = self.model_path
         if path is None:  # converting ~90 MB of weights: off the loop, once per state dir
             path = await asyncio.to_thread(ensure_gguf, self.models_dir)
-        encoder = LocalEmbedder(encoder_settings(path, n_threads=1, max_queue=64))
+        # Two threads: a 50-word question in ~15 ms here instead of ~28 (bench/semcache_cost.py).
+        encoder = LocalEmbedder(encoder_settings(path, max_queue=64))
         try:
             await encoder.embed(["warm up"])  # loads the model on its worker thread
         except BaseException:

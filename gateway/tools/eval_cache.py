@@ -182,7 +182,7 @@ def write_plot(path: Path, results: dict[str, list[ThresholdRow]], title: str) -
         series,
         title=title,
         threshold=DEFAULT,
-        label=f"default {DEFAULT:.2f}",
+        label=f"default {DEFAULT:g}",
         dashed=[k for k in series if k.endswith(f"({COSINE})")],
     )
 
