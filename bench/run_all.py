@@ -485,7 +485,7 @@ def main() -> None:
             capture_output=True,
             text=True,
         ).stdout.strip()
-    elif not args.short:
+    elif not args.short and args.only is None:  # one step alone runs without the peer
         raise SystemExit(f"{LITELLM} is missing: `make bench-deps` installs the LiteLLM proxy")
     steps = {
         "memory": lambda: idle_memory(results),
@@ -508,9 +508,9 @@ def main() -> None:
             step()
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / ("short.json" if args.short else "latest.json")).write_text(
-        json.dumps(results, indent=2, default=str)
-    )
+    # One step alone writes its own file: latest.json stays the last whole run.
+    name = "short" if args.short else (args.only or "latest")
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=str))
     if args.only is None:
         # Sections 7 onward come from their own benches (overhead_ab, model_memory, embeddings),
         # each with its command: kept as they are, not dropped by this rewrite.
