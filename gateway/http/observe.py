@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..logs import REQUEST_LOGGER
 from ..pipeline.outcome import choice_text
 from ..routing.tokens import count_tokens
 from ..services import LIFECYCLE, LIMITER, LOCAL, METRICS, OUTBOX, PRICES, SETTINGS, STATUS
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ..routing.policy import Decision
     from ..settings import Settings
 
-log = logging.getLogger("gateway.request")
+log = logging.getLogger(REQUEST_LOGGER)
 
 
 @dataclass
