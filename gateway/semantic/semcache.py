@@ -25,7 +25,7 @@ from ..local.embedder import LocalEmbedder
 from ..metrics import Metrics
 from ..settings import Settings
 from .gguf_encoder import encoder_settings, ensure_gguf
-from .index import IndexUnavailable, InProcessIndex, RedisIndex, SemanticIndex
+from .index import InProcessIndex, RedisIndex, SemanticIndex
 from .policy_block import SemanticCacheConfig
 from .verifier import verify
 
@@ -165,7 +165,7 @@ class SemanticCache:
             async with asyncio.timeout(self.timeout_s):
                 vector = await self.embed(question)
                 match = await self._match(cfg, question, partition, vector, get)
-        except (Exception, TimeoutError) as exc:
+        except Exception as exc:  # TimeoutError included: every failure is a miss
             self.metrics.semantic_lookups.labels("error").inc()
             log.info(
                 "semantic cache look-up failed: a miss",
@@ -219,7 +219,7 @@ class SemanticCache:
             try:
                 vec = vector if vector is not None else await self.embed(question)
                 await self.index.add(partition, vec, question, answer_key)
-            except (Exception, IndexUnavailable):
+            except Exception:  # IndexUnavailable, the encoder: the answer is still stored
                 log.info("semantic cache: a stored answer was not indexed", exc_info=True)
 
         task = asyncio.create_task(add())

@@ -45,15 +45,7 @@ def plot_curves(
     xlabel: str = "share of requests sent to the cloud",
 ) -> list[str]:
     """Writes the PNG; returns the names of the series drawn, in legend order."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display, no GUI toolkit
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotError(
-            "--plot needs matplotlib: pip install 'edge-gateway[plots]' (or pip install matplotlib)"
-        ) from None
+    plt = _pyplot()
     names = [k for k, v in series.items() if v]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=80)
     try:
@@ -88,10 +80,7 @@ def plot_curves(
             metadata["Threshold"] = json.dumps(
                 {"series": marker.series, "share": round(marker.share, 4), "label": marker.label}
             )
-        try:
-            fig.savefig(path, format="png", metadata=metadata)
-        except OSError as exc:
-            raise PlotError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        _save(fig, path, metadata)
     finally:
         plt.close(fig)
     return names
@@ -109,15 +98,7 @@ def plot_threshold_curves(
     """Precision and recall against a similarity threshold (`eval-cache --plot`): a series
     named "precision ..." blue, "recall ..." orange, those in `dashed` dashed, the
     threshold a vertical line. Writes the PNG; returns the names of the series drawn."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotError(
-            "--plot needs matplotlib: pip install 'edge-gateway[plots]' (or pip install matplotlib)"
-        ) from None
+    plt = _pyplot()
     names = [k for k, v in series.items() if v]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=80)
     try:
@@ -149,10 +130,29 @@ def plot_threshold_curves(
             "Dashed": json.dumps([n for n in names if n in dashed]),
             "Threshold": json.dumps({"threshold": threshold, "label": label}),
         }
-        try:
-            fig.savefig(path, format="png", metadata=metadata)
-        except OSError as exc:
-            raise PlotError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        _save(fig, path, metadata)
     finally:
         plt.close(fig)
     return names
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display, no GUI toolkit), or PlotError."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError(
+            "--plot needs matplotlib: pip install 'edge-gateway[plots]' (or pip install matplotlib)"
+        ) from None
+    return plt
+
+
+def _save(fig: Any, path: Path, metadata: dict[str, str]) -> None:
+    """The PNG, with text chunks naming what it shows (a reader need not look at it)."""
+    try:
+        fig.savefig(path, format="png", metadata=metadata)
+    except OSError as exc:
+        raise PlotError(f"{path}: cannot write: {exc.strerror or exc}") from None
