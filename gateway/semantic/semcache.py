@@ -17,14 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..local.embedder import LocalEmbedder
 from ..metrics import Metrics
 from ..settings import Settings
-from .gguf_encoder import encoder_settings, ensure_gguf
 from .index import InProcessIndex, RedisIndex, SemanticIndex
 from .policy_block import SemanticCacheConfig
 from .verifier import verify
@@ -35,6 +33,14 @@ Getter = Callable[[str], Awaitable[dict[str, Any] | None]]
 
 CANDIDATES = 3  # nearest stored questions put to the verifier, best first
 RETRY_LOAD_S = 60.0  # after a failed encoder load, the next try waits this long
+
+
+class SentenceEncoder(Protocol):
+    """onnx_encoder.OnnxEncoder (the default) or local.embedder.LocalEmbedder (a GGUF)."""
+
+    async def embed(self, texts: list[Any]) -> tuple[list[np.ndarray], list[int]]: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,29 +100,37 @@ class SemanticCache:
         self.models_dir = models_dir
         self.model_path = model_path
         self.timeout_s = timeout_s
-        self._encoder: LocalEmbedder | None = None
-        self._loading: asyncio.Task[LocalEmbedder] | None = None
+        self._encoder: SentenceEncoder | None = None
+        self._loading: asyncio.Task[SentenceEncoder] | None = None
         self._failed_at = -RETRY_LOAD_S
         self._tasks: set[asyncio.Task[Any]] = set()
         metrics.semantic_entries.set_function(index.entries)
 
     # -- the encoder ------------------------------------------------------------------------
 
-    async def _load(self) -> LocalEmbedder:
-        path = self.model_path
-        if path is None:  # converting ~90 MB of weights: off the loop, once per state dir
-            path = await asyncio.to_thread(ensure_gguf, self.models_dir)
-        # Two threads: a 50-word question in ~15 ms here instead of ~28 (bench/semcache_cost.py).
-        encoder = LocalEmbedder(encoder_settings(path, max_queue=64))
+    async def _load(self) -> SentenceEncoder:
+        encoder: SentenceEncoder
+        if self.model_path is None:  # the packaged MiniLM, run by onnxruntime
+            from .onnx_encoder import OnnxEncoder, ensure_onnx
+
+            # Writing ~90 MB of weights once per state dir, and the session: off the loop.
+            path = await asyncio.to_thread(ensure_onnx, self.models_dir)
+            encoder = await asyncio.to_thread(OnnxEncoder, path, max_queue=64)
+        else:  # an operator's sentence-encoder GGUF, run by llama.cpp
+            from ..local.embedder import LocalEmbedder
+            from .gguf_encoder import encoder_settings
+
+            path = self.model_path
+            encoder = LocalEmbedder(encoder_settings(path, max_queue=64))
         try:
-            await encoder.embed(["warm up"])  # loads the model on its worker thread
+            await encoder.embed(["warm up"])  # loads the model, and a first run's allocations
         except BaseException:
             await encoder.close()
             raise
         log.info("semantic cache encoder ready", extra={"model": path.name})
         return encoder
 
-    async def encoder(self) -> LocalEmbedder:
+    async def encoder(self) -> SentenceEncoder:
         """The loaded encoder; the first caller starts the load, every caller may wait on it
         (a cancelled wait leaves the load running for the next)."""
         if self._encoder is not None:

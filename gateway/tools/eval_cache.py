@@ -3,13 +3,12 @@
 Wired as `python -m gateway eval-cache PAIRS.jsonl [--plot FILE] [--target-precision 0.95]
 [--limit N] [--models-dir DIR]`. A line of PAIRS.jsonl is `{"a": "...", "b": "...", "same":
 true|false}` (the format of the shared Quora pairs). Both questions are embedded with the
-gateway's semantic encoder (all-MiniLM-L6-v2 as a GGUF, made once in the state dir's `models`
-folder), and a pair is accepted at a threshold when its cosine reaches it; with the verifier,
-also when `verify(a, b, cosine, threshold=t)` accepts, as the semantic cache asks it (a = the
-stored question, b = the asked one). Precision is the share of accepted pairs labelled same,
-recall the share of same-labelled pairs accepted. The default marked is the policy's
-`semantic_cache.threshold` default, what the gateway serves with when a policy names none.
-"""
+gateway's semantic encoder (all-MiniLM-L6-v2 as an ONNX graph, made once in the state dir's
+`models` folder), and a pair is accepted at a threshold when its cosine reaches it; with the
+verifier, also when `verify(a, b, cosine, threshold=t)` accepts, as the semantic cache asks it
+(a = the stored question, b = the asked one). Precision is the share of accepted pairs labelled
+same, recall the share of same-labelled pairs accepted. The default marked is the policy's
+`semantic_cache.threshold` default, what the gateway serves with when a policy names none."""
 
 from __future__ import annotations
 
@@ -73,15 +72,24 @@ def read_pairs(path: Path, limit: int | None = None) -> list[QuestionPair]:
     return pairs
 
 
-async def embed_cosines(pairs: Sequence[QuestionPair], gguf: Path) -> list[float]:
-    """Each pair's cosine with the gateway's semantic encoder (each distinct text once)."""
+async def embed_cosines(pairs: Sequence[QuestionPair], model: Path) -> list[float]:
+    """Each pair's cosine with the gateway's semantic encoder (each distinct text once):
+    `model` is the default encoder's ONNX graph, or a sentence-encoder GGUF."""
     import numpy as np
 
-    from ..local.embedder import LocalEmbedder
-    from ..semantic.gguf_encoder import encoder_settings
+    from ..semantic.semcache import SentenceEncoder
 
     texts = list(dict.fromkeys(t for p in pairs for t in (p.a, p.b)))
-    embedder = LocalEmbedder(encoder_settings(gguf))
+    embedder: SentenceEncoder
+    if model.suffix == ".onnx":
+        from ..semantic.onnx_encoder import OnnxEncoder
+
+        embedder = OnnxEncoder(model, max_queue=1)
+    else:
+        from ..local.embedder import LocalEmbedder
+        from ..semantic.gguf_encoder import encoder_settings
+
+        embedder = LocalEmbedder(encoder_settings(model))
     vectors: dict[str, np.ndarray] = {}
     try:
         for i in range(0, len(texts), BATCH):
@@ -198,14 +206,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--plot", type=Path, metavar="FILE.png", help="draw precision and recall (matplotlib)"
     )
     parser.add_argument(
-        "--models-dir", type=Path, help="where the encoder's GGUF goes (default: state.dir/models)"
+        "--models-dir", type=Path, help="where the encoder's file goes (default: state.dir/models)"
     )
     parser.add_argument("--config", type=Path, help="settings YAML whose state.dir to use")
 
 
 def run(args: argparse.Namespace, models_dir: Path) -> int:
     """Prints the table and the summary; 2 on unreadable input or a failing encoder."""
-    from ..semantic.gguf_encoder import ensure_gguf
+    from ..semantic.onnx_encoder import ensure_onnx
     from .plot import PlotError
 
     target = args.target_precision
@@ -214,8 +222,8 @@ def run(args: argparse.Namespace, models_dir: Path) -> int:
         return 2
     try:
         pairs = read_pairs(args.pairs, args.limit)
-        gguf = ensure_gguf(models_dir)
-        cosines = asyncio.run(embed_cosines(pairs, gguf))
+        model = ensure_onnx(models_dir)
+        cosines = asyncio.run(embed_cosines(pairs, model))
     except (OSError, ValueError, GatewayError) as exc:
         print(f"eval-cache: {exc}", file=sys.stderr)
         return 2
