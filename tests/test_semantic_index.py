@@ -130,6 +130,32 @@ async def test_in_process_caps_entries_and_partitions(layout: str) -> None:
     assert idx.entries() == 4
 
 
+async def test_a_new_bound_applies_to_the_partitions_there_are(
+    layout: str, make_redis: Factory
+) -> None:
+    """The policy's max_entries, hot-reloaded: a lower bound frees the oldest entries of every
+    partition at once (not only of partitions made later), and adds keep to it; never above
+    the whole index's bound. On Redis each replica's mirror is cut at once and the stream
+    trimmed (approximately, as Redis trims) by the next add."""
+    for idx in (
+        InProcessIndex(max_entries=10, max_partitions=4, ttl_s=60, max_total=20),
+        make_redis(max_entries=10, max_total=20),
+    ):
+        vs = [unit() for _ in range(6)]
+        for p in "ab":
+            for i, v in enumerate(vs):
+                await idx.add(p, v, f"q{i}", f"{p}{i}")
+            await idx.search(p, vs[0])  # a replica's mirror reads its partition's stream
+        assert idx.entries() == 12
+        assert idx.bound(2) == 2
+        assert idx.entries() == 4
+        assert {x.answer_key for x in await idx.search("a", vs[0], k=10)} == {"a4", "a5"}
+        await idx.add("a", vs[0], "q0", "a0")
+        assert {x.answer_key for x in await idx.search("a", vs[0], k=10)} == {"a5", "a0"}
+        assert idx.bound(1000) == 20  # never above the whole index's bound
+        await idx.close()
+
+
 async def test_in_process_caps_entries_of_all_partitions_together() -> None:
     """Many small partitions add up to no more than `max_total` entries: the least recently
     used partitions go whole, never the one just written."""

@@ -46,6 +46,7 @@ class SemanticIndex(Protocol):
         self, partition: str, vector: np.ndarray, question: str, answer_key: str
     ) -> None: ...
     async def search(self, partition: str, vector: np.ndarray, k: int = 3) -> list[Candidate]: ...
+    def bound(self, max_entries: int) -> int: ...
     def entries(self) -> int: ...
     async def close(self) -> None: ...
 
@@ -110,6 +111,14 @@ class _Partition:
         if self.bits is not None:
             self.bits[:, row] = _signs(vec)
         self.slots[key] = row
+
+    def shrink(self, max_entries: int) -> None:
+        """Keep the newest `max_entries` from now on: the oldest beyond them are freed."""
+        self.max_entries = max_entries
+        while len(self.slots) > max_entries:
+            _, row = self.slots.popitem(last=False)
+            self.t[row], self.qk[row] = -np.inf, ("", "")
+            self.free.append(row)
 
     def expire(self, cutoff: float) -> None:
         """Free the rows written at or before `cutoff`, oldest first (each entry once)."""
@@ -201,6 +210,16 @@ class InProcessIndex:
 
     def cutoff(self) -> float:
         return self._clock() - self.ttl_s
+
+    def bound(self, max_entries: int) -> int:
+        """The newest `max_entries` per partition (never more than the whole index holds),
+        applied to the partitions there are as well as to new ones; the bound now in force."""
+        want = max(1, min(max_entries, self.max_total))
+        if want != self.max_entries:
+            self.max_entries = want
+            for part in self._parts.values():
+                part.shrink(want)
+        return want
 
     async def add(self, partition: str, vector: np.ndarray, question: str, answer_key: str) -> None:
         vec = self.vector(vector)

@@ -175,6 +175,7 @@ class SemanticCache:
         entry whose answer is gone (evicted, expired) is no hit."""
         started = time.perf_counter()
         vector = None
+        self.index.bound(cfg.max_entries)  # the policy's bound, hot-reloaded: before a search
         try:
             async with asyncio.timeout(self.timeout_s):
                 vector = await self.embed(question)
@@ -227,7 +228,7 @@ class SemanticCache:
     ) -> None:
         """Index a stored cloud answer under its question, in the background (encoding it
         first when the look-up did not: a client that said no-cache still stores)."""
-        self._resize(cfg)
+        self.index.bound(cfg.max_entries)  # the policy's bound, hot-reloaded
 
         async def add() -> None:
             try:
@@ -239,14 +240,6 @@ class SemanticCache:
         task = asyncio.create_task(add())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _resize(self, cfg: SemanticCacheConfig) -> None:
-        # The policy's bound, hot-reloaded: partitions made after a change take the new one
-        # (never above the whole index's, cache.semantic_max_entries).
-        index: Any = self.index
-        want = min(cfg.max_entries, getattr(index, "max_total", cfg.max_entries))
-        if getattr(index, "max_entries", want) != want:
-            index.max_entries = want
 
     async def drain(self) -> None:
         """Wait for the indexing in flight (tests, shutdown)."""
