@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -364,3 +365,41 @@ async def test_redis_down_raises_within_the_bound(
     with pytest.raises(IndexUnavailable):
         await idx.search("p", v)
     assert time.monotonic() - started < 0.3 + 0.25
+
+
+async def test_a_large_scan_runs_off_the_loop_and_is_checked_against_the_rows_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past EXACT_ROWS the sign-bit scan runs on a worker thread while the loop goes on
+    writing; what it picked is scored again on the loop, so a row freed or rewritten
+    meanwhile never lends its old cosine to another question."""
+    monkeypatch.setattr(index_module, "EXACT_ROWS", 64)
+    threads: list[int] = []
+    scan = index_module._fewest_flips
+
+    def spy(*args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return scan(*args)
+
+    monkeypatch.setattr(index_module, "_fewest_flips", spy)
+    clock = Clock()
+    idx = InProcessIndex(1000, 1, 60, clock=clock)
+    vs = [unit() for _ in range(200)]
+    for i, v in enumerate(vs):
+        await idx.add("p", v, f"q{i}", f"k{i}")
+    part = idx._parts["p"]
+    assert part.bits is not None
+    assert (await idx.search("p", vs[5], k=1))[0].answer_key == "k5"
+    assert threads and threading.get_ident() not in threads
+    # What the scan picked for vs[5], then the loop rewrote that row with another question.
+    rows = part.pick(vs[5], 3, idx.cutoff())
+    other = unit()
+    await idx.add("p", other, "rewritten", "k5")  # the same key: the same row, new content
+    got = part.confirm(rows, vs[5], 3, idx.cutoff())
+    for c in got:  # every cosine is its own question's, as the row holds it now
+        assert c.similarity == pytest.approx(float(c.vector @ vs[5]), abs=1e-6)
+    assert [c.question for c in got if c.answer_key == "k5"] in ([], ["rewritten"])
+    assert all(c.similarity < 0.9 for c in got)
+    # Equal cosines: the newer entry first.
+    await idx.add("p", vs[9], "newer twin", "twin")
+    assert [c.answer_key for c in await idx.search("p", vs[9], k=2)] == ["twin", "k9"]

@@ -79,6 +79,8 @@ class _Partition:
     def __init__(self, width: int, max_entries: int) -> None:
         self.max_entries = max_entries
         self.m, self.t = np.zeros((0, width), np.float32), np.zeros(0)  # t: -inf for a free row
+        self.seq = np.zeros(0, np.int64)  # when each row was written: the newer of equals first
+        self.writes = 0
         self.bits: np.ndarray | None = None  # (words, rows) sign bits, and m float16, once large
         self.qk: list[tuple[str, str]] = []  # (question, answer_key) per row
         self.slots: OrderedDict[str, int] = OrderedDict()  # answer_key -> row
@@ -89,6 +91,7 @@ class _Partition:
     def _grow(self, more: int) -> None:
         m = np.concatenate([self.m, np.zeros((more, self.m.shape[1]), self.m.dtype)])
         self.t = np.concatenate([self.t, np.full(more, -np.inf)])
+        self.seq = np.concatenate([self.seq, np.zeros(more, np.int64)])
         if self.bits is None and len(m) > EXACT_ROWS:  # large from now on
             m, self.bits = m.astype(np.float16), _signs(m).T.copy()
         elif self.bits is not None:
@@ -108,6 +111,8 @@ class _Partition:
                 if row == len(self.m):  # grown by doubling, up to max_entries
                     self._grow(min(self.max_entries, 2 * row) - row)
         self.m[row], self.t[row], self.qk[row] = vec, t, (question, key)
+        self.writes += 1
+        self.seq[row] = self.writes
         if self.bits is not None:
             self.bits[:, row] = _signs(vec)
         self.slots[key] = row
@@ -131,25 +136,41 @@ class _Partition:
             self.free.append(row)
 
     def nearest(self, vec: np.ndarray, k: int, cutoff: float) -> list[Candidate]:
-        n = len(self.qk)
-        if (k := min(k, n)) <= 0:
-            return []
-        dead = self.t[:n] <= cutoff  # free and expired rows
-        if self.bits is None:
-            rows, sims = np.arange(n), self.m[:n] @ vec
+        return self.confirm(self.pick(vec, k, cutoff), vec, k, cutoff)
+
+    def pick(self, vec: np.ndarray, k: int, cutoff: float) -> np.ndarray:
+        """Rows of the (up to) 2k live entries nearest `vec`, nearest first. Safe to run off
+        the loop while the loop writes: it reads the arrays as they were when it started, and
+        `confirm` checks every row it returns against what the row holds by then."""
+        m, t, bits = self.m, self.t, self.bits
+        n = min(len(self.qk), len(m), len(t), bits.shape[1] if bits is not None else len(m))
+        if (want := min(2 * k, n)) <= 0:
+            return np.zeros(0, np.intp)
+        dead = t[:n] <= cutoff  # free and expired rows
+        if bits is None:
+            rows, sims = np.arange(n), m[:n] @ vec
         else:  # exact cosines (float32) for the rows nearest by sign bits
-            rows = _fewest_flips(self.bits, vec, dead, min(n, max(RERANK, 64 * k)))
-            sims = self.m[rows].astype(np.float32) @ vec
+            rows = _fewest_flips(bits, vec, dead, min(n, max(RERANK, 64 * k)))
+            sims = m[rows].astype(np.float32) @ vec
         sims[dead[rows]] = -np.inf
-        top = np.argpartition(sims, len(sims) - k)[len(sims) - k :]
+        want = min(want, len(sims))
+        top = np.argpartition(sims, len(sims) - want)[len(sims) - want :]
         top = top[np.argsort(-sims[top])]
-        out = []
-        for i in top:
-            if sims[i] > -np.inf:
-                question, key = self.qk[rows[i]]
-                row = self.m[rows[i]].astype(np.float32)
-                out.append(Candidate(float(sims[i]), question, key, row))
-        return out
+        return rows[top[sims[top] > -np.inf]]
+
+    def confirm(self, rows: np.ndarray, vec: np.ndarray, k: int, cutoff: float) -> list[Candidate]:
+        """The `k` best of `rows` as they are now (on the loop): a row freed, expired or
+        rewritten since `pick` read it is dropped or scored by what it now holds, so a
+        candidate's cosine is always its own question's."""
+        found = []
+        for r in rows:
+            if r >= len(self.qk) or self.t[r] <= cutoff:
+                continue
+            question, key = self.qk[r]
+            row = self.m[r].astype(np.float32)
+            found.append((int(self.seq[r]), Candidate(float(row @ vec), question, key, row)))
+        found.sort(key=lambda x: (-x[1].similarity, -x[0]))  # the newer of equals first
+        return [c for _, c in found[:k]]
 
 
 class InProcessIndex:
@@ -240,7 +261,11 @@ class InProcessIndex:
         self._parts.move_to_end(partition)
         cutoff = self.cutoff()
         part.expire(cutoff)
-        return part.nearest(vec, k, cutoff)
+        if part.bits is None:  # small (at most EXACT_ROWS): a fraction of a millisecond
+            return part.nearest(vec, k, cutoff)
+        # Large: the scan takes a millisecond or more (100,000 rows), off the event loop.
+        rows = await asyncio.to_thread(part.pick, vec, k, cutoff)
+        return part.confirm(rows, vec, k, cutoff)
 
     def entries(self) -> int:
         return sum(len(p.slots) for p in self._parts.values())
