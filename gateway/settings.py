@@ -29,6 +29,8 @@ DEFAULT_CONFIG = REPO_ROOT / "config" / "gateway.yaml"
 
 # What `model` means to the router itself: no local, cloud or embedding model may take them.
 RESERVED_MODEL_NAMES = frozenset({"auto", "local", "cloud"})
+# local.embedding.packaged: the id each packaged embedding model is reported as by default.
+PACKAGED_EMBEDDING_NAMES = {"all-minilm-l6-v2": "all-MiniLM-L6-v2"}
 
 
 class _Section(BaseModel):
@@ -791,6 +793,15 @@ class LocalEmbeddingSettings(_Section):
             " model whose embeddings are weak (see the README)."
         ),
     )
+    packaged: Literal["none", "all-minilm-l6-v2"] = Field(
+        "none",
+        description=(
+            "Without model_path, a real embedding model shipped in a package instead of the"
+            " embedded SmolLM2: all-minilm-l6-v2 (the semantic cache's sentence encoder, 384"
+            " dimensions, 512 tokens; converted once to a GGUF in state.dir/models, reported as"
+            " all-MiniLM-L6-v2 unless name is changed)."
+        ),
+    )
     name: str = Field("smollm2-135m-instruct", description="Model id reported to clients.")
     pooling: Literal["auto", "mean", "cls", "last"] = Field(
         "auto",
@@ -850,6 +861,13 @@ class LocalEmbeddingSettings(_Section):
     def _batch_fits(self) -> LocalEmbeddingSettings:
         if self.n_batch > self.n_ctx:
             raise ValueError("n_batch must not exceed n_ctx (an input must fit the context)")
+        if self.packaged != "none":
+            if self.model_path is not None:
+                raise ValueError("set model_path or packaged, not both")
+            # The embedded model's id (config/gateway.yaml spells every default out) would
+            # name the wrong model: the packaged one's own id instead.
+            if self.name == type(self).model_fields["name"].default:
+                self.name = PACKAGED_EMBEDDING_NAMES[self.packaged]
         return self
 
 

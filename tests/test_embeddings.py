@@ -363,6 +363,42 @@ async def test_name_and_pooling_settings(gateway_factory: Any) -> None:
     assert float(vec(a.data[0]) @ vec(b.data[0])) < 0.99  # another pooling, another vector
 
 
+async def test_the_packaged_sentence_encoder_serves_embeddings(
+    gateway_factory: Any, tmp_path: Path
+) -> None:
+    """local.embedding.packaged: all-minilm-l6-v2, a real embedding model (the semantic
+    cache's encoder) instead of the chat model's hidden states: 384 dimensions, a paraphrase
+    nearer than another question, the very vectors of the semantic cache's encoder."""
+    from gateway.semantic.onnx_encoder import OnnxEncoder, ensure_onnx
+
+    gw = await gateway_factory(
+        local={"embedding": {"packaged": "all-minilm-l6-v2"}}, state={"dir": str(tmp_path)}
+    )
+    c = gw.client("unused")
+    texts = [
+        "How do I reset the PLC on line 3?",
+        "What's the reset procedure for the line-3 PLC?",
+        "Why is the sky blue?",
+    ]
+    got = await c.embeddings.create(model="all-MiniLM-L6-v2", input=texts, encoding_format="float")
+    assert got.model == "all-MiniLM-L6-v2"
+    vs = np.stack([vec(d) for d in got.data])
+    assert vs.shape == (3, 384)
+    assert float(vs[0] @ vs[1]) > float(vs[0] @ vs[2]) + 0.3
+    assert (tmp_path / "models").is_dir()  # converted into the state dir, once
+    encoder = OnnxEncoder(ensure_onnx(tmp_path / "onnx"))
+    try:
+        reference, _ = await encoder.embed(texts)
+    finally:
+        await encoder.close()
+    for v, r in zip(vs, reference, strict=True):
+        assert float(v @ r) > 0.999
+    # Named by its id in /v1/models like any local embedding model; model_path excludes it.
+    assert "all-MiniLM-L6-v2" in {m.id for m in (await c.models.list()).data}
+    with pytest.raises(SettingsError, match="model_path or packaged"):
+        load_settings(local={"embedding": {"packaged": "all-minilm-l6-v2", "model_path": __file__}})
+
+
 async def test_a_full_queue_is_429_not_a_wait(gateway_factory: Any) -> None:
     gw = await gateway_factory(local={"embedding": {"max_queue": 1}})
     c = gw.client("unused")

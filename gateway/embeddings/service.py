@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -58,7 +59,7 @@ class EmbeddingService:
         self.settings = settings
         self.policies = policies
         self.metrics = metrics
-        self.local = LocalEmbedder(settings.local.embedding)
+        self.local = LocalEmbedder(settings.local.embedding, packaged=_packaged(settings))
         self.models: dict[str, CloudModel] = {m.name: m for m in settings.cloud.embedding_models}
         self.clouds: dict[str, Embedder] = {}  # built on start: they need the session
         # Chat's breakers: probed while open (when the model has an api_base), in /metrics.
@@ -72,7 +73,8 @@ class EmbeddingService:
         self._probing: asyncio.Task[None] | None = None
         s = settings.local.embedding
         # Cache entries of the local model change when its file or pooling does.
-        self.local_id = f"local:{s.name}:{s.model_path or 'embedded'}:{s.pooling}"
+        source = s.model_path or (s.packaged if s.packaged != "none" else "embedded")
+        self.local_id = f"local:{s.name}:{source}:{s.pooling}"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -336,3 +338,13 @@ class EmbeddingService:
             return 0.0
         model = self.models.get(outcome.target)
         return self.prices.cost(model.model if model else None, tokens, 0)
+
+
+def _packaged(settings: Settings) -> Callable[[], Path] | None:
+    """local.embedding.packaged: how to get its GGUF (converted once into state.dir/models)."""
+    if settings.local.embedding.packaged == "none":
+        return None
+    from ..semantic.gguf_encoder import ensure_gguf  # all-minilm-l6-v2, the only one
+
+    models = settings.state.dir / "models"
+    return lambda: ensure_gguf(models)

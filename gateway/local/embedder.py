@@ -25,6 +25,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,17 @@ class _Abandoned(Exception):
 class LocalEmbedder:
     kind = "local"
 
-    def __init__(self, settings: LocalEmbeddingSettings) -> None:
+    def __init__(
+        self,
+        settings: LocalEmbeddingSettings,
+        *,
+        packaged: Callable[[], Path] | None = None,
+    ) -> None:
         self.settings = settings
         self.name = settings.name
         self.path = settings.model_path or None
+        # local.embedding.packaged: the GGUF of that model, made on first use (on the worker).
+        self.packaged = packaged
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._model: Model | None = None  # weights and vocabulary
         self._ctx: Any = None  # the llama.cpp context every decode runs on
@@ -228,10 +236,17 @@ class LocalEmbedder:
                 code="local_model_unavailable",
             ) from None
 
+    def _packaged_path(self) -> Path:
+        if self.settings.packaged == "none":
+            return embedded_model_path()
+        if self.packaged is None:
+            raise RuntimeError(f"no converter given for {self.settings.packaged}")
+        return self.packaged()
+
     def _load(self) -> None:
         lib = llama_lib()  # also quiets llama.cpp's logging
         s = self.settings
-        path = Path(s.model_path or embedded_model_path())
+        path = Path(s.model_path) if s.model_path else self._packaged_path()
         started = time.perf_counter()
         model = Model(path)
         try:
