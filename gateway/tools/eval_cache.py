@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from ..errors import GatewayError
 from ..routing.policy_models import SemanticCacheConfig
 from ..semantic import verifier
+from . import jsonl
 
 DEFAULT = float(SemanticCacheConfig.model_fields["threshold"].default)
 
@@ -49,24 +49,17 @@ class ThresholdRow:
 def read_pairs(path: Path, limit: int | None = None) -> list[QuestionPair]:
     """The first `limit` pairs of a JSONL file; ValueError naming the line of a bad one."""
     pairs: list[QuestionPair] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if limit is not None and len(pairs) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{n}: invalid JSON: {exc}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{n}: expected an object")
-            a, b, same = obj.get("a"), obj.get("b"), obj.get("same")
-            if not (isinstance(a, str) and a.strip() and isinstance(b, str) and b.strip()):
-                raise ValueError(f'{path}:{n}: "a" and "b" must be non-empty strings')
-            if not isinstance(same, bool):
-                raise ValueError(f'{path}:{n}: "same" must be true or false')
-            pairs.append(QuestionPair(a, b, same))
+    for where, obj in jsonl.values(path):
+        if limit is not None and len(pairs) >= limit:
+            break
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected an object")
+        a, b, same = obj.get("a"), obj.get("b"), obj.get("same")
+        if not (isinstance(a, str) and a.strip() and isinstance(b, str) and b.strip()):
+            raise ValueError(f'{where}: "a" and "b" must be non-empty strings')
+        if not isinstance(same, bool):
+            raise ValueError(f'{where}: "same" must be true or false')
+        pairs.append(QuestionPair(a, b, same))
     if not pairs:
         raise ValueError(f"{path}: no labelled pairs")
     return pairs

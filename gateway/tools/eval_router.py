@@ -30,6 +30,7 @@ from typing import Any
 
 from ..routing import curves
 from ..routing.complexity import ComplexityScorer, Scorer
+from . import jsonl
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
@@ -113,21 +114,14 @@ def read_labelled(
         return read_csv(path, weak_col, strong_col)
     prompts: list[str] = []
     weak: list[bool] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{n}: invalid JSON: {exc}") from None
-            ok = obj.get("local_ok") if isinstance(obj, dict) else None
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                raise ValueError(f'{path}:{n}: expected an object with a string "prompt"')
-            if not isinstance(ok, bool):
-                raise ValueError(f'{path}:{n}: eval-router needs "local_ok": true|false')
-            prompts.append(obj["prompt"])
-            weak.append(ok)
+    for where, obj in jsonl.values(path):
+        ok = obj.get("local_ok") if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ValueError(f'{where}: expected an object with a string "prompt"')
+        if not isinstance(ok, bool):
+            raise ValueError(f'{where}: eval-router needs "local_ok": true|false')
+        prompts.append(obj["prompt"])
+        weak.append(ok)
     if not prompts:
         raise ValueError(f"{path}: no rows")
     return prompts, weak, [True] * len(prompts)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from ..routing.linear import OBJECTIVES
 from ..routing.training import Example, dumps, train
+from . import jsonl
 from .eval_router import STRONG, WEAK, read_csv
 
 
@@ -38,27 +38,19 @@ def _bool(value: Any, where: str) -> bool:
 def read_jsonl(path: Path) -> list[Example]:
     """Examples from `{"prompt", "local_ok"}` or `{"prompt", "score"}` lines."""
     out: list[Example] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{where}: invalid JSON: {exc}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                raise ValueError(f'{where}: expected an object with a string "prompt"')
-            if "local_ok" in obj:
-                target = 0.0 if _bool(obj["local_ok"], where) else 1.0
-            elif "score" in obj:
-                s = obj["score"]
-                if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s <= 1:
-                    raise ValueError(f'{where}: "score" must be a number in [0, 1]')
-                target = float(s)
-            else:
-                raise ValueError(f'{where}: give "local_ok" (true/false) or "score" (0-1)')
-            out.append(Example(obj["prompt"], target, target))
+    for where, obj in jsonl.values(path):
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ValueError(f'{where}: expected an object with a string "prompt"')
+        if "local_ok" in obj:
+            target = 0.0 if _bool(obj["local_ok"], where) else 1.0
+        elif "score" in obj:
+            s = obj["score"]
+            if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s <= 1:
+                raise ValueError(f'{where}: "score" must be a number in [0, 1]')
+            target = float(s)
+        else:
+            raise ValueError(f'{where}: give "local_ok" (true/false) or "score" (0-1)')
+        out.append(Example(obj["prompt"], target, target))
     if not out:
         raise ValueError(f"{path}: no examples")
     return out
