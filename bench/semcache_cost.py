@@ -23,11 +23,10 @@ import time
 
 import numpy as np
 
-from gateway.local.embedder import LocalEmbedder
-from gateway.semantic.gguf_encoder import encoder_settings, ensure_gguf
+from gateway.semantic.gguf_encoder import ensure_gguf
 from gateway.semantic.index import InProcessIndex
-from gateway.semantic.onnx_encoder import OnnxEncoder, ensure_onnx
-from gateway.semantic.semcache import SentenceEncoder
+from gateway.semantic.onnx_encoder import ensure_onnx
+from gateway.semantic.semcache import open_encoder
 from gateway.semantic.verifier import verify
 
 QUESTION = (
@@ -53,11 +52,8 @@ async def measure(
 ) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as d:
         before = _rss_mib()
-        enc: SentenceEncoder
-        if runtime == "onnx":
-            enc = OnnxEncoder(ensure_onnx(d), threads=threads, max_queue=64)
-        else:
-            enc = LocalEmbedder(encoder_settings(ensure_gguf(d), n_threads=threads, max_queue=64))
+        model = ensure_onnx(d) if runtime == "onnx" else ensure_gguf(d)
+        enc = open_encoder(model, threads=threads, max_queue=64)
         stored = (await enc.embed([STORED]))[0][0]
         loaded = _rss_mib() - before
         out: dict[str, dict[str, float]] = {}

@@ -43,6 +43,20 @@ class SentenceEncoder(Protocol):
     async def close(self) -> None: ...
 
 
+def open_encoder(path: Path, *, threads: int = 2, max_queue: int = 64) -> SentenceEncoder:
+    """The encoder of a model file: an ONNX graph (onnx_encoder.ensure_onnx) in onnxruntime,
+    anything else as a sentence-encoder GGUF in llama.cpp. Blocking (an ONNX session loads
+    here): call it off the event loop."""
+    if path.suffix == ".onnx":
+        from .onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(path, threads=threads, max_queue=max_queue)
+    from ..local.embedder import LocalEmbedder
+    from .gguf_encoder import encoder_settings
+
+    return LocalEmbedder(encoder_settings(path, n_threads=threads, max_queue=max_queue))
+
+
 @dataclass(frozen=True, slots=True)
 class SemanticMatch:
     """A verified candidate: the exact-cache key of its answer, and how close it was."""
@@ -109,19 +123,13 @@ class SemanticCache:
     # -- the encoder ------------------------------------------------------------------------
 
     async def _load(self) -> SentenceEncoder:
-        encoder: SentenceEncoder
-        if self.model_path is None:  # the packaged MiniLM, run by onnxruntime
-            from .onnx_encoder import OnnxEncoder, ensure_onnx
+        path = self.model_path  # an operator's sentence-encoder GGUF, run by llama.cpp
+        if path is None:  # the packaged MiniLM, run by onnxruntime
+            from .onnx_encoder import ensure_onnx
 
-            # Writing ~90 MB of weights once per state dir, and the session: off the loop.
+            # Writing ~90 MB of weights once per state dir: off the loop, as the session load.
             path = await asyncio.to_thread(ensure_onnx, self.models_dir)
-            encoder = await asyncio.to_thread(OnnxEncoder, path, max_queue=64)
-        else:  # an operator's sentence-encoder GGUF, run by llama.cpp
-            from ..local.embedder import LocalEmbedder
-            from .gguf_encoder import encoder_settings
-
-            path = self.model_path
-            encoder = LocalEmbedder(encoder_settings(path, max_queue=64))
+        encoder = await asyncio.to_thread(open_encoder, path)
         try:
             await encoder.embed(["warm up"])  # loads the model, and a first run's allocations
         except BaseException:

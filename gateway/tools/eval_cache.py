@@ -70,19 +70,10 @@ async def embed_cosines(pairs: Sequence[QuestionPair], model: Path) -> list[floa
     `model` is the default encoder's ONNX graph, or a sentence-encoder GGUF."""
     import numpy as np
 
-    from ..semantic.semcache import SentenceEncoder
+    from ..semantic.semcache import open_encoder
 
     texts = list(dict.fromkeys(t for p in pairs for t in (p.a, p.b)))
-    embedder: SentenceEncoder
-    if model.suffix == ".onnx":
-        from ..semantic.onnx_encoder import OnnxEncoder
-
-        embedder = OnnxEncoder(model, max_queue=1)
-    else:
-        from ..local.embedder import LocalEmbedder
-        from ..semantic.gguf_encoder import encoder_settings
-
-        embedder = LocalEmbedder(encoder_settings(model))
+    embedder = open_encoder(model, max_queue=1)
     vectors: dict[str, np.ndarray] = {}
     try:
         for i in range(0, len(texts), BATCH):
